@@ -1,0 +1,131 @@
+//! Graceful drain of live tunnels.
+//!
+//! A [`Drain`] is shared by everything that opens tunnels. Draining stops new upgrades (they
+//! get `503`), lets open tunnels run until a deadline, then closes what is left; WebSocket
+//! tunnels are sent a `1001 Going Away` close frame each way first.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::time::Duration;
+//! use switchback::Drain;
+//!
+//! let drain = Drain::new();
+//! assert!(!drain.is_draining());
+//! let outcome = drain.drain(Duration::from_secs(1)).await;
+//! assert!(drain.is_draining());
+//! assert_eq!(outcome.closed, 0);
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// A handle on the set of live tunnels. Cheap to clone; all clones share one state.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    draining: AtomicBool,
+    closing: AtomicBool,
+    active: AtomicUsize,
+    /// Woken when `closing` is set.
+    close: Notify,
+    /// Woken when a tunnel ends.
+    ended: Notify,
+}
+
+/// What [`Drain::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Tunnels that ended by themselves before the deadline.
+    pub finished: usize,
+    /// Tunnels still open at the deadline, which were closed.
+    pub closed: usize,
+}
+
+impl Drain {
+    /// A handle with no tunnels, not draining.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a drain has started; new upgrades are refused from then on.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Tunnels open now.
+    pub fn active(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    /// Stops new upgrades, waits up to `deadline` for open tunnels to end, then closes the
+    /// rest and waits (briefly) for them to go.
+    pub async fn drain(&self, deadline: Duration) -> DrainOutcome {
+        self.inner.draining.store(true, Ordering::Release);
+        let at_start = self.active();
+        let _ = tokio::time::timeout(deadline, self.wait_idle()).await;
+        let closed = self.active();
+        if closed > 0 {
+            self.inner.closing.store(true, Ordering::Release);
+            self.inner.close.notify_waiters();
+            // Closing writes at most a close frame each way; give it a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_idle()).await;
+        }
+        DrainOutcome {
+            finished: at_start.saturating_sub(closed),
+            closed,
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let ended = self.inner.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.active() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// Registers a tunnel; it counts as live until the guard is dropped.
+    pub(crate) fn track(&self) -> TunnelGuard {
+        self.inner.active.fetch_add(1, Ordering::AcqRel);
+        TunnelGuard { drain: self.clone() }
+    }
+}
+
+/// Held by a live tunnel. Dropping it unregisters the tunnel.
+#[derive(Debug)]
+pub(crate) struct TunnelGuard {
+    drain: Drain,
+}
+
+impl TunnelGuard {
+    /// Resolves when the tunnel must close because the drain deadline passed.
+    pub(crate) async fn closing(&self) {
+        let inner = &self.drain.inner;
+        let notified = inner.close.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.drain.inner.active.fetch_sub(1, Ordering::AcqRel);
+        self.drain.inner.ended.notify_waiters();
+    }
+}

@@ -1,0 +1,408 @@
+//! [`Forward`]: the terminal "router" service that sends requests to an upstream cluster.
+//!
+//! Plain requests go through the cluster's connection pool. An upgrade uses a dedicated
+//! connection, never pooled: Forward writes the request head (and any body the request
+//! declared), reads the answer, and opens a tunnel only on a `101` that names a protocol the
+//! client offered (see [`verify`]). Anything else is relayed as an ordinary response; the
+//! client's bytes after its request never reach the upstream.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer};
+//! use tower::ServiceBuilder;
+//!
+//! let forward = Forward::new(Cluster::new("echo", [Endpoint::new("127.0.0.1:9001")]))
+//!     .response_timeout(Some(Duration::from_secs(10)));
+//! let stack = ServiceBuilder::new()
+//!     .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
+//!     .service(forward);
+//! # let _ = stack;
+//! ```
+
+mod pre_body;
+pub(crate) mod verify;
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+use tower::Service;
+
+use crate::cluster::{Cluster, ConnectError};
+use crate::tunnel::Upgrading;
+use crate::tunnel::pump::{self, Direction};
+use crate::{Body, BoxError, hop, metrics, reply};
+use pre_body::PreBody;
+
+/// Per-request override of how long the upstream may take to send its response head (or
+/// `101`). Routes set it; `ResponseTimeout(None)` disables the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseTimeout(pub Option<Duration>);
+
+/// Sends requests to a [`Cluster`]: the request's own (from its extensions) or the default.
+#[derive(Clone)]
+pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Option<Cluster>,
+    response_timeout: Option<Duration>,
+}
+
+impl Forward {
+    /// Forwards to `cluster` unless a request names its own. The response timeout is 15 s, as
+    /// Envoy's default route timeout.
+    pub fn new(cluster: Cluster) -> Self {
+        Self::build(Some(cluster), Some(Duration::from_secs(15)))
+    }
+
+    /// Forwards only requests that carry a [`Cluster`] extension (set by route matching);
+    /// others get `503`.
+    pub fn routed() -> Self {
+        Self::build(None, Some(Duration::from_secs(15)))
+    }
+
+    fn build(cluster: Option<Cluster>, response_timeout: Option<Duration>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cluster,
+                response_timeout,
+            }),
+        }
+    }
+
+    /// How long the upstream may take to answer with its response head; `None`: no limit.
+    /// On expiry the client gets `504`.
+    pub fn response_timeout(self, timeout: Option<Duration>) -> Self {
+        Self::build(self.inner.cluster.clone(), timeout)
+    }
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("cluster", &self.inner.cluster)
+            .field("response_timeout", &self.inner.response_timeout)
+            .finish()
+    }
+}
+
+impl<B> Service<Request<B>> for Forward
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        ResponseFuture {
+            inner: Box::pin(async move { Ok(forward(&inner, req).await) }),
+        }
+    }
+}
+
+/// The future of [`Forward`]'s response.
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+async fn forward<B>(inner: &Inner, mut req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let cluster = req
+        .extensions()
+        .get::<Cluster>()
+        .cloned()
+        .or_else(|| inner.cluster.clone());
+    let Some(cluster) = cluster else {
+        return reply::local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no cluster for this request",
+            false,
+        );
+    };
+    let timeout = req
+        .extensions()
+        .get::<ResponseTimeout>()
+        .map_or(inner.response_timeout, |t| t.0);
+    match req.extensions_mut().remove::<Upgrading>() {
+        Some(upgrading) => upgrade(&cluster, req, upgrading, timeout).await,
+        None => plain(&cluster, req, timeout).await,
+    }
+}
+
+/// A plain request, through the cluster's pool.
+async fn plain<B>(cluster: &Cluster, req: Request<B>, timeout: Option<Duration>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(endpoint) = cluster.pick().cloned() else {
+        return reply::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", false);
+    };
+    let (mut parts, body) = req.into_parts();
+    keep_authority_as_host(&mut parts);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(endpoint.address())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => return reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", false),
+    };
+    parts.version = Version::HTTP_11;
+    let send = cluster
+        .client()
+        .request(Request::from_parts(parts, Body::new(body)));
+    let res = match with_timeout(timeout, send).await {
+        None => return reply::local(StatusCode::GATEWAY_TIMEOUT, "upstream response timeout", false),
+        Some(Err(e)) if e.is_connect() => {
+            tracing::debug!(error = %e, cluster = cluster.name(), "upstream connect failed");
+            return reply::local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error", false);
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, cluster = cluster.name(), "upstream request failed");
+            return reply::local(StatusCode::BAD_GATEWAY, "upstream reset before response", false);
+        }
+        Some(Ok(res)) => res,
+    };
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return reply::local(
+            StatusCode::BAD_GATEWAY,
+            "upstream switched protocols unasked",
+            false,
+        );
+    }
+    let (mut parts, body) = res.into_parts();
+    hop::strip(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// What the forwarder does with the client's side of an upgrade once the upstream switched.
+enum ClientSide<B> {
+    /// Switchback's own body, untouched by any layer: the connections may be joined.
+    Own(Body),
+    /// A layer's body: pump it to the upstream.
+    Wrapped(B),
+    /// A layer's body that is still sending the request's HTTP body upstream; it comes back
+    /// when that ends.
+    Returning(oneshot::Receiver<Pin<Box<B>>>),
+}
+
+async fn upgrade<B>(
+    cluster: &Cluster,
+    req: Request<B>,
+    upgrading: Upgrading,
+    timeout: Option<Duration>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let ty = upgrading.ty.clone();
+    let fail = |reason: &'static str, status: StatusCode, message: &str| {
+        ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => reason)
+            .increment(1);
+        reply::local(status, message, true)
+    };
+
+    let (mut parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let own = (&mut body as &mut dyn Any)
+        .downcast_mut::<Option<Body>>()
+        .and_then(Option::as_mut);
+    let (upstream_body, client) = match own.and_then(Body::take_pre_upgrade) {
+        Some(pre) => {
+            let client = body.map(Body::new).unwrap_or_default();
+            (pre.unwrap_or_default(), ClientSide::Own(client))
+        }
+        None => match body {
+            None => (Body::empty(), ClientSide::Returning(oneshot::channel().1)),
+            Some(body) if upgrading.has_body => {
+                let (tx, rx) = oneshot::channel();
+                (Body::new(PreBody::new(body, tx)), ClientSide::Returning(rx))
+            }
+            Some(body) => (Body::empty(), ClientSide::Wrapped(body)),
+        },
+    };
+
+    let (tcp, endpoint) = match cluster.connect_any(1).await {
+        Ok(c) => c,
+        Err(e @ (ConnectError::Timeout | ConnectError::Io(_))) => {
+            tracing::debug!(error = %e, cluster = cluster.name(), "upgrade: upstream connect failed");
+            return fail(
+                "connect",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error",
+            );
+        }
+        Err(ConnectError::NoEndpoint) => {
+            return fail("connect", StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade: upstream handshake failed");
+            return fail("connect", StatusCode::BAD_GATEWAY, "upstream handshake failed");
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade: upstream connection failed");
+        }
+    });
+
+    keep_authority_as_host(&mut parts);
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    let request_headers = parts.headers.clone();
+    let send = sender.send_request(Request::from_parts(parts, upstream_body));
+    let mut res = match with_timeout(timeout, send).await {
+        None => {
+            return fail(
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream response timeout",
+            );
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, endpoint = endpoint.address(), "upgrade: upstream failed before answering");
+            return fail(
+                "refused",
+                StatusCode::BAD_GATEWAY,
+                "upstream reset before response",
+            );
+        }
+        Some(Ok(res)) => res,
+    };
+
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => "not_101")
+            .increment(1);
+        let (mut parts, body) = res.into_parts();
+        hop::strip(&mut parts.headers);
+        // The client may have sent tunnel bytes after its request; the connection can't be
+        // trusted to hold HTTP any more.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Response::from_parts(parts, Body::new(body));
+    }
+    if let Err(bad) = verify::verify(&request_headers, res.headers(), ty.is_websocket()) {
+        tracing::info!(
+            endpoint = endpoint.address(),
+            reason = bad.as_str(),
+            "upgrade: refusing the upstream's 101"
+        );
+        return fail("bad_101", StatusCode::BAD_GATEWAY, bad.as_str());
+    }
+    let upgraded = match hyper::upgrade::on(&mut res).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade: upstream connection lost after 101");
+            return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101");
+        }
+    };
+    let (mut parts, _) = res.into_parts();
+    let chosen = parts.headers.get(header::UPGRADE).cloned();
+    hop::strip(&mut parts.headers);
+    if let Some(chosen) = chosen {
+        hop::strip_keep_upgrade(&mut parts.headers, chosen);
+    }
+
+    let link = upgrading.link;
+    let body = match client {
+        ClientSide::Own(client) => Body::joinable(crate::body::Join {
+            upstream: upgraded,
+            client,
+            link,
+        }),
+        ClientSide::Wrapped(client) => {
+            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+            let client = Body::new(client);
+            tokio::spawn(async move { pump::pump(client, writer, &link, Direction::ToUpstream).await });
+            Body::upstream_reader(reader)
+        }
+        ClientSide::Returning(rx) => {
+            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+            tokio::spawn(async move {
+                if let Ok(client) = rx.await {
+                    pump::pump(Body::new(client), writer, &link, Direction::ToUpstream).await;
+                }
+            });
+            Body::upstream_reader(reader)
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+/// HTTP/2 requests carry the authority in the URI; HTTP/1.1 upstreams want it in `Host`.
+fn keep_authority_as_host(parts: &mut http::request::Parts) {
+    if parts.headers.contains_key(header::HOST) {
+        return;
+    }
+    if let Some(value) = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
+async fn with_timeout<F: Future>(timeout: Option<Duration>, f: F) -> Option<F::Output> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, f).await.ok(),
+        None => Some(f.await),
+    }
+}

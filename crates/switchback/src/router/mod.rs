@@ -1,0 +1,195 @@
+//! [`UpgradeRouter`]: sends plain requests down the default chain and each allowed upgrade
+//! down its type's chain, then opens the tunnel when the chain answers `101`.
+//!
+//! ```no_run
+//! use switchback::{Chain, Cluster, Endpoint, Forward, UpgradeConfig, UpgradeRouterLayer};
+//! use tower::ServiceBuilder;
+//! use tower_http::limit::RequestBodyLimitLayer;
+//!
+//! let forward = Forward::new(Cluster::new("app", [Endpoint::new("127.0.0.1:8080")]));
+//! let router = UpgradeRouterLayer::builder()
+//!     // WebSocket payload passes through the default chain, body limit included...
+//!     .upgrade("websocket")
+//!     // ...while `foo` tunnels skip it: their chain is the router alone.
+//!     .upgrade_config(UpgradeConfig::new("foo").chain(Chain::new(forward.clone())))
+//!     .build()
+//!     .expect("no duplicate types");
+//! let stack = ServiceBuilder::new()
+//!     .layer(router)
+//!     .layer(RequestBodyLimitLayer::new(64 * 1024))
+//!     .service(forward);
+//! # let _ = stack;
+//! ```
+
+mod config;
+mod future;
+mod open;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt};
+
+pub use config::{
+    Chain, DuplicateUpgradeType, Rejection, RouteUpgrades, UpgradeConfig, UpgradeRouterBuilder, decide,
+};
+pub use future::ResponseFuture;
+
+use crate::detect::{Inspection, inspect};
+use crate::tunnel::pump::Link;
+use crate::tunnel::{IdleTimeout, Upgrading};
+use crate::{Body, BoxError, metrics, reply};
+use config::RouterConfig;
+
+/// Builds [`UpgradeRouter`]s around a default chain. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct UpgradeRouterLayer {
+    config: Arc<RouterConfig>,
+}
+
+impl UpgradeRouterLayer {
+    /// Starts a configuration: no upgrade types accepted, `tls/*` ignored, default tunnels.
+    pub fn builder() -> UpgradeRouterBuilder {
+        UpgradeRouterBuilder::default()
+    }
+}
+
+impl<S> Layer<S> for UpgradeRouterLayer {
+    type Service = UpgradeRouter<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        UpgradeRouter {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The router service; `S` is the default chain.
+#[derive(Clone, Debug)]
+pub struct UpgradeRouter<S> {
+    inner: S,
+    config: Arc<RouterConfig>,
+}
+
+// === impl UpgradeRouter ===
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for UpgradeRouter<S>
+where
+    S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S>;
+
+    /// Always ready: readiness is awaited per request on the chain that serves it, so a busy
+    /// custom chain never holds up plain requests.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let cfg = &self.config;
+        let has_body = declares_body(req.headers());
+        let ty = match inspect(&mut req, &cfg.ignore, &cfg.protected) {
+            Inspection::Plain => {
+                let chain = self.inner.clone();
+                return ResponseFuture::default_chain(chain.oneshot(req.map(Body::new)), None);
+            }
+            Inspection::NominatesProtected(name) => {
+                let msg = format!("the Connection header may not nominate {name:?}");
+                return ResponseFuture::ready(reply::local(StatusCode::BAD_REQUEST, msg, true));
+            }
+            Inspection::Upgrade(ty) => ty,
+        };
+
+        let entry = cfg.entry(&ty);
+        let route = req.extensions().get::<RouteUpgrades>().and_then(|r| r.get(&ty));
+        if let Err(why) = decide(entry.map(|e| e.enabled), route) {
+            ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.to_string(), "reason" => why.as_str())
+                .increment(1);
+            let msg = match why {
+                Rejection::NotConfigured => format!("upgrade type {:?} is not accepted here", ty.as_str()),
+                Rejection::DisabledOnListener => format!("upgrade type {:?} is disabled", ty.as_str()),
+                Rejection::DisabledOnRoute => {
+                    format!("upgrade type {:?} is disabled on this route", ty.as_str())
+                }
+            };
+            return ResponseFuture::ready(reply::local(StatusCode::FORBIDDEN, msg, true));
+        }
+        if cfg.drain.is_draining() {
+            ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.to_string(), "reason" => "draining")
+                .increment(1);
+            return ResponseFuture::ready(reply::local(StatusCode::SERVICE_UNAVAILABLE, "draining", true));
+        }
+        if req.version() != http::Version::HTTP_11 {
+            let msg = "upgrades are proxied for HTTP/1.1 clients only";
+            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, false));
+        }
+        ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.to_string()).increment(1);
+
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let idle = req
+            .extensions()
+            .get::<IdleTimeout>()
+            .map_or(cfg.tunnel.idle_timeout, |t| t.0);
+        let link = Arc::new(Link::new(idle, cfg.tunnel.half_close_timeout, ty.is_websocket()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = req.map(|b| Body::downstream(has_body.then(|| Body::new(b)), rx));
+        let mut req = req;
+        req.extensions_mut().insert(Upgrading {
+            ty: ty.clone(),
+            link: link.clone(),
+            has_body,
+        });
+
+        let pending = open::Pending {
+            ty,
+            on_upgrade,
+            client_reader: tx,
+            link,
+            tunnel: cfg.tunnel.clone(),
+            drain: cfg.drain.clone(),
+        };
+        match entry.and_then(|e| e.chain.clone()) {
+            Some(chain) => ResponseFuture::custom_chain(chain.oneshot(req), pending),
+            None => ResponseFuture::default_chain(self.inner.clone().oneshot(req), Some(pending)),
+        }
+    }
+}
+
+/// Whether a request declares an HTTP body of its own (before any upgrade takes over).
+fn declares_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// Turns a chain's error into a response: the router itself never fails.
+fn error_response(e: BoxError, upgrade: bool) -> Response<Body> {
+    let (status, msg) = if e.is::<tower::timeout::error::Elapsed>() {
+        (StatusCode::GATEWAY_TIMEOUT, "request timeout")
+    } else {
+        tracing::warn!(error = %e, "filter chain failed");
+        (StatusCode::INTERNAL_SERVER_ERROR, "filter chain error")
+    };
+    let mut res = reply::local(status, msg, upgrade);
+    if upgrade {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}

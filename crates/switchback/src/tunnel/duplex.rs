@@ -1,0 +1,322 @@
+//! The joined tunnel: one task copies both directions between two upgraded connections.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::{TunnelEnd, TunnelStats};
+use crate::drain::TunnelGuard;
+use crate::websocket::{self, FrameTracker};
+
+/// Time a draining tunnel gets to write its close frames before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Settings of one joined tunnel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) half_close_timeout: Option<Duration>,
+    pub(crate) buffer_size: usize,
+    pub(crate) websocket: bool,
+}
+
+/// Relays between `client` and `upstream` until both directions are closed, a timer fires or
+/// the drain deadline passes.
+pub(crate) async fn run<C, U>(client: C, upstream: U, settings: Settings, guard: &TunnelGuard) -> TunnelStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let duplex = Duplex::new(client, upstream, settings);
+    tokio::pin!(duplex);
+    tokio::select! {
+        stats = duplex.as_mut() => stats,
+        () = guard.closing() => {
+            duplex.as_mut().start_drain();
+            match tokio::time::timeout(CLOSE_GRACE, duplex.as_mut()).await {
+                Ok(stats) => stats,
+                Err(_) => duplex.stats(TunnelEnd::Drain),
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Both directions of a tunnel as one future.
+    pub(crate) struct Duplex<C, U> {
+        client: C,
+        upstream: U,
+        to_upstream: Half,
+        to_client: Half,
+        settings: Settings,
+        last_activity: Instant,
+        half_closed_at: Option<Instant>,
+        first_close: Option<TunnelEnd>,
+        draining: bool,
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl<C, U> Duplex<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    pub(crate) fn new(client: C, upstream: U, settings: Settings) -> Self {
+        let now = Instant::now();
+        let tracker = || settings.websocket.then(FrameTracker::new);
+        Self {
+            client,
+            upstream,
+            to_upstream: Half::new(settings.buffer_size, tracker(), true),
+            to_client: Half::new(settings.buffer_size, tracker(), false),
+            settings,
+            last_activity: now,
+            half_closed_at: None,
+            first_close: None,
+            draining: false,
+            timer: tokio::time::sleep_until(now + Duration::from_secs(3600)),
+        }
+    }
+
+    /// Stops reading; each direction flushes what it holds, sends a WebSocket close frame if
+    /// it is between frames, and shuts down.
+    pub(crate) fn start_drain(self: Pin<&mut Self>) {
+        *self.project().draining = true;
+    }
+
+    fn stats(&self, end: TunnelEnd) -> TunnelStats {
+        TunnelStats {
+            end,
+            upstream_bytes: self.to_upstream.bytes,
+            downstream_bytes: self.to_client.bytes,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<(Instant, TunnelEnd)> {
+        let idle = self
+            .settings
+            .idle_timeout
+            .map(|t| (self.last_activity + t, TunnelEnd::IdleTimeout));
+        let half = self
+            .half_closed_at
+            .zip(self.settings.half_close_timeout)
+            .map(|(at, t)| (at + t, TunnelEnd::HalfCloseTimeout));
+        match (idle, half) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl<C, U> Future for Duplex<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = TunnelStats;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        let mut moved = false;
+        let this = self.as_mut().project();
+        let draining = *this.draining;
+        let up = this.to_upstream.poll_copy(
+            cx,
+            Pin::new(this.client),
+            Pin::new(this.upstream),
+            draining,
+            &mut moved,
+        );
+        let down = this.to_client.poll_copy(
+            cx,
+            Pin::new(this.upstream),
+            Pin::new(this.client),
+            draining,
+            &mut moved,
+        );
+        if let Poll::Ready(Err(e)) = &up {
+            tracing::debug!(error = %e, "tunnel: client to upstream failed");
+            return Poll::Ready(self.stats(TunnelEnd::Error));
+        }
+        if let Poll::Ready(Err(e)) = &down {
+            tracing::debug!(error = %e, "tunnel: upstream to client failed");
+            return Poll::Ready(self.stats(TunnelEnd::Error));
+        }
+        let now = Instant::now();
+        if moved {
+            *this.last_activity = now;
+        }
+        if this.first_close.is_none() {
+            if this.to_upstream.eof {
+                *this.first_close = Some(TunnelEnd::ClientClosed);
+            } else if this.to_client.eof {
+                *this.first_close = Some(TunnelEnd::UpstreamClosed);
+            }
+        }
+        match (up.is_ready(), down.is_ready()) {
+            (true, true) => {
+                let end = if draining {
+                    TunnelEnd::Drain
+                } else {
+                    this.first_close.unwrap_or(TunnelEnd::ClientClosed)
+                };
+                return Poll::Ready(self.stats(end));
+            }
+            (true, false) | (false, true) if this.half_closed_at.is_none() => {
+                *this.half_closed_at = Some(now);
+            }
+            _ => {}
+        }
+
+        loop {
+            let Some((deadline, end)) = self.next_deadline() else {
+                return Poll::Pending;
+            };
+            if deadline <= now {
+                return Poll::Ready(self.stats(end));
+            }
+            let mut timer = self.as_mut().project().timer;
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// One direction: read from one side into `buf`, write it to the other.
+struct Half {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    /// The reader reached end of stream.
+    eof: bool,
+    /// The writer was shut down; this direction is finished.
+    done: bool,
+    need_flush: bool,
+    /// The bytes in `buf[pos..cap]` are a close frame Switchback made, not relayed payload.
+    injected: bool,
+    close_queued: bool,
+    bytes: u64,
+    frames: Option<FrameTracker>,
+    /// Whether this direction goes to the upstream (a client-to-server WebSocket direction,
+    /// whose frames are masked).
+    to_upstream: bool,
+}
+
+impl Half {
+    fn new(size: usize, frames: Option<FrameTracker>, to_upstream: bool) -> Self {
+        Self {
+            buf: vec![0; size].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            eof: false,
+            done: false,
+            need_flush: false,
+            injected: false,
+            close_queued: false,
+            bytes: 0,
+            frames,
+            to_upstream,
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        draining: bool,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead,
+        W: AsyncWrite,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            while self.pos < self.cap {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                if !self.injected {
+                    if let Some(frames) = &mut self.frames {
+                        frames.feed(&self.buf[self.pos..self.pos + n]);
+                    }
+                    self.bytes += n as u64;
+                    *moved = true;
+                }
+                self.pos += n;
+                self.need_flush = true;
+            }
+            self.pos = 0;
+            self.cap = 0;
+            self.injected = false;
+
+            if self.eof || draining {
+                if draining
+                    && !self.close_queued
+                    && self.frames.as_ref().is_some_and(FrameTracker::at_boundary)
+                {
+                    self.queue_close();
+                    continue;
+                }
+                ready!(writer.as_mut().poll_flush(cx))?;
+                // The peer may already be gone; a failed FIN changes nothing for the tunnel.
+                let _ = ready!(writer.as_mut().poll_shutdown(cx));
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+
+            let mut read = ReadBuf::new(&mut self.buf);
+            match reader.as_mut().poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => match read.filled().len() {
+                    0 => self.eof = true,
+                    n => self.cap = n,
+                },
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(writer.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn queue_close(&mut self) {
+        self.close_queued = true;
+        self.injected = true;
+        let frame: &[u8] = if self.to_upstream {
+            &websocket::client_close_frame(websocket::GOING_AWAY, mask())
+        } else {
+            &websocket::server_close_frame(websocket::GOING_AWAY)
+        };
+        self.buf[..frame.len()].copy_from_slice(frame);
+        self.pos = 0;
+        self.cap = frame.len();
+    }
+}
+
+/// A masking key for a close frame Switchback sends upstream. RFC 6455 wants it unpredictable
+/// to stop cache poisoning through naive intermediaries; the std hasher's random seed is enough
+/// for four bytes on a frame whose content is fixed.
+pub(crate) fn mask() -> [u8; 4] {
+    use std::hash::{BuildHasher, RandomState};
+    let v = RandomState::new().hash_one(std::time::SystemTime::now());
+    (v as u32).to_ne_bytes()
+}

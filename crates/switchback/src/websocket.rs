@@ -1,0 +1,179 @@
+//! The little WebSocket (RFC 6455) knowledge a byte-level proxy needs.
+//!
+//! Switchback never decodes WebSocket payload. It checks the handshake's
+//! `Sec-WebSocket-Accept`, and, to close a tunnel politely on drain, it follows frame
+//! boundaries in the bytes it relays so that a `1001 Going Away` close frame is only ever
+//! written between two frames.
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` value a server must answer to `key`.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Close status 1001, "going away": the endpoint is shutting down.
+pub const GOING_AWAY: u16 = 1001;
+
+/// A close frame with `code` as a server sends it (unmasked).
+pub fn server_close_frame(code: u16) -> [u8; 4] {
+    let [hi, lo] = code.to_be_bytes();
+    [0x88, 0x02, hi, lo]
+}
+
+/// A close frame with `code` as a client sends it (masked, as RFC 6455 §5.3 requires).
+pub fn client_close_frame(code: u16, mask: [u8; 4]) -> [u8; 8] {
+    let [hi, lo] = code.to_be_bytes();
+    [
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        hi ^ mask[0],
+        lo ^ mask[1],
+    ]
+}
+
+/// Follows frame boundaries in one direction of a WebSocket byte stream.
+///
+/// Feed it every byte written, in order; [`FrameTracker::at_boundary`] then says whether the
+/// next byte would start a frame. It reads headers only (at most 14 bytes a frame), so it costs
+/// next to nothing on large frames.
+#[derive(Debug, Clone, Default)]
+pub struct FrameTracker {
+    /// Header bytes of the current frame seen so far (a header is 2 to 14 bytes).
+    header: [u8; 14],
+    header_len: u8,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+}
+
+impl FrameTracker {
+    /// A tracker at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the stream, as fed so far, ends exactly between two frames.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+
+    /// Accounts for `bytes`, the next bytes of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip = usize::try_from(self.remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
+                self.remaining -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let have = usize::from(self.header_len);
+            let take = (14 - have).min(bytes.len());
+            self.header[have..have + take].copy_from_slice(&bytes[..take]);
+            let filled = have + take;
+            match header_len(&self.header[..filled]) {
+                Some((len, payload)) => {
+                    // `len > have`: this frame's header ends inside the bytes just copied.
+                    let used = len - have;
+                    bytes = &bytes[used..];
+                    self.header_len = 0;
+                    self.remaining = payload;
+                }
+                None => {
+                    self.header_len = filled as u8;
+                    bytes = &[];
+                }
+            }
+        }
+    }
+}
+
+/// The header length and payload length of the frame starting `buf`, once `buf` holds the
+/// whole header.
+fn header_len(buf: &[u8]) -> Option<(usize, u64)> {
+    let [_, b1, ..] = *buf else { return None };
+    let masked = b1 & 0x80 != 0;
+    let mask_len = if masked { 4 } else { 0 };
+    let (ext, payload) = match b1 & 0x7f {
+        126 => (2, u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?))),
+        127 => (8, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
+        n => (0, u64::from(n)),
+    };
+    let len = 2 + ext + mask_len;
+    (buf.len() >= len).then_some((len, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc6455_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    fn frame(masked: bool, payload_len: usize) -> Vec<u8> {
+        let mut f = vec![0x82];
+        let m = if masked { 0x80 } else { 0 };
+        match payload_len {
+            0..=125 => f.push(m | payload_len as u8),
+            126..=65535 => {
+                f.push(m | 126);
+                f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(payload_len as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(7u8, payload_len));
+        f
+    }
+
+    #[test]
+    fn tracker_follows_frames_fed_in_any_split() {
+        let mut stream = Vec::new();
+        for (masked, len) in [
+            (false, 0),
+            (true, 5),
+            (false, 126),
+            (true, 300),
+            (false, 70_000),
+            (true, 1),
+        ] {
+            stream.extend(frame(masked, len));
+        }
+        for chunk in [1, 2, 3, 7, 13, 1000, stream.len()] {
+            let mut t = FrameTracker::new();
+            for piece in stream.chunks(chunk) {
+                t.feed(piece);
+            }
+            assert!(t.at_boundary(), "chunk size {chunk}");
+            t.feed(&stream[..3]);
+            assert!(!t.at_boundary());
+        }
+    }
+
+    #[test]
+    fn close_frames() {
+        assert_eq!(server_close_frame(GOING_AWAY), [0x88, 0x02, 0x03, 0xe9]);
+        let c = client_close_frame(GOING_AWAY, [0xaa, 0xbb, 0xcc, 0xdd]);
+        assert_eq!(c[6] ^ 0xaa, 0x03);
+        assert_eq!(c[7] ^ 0xbb, 0xe9);
+    }
+}
