@@ -1,0 +1,381 @@
+//! The validated, effective configuration: every default filled in.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::duration;
+
+/// Default `listen` address: `127.0.0.1:10000`.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10000);
+/// Default `drain_timeout`: 30 seconds.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `stream_idle_timeout`: 5 minutes.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default cluster `connect_timeout`: 5 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `ignore_upgrades`: `["tls/*"]`.
+pub const DEFAULT_IGNORE_UPGRADES: &[&str] = &["tls/*"];
+/// Default `websocket_config.max_connect_attempts`: 1 (no retry).
+pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 1;
+
+/// Header name → value pairs added by a filter or a route (YAML: a mapping
+/// `{ x-proxied-by: switchback }`). Names and values have been validated with the `http`
+/// crate; names are kept as written (header names are case-insensitive).
+pub type HeadersToAdd = BTreeMap<String, String>;
+
+/// The whole configuration of the `switchback` binary, validated and with every default
+/// filled in. Serializing it (e.g. to JSON for an admin `GET /config`) yields the effective
+/// configuration in the same shape as the YAML file, durations written like `"30s"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Address of the proxy listener, serving HTTP/1.1 and HTTP/2 with prior knowledge (h2c)
+    /// on the same port. Default `127.0.0.1:10000`.
+    pub listen: SocketAddr,
+    /// Address of the admin listener. Default: none (no admin listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+    /// How long a graceful shutdown waits for in-flight requests and upgraded streams
+    /// before closing them. Default `30s`; `0s` closes them at once.
+    #[serde(serialize_with = "duration::serialize")]
+    pub drain_timeout: Duration,
+    /// Default idle timeout of upgraded (tunnelled) streams: a stream with no bytes in either
+    /// direction for this long is closed. Default `5m`; `0s` = off (no idle timeout).
+    /// Routes inherit it unless they set `idle_timeout`.
+    #[serde(serialize_with = "duration::serialize")]
+    pub stream_idle_timeout: Duration,
+    /// Listener-level upgrade types (YAML `upgrade_configs`), in file order. Default: empty,
+    /// i.e. no upgrade type is allowed unless a route enables it. Upgrade types are unique
+    /// (case-insensitive).
+    pub upgrade_configs: Vec<UpgradeConfig>,
+    /// Upgrade tokens that are stripped from the request (`Upgrade` header and the
+    /// `upgrade` connection option) so the request is proxied as plain HTTP. A trailing `*`
+    /// matches any suffix (`tls/*`). `h2c` is always ignored, whether listed or not.
+    /// Default `["tls/*"]`.
+    pub ignore_upgrades: Vec<String>,
+    /// The default filter chain, in order; the router is implicitly the last element.
+    /// Default: empty (router only).
+    pub http_filters: Vec<Filter>,
+    /// Runtime values by key: percentages `0..=100` used by `runtime_fraction` route
+    /// matches for traffic shifting. Default: empty.
+    pub runtime: BTreeMap<String, u8>,
+    /// Routes, tried in order; the first match wins. Default: empty.
+    pub routes: Vec<Route>,
+    /// Upstream clusters, referenced by name from routes. Default: empty. Names are unique.
+    pub clusters: Vec<Cluster>,
+    /// Where the JSON-lines access log goes. Default: standard output (`-`).
+    pub access_log: AccessLog,
+}
+
+impl Default for Config {
+    /// The configuration of an empty YAML file: every field at its default.
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN,
+            admin: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            upgrade_configs: Vec::new(),
+            ignore_upgrades: DEFAULT_IGNORE_UPGRADES.iter().map(|s| (*s).to_owned()).collect(),
+            http_filters: Vec::new(),
+            runtime: BTreeMap::new(),
+            routes: Vec::new(),
+            clusters: Vec::new(),
+            access_log: AccessLog::Stdout,
+        }
+    }
+}
+
+impl Config {
+    /// Looks up a cluster by name.
+    #[must_use]
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Looks up a listener-level upgrade config by type (case-insensitive).
+    #[must_use]
+    pub fn upgrade_config(&self, upgrade_type: &str) -> Option<&UpgradeConfig> {
+        self.upgrade_configs
+            .iter()
+            .find(|u| u.upgrade_type.eq_ignore_ascii_case(upgrade_type))
+    }
+}
+
+/// One upgrade type, at listener level (top-level `upgrade_configs`) or on a route
+/// (`routes[].upgrade_configs`, which overrides `enabled` for that route).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpgradeConfig {
+    /// The upgrade token, e.g. `websocket` (compared case-insensitively; never empty, no
+    /// whitespace).
+    pub upgrade_type: String,
+    /// Whether upgrades of this type are allowed. Default `true`.
+    pub enabled: bool,
+    /// Listener level only: this type's own filter chain, used instead of `http_filters`
+    /// for upgrade requests of this type. `None` (field absent) = use the default chain
+    /// (`http_filters`); `Some(vec![])` (`filters: []`) = router only. Always `None` on
+    /// route-level entries (a route entry with `filters` is rejected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<Filter>>,
+}
+
+/// An HTTP filter: one single-key mapping in `http_filters` (or an upgrade type's
+/// `filters`), e.g. `- request_body_limit: 1024`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Filter {
+    /// `request_body_limit: <bytes>`: reject request bodies larger than this many bytes
+    /// (413). `0` allows only empty bodies.
+    RequestBodyLimit(u64),
+    /// `request_headers_to_add: {name: value}`: set these headers on the request sent
+    /// upstream.
+    RequestHeadersToAdd(HeadersToAdd),
+    /// `response_headers_to_add: {name: value}`: set these headers on the response sent
+    /// downstream.
+    ResponseHeadersToAdd(HeadersToAdd),
+    /// `concurrency_limit: <n>`: at most this many requests in flight through the chain
+    /// (at least 1).
+    ConcurrencyLimit(usize),
+    /// `timeout: <duration>`: fail requests whose response headers take longer (must be
+    /// greater than zero).
+    Timeout(#[serde(serialize_with = "duration::serialize")] Duration),
+}
+
+impl Filter {
+    /// Every filter name accepted in the YAML, in the order the documentation lists them.
+    pub const NAMES: &'static [&'static str] = &[
+        "request_body_limit",
+        "request_headers_to_add",
+        "response_headers_to_add",
+        "concurrency_limit",
+        "timeout",
+    ];
+
+    /// The YAML name of this filter (`request_body_limit`, ...).
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Filter::RequestBodyLimit(_) => "request_body_limit",
+            Filter::RequestHeadersToAdd(_) => "request_headers_to_add",
+            Filter::ResponseHeadersToAdd(_) => "response_headers_to_add",
+            Filter::ConcurrencyLimit(_) => "concurrency_limit",
+            Filter::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// A route: a match and where matching requests go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// What requests this route takes (YAML key `match`).
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// The upstream: `cluster: <name>` or `weighted_clusters: [...]` (exactly one).
+    #[serde(flatten)]
+    pub target: RouteTarget,
+    /// Replace the matched part of the path with this before forwarding: the prefix of a
+    /// `prefix` match, the whole path of a `path` match. Default: none (path unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// Set the `Host` (`:authority`) header sent upstream to this value. Default: none.
+    /// Mutually exclusive with `auto_host_rewrite: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_rewrite_literal: Option<String>,
+    /// Set the `Host` header sent upstream to the chosen endpoint's `hostname` (or its
+    /// address when it has none). Default `false`.
+    pub auto_host_rewrite: bool,
+    /// Headers set on the request sent upstream for this route. Default: empty.
+    pub request_headers_to_add: HeadersToAdd,
+    /// Header names removed from the request before it is sent upstream. Default: empty.
+    pub request_headers_to_remove: Vec<String>,
+    /// How long to wait for the upstream's response headers (for an upgrade: until the
+    /// `101`). `None` (absent, or `0s`) = no limit.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_opt"
+    )]
+    pub timeout: Option<Duration>,
+    /// Idle timeout of upgraded streams on this route. Absent in the YAML = the top-level
+    /// `stream_idle_timeout` (already filled in here); [`Duration::ZERO`] (`0s`) = off.
+    #[serde(serialize_with = "duration::serialize")]
+    pub idle_timeout: Duration,
+    /// Per-route overrides of upgrade types (`enabled` only; no `filters`). Upgrade types
+    /// are unique within a route (case-insensitive). Default: empty (listener settings
+    /// apply).
+    pub upgrade_configs: Vec<UpgradeConfig>,
+    /// `true`: WebSocket upgrades on this route use the legacy raw mode configured by
+    /// `websocket_config`. Default `false`.
+    pub use_websocket: bool,
+    /// Settings of the legacy WebSocket mode (used when `use_websocket` is `true`), with
+    /// defaults filled in.
+    pub websocket_config: WebSocketConfig,
+}
+
+impl Route {
+    /// Whether this route overrides `upgrade_type` and, if so, whether it enables it.
+    #[must_use]
+    pub fn upgrade_override(&self, upgrade_type: &str) -> Option<bool> {
+        self.upgrade_configs
+            .iter()
+            .find(|u| u.upgrade_type.eq_ignore_ascii_case(upgrade_type))
+            .map(|u| u.enabled)
+    }
+}
+
+/// What requests a route takes. All present conditions must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteMatch {
+    /// The path condition: exactly one of `prefix`, `path`, `regex`.
+    #[serde(flatten)]
+    pub path: PathMatch,
+    /// Header conditions; all must hold. Default: empty.
+    pub headers: Vec<HeaderMatcher>,
+    /// Take only this percentage of the matching requests (traffic shifting). Default:
+    /// none (all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_fraction: Option<RuntimeFraction>,
+}
+
+/// The path condition of a route match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// `prefix: /ws`: the path (without query) starts with this (starts with `/`).
+    Prefix(String),
+    /// `path: /exact`: the path (without query) equals this (starts with `/`).
+    Path(String),
+    /// `regex: "^/ws/[0-9]+$"`: the path (without query) matches this regular expression
+    /// (`regex` crate syntax, already checked to compile). Matching is a search, so anchor
+    /// with `^...$` for a whole-path match.
+    Regex(String),
+}
+
+/// A header condition of a route match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeaderMatcher {
+    /// Header name (validated; case-insensitive).
+    pub name: String,
+    /// `Some(v)`: the header's value equals `v`. `None` (no `exact`): the header is present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+}
+
+/// `runtime_fraction: { runtime_key, default }`: a route match that takes only a percentage
+/// of the requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeFraction {
+    /// The key in `runtime` holding the percentage.
+    pub runtime_key: String,
+    /// The percentage (`0..=100`) used when `runtime` has no such key.
+    pub default: u8,
+}
+
+/// Where a route sends requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteTarget {
+    /// `cluster: <name>`: one cluster (guaranteed to exist in `clusters`).
+    Cluster(String),
+    /// `weighted_clusters: [{name, weight}, ...]`: pick a cluster with probability
+    /// proportional to its weight (names exist; the total weight is greater than zero).
+    WeightedClusters(Vec<WeightedCluster>),
+}
+
+/// One entry of `weighted_clusters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightedCluster {
+    /// Cluster name (exists in `clusters`).
+    pub name: String,
+    /// Relative weight; `0` never picks this cluster.
+    pub weight: u32,
+}
+
+/// `websocket_config` of a route: settings of the legacy WebSocket mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebSocketConfig {
+    /// Idle timeout of the WebSocket stream. Absent in the YAML = the route's
+    /// `idle_timeout` (already filled in here); [`Duration::ZERO`] (`0s`) = off.
+    #[serde(serialize_with = "duration::serialize")]
+    pub idle_timeout: Duration,
+    /// How many times to try connecting upstream before giving up (at least 1). Default 1.
+    pub max_connect_attempts: u32,
+}
+
+/// An upstream cluster: a named set of endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cluster {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Timeout of one TCP connect to an endpoint. Default `5s`; must be greater than zero.
+    #[serde(serialize_with = "duration::serialize")]
+    pub connect_timeout: Duration,
+    /// Endpoints (at least one).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// An endpoint of a cluster. In the YAML either a string `host:port` or
+/// `{ address: host:port, hostname: name }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// `ip:port`, `[ipv6]:port` or `hostname:port`, as written (DNS is not resolved here).
+    pub address: String,
+    /// The port of `address` (validated, non-zero).
+    #[serde(skip)]
+    pub port: u16,
+    /// Host name of the endpoint, used for `auto_host_rewrite`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+impl Endpoint {
+    /// Builds an endpoint for a socket address (no hostname).
+    #[must_use]
+    pub fn from_socket_addr(addr: SocketAddr) -> Self {
+        Endpoint {
+            address: addr.to_string(),
+            port: addr.port(),
+            hostname: None,
+        }
+    }
+
+    /// The host part of `address`: an IP literal (IPv6 without brackets) or a host name.
+    #[must_use]
+    pub fn host(&self) -> &str {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(host, _)| host);
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// `address` as a socket address when it is an IP literal; `None` for `hostname:port`
+    /// (which the caller resolves).
+    #[must_use]
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.address.parse().ok()
+    }
+}
+
+/// Destination of the access log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// Standard output (`access_log: "-"` or absent).
+    #[default]
+    Stdout,
+    /// Append JSON lines to this file.
+    File(PathBuf),
+}
+
+impl Serialize for AccessLog {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AccessLog::Stdout => serializer.serialize_str("-"),
+            AccessLog::File(path) => path.serialize(serializer),
+        }
+    }
+}

@@ -1,0 +1,1229 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+/// The example of the schema, exactly as documented.
+const FULL: &str = r#"listen: 127.0.0.1:10000          # HTTP/1.1 and HTTP/2 prior knowledge on one port
+admin: 127.0.0.1:9901            # optional
+drain_timeout: 30s
+stream_idle_timeout: 5m          # default idle timeout of upgraded streams
+upgrade_configs:                 # listener-level upgrade types
+  - upgrade_type: websocket
+  - upgrade_type: foo
+    enabled: false
+    filters: []                  # present: this type's own chain; [] = router only
+ignore_upgrades: ["tls/*"]       # tokens stripped and proxied as plain HTTP; h2c always is
+http_filters:                    # the default chain, in order; the router is implicit at the end
+  - request_body_limit: 1024
+  - request_headers_to_add: { x-proxied-by: switchback }
+  - response_headers_to_add: { x-served-by: switchback }
+  - concurrency_limit: 1000
+runtime:
+  routing.traffic_shift.canary: 10
+routes:
+  - match:
+      prefix: /ws                # or path: /exact, or regex: "^/ws/[0-9]+$"
+      headers: [{ name: x-canary, exact: "1" }]   # optional; without exact: present
+      runtime_fraction: { runtime_key: routing.traffic_shift.canary, default: 100 }
+    cluster: echo                # or weighted_clusters: [{ name: a, weight: 80 }, { name: b, weight: 20 }]
+    prefix_rewrite: /echo
+    host_rewrite_literal: echo.internal   # or auto_host_rewrite: true
+    request_headers_to_add: { x-route: ws }
+    request_headers_to_remove: [x-debug]
+    timeout: 15s
+    idle_timeout: 1m
+    upgrade_configs:
+      - { upgrade_type: foo, enabled: true }
+    use_websocket: false         # true: legacy raw mode for WebSocket upgrades on this route
+    websocket_config: { idle_timeout: 10s, max_connect_attempts: 3 }
+clusters:
+  - name: echo
+    connect_timeout: 1s
+    endpoints:
+      - 127.0.0.1:9001
+      - { address: 127.0.0.1:9002, hostname: echo.internal }
+access_log: /var/log/switchback.jsonl    # optional; "-" or absent = stdout
+"#;
+
+/// A small valid base that tests append to.
+const CLUSTERS: &str = "\
+clusters:
+  - name: echo
+    endpoints: [127.0.0.1:9001]
+  - name: other
+    endpoints: [127.0.0.1:9002]
+";
+
+fn parse(yaml: &str) -> Config {
+    match Config::from_yaml_str(yaml, "config.yaml") {
+        Ok(config) => config,
+        Err(errors) => panic!("unexpected errors:\n{}", render(&errors)),
+    }
+}
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    match Config::from_yaml_str(yaml, "config.yaml") {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(errors) => errors,
+    }
+}
+
+fn render(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The only error of `yaml`.
+fn one(yaml: &str) -> ConfigError {
+    let errors = errors(yaml);
+    assert_eq!(errors.len(), 1, "expected one error, got:\n{}", render(&errors));
+    errors.into_iter().next().unwrap()
+}
+
+/// Asserts path, line and that the message contains `needle`.
+#[track_caller]
+fn check(error: &ConfigError, path: &str, line: usize, needle: &str) {
+    assert_eq!(error.path, path, "path of {error}");
+    assert_eq!(error.line, Some(line), "line of {error}");
+    assert!(error.column.is_some(), "column of {error}");
+    assert!(
+        error.message.contains(needle),
+        "message of {error} should contain {needle:?}"
+    );
+    assert_eq!(error.file, "config.yaml");
+}
+
+fn with_clusters(yaml: &str) -> String {
+    format!("{CLUSTERS}{yaml}")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+// ---------------------------------------------------------------- the full example
+
+#[test]
+fn full_example_lands_everywhere() {
+    let c = parse(FULL);
+    assert_eq!(c.listen, addr("127.0.0.1:10000"));
+    assert_eq!(c.admin, Some(addr("127.0.0.1:9901")));
+    assert_eq!(c.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
+
+    assert_eq!(
+        c.upgrade_configs,
+        vec![
+            UpgradeConfig {
+                upgrade_type: "websocket".into(),
+                enabled: true,
+                filters: None,
+            },
+            UpgradeConfig {
+                upgrade_type: "foo".into(),
+                enabled: false,
+                filters: Some(vec![]),
+            },
+        ]
+    );
+    assert_eq!(c.ignore_upgrades, vec!["tls/*".to_owned()]);
+    assert_eq!(
+        c.http_filters,
+        vec![
+            Filter::RequestBodyLimit(1024),
+            Filter::RequestHeadersToAdd(BTreeMap::from([(
+                "x-proxied-by".to_owned(),
+                "switchback".to_owned()
+            )])),
+            Filter::ResponseHeadersToAdd(BTreeMap::from([(
+                "x-served-by".to_owned(),
+                "switchback".to_owned()
+            )])),
+            Filter::ConcurrencyLimit(1000),
+        ]
+    );
+    assert_eq!(
+        c.runtime,
+        BTreeMap::from([("routing.traffic_shift.canary".to_owned(), 10)])
+    );
+
+    assert_eq!(c.routes.len(), 1);
+    let r = &c.routes[0];
+    assert_eq!(r.matcher.path, PathMatch::Prefix("/ws".into()));
+    assert_eq!(
+        r.matcher.headers,
+        vec![HeaderMatcher {
+            name: "x-canary".into(),
+            exact: Some("1".into())
+        }]
+    );
+    assert_eq!(
+        r.matcher.runtime_fraction,
+        Some(RuntimeFraction {
+            runtime_key: "routing.traffic_shift.canary".into(),
+            default: 100
+        })
+    );
+    assert_eq!(r.target, RouteTarget::Cluster("echo".into()));
+    assert_eq!(r.prefix_rewrite.as_deref(), Some("/echo"));
+    assert_eq!(r.host_rewrite_literal.as_deref(), Some("echo.internal"));
+    assert!(!r.auto_host_rewrite);
+    assert_eq!(
+        r.request_headers_to_add,
+        BTreeMap::from([("x-route".to_owned(), "ws".to_owned())])
+    );
+    assert_eq!(r.request_headers_to_remove, vec!["x-debug".to_owned()]);
+    assert_eq!(r.timeout, Some(Duration::from_secs(15)));
+    assert_eq!(r.idle_timeout, Duration::from_secs(60));
+    assert_eq!(
+        r.upgrade_configs,
+        vec![UpgradeConfig {
+            upgrade_type: "foo".into(),
+            enabled: true,
+            filters: None
+        }]
+    );
+    assert_eq!(r.upgrade_override("FOO"), Some(true));
+    assert_eq!(r.upgrade_override("websocket"), None);
+    assert!(!r.use_websocket);
+    assert_eq!(
+        r.websocket_config,
+        WebSocketConfig {
+            idle_timeout: Duration::from_secs(10),
+            max_connect_attempts: 3
+        }
+    );
+
+    assert_eq!(c.clusters.len(), 1);
+    let cluster = &c.clusters[0];
+    assert_eq!(cluster.name, "echo");
+    assert_eq!(cluster.connect_timeout, Duration::from_secs(1));
+    assert_eq!(
+        cluster.endpoints,
+        vec![
+            Endpoint {
+                address: "127.0.0.1:9001".into(),
+                port: 9001,
+                hostname: None
+            },
+            Endpoint {
+                address: "127.0.0.1:9002".into(),
+                port: 9002,
+                hostname: Some("echo.internal".into())
+            },
+        ]
+    );
+    assert_eq!(
+        c.access_log,
+        AccessLog::File(PathBuf::from("/var/log/switchback.jsonl"))
+    );
+    assert_eq!(c.cluster("echo"), Some(cluster));
+    assert_eq!(c.upgrade_config("WebSocket"), Some(&c.upgrade_configs[0]));
+}
+
+// ---------------------------------------------------------------- defaults
+
+#[test]
+fn empty_document_is_all_defaults() {
+    for yaml in ["", "# nothing but a comment\n", "{}\n"] {
+        let c = parse(yaml);
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen, addr("127.0.0.1:10000"));
+        assert_eq!(c.admin, None);
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
+        assert!(c.upgrade_configs.is_empty());
+        assert_eq!(c.ignore_upgrades, vec!["tls/*".to_owned()]);
+        assert!(c.http_filters.is_empty());
+        assert!(c.runtime.is_empty());
+        assert!(c.routes.is_empty());
+        assert!(c.clusters.is_empty());
+        assert_eq!(c.access_log, AccessLog::Stdout);
+    }
+}
+
+#[test]
+fn nested_defaults() {
+    let c = parse(&with_clusters(
+        "\
+stream_idle_timeout: 2m
+upgrade_configs:
+  - upgrade_type: websocket
+routes:
+  - match: { path: /exact }
+    cluster: echo
+  - match: { prefix: /a }
+    cluster: echo
+    websocket_config: { max_connect_attempts: 2 }
+  - match: { prefix: /b }
+    cluster: echo
+    idle_timeout: 0s
+access_log: \"-\"
+",
+    ));
+    assert!(c.upgrade_configs[0].enabled);
+    assert_eq!(c.upgrade_configs[0].filters, None);
+    assert_eq!(c.clusters[0].connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.access_log, AccessLog::Stdout);
+
+    let r = &c.routes[0];
+    assert_eq!(r.matcher.path, PathMatch::Path("/exact".into()));
+    assert!(r.matcher.headers.is_empty());
+    assert_eq!(r.matcher.runtime_fraction, None);
+    assert_eq!(r.timeout, None);
+    // Route idle timeout absent = stream_idle_timeout; websocket_config defaults to it too.
+    assert_eq!(r.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        r.websocket_config,
+        WebSocketConfig {
+            idle_timeout: Duration::from_secs(120),
+            max_connect_attempts: 1
+        }
+    );
+    assert!(!r.use_websocket);
+    assert!(!r.auto_host_rewrite);
+    assert!(r.upgrade_configs.is_empty());
+    assert!(r.request_headers_to_add.is_empty());
+
+    assert_eq!(c.routes[1].websocket_config.max_connect_attempts, 2);
+    assert_eq!(
+        c.routes[1].websocket_config.idle_timeout,
+        Duration::from_secs(120)
+    );
+    // 0s = off, and the WebSocket idle timeout follows the route's.
+    assert_eq!(c.routes[2].idle_timeout, Duration::ZERO);
+    assert_eq!(c.routes[2].websocket_config.idle_timeout, Duration::ZERO);
+}
+
+#[test]
+fn zero_timeouts_mean_off() {
+    let c = parse(&with_clusters(
+        "\
+drain_timeout: 0s
+stream_idle_timeout: 0s
+routes:
+  - match: { prefix: / }
+    cluster: echo
+    timeout: 0s
+    websocket_config: { idle_timeout: 0ms }
+",
+    ));
+    assert_eq!(c.drain_timeout, Duration::ZERO);
+    assert_eq!(c.stream_idle_timeout, Duration::ZERO);
+    assert_eq!(c.routes[0].idle_timeout, Duration::ZERO);
+    assert_eq!(c.routes[0].timeout, None);
+    assert_eq!(c.routes[0].websocket_config.idle_timeout, Duration::ZERO);
+}
+
+#[test]
+fn filters_empty_list_versus_absent() {
+    let c = parse(
+        "\
+upgrade_configs:
+  - upgrade_type: websocket
+  - upgrade_type: connect-udp
+    filters: []
+  - upgrade_type: foo
+    filters:
+      - request_body_limit: 0
+      - timeout: 250ms
+",
+    );
+    assert_eq!(c.upgrade_configs[0].filters, None, "absent = default chain");
+    assert_eq!(c.upgrade_configs[1].filters, Some(vec![]), "[] = router only");
+    assert_eq!(
+        c.upgrade_configs[2].filters,
+        Some(vec![
+            Filter::RequestBodyLimit(0),
+            Filter::Timeout(Duration::from_millis(250))
+        ])
+    );
+}
+
+#[test]
+fn endpoint_short_and_long_forms() {
+    let c = parse(
+        "\
+clusters:
+  - name: mixed
+    endpoints:
+      - 127.0.0.1:9001
+      - \"[::1]:9002\"
+      - echo.internal:80
+      - address: 10.0.0.1:443
+        hostname: api.example.com
+      - { address: backend:8080 }
+",
+    );
+    let e = &c.clusters[0].endpoints;
+    assert_eq!(e.len(), 5);
+    assert_eq!(
+        (e[0].address.as_str(), e[0].port, e[0].hostname.as_deref()),
+        ("127.0.0.1:9001", 9001, None)
+    );
+    assert_eq!(e[0].socket_addr(), Some(addr("127.0.0.1:9001")));
+    assert_eq!(e[1].port, 9002);
+    assert_eq!(e[1].host(), "::1");
+    assert_eq!(e[2].host(), "echo.internal");
+    assert_eq!(e[2].socket_addr(), None, "host names are not resolved");
+    assert_eq!(
+        (e[3].address.as_str(), e[3].port, e[3].hostname.as_deref()),
+        ("10.0.0.1:443", 443, Some("api.example.com"))
+    );
+    assert_eq!(
+        (e[4].host(), e[4].port, e[4].hostname.as_deref()),
+        ("backend", 8080, None)
+    );
+}
+
+#[test]
+fn weighted_clusters_and_other_matches() {
+    let c = parse(&with_clusters(
+        r#"
+routes:
+  - match:
+      regex: "^/ws/[0-9]+$"
+      headers: [{ name: x-present }]
+    weighted_clusters: [{ name: echo, weight: 80 }, { name: other, weight: 20 }]
+    auto_host_rewrite: true
+"#,
+    ));
+    let r = &c.routes[0];
+    assert_eq!(r.matcher.path, PathMatch::Regex("^/ws/[0-9]+$".into()));
+    assert_eq!(
+        r.matcher.headers,
+        vec![HeaderMatcher {
+            name: "x-present".into(),
+            exact: None
+        }]
+    );
+    assert_eq!(
+        r.target,
+        RouteTarget::WeightedClusters(vec![
+            WeightedCluster {
+                name: "echo".into(),
+                weight: 80
+            },
+            WeightedCluster {
+                name: "other".into(),
+                weight: 20
+            },
+        ])
+    );
+    assert!(r.auto_host_rewrite);
+}
+
+// ---------------------------------------------------------------- durations
+
+#[test]
+fn durations_good() {
+    for (text, expected) in [
+        ("250ms", Duration::from_millis(250)),
+        ("30s", Duration::from_secs(30)),
+        ("5m", Duration::from_secs(300)),
+        ("1h", Duration::from_secs(3600)),
+        ("0s", Duration::ZERO),
+        ("0ms", Duration::ZERO),
+    ] {
+        assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        let c = parse(&format!("drain_timeout: {text}\n"));
+        assert_eq!(c.drain_timeout, expected);
+    }
+    assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+    assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+    assert_eq!(format_duration(Duration::from_secs(61)), "61s");
+}
+
+#[test]
+fn durations_bad() {
+    for text in [
+        "30",
+        "30sec",
+        "1.5s",
+        "-1s",
+        "s",
+        "",
+        "5 m",
+        "1d",
+        "30S",
+        "99999999999999999999s",
+        "18446744073709551615h",
+    ] {
+        let message = parse_duration(text).unwrap_err();
+        assert!(message.contains(&format!("\"{text}\"")), "{message}");
+    }
+    assert!(
+        parse_duration("30")
+            .unwrap_err()
+            .contains("a bare number has no unit; expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h")
+    );
+    assert!(
+        parse_duration("30sec")
+            .unwrap_err()
+            .contains("unknown unit \"sec\"")
+    );
+    assert!(
+        parse_duration("1.5s")
+            .unwrap_err()
+            .contains("fractions are not supported")
+    );
+
+    let e = one("listen: 127.0.0.1:10000\ndrain_timeout: 30\n");
+    check(
+        &e,
+        "drain_timeout",
+        2,
+        "invalid duration \"30\": a bare number has no unit",
+    );
+    assert_eq!(e.column, Some(16));
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:2:16: drain_timeout: invalid duration \"30\": a bare number has no unit; expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h; 0s turns a timeout off where allowed)"
+    );
+    let e = one("stream_idle_timeout: 5min\n");
+    check(
+        &e,
+        "stream_idle_timeout",
+        1,
+        "unknown unit \"min\"; expected an integer followed by a unit: ms, s, m or h",
+    );
+}
+
+#[test]
+fn zero_where_a_duration_cannot_be_off() {
+    let e = one("clusters:\n  - name: a\n    connect_timeout: 0s\n    endpoints: [a:1]\n");
+    check(
+        &e,
+        "clusters[0].connect_timeout",
+        3,
+        "connect_timeout must be greater than zero",
+    );
+    let e = one("http_filters:\n  - timeout: 0s\n");
+    check(
+        &e,
+        "http_filters[0].timeout",
+        2,
+        "a timeout filter of 0s would fail every request",
+    );
+    let e = one("http_filters:\n  - timeout: 10\n");
+    check(&e, "http_filters[0].timeout", 2, "a bare number has no unit");
+}
+
+// ---------------------------------------------------------------- validation errors
+
+#[test]
+fn duplicate_upgrade_type_at_listener_level() {
+    let e = one("upgrade_configs:\n  - upgrade_type: websocket\n  - upgrade_type: WebSocket\n");
+    check(
+        &e,
+        "upgrade_configs[1].upgrade_type",
+        3,
+        "duplicate upgrade_type \"WebSocket\": \"websocket\" is already configured at line 2 in upgrade_configs (upgrade types are case-insensitive); keep one entry",
+    );
+    assert_eq!(e.column, Some(19));
+}
+
+#[test]
+fn duplicate_upgrade_type_in_a_route() {
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { prefix: / }
+    cluster: echo
+    upgrade_configs:
+      - upgrade_type: foo
+      - { upgrade_type: FOO, enabled: false }
+",
+    ));
+    check(
+        &e,
+        "routes[0].upgrade_configs[1].upgrade_type",
+        11,
+        "duplicate upgrade_type \"FOO\": \"foo\" is already configured at line 10 in this route's upgrade_configs",
+    );
+}
+
+#[test]
+fn route_names_a_missing_cluster() {
+    let e = one(&with_clusters(
+        "routes:\n  - match: { prefix: / }\n    cluster: ech\n",
+    ));
+    check(&e, "routes[0].cluster", 8, "");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:8:14: routes[0].cluster: unknown cluster \"ech\"; define it under `clusters` or fix the name (known: echo, other)"
+    );
+}
+
+#[test]
+fn weighted_cluster_names_a_missing_cluster() {
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { prefix: / }
+    weighted_clusters:
+      - { name: echo, weight: 1 }
+      - { name: nope, weight: 1 }
+",
+    ));
+    check(
+        &e,
+        "routes[0].weighted_clusters[1].name",
+        10,
+        "unknown cluster \"nope\"; define it under `clusters` or fix the name (known: echo, other)",
+    );
+}
+
+#[test]
+fn route_upgrade_config_with_filters() {
+    let e = one(&with_clusters(
+        "\
+upgrade_configs:
+  - upgrade_type: foo
+routes:
+  - match: { prefix: / }
+    cluster: echo
+    upgrade_configs:
+      - upgrade_type: foo
+        filters: []
+",
+    ));
+    check(
+        &e,
+        "routes[0].upgrade_configs[0].filters",
+        13,
+        "`filters` is not allowed in a route's upgrade_configs: a type's chain belongs at listener level; move it to the top-level upgrade_configs entry for \"foo\"",
+    );
+}
+
+#[test]
+fn weights_totalling_zero() {
+    for (weights, line) in [
+        // A block list is located at its first item.
+        (
+            "\n      - { name: echo, weight: 0 }\n      - { name: other, weight: 0 }",
+            9,
+        ),
+        (" []", 8),
+    ] {
+        let e = one(&with_clusters(&format!(
+            "routes:\n  - match: {{ prefix: / }}\n    weighted_clusters:{weights}\n"
+        )));
+        check(
+            &e,
+            "routes[0].weighted_clusters",
+            line,
+            "the weights of weighted_clusters total 0; list at least one cluster with a weight above 0",
+        );
+    }
+}
+
+#[test]
+fn cluster_and_weighted_clusters_both_or_neither() {
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { prefix: / }
+    cluster: echo
+    weighted_clusters: [{ name: other, weight: 1 }]
+",
+    ));
+    check(
+        &e,
+        "routes[0].weighted_clusters",
+        9,
+        "a route takes either `cluster` or `weighted_clusters`, not both; remove one",
+    );
+
+    let e = one(&with_clusters(
+        "routes:\n  - match: { prefix: / }\n    prefix_rewrite: /x\n",
+    ));
+    check(
+        &e,
+        "routes[0]",
+        7,
+        "a route needs a target: add `cluster: <name>` or `weighted_clusters: [{ name, weight }]`",
+    );
+}
+
+#[test]
+fn match_needs_exactly_one_path_condition() {
+    let e = one(&with_clusters(
+        "routes:\n  - match: { headers: [{ name: x-a }] }\n    cluster: echo\n",
+    ));
+    check(
+        &e,
+        "routes[0].match",
+        7,
+        "a match needs exactly one of `prefix`, `path` or `regex`; add one, e.g. `prefix: /`",
+    );
+
+    let errors = errors(&with_clusters(
+        "\
+routes:
+  - match:
+      prefix: /a
+      path: /b
+      regex: ^/c$
+    cluster: echo
+",
+    ));
+    assert_eq!(errors.len(), 2, "{}", render(&errors));
+    check(
+        &errors[0],
+        "routes[0].match.path",
+        9,
+        "`prefix` and `path` are both set",
+    );
+    check(
+        &errors[1],
+        "routes[0].match.regex",
+        10,
+        "`prefix` and `regex` are both set",
+    );
+
+    let e = one(&with_clusters(
+        "routes:\n  - match: { prefix: ws }\n    cluster: echo\n",
+    ));
+    check(
+        &e,
+        "routes[0].match.prefix",
+        7,
+        "prefix \"ws\" must start with \"/\"",
+    );
+}
+
+#[test]
+fn invalid_regex() {
+    let e = one(&with_clusters(
+        "routes:\n  - match: { regex: \"^/ws/[0-9+$\" }\n    cluster: echo\n",
+    ));
+    check(
+        &e,
+        "routes[0].match.regex",
+        7,
+        "invalid regex \"^/ws/[0-9+$\": unclosed character class",
+    );
+}
+
+#[test]
+fn host_rewrite_literal_and_auto() {
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { prefix: / }
+    cluster: echo
+    host_rewrite_literal: echo.internal
+    auto_host_rewrite: true
+",
+    ));
+    check(
+        &e,
+        "routes[0].auto_host_rewrite",
+        10,
+        "`host_rewrite_literal` and `auto_host_rewrite: true` are mutually exclusive; keep one",
+    );
+    // auto_host_rewrite: false next to a literal is fine.
+    parse(&with_clusters(
+        "routes:\n  - match: { prefix: / }\n    cluster: echo\n    host_rewrite_literal: a\n    auto_host_rewrite: false\n",
+    ));
+}
+
+#[test]
+fn duplicate_cluster_names_and_empty_clusters() {
+    let errors = errors(
+        "\
+clusters:
+  - name: echo
+    endpoints: [a:1]
+  - name: echo
+    endpoints: []
+  - name: lonely
+",
+    );
+    assert_eq!(errors.len(), 3, "{}", render(&errors));
+    check(
+        &errors[0],
+        "clusters[1].name",
+        4,
+        "duplicate cluster name \"echo\" (first defined at line 2); cluster names must be unique",
+    );
+    check(
+        &errors[1],
+        "clusters[1].endpoints",
+        5,
+        "cluster \"echo\" has no endpoints; add at least one under `endpoints`",
+    );
+    check(
+        &errors[2],
+        "clusters[2].endpoints",
+        6,
+        "cluster \"lonely\" has no endpoints",
+    );
+}
+
+#[test]
+fn max_connect_attempts_zero() {
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { prefix: / }
+    cluster: echo
+    use_websocket: true
+    websocket_config:
+      max_connect_attempts: 0
+",
+    ));
+    check(
+        &e,
+        "routes[0].websocket_config.max_connect_attempts",
+        11,
+        "max_connect_attempts must be at least 1",
+    );
+}
+
+#[test]
+fn percentages_above_100() {
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match:
+      prefix: /
+      runtime_fraction: { runtime_key: canary, default: 101 }
+    cluster: echo
+",
+    ));
+    check(
+        &e,
+        "routes[0].match.runtime_fraction.default",
+        9,
+        "default 101 is not a percentage; use a whole number from 0 to 100",
+    );
+
+    let e = one("runtime:\n  ok: 100\n  canary: 150\n");
+    check(
+        &e,
+        "runtime.canary",
+        3,
+        "runtime value 150 is not a percentage; use a whole number from 0 to 100",
+    );
+}
+
+#[test]
+fn invalid_header_names_and_values() {
+    let errors = errors(&with_clusters(
+        r#"
+http_filters:
+  - request_headers_to_add: { "bad header": x, x-ok: "line\nbreak" }
+  - response_headers_to_add: { X-Dup: a, x-dup: b }
+routes:
+  - match:
+      prefix: /
+      headers: [{ name: "a:b" }]
+    cluster: echo
+    request_headers_to_add: { "": v }
+    request_headers_to_remove: ["x y"]
+"#,
+    ));
+    assert_eq!(errors.len(), 6, "{}", render(&errors));
+    check(
+        &errors[0],
+        "http_filters[0].request_headers_to_add.bad header",
+        8,
+        "invalid header name \"bad header\": header names are non-empty and use only letters, digits and",
+    );
+    check(
+        &errors[1],
+        "http_filters[0].request_headers_to_add.x-ok",
+        8,
+        "invalid value for header \"x-ok\": header values may not contain control characters",
+    );
+    check(
+        &errors[2],
+        "http_filters[1].response_headers_to_add.x-dup",
+        9,
+        "header \"x-dup\" is already set at line 9 (header names are case-insensitive)",
+    );
+    check(
+        &errors[3],
+        "routes[0].match.headers[0].name",
+        13,
+        "invalid header name \"a:b\"",
+    );
+    check(
+        &errors[4],
+        "routes[0].request_headers_to_add.",
+        15,
+        "invalid header name \"\"",
+    );
+    check(
+        &errors[5],
+        "routes[0].request_headers_to_remove[0]",
+        16,
+        "invalid header name \"x y\"",
+    );
+}
+
+#[test]
+fn listen_and_admin_must_be_socket_addresses() {
+    let errors = errors("listen: localhost:10000\nadmin: 9901\n");
+    assert_eq!(errors.len(), 2, "{}", render(&errors));
+    check(
+        &errors[0],
+        "listen",
+        1,
+        "\"localhost:10000\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000",
+    );
+    check(
+        &errors[1],
+        "admin",
+        2,
+        "\"9901\" is not a socket address; write ip:port, e.g. 127.0.0.1:9901",
+    );
+    assert_eq!(parse("listen: \"[::1]:8080\"\n").listen, addr("[::1]:8080"));
+}
+
+#[test]
+fn upgrade_type_empty_or_with_whitespace() {
+    let errors = errors(
+        "\
+upgrade_configs:
+  - upgrade_type: \"\"
+  - upgrade_type: web socket
+ignore_upgrades: [\"tls/ *\"]
+",
+    );
+    assert_eq!(errors.len(), 3, "{}", render(&errors));
+    check(
+        &errors[0],
+        "upgrade_configs[0].upgrade_type",
+        2,
+        "upgrade_type is empty; write an upgrade token such as \"websocket\"",
+    );
+    check(
+        &errors[1],
+        "upgrade_configs[1].upgrade_type",
+        3,
+        "upgrade_type \"web socket\" contains whitespace; an upgrade token is a single word",
+    );
+    check(
+        &errors[2],
+        "ignore_upgrades[0]",
+        4,
+        "ignore_upgrades entry \"tls/ *\" contains whitespace",
+    );
+}
+
+#[test]
+fn bad_endpoints_and_filters() {
+    let errors = errors(
+        "\
+http_filters:
+  - concurrency_limit: 0
+clusters:
+  - name: c
+    endpoints:
+      - echo.internal
+      - { address: \"echo:99999\", hostname: \"\" }
+access_log: \"\"
+",
+    );
+    assert_eq!(errors.len(), 5, "{}", render(&errors));
+    check(
+        &errors[0],
+        "http_filters[0].concurrency_limit",
+        2,
+        "concurrency_limit 0 would refuse every request",
+    );
+    check(
+        &errors[1],
+        "clusters[0].endpoints[0]",
+        6,
+        "endpoint address \"echo.internal\" has no port; write host:port, e.g. 127.0.0.1:9001",
+    );
+    check(
+        &errors[2],
+        "clusters[0].endpoints[1].address",
+        7,
+        "port \"99999\" is not a number from 1 to 65535",
+    );
+    check(
+        &errors[3],
+        "clusters[0].endpoints[1].hostname",
+        7,
+        "hostname \"\" must be a non-empty name",
+    );
+    check(&errors[4], "access_log", 8, "access_log is empty");
+}
+
+#[test]
+fn several_errors_are_all_reported_in_order() {
+    let errors = errors(
+        "\
+listen: nowhere
+drain_timeout: 30
+upgrade_configs:
+  - upgrade_type: websocket
+  - upgrade_type: websocket
+routes:
+  - match: { prefix: / }
+    cluster: ech
+  - match: { prefix: /a, path: /a }
+    cluster: echo
+    websocket_config: { max_connect_attempts: 0 }
+clusters:
+  - name: echo
+    endpoints: []
+",
+    );
+    let rendered = render(&errors);
+    assert_eq!(errors.len(), 7, "{rendered}");
+    let where_: Vec<(&str, Option<usize>)> = errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        where_,
+        vec![
+            ("listen", Some(1)),
+            ("drain_timeout", Some(2)),
+            ("upgrade_configs[1].upgrade_type", Some(5)),
+            ("routes[0].cluster", Some(8)),
+            ("routes[1].match.path", Some(9)),
+            ("routes[1].websocket_config.max_connect_attempts", Some(11)),
+            ("clusters[0].endpoints", Some(14)),
+        ],
+        "{rendered}"
+    );
+    // A cluster with problems still counts as defined: no cascade of "unknown cluster".
+    assert!(!rendered.contains("unknown cluster \"echo\""), "{rendered}");
+}
+
+// ---------------------------------------------------------------- parse errors
+
+#[test]
+fn unknown_field_suggests_the_closest_name() {
+    let e = one("listn: 127.0.0.1:1\n");
+    check(
+        &e,
+        "listn",
+        1,
+        "unknown field `listn`; did you mean `listen`? (known fields: listen, admin,",
+    );
+    assert_eq!(e.column, Some(1));
+
+    let e = one(&with_clusters(
+        "routes:\n  - match:\n      prefx: /ws\n    cluster: echo\n",
+    ));
+    check(
+        &e,
+        "routes[0].match.prefx",
+        8,
+        "unknown field `prefx`; did you mean `prefix`? (known fields: prefix, path, regex, headers, runtime_fraction)",
+    );
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:8:7: routes[0].match.prefx: unknown field `prefx`; did you mean `prefix`? (known fields: prefix, path, regex, headers, runtime_fraction)"
+    );
+
+    let e = one("clusters:\n  - name: a\n    endpoints:\n      - { adress: a:1 }\n");
+    check(
+        &e,
+        "clusters[0].endpoints[0].adress",
+        4,
+        "did you mean `address`? (known fields: address, hostname)",
+    );
+
+    let e = one("something_else: 1\n");
+    check(
+        &e,
+        "something_else",
+        1,
+        "unknown field `something_else`; remove it or use one of the known fields: listen,",
+    );
+}
+
+#[test]
+fn unknown_filter_lists_the_known_filters() {
+    let e = one("http_filters:\n  - request_body_limit: 1\n  - rate_limit: 5\n");
+    check(
+        &e,
+        "http_filters[1].rate_limit",
+        3,
+        "unknown filter `rate_limit`; remove it or use one of the known filters: request_body_limit, request_headers_to_add, response_headers_to_add, concurrency_limit, timeout",
+    );
+    let e = one("http_filters:\n  - concurency_limit: 5\n");
+    check(
+        &e,
+        "http_filters[0].concurency_limit",
+        2,
+        "did you mean `concurrency_limit`?",
+    );
+    let e = one("http_filters:\n  - request_body_limit: 1\n    timeout: 1s\n");
+    check(
+        &e,
+        "http_filters[0].timeout",
+        3,
+        "a filter entry is a mapping with exactly one key",
+    );
+}
+
+#[test]
+fn other_parse_errors_carry_path_and_line() {
+    let e = one("upgrade_configs:\n  - enabled: true\n");
+    check(
+        &e,
+        "upgrade_configs[0]",
+        2,
+        "missing required field `upgrade_type`; add it",
+    );
+
+    let e = one("routes:\n  - cluster: echo\n");
+    check(&e, "routes[0]", 2, "missing required field `match`");
+
+    let e = one("http_filters:\n  - request_body_limit: lots\n");
+    check(
+        &e,
+        "http_filters[0].request_body_limit",
+        2,
+        "expected a whole number that is 0 or more here",
+    );
+
+    let e = one("routes: {}\n");
+    check(&e, "routes", 1, "expected a list here");
+
+    let e = one("clusters:\n  - name: a\n    endpoints: [9001]\n");
+    check(
+        &e,
+        "clusters[0].endpoints[0]",
+        3,
+        "an endpoint: a string host:port or a mapping {address, hostname}",
+    );
+
+    let e = one("listen: a\nlisten: b\n");
+    check(&e, "listen", 2, "duplicate key `listen`");
+
+    let e = one("routes:\n  - match: { prefix: / }\n    use_websocket: maybe\n");
+    check(&e, "routes[0].use_websocket", 3, "expected true or false here");
+
+    let e = one("listen: 'unclosed\n");
+    check(&e, "listen", 1, "unclosed quote");
+
+    let e = one("listen: [a\n");
+    check(&e, "listen", 1, "expected a single value (a string) here");
+}
+
+// ---------------------------------------------------------------- display, load, demo, serialize
+
+#[test]
+fn display_without_location_or_path() {
+    let e = ConfigError {
+        file: "a.yaml".into(),
+        line: None,
+        column: None,
+        path: String::new(),
+        message: "broken".into(),
+    };
+    assert_eq!(e.to_string(), "a.yaml: broken");
+    let e = ConfigError {
+        line: Some(3),
+        column: Some(1),
+        path: "x".into(),
+        ..e
+    };
+    assert_eq!(e.to_string(), "a.yaml:3:1: x: broken");
+}
+
+#[test]
+fn load_reads_files_and_reports_unreadable_ones() {
+    let dir = std::env::temp_dir().join(format!("switchback-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, FULL).unwrap();
+    assert_eq!(Config::load(&good).unwrap(), parse(FULL));
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "drain_timeout: soon\n").unwrap();
+    let errors = Config::load(&bad).unwrap_err();
+    assert_eq!(errors[0].file, bad.display().to_string());
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with(&format!("{}:1:16: drain_timeout: ", bad.display()))
+    );
+
+    let missing = dir.join("missing.yaml");
+    let errors = Config::load(&missing).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].line, None);
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with(&format!("{}: cannot read the config file: ", missing.display())),
+        "{}",
+        errors[0]
+    );
+    std::fs::remove_dir_all(Path::new(&dir)).unwrap();
+}
+
+#[test]
+fn demo_config() {
+    let c = Config::demo(addr("127.0.0.1:9001"));
+    assert_eq!(c.listen, addr("127.0.0.1:10000"));
+    assert_eq!(c.upgrade_config("websocket").map(|u| u.enabled), Some(true));
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].matcher.path, PathMatch::Prefix("/".into()));
+    assert_eq!(c.routes[0].target, RouteTarget::Cluster("echo".into()));
+    assert_eq!(
+        c.cluster("echo").unwrap().endpoints[0].socket_addr(),
+        Some(addr("127.0.0.1:9001"))
+    );
+    // The demo is what this YAML says.
+    let yaml = "\
+upgrade_configs: [{ upgrade_type: websocket }]
+routes: [{ match: { prefix: / }, cluster: echo }]
+clusters: [{ name: echo, endpoints: [127.0.0.1:9001] }]
+";
+    assert_eq!(parse(yaml), c);
+}
+
+/// The effective config serializes in the file's own shape and parses back unchanged.
+#[test]
+fn serialized_config_round_trips() {
+    let mut full = parse(FULL);
+    full.http_filters
+        .push(Filter::Timeout(Duration::from_millis(1500)));
+    for config in [
+        full,
+        Config::default(),
+        Config::demo(addr("[::1]:9001")),
+        parse(&with_clusters(
+            "routes:\n  - match: { regex: ^/x$ }\n    weighted_clusters: [{ name: echo, weight: 1 }]\n    auto_host_rewrite: true\n",
+        )),
+    ] {
+        let yaml = serde_saphyr::to_string(&config).unwrap();
+        let back = Config::from_yaml_str(&yaml, "serialized.yaml")
+            .unwrap_or_else(|e| panic!("{}\n---\n{yaml}", render(&e)));
+        assert_eq!(back, config, "{yaml}");
+    }
+    let yaml = serde_saphyr::to_string(&parse(FULL)).unwrap();
+    for needle in [
+        "drain_timeout: 30s",
+        "stream_idle_timeout: 5m",
+        "idle_timeout: 1m",
+        "connect_timeout: 1s",
+        "prefix: /ws",
+        "cluster: echo",
+        "request_body_limit: 1024",
+        "access_log: /var/log/switchback.jsonl",
+    ] {
+        assert!(yaml.contains(needle), "{needle:?} missing from\n{yaml}");
+    }
+    assert!(!yaml.contains("port:"), "{yaml}");
+}

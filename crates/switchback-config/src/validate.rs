@@ -1,0 +1,854 @@
+//! Checks the file as written ([`RawConfig`]) and builds the effective [`Config`],
+//! collecting every problem with its location instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde_saphyr::Location;
+
+use crate::duration::parse_duration;
+use crate::error::ConfigError;
+use crate::locate::{join_index, join_key};
+use crate::model::{
+    AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, Endpoint, Filter,
+    HeaderMatcher, HeadersToAdd, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig,
+    WebSocketConfig, WeightedCluster,
+};
+use crate::raw::{
+    Pairs, RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawRoute, RawUpgradeConfig, S,
+};
+
+/// Whether a zero duration is acceptable for a field.
+#[derive(Clone, Copy)]
+enum Zero {
+    /// `0s` is allowed (it means "off" or "immediately", as documented on the field).
+    Allowed,
+    /// `0s` is rejected with this explanation.
+    Rejected(&'static str),
+}
+
+/// The characters allowed in a header name, for messages.
+const HEADER_NAME_RULE: &str = "header names are non-empty and use only letters, digits and !#$%&'*+-.^_`|~";
+
+/// Collects errors for one file.
+pub(crate) struct Ctx<'a> {
+    file: &'a str,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+/// Line and column of a location, `None` when serde-saphyr did not know it.
+pub(crate) fn line_column(at: &Location) -> (Option<usize>, Option<usize>) {
+    if at.line() == 0 {
+        return (None, None);
+    }
+    (usize::try_from(at.line()).ok(), usize::try_from(at.column()).ok())
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(file: &'a str) -> Self {
+        Ctx {
+            file,
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, at: &Location, path: &str, message: impl Into<String>) {
+        let (line, column) = line_column(at);
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn socket_addr(&mut self, value: &S<String>, path: &str, example: &str) -> Option<SocketAddr> {
+        match value.value.trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    &value.referenced,
+                    path,
+                    format!(
+                        "\"{}\" is not a socket address; write ip:port, e.g. {example} or [::1]:{}",
+                        value.value,
+                        example.rsplit(':').next().unwrap_or("10000"),
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &S<String>, path: &str, zero: Zero) -> Option<Duration> {
+        match parse_duration(&value.value) {
+            Ok(d) if d.is_zero() => match zero {
+                Zero::Allowed => Some(d),
+                Zero::Rejected(why) => {
+                    self.error(&value.referenced, path, why);
+                    None
+                }
+            },
+            Ok(d) => Some(d),
+            Err(message) => {
+                self.error(&value.referenced, path, message);
+                None
+            }
+        }
+    }
+
+    /// An upgrade token (`upgrade_type`, `ignore_upgrades` entries): non-empty, one word.
+    fn token(&mut self, value: &S<String>, path: &str, what: &str) -> bool {
+        if value.value.is_empty() {
+            self.error(
+                &value.referenced,
+                path,
+                format!("{what} is empty; write an upgrade token such as \"websocket\""),
+            );
+            false
+        } else if value.value.chars().any(char::is_whitespace) {
+            self.error(
+                &value.referenced,
+                path,
+                format!(
+                    "{what} \"{}\" contains whitespace; an upgrade token is a single word such as \"websocket\"",
+                    value.value
+                ),
+            );
+            false
+        } else {
+            true
+        }
+    }
+
+    fn header_name(&mut self, name: &S<String>, path: &str) -> bool {
+        if HeaderName::from_bytes(name.value.as_bytes()).is_ok() {
+            true
+        } else {
+            self.error(
+                &name.referenced,
+                path,
+                format!("invalid header name \"{}\": {HEADER_NAME_RULE}", name.value),
+            );
+            false
+        }
+    }
+
+    fn header_value(&mut self, value: &S<String>, path: &str, header: &str) -> bool {
+        if HeaderValue::from_str(&value.value).is_ok() {
+            true
+        } else {
+            self.error(
+                &value.referenced,
+                path,
+                format!(
+                    "invalid value for header \"{header}\": header values may not contain control characters such as line breaks"
+                ),
+            );
+            false
+        }
+    }
+
+    fn headers_to_add(&mut self, pairs: &Pairs<String>, path: &str) -> HeadersToAdd {
+        let mut out = HeadersToAdd::new();
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        for (name, value) in &pairs.0 {
+            let entry_path = join_key(path, &name.value);
+            if self.header_name(name, &entry_path) {
+                let lower = name.value.to_ascii_lowercase();
+                if let Some((_, line)) = seen.iter().find(|(n, _)| *n == lower) {
+                    self.error(
+                        &name.referenced,
+                        &entry_path,
+                        format!(
+                            "header \"{}\" is already set at line {line} (header names are case-insensitive); keep one",
+                            name.value
+                        ),
+                    );
+                } else {
+                    seen.push((lower, name.referenced.line()));
+                }
+            }
+            self.header_value(value, &entry_path, &name.value);
+            out.insert(name.value.clone(), value.value.clone());
+        }
+        out
+    }
+
+    fn filters(&mut self, raw: &[S<RawFilter>], path: &str) -> Vec<Filter> {
+        let mut out = Vec::new();
+        for (i, filter) in raw.iter().enumerate() {
+            let entry = join_index(path, i);
+            let built = match &filter.value {
+                RawFilter::RequestBodyLimit(limit) => Some(Filter::RequestBodyLimit(limit.value)),
+                RawFilter::RequestHeadersToAdd(pairs) => Some(Filter::RequestHeadersToAdd(
+                    self.headers_to_add(pairs, &join_key(&entry, "request_headers_to_add")),
+                )),
+                RawFilter::ResponseHeadersToAdd(pairs) => Some(Filter::ResponseHeadersToAdd(
+                    self.headers_to_add(pairs, &join_key(&entry, "response_headers_to_add")),
+                )),
+                RawFilter::ConcurrencyLimit(limit) => {
+                    let p = join_key(&entry, "concurrency_limit");
+                    match usize::try_from(limit.value) {
+                        Ok(0) => {
+                            self.error(
+                                &limit.referenced,
+                                &p,
+                                "concurrency_limit 0 would refuse every request; use at least 1, or remove the filter for no limit",
+                            );
+                            None
+                        }
+                        Ok(n) => Some(Filter::ConcurrencyLimit(n)),
+                        Err(_) => {
+                            self.error(&limit.referenced, &p, "concurrency_limit is too large");
+                            None
+                        }
+                    }
+                }
+                RawFilter::Timeout(value) => self
+                    .duration(
+                        value,
+                        &join_key(&entry, "timeout"),
+                        Zero::Rejected(
+                            "a timeout filter of 0s would fail every request; use a positive duration, or remove the filter for no timeout",
+                        ),
+                    )
+                    .map(Filter::Timeout),
+            };
+            out.extend(built);
+        }
+        out
+    }
+
+    fn upgrade_configs(
+        &mut self,
+        raw: &[S<RawUpgradeConfig>],
+        path: &str,
+        route_level: bool,
+    ) -> Vec<UpgradeConfig> {
+        let mut out = Vec::new();
+        let mut seen: Vec<(String, String, u64)> = Vec::new();
+        for (i, entry) in raw.iter().enumerate() {
+            let entry_path = join_index(path, i);
+            let RawUpgradeConfig {
+                upgrade_type,
+                enabled,
+                filters,
+            } = &entry.value;
+            let type_path = join_key(&entry_path, "upgrade_type");
+            if self.token(upgrade_type, &type_path, "upgrade_type") {
+                let lower = upgrade_type.value.to_ascii_lowercase();
+                if let Some((_, first, line)) = seen.iter().find(|(l, _, _)| *l == lower) {
+                    let scope = if route_level {
+                        "in this route's upgrade_configs"
+                    } else {
+                        "in upgrade_configs"
+                    };
+                    self.error(
+                        &upgrade_type.referenced,
+                        &type_path,
+                        format!(
+                            "duplicate upgrade_type \"{}\": \"{first}\" is already configured at line {line} {scope} (upgrade types are case-insensitive); keep one entry",
+                            upgrade_type.value
+                        ),
+                    );
+                } else {
+                    seen.push((lower, upgrade_type.value.clone(), upgrade_type.referenced.line()));
+                }
+            }
+            let filters = match filters {
+                None => None,
+                Some(list) if route_level => {
+                    self.error(
+                        &list.referenced,
+                        &join_key(&entry_path, "filters"),
+                        format!(
+                            "`filters` is not allowed in a route's upgrade_configs: a type's chain belongs at listener level; move it to the top-level upgrade_configs entry for \"{}\" and keep only `enabled` here",
+                            upgrade_type.value
+                        ),
+                    );
+                    None
+                }
+                Some(list) => Some(self.filters(&list.value, &join_key(&entry_path, "filters"))),
+            };
+            out.push(UpgradeConfig {
+                upgrade_type: upgrade_type.value.clone(),
+                enabled: enabled.unwrap_or(true),
+                filters,
+            });
+        }
+        out
+    }
+
+    fn endpoint(&mut self, raw: &S<RawEndpoint>, path: &str) -> Option<Endpoint> {
+        let (address, address_path, hostname) = match &raw.value {
+            RawEndpoint::Short(address) => (
+                S::new(address.clone(), raw.referenced, raw.defined),
+                path.to_owned(),
+                None,
+            ),
+            RawEndpoint::Long(long) => (
+                long.address.clone(),
+                join_key(path, "address"),
+                long.hostname.as_ref(),
+            ),
+        };
+        let port = match endpoint_port(&address.value) {
+            Ok(port) => Some(port),
+            Err(message) => {
+                self.error(&address.referenced, &address_path, message);
+                None
+            }
+        };
+        if let Some(hostname) = hostname
+            && (hostname.value.is_empty() || hostname.value.chars().any(char::is_whitespace))
+        {
+            self.error(
+                &hostname.referenced,
+                &join_key(path, "hostname"),
+                format!(
+                    "hostname \"{}\" must be a non-empty name without spaces, e.g. echo.internal",
+                    hostname.value
+                ),
+            );
+        }
+        Some(Endpoint {
+            address: address.value,
+            port: port?,
+            hostname: hostname.map(|h| h.value.clone()),
+        })
+    }
+
+    fn cluster(&mut self, raw: &S<RawCluster>, path: &str) -> Cluster {
+        let RawCluster {
+            name,
+            connect_timeout,
+            endpoints,
+        } = &raw.value;
+        let connect_timeout = connect_timeout
+            .as_ref()
+            .and_then(|value| {
+                self.duration(
+                    value,
+                    &join_key(path, "connect_timeout"),
+                    Zero::Rejected(
+                        "connect_timeout must be greater than zero (e.g. 1s); omit it for the default 5s",
+                    ),
+                )
+            })
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let endpoints_path = join_key(path, "endpoints");
+        let mut built = Vec::new();
+        match endpoints {
+            Some(list) if !list.value.is_empty() => {
+                for (i, endpoint) in list.value.iter().enumerate() {
+                    built.extend(self.endpoint(endpoint, &join_index(&endpoints_path, i)));
+                }
+            }
+            _ => {
+                let at = endpoints.as_ref().map_or(&raw.referenced, |e| &e.referenced);
+                self.error(
+                    at,
+                    &endpoints_path,
+                    format!(
+                        "cluster \"{}\" has no endpoints; add at least one under `endpoints`, e.g. `- 127.0.0.1:9001`",
+                        name.value
+                    ),
+                );
+            }
+        }
+        Cluster {
+            name: name.value.clone(),
+            connect_timeout,
+            endpoints: built,
+        }
+    }
+
+    fn path_match(&mut self, m: &S<RawMatch>, path: &str) -> PathMatch {
+        let RawMatch {
+            prefix,
+            path: exact,
+            regex,
+            ..
+        } = &m.value;
+        let present: Vec<(&str, &S<String>)> = [("prefix", prefix), ("path", exact), ("regex", regex)]
+            .into_iter()
+            .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+            .collect();
+        let Some(&(kind, value)) = present.first() else {
+            self.error(
+                &m.referenced,
+                path,
+                "a match needs exactly one of `prefix`, `path` or `regex`; add one, e.g. `prefix: /`",
+            );
+            return PathMatch::Prefix("/".to_owned());
+        };
+        for (other, other_value) in present.iter().skip(1) {
+            self.error(
+                &other_value.referenced,
+                &join_key(path, other),
+                format!(
+                    "`{kind}` and `{other}` are both set; a match takes exactly one of `prefix`, `path` or `regex`, remove one"
+                ),
+            );
+        }
+        let value_path = join_key(path, kind);
+        match kind {
+            "regex" => {
+                if let Err(e) = regex::Regex::new(&value.value) {
+                    self.error(
+                        &value.referenced,
+                        &value_path,
+                        format!("invalid regex \"{}\": {}", value.value, regex_error_summary(&e)),
+                    );
+                }
+                PathMatch::Regex(value.value.clone())
+            }
+            _ => {
+                if !value.value.starts_with('/') {
+                    self.error(
+                        &value.referenced,
+                        &value_path,
+                        format!(
+                            "{kind} \"{}\" must start with \"/\" (request paths always do), e.g. /{}",
+                            value.value,
+                            value.value.trim_start_matches('/'),
+                        ),
+                    );
+                }
+                if kind == "prefix" {
+                    PathMatch::Prefix(value.value.clone())
+                } else {
+                    PathMatch::Path(value.value.clone())
+                }
+            }
+        }
+    }
+
+    fn route_match(&mut self, m: &S<RawMatch>, path: &str) -> RouteMatch {
+        let path_match = self.path_match(m, path);
+        let mut headers = Vec::new();
+        for (i, header) in m.value.headers.iter().enumerate() {
+            let entry = join_index(&join_key(path, "headers"), i);
+            self.header_name(&header.value.name, &join_key(&entry, "name"));
+            if let Some(exact) = &header.value.exact {
+                self.header_value(exact, &join_key(&entry, "exact"), &header.value.name.value);
+            }
+            headers.push(HeaderMatcher {
+                name: header.value.name.value.clone(),
+                exact: header.value.exact.as_ref().map(|e| e.value.clone()),
+            });
+        }
+        let runtime_fraction = m.value.runtime_fraction.as_ref().map(|fraction| {
+            let fraction_path = join_key(path, "runtime_fraction");
+            let key = &fraction.value.runtime_key;
+            if key.value.is_empty() {
+                self.error(
+                    &key.referenced,
+                    &join_key(&fraction_path, "runtime_key"),
+                    "runtime_key is empty; name a key of `runtime`, e.g. routing.traffic_shift.canary",
+                );
+            }
+            let default = &fraction.value.default;
+            RuntimeFraction {
+                runtime_key: key.value.clone(),
+                default: self.percentage(default, &join_key(&fraction_path, "default"), "default"),
+            }
+        });
+        RouteMatch {
+            path: path_match,
+            headers,
+            runtime_fraction,
+        }
+    }
+
+    fn percentage(&mut self, value: &S<u64>, path: &str, what: &str) -> u8 {
+        match u8::try_from(value.value) {
+            Ok(p) if p <= 100 => p,
+            _ => {
+                self.error(
+                    &value.referenced,
+                    path,
+                    format!(
+                        "{what} {} is not a percentage; use a whole number from 0 to 100",
+                        value.value
+                    ),
+                );
+                100
+            }
+        }
+    }
+
+    fn cluster_ref(&mut self, name: &S<String>, path: &str, known: &[String]) {
+        if known.contains(&name.value) {
+            return;
+        }
+        let hint = if known.is_empty() {
+            "no clusters are defined".to_owned()
+        } else {
+            format!("known: {}", known.join(", "))
+        };
+        self.error(
+            &name.referenced,
+            path,
+            format!(
+                "unknown cluster \"{}\"; define it under `clusters` or fix the name ({hint})",
+                name.value
+            ),
+        );
+    }
+
+    fn target(&mut self, route: &S<RawRoute>, path: &str, known: &[String]) -> RouteTarget {
+        let r = &route.value;
+        if let Some(cluster) = &r.cluster {
+            self.cluster_ref(cluster, &join_key(path, "cluster"), known);
+        }
+        let weighted = r.weighted_clusters.as_ref().map(|list| {
+            let list_path = join_key(path, "weighted_clusters");
+            let mut total: u64 = 0;
+            let mut out = Vec::new();
+            for (i, entry) in list.value.iter().enumerate() {
+                let entry_path = join_index(&list_path, i);
+                self.cluster_ref(&entry.value.name, &join_key(&entry_path, "name"), known);
+                let weight = u32::try_from(entry.value.weight.value).unwrap_or_else(|_| {
+                    self.error(
+                        &entry.value.weight.referenced,
+                        &join_key(&entry_path, "weight"),
+                        format!("weight is too large; use at most {}", u32::MAX),
+                    );
+                    0
+                });
+                total += u64::from(weight);
+                out.push(WeightedCluster {
+                    name: entry.value.name.value.clone(),
+                    weight,
+                });
+            }
+            if total == 0 {
+                self.error(
+                    &list.referenced,
+                    &list_path,
+                    "the weights of weighted_clusters total 0; list at least one cluster with a weight above 0",
+                );
+            }
+            (list, out)
+        });
+        match (&r.cluster, weighted) {
+            (Some(cluster), Some((list, _))) => {
+                self.error(
+                    &list.referenced,
+                    &join_key(path, "weighted_clusters"),
+                    "a route takes either `cluster` or `weighted_clusters`, not both; remove one",
+                );
+                RouteTarget::Cluster(cluster.value.clone())
+            }
+            (Some(cluster), None) => RouteTarget::Cluster(cluster.value.clone()),
+            (None, Some((_, list))) => RouteTarget::WeightedClusters(list),
+            (None, None) => {
+                self.error(
+                    &route.referenced,
+                    path,
+                    "a route needs a target: add `cluster: <name>` or `weighted_clusters: [{ name, weight }]`",
+                );
+                RouteTarget::Cluster(String::new())
+            }
+        }
+    }
+
+    fn route(
+        &mut self,
+        route: &S<RawRoute>,
+        path: &str,
+        known: &[String],
+        stream_idle_timeout: Duration,
+    ) -> Route {
+        let r = &route.value;
+        let matcher = self.route_match(&r.matcher, &join_key(path, "match"));
+        let target = self.target(route, path, known);
+
+        let auto_host_rewrite = r.auto_host_rewrite.as_ref().is_some_and(|a| a.value);
+        if let Some(literal) = &r.host_rewrite_literal {
+            let literal_path = join_key(path, "host_rewrite_literal");
+            if literal.value.is_empty() {
+                self.error(
+                    &literal.referenced,
+                    &literal_path,
+                    "host_rewrite_literal is empty; write a host name, e.g. echo.internal",
+                );
+            } else {
+                self.header_value(literal, &literal_path, "host");
+            }
+            if let Some(auto) = r.auto_host_rewrite.as_ref().filter(|a| a.value) {
+                self.error(
+                    &auto.referenced,
+                    &join_key(path, "auto_host_rewrite"),
+                    "`host_rewrite_literal` and `auto_host_rewrite: true` are mutually exclusive; keep one",
+                );
+            }
+        }
+
+        let request_headers_to_add = self.headers_to_add(
+            &r.request_headers_to_add,
+            &join_key(path, "request_headers_to_add"),
+        );
+        let remove_path = join_key(path, "request_headers_to_remove");
+        for (i, name) in r.request_headers_to_remove.iter().enumerate() {
+            self.header_name(name, &join_index(&remove_path, i));
+        }
+
+        let timeout = r
+            .timeout
+            .as_ref()
+            .and_then(|t| self.duration(t, &join_key(path, "timeout"), Zero::Allowed))
+            .filter(|t| !t.is_zero());
+        let idle_timeout = r
+            .idle_timeout
+            .as_ref()
+            .and_then(|t| self.duration(t, &join_key(path, "idle_timeout"), Zero::Allowed))
+            .unwrap_or(stream_idle_timeout);
+        let upgrade_configs =
+            self.upgrade_configs(&r.upgrade_configs, &join_key(path, "upgrade_configs"), true);
+
+        let mut websocket_config = WebSocketConfig {
+            idle_timeout,
+            max_connect_attempts: DEFAULT_MAX_CONNECT_ATTEMPTS,
+        };
+        if let Some(ws) = &r.websocket_config {
+            let ws_path = join_key(path, "websocket_config");
+            if let Some(t) = &ws.value.idle_timeout
+                && let Some(t) = self.duration(t, &join_key(&ws_path, "idle_timeout"), Zero::Allowed)
+            {
+                websocket_config.idle_timeout = t;
+            }
+            if let Some(attempts) = &ws.value.max_connect_attempts {
+                match u32::try_from(attempts.value) {
+                    Ok(0) => self.error(
+                        &attempts.referenced,
+                        &join_key(&ws_path, "max_connect_attempts"),
+                        "max_connect_attempts must be at least 1 (1 = a single attempt, no retry)",
+                    ),
+                    Ok(n) => websocket_config.max_connect_attempts = n,
+                    Err(_) => self.error(
+                        &attempts.referenced,
+                        &join_key(&ws_path, "max_connect_attempts"),
+                        "max_connect_attempts is too large",
+                    ),
+                }
+            }
+        }
+
+        Route {
+            matcher,
+            target,
+            prefix_rewrite: r.prefix_rewrite.as_ref().map(|p| p.value.clone()),
+            host_rewrite_literal: r.host_rewrite_literal.as_ref().map(|h| h.value.clone()),
+            auto_host_rewrite,
+            request_headers_to_add,
+            request_headers_to_remove: r
+                .request_headers_to_remove
+                .iter()
+                .map(|n| n.value.clone())
+                .collect(),
+            timeout,
+            idle_timeout,
+            upgrade_configs,
+            use_websocket: r.use_websocket,
+            websocket_config,
+        }
+    }
+
+    /// Checks everything and builds the effective config; problems land in `self.errors`.
+    pub(crate) fn build(&mut self, raw: &RawConfig) -> Config {
+        let mut config = Config::default();
+
+        if let Some(listen) = &raw.listen
+            && let Some(addr) = self.socket_addr(listen, "listen", "127.0.0.1:10000")
+        {
+            config.listen = addr;
+        }
+        if let Some(admin) = &raw.admin {
+            config.admin = self.socket_addr(admin, "admin", "127.0.0.1:9901");
+        }
+        if let Some(d) = &raw.drain_timeout
+            && let Some(d) = self.duration(d, "drain_timeout", Zero::Allowed)
+        {
+            config.drain_timeout = d;
+        }
+        if let Some(d) = &raw.stream_idle_timeout
+            && let Some(d) = self.duration(d, "stream_idle_timeout", Zero::Allowed)
+        {
+            config.stream_idle_timeout = d;
+        }
+
+        config.upgrade_configs = self.upgrade_configs(&raw.upgrade_configs, "upgrade_configs", false);
+
+        if let Some(tokens) = &raw.ignore_upgrades {
+            config.ignore_upgrades = Vec::new();
+            for (i, token) in tokens.iter().enumerate() {
+                self.token(token, &join_index("ignore_upgrades", i), "ignore_upgrades entry");
+                config.ignore_upgrades.push(token.value.clone());
+            }
+        }
+
+        config.http_filters = self.filters(&raw.http_filters, "http_filters");
+
+        let mut runtime = BTreeMap::new();
+        for (key, value) in &raw.runtime.0 {
+            let p = self.percentage(value, &join_key("runtime", &key.value), "runtime value");
+            runtime.insert(key.value.clone(), p);
+        }
+        config.runtime = runtime;
+
+        // Every name written under `clusters`, even of clusters with other problems, so a
+        // broken cluster does not also produce "unknown cluster" errors on its routes.
+        let mut known: Vec<String> = Vec::new();
+        let mut first_line: BTreeMap<&str, u64> = BTreeMap::new();
+        for (i, cluster) in raw.clusters.iter().enumerate() {
+            let path = join_index("clusters", i);
+            let name = &cluster.value.name;
+            let name_path = join_key(&path, "name");
+            if name.value.trim().is_empty() {
+                self.error(
+                    &name.referenced,
+                    &name_path,
+                    "cluster name is empty; give the cluster a name routes can refer to",
+                );
+            } else if let Some(line) = first_line.get(name.value.as_str()) {
+                self.error(
+                    &name.referenced,
+                    &name_path,
+                    format!(
+                        "duplicate cluster name \"{}\" (first defined at line {line}); cluster names must be unique, rename or merge one",
+                        name.value
+                    ),
+                );
+            } else {
+                first_line.insert(&name.value, name.referenced.line());
+                known.push(name.value.clone());
+            }
+            let built = self.cluster(cluster, &path);
+            config.clusters.push(built);
+        }
+
+        for (i, route) in raw.routes.iter().enumerate() {
+            let built = self.route(
+                route,
+                &join_index("routes", i),
+                &known,
+                config.stream_idle_timeout,
+            );
+            config.routes.push(built);
+        }
+
+        if let Some(log) = &raw.access_log {
+            config.access_log = match log.value.as_str() {
+                "-" => AccessLog::Stdout,
+                "" => {
+                    self.error(
+                        &log.referenced,
+                        "access_log",
+                        "access_log is empty; write a file path, or \"-\" for standard output",
+                    );
+                    AccessLog::Stdout
+                }
+                path => AccessLog::File(PathBuf::from(path)),
+            };
+        }
+
+        config
+    }
+}
+
+/// The port of an endpoint address (`ip:port`, `[ipv6]:port` or `hostname:port`), or why
+/// the address is not one.
+fn endpoint_port(address: &str) -> Result<u16, String> {
+    const FORMS: &str = "write host:port, e.g. 127.0.0.1:9001, [::1]:9001 or echo.internal:9001";
+    let port = if let Ok(addr) = address.parse::<SocketAddr>() {
+        addr.port()
+    } else {
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return Err(format!("endpoint address \"{address}\" has no port; {FORMS}"));
+        };
+        if host.is_empty() {
+            return Err(format!("endpoint address \"{address}\" has no host; {FORMS}"));
+        }
+        if host.starts_with('[') || host.contains(':') {
+            return Err(format!(
+                "endpoint address \"{address}\" is not a valid IPv6 socket address; IPv6 addresses need brackets, e.g. [::1]:9001"
+            ));
+        }
+        if !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(format!(
+                "endpoint address \"{address}\": \"{host}\" is not a valid host name or IP address; {FORMS}"
+            ));
+        }
+        port.parse::<u16>().map_err(|_| {
+            format!("endpoint address \"{address}\": port \"{port}\" is not a number from 1 to 65535")
+        })?
+    };
+    if port == 0 {
+        return Err(format!(
+            "endpoint address \"{address}\": port 0 cannot be connected to; use a port from 1 to 65535"
+        ));
+    }
+    Ok(port)
+}
+
+/// The one-line gist of a regex error (the `regex` crate's messages span several lines).
+fn regex_error_summary(error: &regex::Error) -> String {
+    let text = error.to_string();
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("error: "))
+        .map_or_else(
+            || text.split_whitespace().collect::<Vec<_>>().join(" "),
+            str::to_owned,
+        )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_ports() {
+        assert_eq!(endpoint_port("127.0.0.1:9001"), Ok(9001));
+        assert_eq!(endpoint_port("[::1]:9002"), Ok(9002));
+        assert_eq!(endpoint_port("echo.internal:80"), Ok(80));
+        for bad in [
+            "echo.internal",
+            ":80",
+            "::1:80",
+            "[::1:80",
+            "echo internal:80",
+            "echo:http",
+            "echo:70000",
+            "echo:0",
+            "127.0.0.1:0",
+        ] {
+            assert!(endpoint_port(bad).is_err(), "{bad} should be rejected");
+        }
+        assert!(
+            endpoint_port("echo")
+                .unwrap_err()
+                .contains("has no port; write host:port")
+        );
+    }
+
+    #[test]
+    fn regex_summary_is_one_line() {
+        // Built at run time so clippy does not flag the (deliberately) invalid pattern.
+        let pattern = String::from("^/ws/[0-9+$");
+        let Err(e) = regex::Regex::new(&pattern) else {
+            panic!("pattern should be invalid");
+        };
+        assert_eq!(regex_error_summary(&e), "unclosed character class");
+    }
+}
