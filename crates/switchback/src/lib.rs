@@ -52,9 +52,11 @@ pub use body::Body;
 pub use cluster::{Cluster, Endpoint};
 pub use detect::{IgnoreUpgrades, UpgradeType};
 pub use drain::Drain;
-pub use forward::{Forward, ResponseTimeout};
+pub use forward::{Forward, ResponseTimeout, UpstreamAddr};
 pub use router::{Chain, RouteUpgrades, UpgradeConfig, UpgradeRouter, UpgradeRouterLayer};
-pub use tunnel::{IdleTimeout, TunnelConfig, TunnelEnd, TunnelStats};
+pub use tunnel::{
+    IdleTimeout, TunnelConfig, TunnelEnd, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,
+};
 
 /// The error type of bodies and chains: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -50,6 +50,10 @@ use pre_body::PreBody;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseTimeout(pub Option<Duration>);
 
+/// The upstream endpoint that served a response, in the response extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr(pub String);
+
 /// Sends requests to a [`Cluster`]: the request's own (from its extensions) or the default.
 #[derive(Clone)]
 pub struct Forward {
@@ -216,6 +220,7 @@ where
     }
     let (mut parts, body) = res.into_parts();
     hop::strip(&mut parts.headers);
+    parts.extensions.insert(UpstreamAddr(endpoint.address().to_owned()));
     Response::from_parts(parts, Body::new(body))
 }
 
@@ -351,6 +356,7 @@ where
     if let Some(chosen) = chosen {
         hop::strip_keep_upgrade(&mut parts.headers, chosen);
     }
+    parts.extensions.insert(UpstreamAddr(endpoint.address().to_owned()));
 
     let link = upgrading.link;
     let body = match client {

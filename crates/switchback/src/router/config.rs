@@ -11,7 +11,7 @@ use tower::{Service, ServiceExt};
 
 use crate::detect::{IgnoreUpgrades, UpgradeType};
 use crate::drain::Drain;
-use crate::tunnel::TunnelConfig;
+use crate::tunnel::{TunnelConfig, TunnelObserver};
 use crate::{Body, BoxError};
 
 /// A filter chain for one upgrade type: any tower service stack taking `Request<Body>`,
@@ -176,6 +176,7 @@ pub(crate) struct RouterConfig {
     pub(crate) protected: Vec<HeaderName>,
     pub(crate) tunnel: TunnelConfig,
     pub(crate) drain: Drain,
+    pub(crate) observer: Option<TunnelObserver>,
 }
 
 impl RouterConfig {
@@ -192,6 +193,7 @@ pub struct UpgradeRouterBuilder {
     protected: Vec<HeaderName>,
     tunnel: TunnelConfig,
     drain: Drain,
+    observer: Option<TunnelObserver>,
 }
 
 impl UpgradeRouterBuilder {
@@ -230,6 +232,12 @@ impl UpgradeRouterBuilder {
         self
     }
 
+    /// Tells `observer` of every tunnel opening and closing.
+    pub fn observer(mut self, observer: TunnelObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The layer; fails when two entries name the same type.
     pub fn build(self) -> Result<super::UpgradeRouterLayer, DuplicateUpgradeType> {
         for (i, c) in self.types.iter().enumerate() {
@@ -244,6 +252,7 @@ impl UpgradeRouterBuilder {
                 protected: self.protected,
                 tunnel: self.tunnel,
                 drain: self.drain,
+                observer: self.observer,
             }),
         })
     }

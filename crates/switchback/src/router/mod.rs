@@ -153,7 +153,12 @@ where
             has_body,
         });
 
+        let client = req.extensions().get::<crate::server::ClientAddr>().map(|a| a.0);
+        let path = req.uri().path().to_owned();
         let pending = open::Pending {
+            client,
+            path,
+            observer: cfg.observer.clone(),
             ty,
             on_upgrade,
             client_reader: tx,

@@ -12,11 +12,17 @@ use tokio::sync::oneshot;
 use crate::body::{Join, TunnelRead};
 use crate::drain::{Drain, TunnelGuard};
 use crate::tunnel::pump::{self, Direction, Link};
-use crate::tunnel::{TunnelConfig, TunnelStats, duplex};
+use crate::forward::UpstreamAddr;
+use crate::tunnel::{
+    TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex,
+};
 use crate::{Body, UpgradeType, metrics};
 
 /// An allowed upgrade waiting for the chain's answer.
 pub(crate) struct Pending {
+    pub(crate) client: Option<std::net::SocketAddr>,
+    pub(crate) path: String,
+    pub(crate) observer: Option<TunnelObserver>,
     pub(crate) ty: UpgradeType,
     pub(crate) on_upgrade: OnUpgrade,
     /// Hands the client's read half to the request body (pumped path).
@@ -38,21 +44,25 @@ impl Pending {
             return Response::from_parts(parts, body);
         }
         let guard = self.drain.track();
-        let mode = match body.take_join() {
+        let upstream = parts.extensions.get::<UpstreamAddr>().map(|a| a.0.clone());
+        match body.take_join() {
             Some(join) => {
-                tokio::spawn(self.joined(join, guard));
-                "joined"
+                let info = self.info(TunnelMode::Joined, upstream);
+                tokio::spawn(self.joined(join, guard, info));
             }
             None => {
-                tokio::spawn(self.pumped(body, guard));
-                "pumped"
+                let info = self.info(TunnelMode::Pumped, upstream);
+                tokio::spawn(self.pumped(body, guard, info));
             }
-        };
-        tracing::debug!(mode, "tunnel opening");
+        }
         Response::from_parts(parts, Body::empty())
     }
 
-    async fn joined(self, join: Join, guard: TunnelGuard) {
+    fn info(&self, mode: TunnelMode, upstream: Option<String>) -> TunnelInfo {
+        TunnelInfo { upgrade: self.ty.clone(), mode, client: self.client, path: self.path.clone(), upstream }
+    }
+
+    async fn joined(self, join: Join, guard: TunnelGuard, info: TunnelInfo) {
         let Some(client) = self.client_upgraded().await else {
             return;
         };
@@ -62,7 +72,7 @@ impl Pending {
             buffer_size: self.tunnel.buffer_size,
             websocket: join.link.is_websocket(),
         };
-        let opened = Opened::new(&self.ty, "joined");
+        let opened = Opened::new(info, self.observer.clone());
         let stats = duplex::run(
             TokioIo::new(client),
             TokioIo::new(join.upstream),
@@ -73,13 +83,13 @@ impl Pending {
         opened.finish(stats);
     }
 
-    async fn pumped(self, body: Body, guard: TunnelGuard) {
+    async fn pumped(self, body: Body, guard: TunnelGuard, info: TunnelInfo) {
         let link = self.link.clone();
         let Some(client) = self.client_upgraded().await else {
             link.abort(crate::TunnelEnd::Error);
             return;
         };
-        let opened = Opened::new(&self.ty, "pumped");
+        let opened = Opened::new(info, self.observer.clone());
         let (reader, writer) = tokio::io::split(TokioIo::new(client));
         // The request body may be gone already (a layer dropped it): then nothing is pumped
         // upstream, which reads as a half-close.
@@ -109,43 +119,46 @@ impl Pending {
     }
 }
 
-/// Metrics and the log line of one open tunnel.
-struct Opened {
-    ty: String,
-    mode: &'static str,
+/// Metrics, logs and observer calls of one open tunnel, from opening to closing.
+pub(crate) struct Opened {
+    info: TunnelInfo,
+    observer: Option<TunnelObserver>,
     start: Instant,
 }
 
 impl Opened {
-    fn new(ty: &UpgradeType, mode: &'static str) -> Self {
-        let ty = ty.to_string();
+    pub(crate) fn new(info: TunnelInfo, observer: Option<TunnelObserver>) -> Self {
+        let (ty, mode) = (info.upgrade.to_string(), info.mode.as_str());
         ::metrics::counter!(metrics::TUNNELS_OPENED, "type" => ty.clone(), "mode" => mode).increment(1);
-        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty.clone(), "mode" => mode).increment(1.0);
-        tracing::debug!(upgrade = %ty, mode, "tunnel open");
-        Self {
-            ty,
-            mode,
-            start: Instant::now(),
+        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty, "mode" => mode).increment(1.0);
+        tracing::debug!(upgrade = %info.upgrade, mode, path = %info.path, "tunnel open");
+        if let Some(o) = &observer {
+            o.notify(&TunnelEvent::Opened(&info));
         }
+        Self { info, observer, start: Instant::now() }
     }
 
-    fn finish(self, stats: TunnelStats) {
-        let ty = self.ty;
-        let secs = self.start.elapsed().as_secs_f64();
-        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty.clone(), "mode" => self.mode).decrement(1.0);
+    pub(crate) fn finish(self, stats: TunnelStats) {
+        let (ty, mode) = (self.info.upgrade.to_string(), self.info.mode.as_str());
+        let elapsed = self.start.elapsed();
+        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty.clone(), "mode" => mode).decrement(1.0);
         ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.clone(), "direction" => "upstream")
             .increment(stats.upstream_bytes);
         ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.clone(), "direction" => "downstream")
             .increment(stats.downstream_bytes);
-        ::metrics::histogram!(metrics::TUNNEL_DURATION, "type" => ty.clone(), "end" => stats.end.as_str())
-            .record(secs);
+        ::metrics::histogram!(metrics::TUNNEL_DURATION, "type" => ty, "end" => stats.end.as_str())
+            .record(elapsed.as_secs_f64());
         tracing::debug!(
-            upgrade = %ty,
+            upgrade = %self.info.upgrade,
+            mode,
             end = %stats.end,
             upstream_bytes = stats.upstream_bytes,
             downstream_bytes = stats.downstream_bytes,
-            duration_s = secs,
+            duration_s = elapsed.as_secs_f64(),
             "tunnel closed"
         );
+        if let Some(o) = &self.observer {
+            o.notify(&TunnelEvent::Closed(&self.info, &stats, elapsed));
+        }
     }
 }

@@ -126,3 +126,71 @@ pub(crate) struct Upgrading {
     /// The request declared an HTTP body of its own (sent before the tunnel starts).
     pub(crate) has_body: bool,
 }
+
+/// How a tunnel carries its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// The two upgraded connections joined directly (no layer touched a body).
+    Joined,
+    /// Body frames pumped through the layers that wrap the bodies.
+    Pumped,
+    /// A legacy `use_websocket` route: raw TCP to the upstream.
+    Legacy,
+}
+
+impl TunnelMode {
+    /// `joined`, `pumped` or `legacy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joined => "joined",
+            Self::Pumped => "pumped",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+/// What is known about a tunnel when it opens.
+#[derive(Debug, Clone)]
+pub struct TunnelInfo {
+    /// The upgrade type.
+    pub upgrade: crate::UpgradeType,
+    /// How the bytes are carried.
+    pub mode: TunnelMode,
+    /// The client's address, when the server put a [`ClientAddr`](crate::server::ClientAddr)
+    /// in the request.
+    pub client: Option<std::net::SocketAddr>,
+    /// The request path.
+    pub path: String,
+    /// The upstream endpoint, when [`Forward`](crate::Forward) made the connection.
+    pub upstream: Option<String>,
+}
+
+/// A tunnel opened or closed.
+#[derive(Debug, Clone, Copy)]
+pub enum TunnelEvent<'a> {
+    /// The `101` went to the client and bytes may flow.
+    Opened(&'a TunnelInfo),
+    /// The tunnel ended; both connections are closed.
+    Closed(&'a TunnelInfo, &'a TunnelStats, Duration),
+}
+
+/// A callback told of every tunnel opening and closing (access logs, tests, custom stats).
+#[derive(Clone)]
+pub struct TunnelObserver(std::sync::Arc<dyn Fn(&TunnelEvent<'_>) + Send + Sync>);
+
+impl TunnelObserver {
+    /// Wraps a callback. It runs on the tunnel's task: keep it short.
+    pub fn new(f: impl Fn(&TunnelEvent<'_>) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    pub(crate) fn notify(&self, event: &TunnelEvent<'_>) {
+        (self.0)(event)
+    }
+}
+
+impl fmt::Debug for TunnelObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TunnelObserver")
+    }
+}
