@@ -54,7 +54,9 @@ where
     B::Error: Into<BoxError>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().enable_connect_protocol();
+    // A proxy relays the upstream's head; it does not invent a `Date` the upstream didn't send.
+    builder.http1().auto_date_header(false);
+    builder.http2().auto_date_header(false).enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
