@@ -1,0 +1,336 @@
+//! Header hygiene and the upgrade-smuggling defences, with the exact bytes a client or a
+//! hostile upstream would send, over raw sockets.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceBuilder;
+
+use support::*;
+use switchback::{Forward, RouteUpgrades, UpgradeConfig, UpgradeRouterLayer};
+
+async fn proxy_to(upstream: std::net::SocketAddr, router: UpgradeRouterLayer) -> Proxy {
+    start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(Forward::new(cluster(upstream))),
+    )
+    .await
+}
+
+fn foo_router() -> UpgradeRouterLayer {
+    UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .upgrade("foo")
+        .build()
+        .unwrap()
+}
+
+/// Asserts nothing more arrives on `up`: it reads EOF or stays silent.
+async fn assert_silent(up: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(Duration::from_millis(300), up.read(&mut buf)).await {
+        Err(_) | Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("upstream received {:?}", String::from_utf8_lossy(&buf[..n])),
+    }
+}
+
+/// The classic smuggling attempt: an upgrade the upstream refuses, with a second request
+/// pipelined behind it. No tunnel opens, the upstream never sees the pipelined bytes, the
+/// refusal reaches the client without upgrade headers, and the connection closes.
+#[tokio::test]
+async fn a_refused_upgrade_opens_nothing_and_pipelined_bytes_never_reach_the_upstream() {
+    for answer in [
+        "HTTP/1.1 200 OK\r\nConnection: upgrade\r\nUpgrade: foo\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 426 Upgrade Required\r\nConnection: upgrade\r\nUpgrade: foo\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 404 Not Found\r\nUpgrade: foo\r\nContent-Length: 9\r\n\r\nnot found",
+    ] {
+        let raw = RawUpstream::bind().await;
+        let proxy = proxy_to(raw.addr, foo_router()).await;
+        let smuggled = "GET /admin HTTP/1.1\r\nHost: internal\r\n\r\n";
+        let mut client = raw_client(proxy.addr, format!("{}{smuggled}", foo_upgrade("/x")).as_bytes()).await;
+        let mut up = raw.accept().await;
+        let (head, extra) = read_head(&mut up).await;
+        assert!(head.starts_with("GET /x HTTP/1.1\r\n"));
+        assert!(
+            extra.is_empty(),
+            "pipelined bytes reached the upstream with the head: {extra:?}"
+        );
+        up.write_all(answer.as_bytes()).await.unwrap();
+
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), status(answer), "{head}");
+        assert!(header(&head, "upgrade").is_none(), "{head}");
+        assert_eq!(header(&head, "connection"), Some("close"), "{head}");
+        read_to_eof(&mut client).await;
+        assert_silent(&mut up).await;
+    }
+}
+
+#[tokio::test]
+async fn a_101_for_a_protocol_the_client_did_not_offer_is_a_502() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let mut client = raw_client(proxy.addr, format!("{}SMUGGLED", foo_upgrade("/x")).as_bytes()).await;
+    let mut up = raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: bar\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 502);
+    read_to_eof(&mut client).await;
+    assert_silent(&mut up).await;
+}
+
+#[tokio::test]
+async fn a_101_without_connection_upgrade_is_a_502() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let mut client = raw_client(proxy.addr, foo_upgrade("/x").as_bytes()).await;
+    let mut up = raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 502);
+}
+
+/// A 101 to a request that asked for no upgrade is never trusted.
+#[tokio::test]
+async fn a_101_to_a_plain_request_is_a_502() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let mut client = raw_client(proxy.addr, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut up = raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(FOO_101).await.unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 502);
+}
+
+/// `h2c` is stripped wherever it appears; the request goes on as plain HTTP.
+#[tokio::test]
+async fn h2c_is_stripped_and_the_request_goes_on_as_plain_http() {
+    for upgrade in ["h2c", "H2C", "h2c, H2c"] {
+        let raw = RawUpstream::bind().await;
+        let proxy = proxy_to(raw.addr, foo_router()).await;
+        let req = format!(
+            "GET /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\n\
+             HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        );
+        let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+        let mut up = raw.accept().await;
+        let (head, _) = read_head(&mut up).await;
+        let lower = head.to_ascii_lowercase();
+        assert!(!lower.contains("h2c"), "{head}");
+        assert!(!lower.contains("http2-settings"), "{head}");
+        assert!(
+            header(&head, "upgrade").is_none() && header(&head, "connection").is_none(),
+            "{head}"
+        );
+        up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+            .await
+            .unwrap();
+        let (head, body) = read_head(&mut client).await;
+        assert_eq!(status(&head), 200);
+        assert_eq!(read_n(&mut client, body, 5).await, b"plain");
+    }
+}
+
+/// When `h2c` is listed with a real token, the real token is what is judged.
+#[tokio::test]
+async fn h2c_next_to_an_unknown_token_leaves_the_unknown_token_to_be_refused() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c, bar\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 403);
+}
+
+/// RFC 2817 clients offer `Upgrade: TLS/1.2` on plain requests; the default ignore set
+/// serves them as plain HTTP instead of refusing them.
+#[tokio::test]
+async fn tls_upgrade_offers_are_ignored_by_default() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req = "GET /tls HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: TLS/1.2\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(header(&head, "upgrade").is_none(), "{head}");
+    up.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+    assert_eq!(status(&read_head(&mut client).await.0), 204);
+}
+
+/// An unknown or disabled type gets 403 naming the reason, and the connection closes: a
+/// request pipelined behind it is never answered.
+#[tokio::test]
+async fn unknown_and_disabled_types_get_403_and_the_connection_closes() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade_config(UpgradeConfig::new("foo").enabled(false))
+        .build()
+        .unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    for (upgrade, reason) in [("bar", "not accepted"), ("Foo", "disabled")] {
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: {upgrade}\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+        let all = String::from_utf8(read_to_eof(&mut client).await).unwrap();
+        assert!(all.starts_with("HTTP/1.1 403"), "{all}");
+        assert!(all.contains(reason), "{all}");
+        assert_eq!(
+            all.matches("HTTP/1.1").count(),
+            1,
+            "the pipelined request was served: {all}"
+        );
+    }
+}
+
+/// Envoy's route overrides end to end: a route can enable a type the listener lacks and
+/// disable one the listener enables.
+#[tokio::test]
+async fn route_overrides_enable_and_disable_types() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .build()
+        .unwrap();
+    let overrides = tower::util::MapRequestLayer::new(|mut req: http::Request<hyper::body::Incoming>| {
+        let o = match req.uri().path() {
+            "/foo-on" => RouteUpgrades::new([("foo", true)]),
+            _ => RouteUpgrades::new([("websocket", false)]),
+        };
+        req.extensions_mut().insert(o);
+        req
+    });
+    let stack = ServiceBuilder::new()
+        .layer(overrides)
+        .layer(router)
+        .service(Forward::new(cluster(raw.addr)));
+    let proxy = start(stack).await;
+
+    let mut client = raw_client(proxy.addr, foo_upgrade("/foo-on").as_bytes()).await;
+    let mut up = raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(FOO_101).await.unwrap();
+    assert_eq!(status(&read_head(&mut client).await.0), 101);
+
+    let req = "GET /ws-off HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let all = String::from_utf8(read_to_eof(&mut client).await).unwrap();
+    assert!(
+        all.starts_with("HTTP/1.1 403") && all.contains("disabled on this route"),
+        "{all}"
+    );
+}
+
+/// `Connection` may not nominate Host, the framing headers or headers the proxy adds.
+#[tokio::test]
+async fn connection_nominating_protected_headers_is_a_400() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("foo")
+        .protect_header(http::HeaderName::from_static("x-proxied-by"))
+        .build()
+        .unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    for nominated in ["Host", "content-length", "Transfer-Encoding", "x-proxied-by"] {
+        let req = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, {nominated}\r\n\r\n");
+        let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 400, "{nominated}: {head}");
+    }
+}
+
+/// Hop-by-hop headers go nowhere, in either direction; `Connection`-nominated ones neither.
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req = "GET /h HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\n\
+               Proxy-Connection: keep-alive\r\nTE: gzip\r\nTrailer: x-t\r\nx-hop: secret\r\nx-end: kept\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    for gone in ["keep-alive", "proxy-connection", "te", "trailer", "x-hop"] {
+        assert!(header(&head, gone).is_none(), "{gone} forwarded: {head}");
+    }
+    assert_eq!(header(&head, "x-end"), Some("kept"));
+    up.write_all(
+        b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nx-secret: 1\r\nKeep-Alive: timeout=1\r\nUpgrade: foo\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_head(&mut client).await;
+    for gone in ["x-secret", "keep-alive", "upgrade"] {
+        assert!(header(&head, gone).is_none(), "{gone} relayed: {head}");
+    }
+}
+
+/// HTTP/1.0 never upgrades: the header is stripped and the request served plainly.
+#[tokio::test]
+async fn http10_requests_never_upgrade() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req = "GET /old HTTP/1.0\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(header(&head, "upgrade").is_none(), "{head}");
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status(&read_head(&mut client).await.0), 200);
+}
+
+/// Bytes that arrive with the 101 and bytes the client sends right behind its request are
+/// all delivered, in order, and the upstream gets the client's only after it said 101.
+#[tokio::test]
+async fn early_bytes_both_ways_are_never_lost() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let mut client = raw_client(
+        proxy.addr,
+        format!("{}client-early", foo_upgrade("/e")).as_bytes(),
+    )
+    .await;
+    let mut up = raw.accept().await;
+    let (_, extra) = read_head(&mut up).await;
+    assert!(extra.is_empty(), "client bytes arrived before the 101: {extra:?}");
+    assert_silent(&mut up).await;
+    up.write_all(&[FOO_101, b"upstream-early"].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut up, Vec::new(), 12).await, b"client-early");
+    let (head, rest) = read_head(&mut client).await;
+    assert_eq!(status(&head), 101);
+    assert_eq!(read_n(&mut client, rest, 14).await, b"upstream-early");
+}
+
+/// An upgrade request may carry a body of its own (Envoy's "early data"): it reaches the
+/// upstream with the head, framed as declared, and the tunnel follows.
+#[tokio::test]
+async fn an_upgrade_request_body_is_sent_with_the_head() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req =
+        "GET /b HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\nContent-Length: 5\r\n\r\nhello";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (head, extra) = read_head(&mut up).await;
+    assert_eq!(header(&head, "content-length"), Some("5"), "{head}");
+    assert_eq!(read_n(&mut up, extra, 5).await, b"hello");
+    up.write_all(FOO_101).await.unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 101);
+    client.write_all(b"after").await.unwrap();
+    assert_eq!(read_n(&mut up, Vec::new(), 5).await, b"after");
+}

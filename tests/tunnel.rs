@@ -1,0 +1,270 @@
+//! Tunnel lifecycle over real sockets: half-close, closes from either side, the idle and
+//! half-closed timers, connect and handshake failures, and drain.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tower::ServiceBuilder;
+
+use support::*;
+use switchback::{Drain, Forward, TunnelConfig, TunnelEnd, TunnelMode, UpgradeRouterLayer};
+
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Joined,
+    Pumped,
+}
+
+struct Setup {
+    proxy: Proxy,
+    raw: RawUpstream,
+    events: Events,
+    drain: Drain,
+}
+
+async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
+    let raw = RawUpstream::bind().await;
+    let events = Events::default();
+    let drain = Drain::new();
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("foo")
+        .upgrade("websocket")
+        .tunnel(tunnel)
+        .drain(drain.clone())
+        .observer(events.observer())
+        .build()
+        .unwrap();
+    let forward = Forward::new(cluster(raw.addr)).response_timeout(Some(Duration::from_millis(500)));
+    let proxy = match path {
+        Path::Joined => start(ServiceBuilder::new().layer(router).service(forward)).await,
+        Path::Pumped => start(ServiceBuilder::new().layer(router).service(touch_bodies(forward))).await,
+    };
+    Setup {
+        proxy,
+        raw,
+        events,
+        drain,
+    }
+}
+
+/// Opens a `foo` tunnel; returns the client and upstream ends, both past the 101.
+async fn open(s: &Setup) -> (TcpStream, TcpStream) {
+    let mut client = raw_client(s.proxy.addr, foo_upgrade("/t").as_bytes()).await;
+    let mut up = s.raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(FOO_101).await.unwrap();
+    let (head, rest) = read_head(&mut client).await;
+    assert_eq!(status(&head), 101);
+    assert!(rest.is_empty());
+    (client, up)
+}
+
+#[tokio::test]
+async fn client_half_close_reaches_the_upstream_which_can_still_answer() {
+    for path in [Path::Joined, Path::Pumped] {
+        let s = setup(path, TunnelConfig::new()).await;
+        let (mut client, mut up) = open(&s).await;
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut up).await, b"last words", "{path:?}");
+        up.write_all(b"still talking").await.unwrap();
+        up.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut client).await, b"still talking", "{path:?}");
+        let (mode, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::ClientClosed, "{path:?} {mode:?}");
+        assert_eq!((stats.upstream_bytes, stats.downstream_bytes), (10, 13));
+    }
+}
+
+#[tokio::test]
+async fn upstream_half_close_reaches_the_client_which_can_still_send() {
+    for path in [Path::Joined, Path::Pumped] {
+        let s = setup(path, TunnelConfig::new()).await;
+        let (mut client, mut up) = open(&s).await;
+        up.write_all(b"bye").await.unwrap();
+        up.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut client).await, b"bye", "{path:?}");
+        client.write_all(b"one more thing").await.unwrap();
+        assert_eq!(
+            read_n(&mut up, Vec::new(), 14).await,
+            b"one more thing",
+            "{path:?}"
+        );
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut up).await, b"", "{path:?}");
+        assert_eq!(
+            s.events.closed(1).await.1.end,
+            TunnelEnd::UpstreamClosed,
+            "{path:?}"
+        );
+    }
+}
+
+/// The upstream closes outright: what it sent first is flushed to the client, then the
+/// client's connection closes.
+#[tokio::test]
+async fn upstream_close_flushes_then_closes_the_client() {
+    for path in [Path::Joined, Path::Pumped] {
+        let s = setup(path, TunnelConfig::new()).await;
+        let (mut client, mut up) = open(&s).await;
+        let data = vec![9u8; 256 * 1024];
+        up.write_all(&data).await.unwrap();
+        drop(up);
+        assert_eq!(read_to_eof(&mut client).await.len(), data.len(), "{path:?}");
+    }
+}
+
+/// A client that half-closes and an upstream that never does: the half-closed state ends at
+/// its bound.
+#[tokio::test]
+async fn the_half_closed_state_is_bounded() {
+    for path in [Path::Joined, Path::Pumped] {
+        let config = TunnelConfig::new().half_close_timeout(Some(Duration::from_millis(200)));
+        let s = setup(path, config).await;
+        let (mut client, mut up) = open(&s).await;
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut up).await, b"");
+        let (_, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::HalfCloseTimeout, "{path:?}");
+        assert_eq!(read_to_eof(&mut client).await, b"");
+    }
+}
+
+/// The idle timer counts both directions: traffic either way keeps the tunnel open; silence
+/// ends it.
+#[tokio::test]
+async fn idle_timeout_counts_both_directions() {
+    for path in [Path::Joined, Path::Pumped] {
+        let config = TunnelConfig::new().idle_timeout(Some(Duration::from_millis(300)));
+        let s = setup(path, config).await;
+        let (mut client, mut up) = open(&s).await;
+        // Six rounds 100 ms apart, alternating directions: 600 ms, twice the timeout.
+        for i in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if i % 2 == 0 {
+                client.write_all(b"c").await.unwrap();
+                assert_eq!(read_n(&mut up, Vec::new(), 1).await, b"c");
+            } else {
+                up.write_all(b"u").await.unwrap();
+                assert_eq!(read_n(&mut client, Vec::new(), 1).await, b"u");
+            }
+        }
+        let (_, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::IdleTimeout, "{path:?}");
+        assert_eq!((stats.upstream_bytes, stats.downstream_bytes), (3, 3));
+        assert_eq!(read_to_eof(&mut client).await, b"");
+        assert_eq!(read_to_eof(&mut up).await, b"");
+    }
+}
+
+#[tokio::test]
+async fn connect_refused_is_a_503() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let router = UpgradeRouterLayer::builder().upgrade("foo").build().unwrap();
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(Forward::new(cluster(dead))),
+    )
+    .await;
+    for req in [
+        foo_upgrade("/x"),
+        "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+    ] {
+        let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 503, "{req}");
+    }
+}
+
+/// An upstream that accepts and never answers: 504 once the response timeout passes.
+#[tokio::test]
+async fn handshake_timeout_is_a_504() {
+    let s = setup(Path::Joined, TunnelConfig::new()).await;
+    let mut client = raw_client(s.proxy.addr, foo_upgrade("/slow").as_bytes()).await;
+    let _up = s.raw.accept().await;
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 504);
+}
+
+/// Drain: new upgrades get 503; a live WebSocket tunnel gets a 1001 close frame each way when
+/// the deadline passes, then closes.
+#[tokio::test]
+async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
+    for path in [Path::Joined, Path::Pumped] {
+        let s = setup(path, TunnelConfig::new()).await;
+        // The upstream is a real WebSocket server on an accepted raw connection.
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let first = within(ws.next()).await.unwrap().unwrap();
+            ws.send(first).await.unwrap();
+            // The next thing from the proxy must be the 1001 close.
+            loop {
+                match within(ws.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(_)) => continue,
+                    other => panic!("upstream expected a close frame, got {other:?}"),
+                }
+            }
+        };
+        let client = async {
+            let url = format!("ws://{}/live", s.proxy.addr);
+            let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+            ws.send(Message::text("hi")).await.unwrap();
+            assert_eq!(within(ws.next()).await.unwrap().unwrap(), Message::text("hi"));
+            let outcome = s.drain.drain(Duration::from_millis(200)).await;
+            assert_eq!((outcome.finished, outcome.closed), (0, 1));
+            let code = loop {
+                match within(ws.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+                    Some(Ok(_)) => continue,
+                    other => panic!("client expected a close frame, got {other:?}"),
+                }
+            };
+            // A new upgrade during drain: 503.
+            let mut late = raw_client(s.proxy.addr, foo_upgrade("/late").as_bytes()).await;
+            let (head, _) = read_head(&mut late).await;
+            assert_eq!(status(&head), 503);
+            code
+        };
+        let (up_code, client_code) = tokio::join!(upstream, client);
+        assert_eq!((up_code, client_code), (1001, 1001), "{path:?}");
+        let (mode, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::Drain, "{path:?}");
+        assert_eq!(
+            mode,
+            if matches!(path, Path::Joined) {
+                TunnelMode::Joined
+            } else {
+                TunnelMode::Pumped
+            }
+        );
+    }
+}
+
+/// A tunnel that ends before the deadline is not cut: drain waits for it.
+#[tokio::test]
+async fn drain_waits_for_tunnels_that_finish_in_time() {
+    let s = setup(Path::Joined, TunnelConfig::new()).await;
+    let (mut client, mut up) = open(&s).await;
+    let finisher = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.write_all(b"done").await.unwrap();
+        drop(client);
+        assert_eq!(read_to_eof(&mut up).await, b"done");
+        drop(up);
+    };
+    let (outcome, ()) = tokio::join!(s.drain.drain(Duration::from_secs(5)), finisher);
+    assert_eq!((outcome.finished, outcome.closed), (1, 0));
+    assert_eq!(s.events.closed(1).await.1.end, TunnelEnd::ClientClosed);
+}
