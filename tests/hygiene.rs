@@ -334,3 +334,14 @@ async fn an_upgrade_request_body_is_sent_with_the_head() {
     client.write_all(b"after").await.unwrap();
     assert_eq!(read_n(&mut up, Vec::new(), 5).await, b"after");
 }
+
+/// CONNECT is not proxied (yet): a clear 501, never a half-made tunnel.
+#[tokio::test]
+async fn connect_is_refused_plainly() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder().upgrade("connect").build().unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    let mut client = raw_client(proxy.addr, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").await;
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 501, "{head}");
+}

@@ -132,9 +132,11 @@ where
                 .increment(1);
             return ResponseFuture::ready(reply::local(StatusCode::SERVICE_UNAVAILABLE, "draining", true));
         }
-        if req.version() != http::Version::HTTP_11 {
-            let msg = "upgrades are proxied for HTTP/1.1 clients only";
-            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, false));
+        // HTTP/2 extended CONNECT and CONNECT tunnels open on a 2xx, not a 101, and need their
+        // own forwarding; until then they are refused plainly rather than half-handled.
+        if req.version() != http::Version::HTTP_11 || ty.is_connect() {
+            let msg = "CONNECT and HTTP/2 upgrades are not proxied yet; use an HTTP/1.1 Upgrade";
+            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, true));
         }
         ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.to_string()).increment(1);
 
