@@ -341,7 +341,11 @@ async fn connect_is_refused_plainly() {
     let raw = RawUpstream::bind().await;
     let router = UpgradeRouterLayer::builder().upgrade("connect").build().unwrap();
     let proxy = proxy_to(raw.addr, router).await;
-    let mut client = raw_client(proxy.addr, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").await;
+    let mut client = raw_client(
+        proxy.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
     let (head, _) = read_head(&mut client).await;
     assert_eq!(status(&head), 501, "{head}");
 }

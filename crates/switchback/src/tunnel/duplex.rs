@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::{TunnelEnd, TunnelStats};
+use super::{TunnelEnd, TunnelStats, pool};
 use crate::drain::TunnelGuard;
 use crate::websocket::{self, FrameTracker};
 
@@ -193,9 +193,11 @@ where
     }
 }
 
-/// One direction: read from one side into `buf`, write it to the other.
+/// One direction: read from one side into a lent buffer, write it to the other.
 struct Half {
-    buf: Box<[u8]>,
+    /// Lent from the pool while it holds unwritten bytes (or for one read attempt).
+    buf: Option<Box<[u8]>>,
+    size: usize,
     pos: usize,
     cap: usize,
     /// The reader reached end of stream.
@@ -216,7 +218,8 @@ struct Half {
 impl Half {
     fn new(size: usize, frames: Option<FrameTracker>, to_upstream: bool) -> Self {
         Self {
-            buf: vec![0; size].into_boxed_slice(),
+            buf: None,
+            size,
             pos: 0,
             cap: 0,
             eof: false,
@@ -246,24 +249,29 @@ impl Half {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            while self.pos < self.cap {
-                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                if !self.injected {
-                    if let Some(frames) = &mut self.frames {
-                        frames.feed(&self.buf[self.pos..self.pos + n]);
+            if let Some(buf) = &self.buf {
+                while self.pos < self.cap {
+                    let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
-                    self.bytes += n as u64;
-                    *moved = true;
+                    if !self.injected {
+                        if let Some(frames) = &mut self.frames {
+                            frames.feed(&buf[self.pos..self.pos + n]);
+                        }
+                        self.bytes += n as u64;
+                        *moved = true;
+                    }
+                    self.pos += n;
+                    self.need_flush = true;
                 }
-                self.pos += n;
-                self.need_flush = true;
             }
             self.pos = 0;
             self.cap = 0;
             self.injected = false;
+            if let Some(buf) = self.buf.take() {
+                pool::give(buf);
+            }
 
             if self.eof || draining {
                 if draining
@@ -280,12 +288,19 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
 
-            let mut read = ReadBuf::new(&mut self.buf);
-            match reader.as_mut().poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => match read.filled().len() {
-                    0 => self.eof = true,
-                    n => self.cap = n,
-                },
+            let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
+            let mut read = ReadBuf::new(buf);
+            let polled = reader.as_mut().poll_read(cx, &mut read);
+            let n = read.filled().len();
+            if n == 0 {
+                // Nothing to hold on to: an idle direction keeps no buffer.
+                if let Some(buf) = self.buf.take() {
+                    pool::give(buf);
+                }
+            }
+            match polled {
+                Poll::Ready(Ok(())) if n == 0 => self.eof = true,
+                Poll::Ready(Ok(())) => self.cap = n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     if self.need_flush {
@@ -306,7 +321,8 @@ impl Half {
         } else {
             &websocket::server_close_frame(websocket::GOING_AWAY)
         };
-        self.buf[..frame.len()].copy_from_slice(frame);
+        let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
+        buf[..frame.len()].copy_from_slice(frame);
         self.pos = 0;
         self.cap = frame.len();
     }

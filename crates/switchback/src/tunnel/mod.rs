@@ -14,6 +14,7 @@
 //! counting both directions), and close WebSocket tunnels on drain with `1001` frames.
 
 pub(crate) mod duplex;
+mod pool;
 pub(crate) mod pump;
 
 use std::fmt;
