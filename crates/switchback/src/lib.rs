@@ -41,8 +41,10 @@ pub mod detect;
 pub mod drain;
 pub mod forward;
 mod hop;
+pub mod legacy;
 pub mod metrics;
 mod reply;
+pub mod route;
 pub mod router;
 pub mod server;
 pub mod tunnel;
@@ -52,7 +54,9 @@ pub use body::Body;
 pub use cluster::{Cluster, Endpoint};
 pub use detect::{IgnoreUpgrades, UpgradeType};
 pub use drain::Drain;
-pub use forward::{Forward, ResponseTimeout, UpstreamAddr};
+pub use forward::{AutoHostRewrite, Forward, ResponseTimeout, UpstreamAddr};
+pub use legacy::LegacyConfig;
+pub use route::{MatchedRoute, Route, RouteLayer, Runtime};
 pub use router::{Chain, RouteUpgrades, UpgradeConfig, UpgradeRouter, UpgradeRouterLayer};
 pub use tunnel::{
     IdleTimeout, TunnelConfig, TunnelEnd, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,

@@ -50,7 +50,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// HTTP/1.1 connections are served on the bare TCP stream, so that an upgraded connection can
 /// be recovered as a socket and relayed without any wrapper (see `tunnel`); HTTP/2 prior
 /// knowledge is recognised by its preface.
-pub async fn serve<S, B>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -78,7 +82,12 @@ where
             req.extensions_mut().insert(ClientAddr(addr));
             svc.clone().oneshot(req)
         });
-        tokio::spawn(connection(stream, addr, TowerToHyperService::new(svc), stopping.clone()));
+        tokio::spawn(connection(
+            stream,
+            addr,
+            TowerToHyperService::new(svc),
+            stopping.clone(),
+        ));
     }
     drop(listener);
     drop(stopping);
@@ -99,7 +108,10 @@ where
     let io = TokioIo::new(stream);
     let result = if is_h2(io.inner()).await {
         let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.auto_date_header(false).enable_connect_protocol().timer(TokioTimer::new());
+        builder
+            .auto_date_header(false)
+            .enable_connect_protocol()
+            .timer(TokioTimer::new());
         let conn = builder.serve_connection(io, svc);
         drive(conn, &mut stopping, |c| c.graceful_shutdown()).await
     } else {
@@ -116,7 +128,11 @@ where
 }
 
 /// Polls a connection to its end; on shutdown asks it to finish what is in flight first.
-async fn drive<C, E>(conn: C, stopping: &mut watch::Receiver<bool>, graceful: fn(Pin<&mut C>)) -> Result<(), E>
+async fn drive<C, E>(
+    conn: C,
+    stopping: &mut watch::Receiver<bool>,
+    graceful: fn(Pin<&mut C>),
+) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {

@@ -39,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tower::Service;
 
-use crate::cluster::{Cluster, ConnectError};
+use crate::cluster::{Cluster, ConnectError, Endpoint};
 use crate::tunnel::Upgrading;
 use crate::tunnel::pump::{self, Direction};
 use crate::{Body, BoxError, hop, metrics, reply};
@@ -49,6 +49,11 @@ use pre_body::PreBody;
 /// `101`). Routes set it; `ResponseTimeout(None)` disables the timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseTimeout(pub Option<Duration>);
+
+/// Marks a request whose `Host` becomes the chosen endpoint's [`Endpoint::host`] (Envoy's
+/// `auto_host_rewrite`). Routes set it; the endpoint is only known here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AutoHostRewrite;
 
 /// The upstream endpoint that served a response, in the response extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +186,7 @@ where
     };
     let (mut parts, body) = req.into_parts();
     keep_authority_as_host(&mut parts);
+    auto_host_rewrite(&mut parts, &endpoint);
     let path = parts
         .uri
         .path_and_query()
@@ -220,7 +226,9 @@ where
     }
     let (mut parts, body) = res.into_parts();
     hop::strip(&mut parts.headers);
-    parts.extensions.insert(UpstreamAddr(endpoint.address().to_owned()));
+    parts
+        .extensions
+        .insert(UpstreamAddr(endpoint.address().to_owned()));
     Response::from_parts(parts, Body::new(body))
 }
 
@@ -300,6 +308,7 @@ where
     });
 
     keep_authority_as_host(&mut parts);
+    auto_host_rewrite(&mut parts, &endpoint);
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     let request_headers = parts.headers.clone();
@@ -356,7 +365,9 @@ where
     if let Some(chosen) = chosen {
         hop::strip_keep_upgrade(&mut parts.headers, chosen);
     }
-    parts.extensions.insert(UpstreamAddr(endpoint.address().to_owned()));
+    parts
+        .extensions
+        .insert(UpstreamAddr(endpoint.address().to_owned()));
 
     let link = upgrading.link;
     let body = match client {
@@ -384,8 +395,17 @@ where
     Response::from_parts(parts, body)
 }
 
+/// `Host` becomes the endpoint's hostname when the route asked for it ([`AutoHostRewrite`]).
+pub(crate) fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &Endpoint) {
+    if parts.extensions.get::<AutoHostRewrite>().is_some()
+        && let Ok(host) = HeaderValue::from_str(endpoint.host())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+}
+
 /// HTTP/2 requests carry the authority in the URI; HTTP/1.1 upstreams want it in `Host`.
-fn keep_authority_as_host(parts: &mut http::request::Parts) {
+pub(crate) fn keep_authority_as_host(parts: &mut http::request::Parts) {
     if parts.headers.contains_key(header::HOST) {
         return;
     }
@@ -398,7 +418,7 @@ fn keep_authority_as_host(parts: &mut http::request::Parts) {
     }
 }
 
-fn origin_form(uri: &Uri) -> Uri {
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
     let path = uri
         .path_and_query()
         .cloned()
@@ -406,7 +426,7 @@ fn origin_form(uri: &Uri) -> Uri {
     Uri::from(path)
 }
 
-async fn with_timeout<F: Future>(timeout: Option<Duration>, f: F) -> Option<F::Output> {
+pub(crate) async fn with_timeout<F: Future>(timeout: Option<Duration>, f: F) -> Option<F::Output> {
     match timeout {
         Some(t) => tokio::time::timeout(t, f).await.ok(),
         None => Some(f.await),

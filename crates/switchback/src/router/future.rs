@@ -14,6 +14,7 @@ use tower::util::Oneshot;
 
 use super::Chain;
 use super::open::Pending;
+use crate::legacy::LegacyFuture;
 use crate::{Body, BoxError};
 
 pin_project! {
@@ -37,6 +38,7 @@ pin_project! {
         Ready { res: Option<Response<Body>> },
         Default { #[pin] fut: Oneshot<S, Request<Body>> },
         Custom { #[pin] fut: Oneshot<Chain, Request<Body>> },
+        Legacy { fut: LegacyFuture },
     }
 }
 
@@ -55,6 +57,13 @@ where
         Self {
             kind: Kind::Default { fut },
             upgrade: upgrade.map(Box::new),
+        }
+    }
+
+    pub(super) fn legacy(fut: LegacyFuture) -> Self {
+        Self {
+            kind: Kind::Legacy { fut },
+            upgrade: None,
         }
     }
 
@@ -81,6 +90,7 @@ where
             KindProj::Ready { res } => return Poll::Ready(Ok(res.take().unwrap_or_default())),
             KindProj::Default { fut } => ready!(fut.poll(cx)).map(|r| r.map(Body::new)).map_err(Into::into),
             KindProj::Custom { fut } => ready!(fut.poll(cx)),
+            KindProj::Legacy { fut } => Ok(ready!(fut.as_mut().poll(cx))),
         };
         let upgrade = this.upgrade.take();
         let res = match result {

@@ -23,7 +23,7 @@
 
 mod config;
 mod future;
-mod open;
+pub(crate) mod open;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,6 +40,7 @@ pub use config::{
 pub use future::ResponseFuture;
 
 use crate::detect::{Inspection, inspect};
+use crate::legacy::{self, LegacyConfig};
 use crate::tunnel::pump::Link;
 use crate::tunnel::{IdleTimeout, Upgrading};
 use crate::{Body, BoxError, metrics, reply};
@@ -112,6 +113,9 @@ where
             }
             Inspection::Upgrade(ty) => ty,
         };
+        if ty.is_websocket() && req.extensions().get::<LegacyConfig>().is_some() {
+            return self.legacy(req, has_body);
+        }
 
         let entry = cfg.entry(&ty);
         let route = req.extensions().get::<RouteUpgrades>().and_then(|r| r.get(&ty));
@@ -172,6 +176,34 @@ where
             Some(chain) => ResponseFuture::custom_chain(chain.oneshot(req), pending),
             None => ResponseFuture::default_chain(self.inner.clone().oneshot(req), Some(pending)),
         }
+    }
+}
+
+impl<S> UpgradeRouter<S> {
+    /// A WebSocket upgrade on a `use_websocket` route: no decision table, no chain.
+    fn legacy<B>(&self, req: Request<B>, has_body: bool) -> ResponseFuture<S>
+    where
+        S: Service<Request<Body>>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cfg = &self.config;
+        if cfg.drain.is_draining() {
+            ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => "websocket", "reason" => "draining")
+                .increment(1);
+            return ResponseFuture::ready(reply::local(StatusCode::SERVICE_UNAVAILABLE, "draining", true));
+        }
+        if req.version() != http::Version::HTTP_11 {
+            let msg = "legacy WebSocket routes serve HTTP/1.1 clients only";
+            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, false));
+        }
+        ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => "websocket").increment(1);
+        let cx = legacy::Context {
+            drain: cfg.drain.clone(),
+            observer: cfg.observer.clone(),
+            tunnel: cfg.tunnel.clone(),
+        };
+        ResponseFuture::legacy(legacy::proxy(req, has_body, cx))
     }
 }
 

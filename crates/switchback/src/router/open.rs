@@ -11,11 +11,9 @@ use tokio::sync::oneshot;
 
 use crate::body::{Join, TunnelRead};
 use crate::drain::{Drain, TunnelGuard};
-use crate::tunnel::pump::{self, Direction, Link};
 use crate::forward::UpstreamAddr;
-use crate::tunnel::{
-    TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex,
-};
+use crate::tunnel::pump::{self, Direction, Link};
+use crate::tunnel::{TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex};
 use crate::{Body, UpgradeType, metrics};
 
 /// An allowed upgrade waiting for the chain's answer.
@@ -59,7 +57,13 @@ impl Pending {
     }
 
     fn info(&self, mode: TunnelMode, upstream: Option<String>) -> TunnelInfo {
-        TunnelInfo { upgrade: self.ty.clone(), mode, client: self.client, path: self.path.clone(), upstream }
+        TunnelInfo {
+            upgrade: self.ty.clone(),
+            mode,
+            client: self.client,
+            path: self.path.clone(),
+            upstream,
+        }
     }
 
     async fn joined(self, join: Join, guard: TunnelGuard, info: TunnelInfo) {
@@ -135,7 +139,11 @@ impl Opened {
         if let Some(o) = &observer {
             o.notify(&TunnelEvent::Opened(&info));
         }
-        Self { info, observer, start: Instant::now() }
+        Self {
+            info,
+            observer,
+            start: Instant::now(),
+        }
     }
 
     pub(crate) fn finish(self, stats: TunnelStats) {

@@ -1,0 +1,274 @@
+//! Legacy WebSocket mode: Envoy's old `use_websocket` routes.
+//!
+//! On a route with [`Route::use_websocket`](crate::Route::use_websocket), a WebSocket upgrade
+//! skips the upgrade decision table and every filter chain. Switchback opens a fresh TCP
+//! connection to an endpoint of the route's cluster (trying further endpoints up to
+//! [`LegacyConfig::max_connect_attempts`]), writes the request head with the route's rewrites
+//! applied, and relays the upstream's answer. After a `101` it copies bytes both ways without
+//! interpreting them, so any WebSocket framing passes. Requests on the route that are not
+//! WebSocket upgrades are ordinary HTTP through the default chain.
+//!
+//! **Where this differs from Envoy.** Envoy's old mode never looked at the upstream's answer:
+//! it joined the two connections as soon as the upstream was connected, so a refusal (say a
+//! `403`, or a `200`) left a raw pipe through which a client could smuggle requests that the
+//! proxy never parsed, past any route or filter. Switchback reads the answer: only a `101`
+//! opens the tunnel; anything else is relayed with `Connection: close`, both connections are
+//! closed, and no byte the client sent after its request reaches the upstream. The route's
+//! `timeout` does not apply (as in Envoy, where the answer was just tunnel bytes): the
+//! tunnel's idle timeout bounds the wait for it instead. Redirects, retries, rate limits and
+//! shadowing don't apply either.
+//!
+//! Failures: no cluster or no endpoint in it, `503`; connect failure or connect timeout, `504`
+//! (as Envoy's old mode); an upstream that closes before answering, `502`. Legacy tunnels are
+//! counted by the router's [`Drain`], refused with `503` while it drains, and
+//! reported to its observer and metrics as [`TunnelMode::Legacy`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use switchback::{Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer};
+//! use tower::ServiceBuilder;
+//!
+//! let chat = Cluster::new("chat", [Endpoint::new("10.0.0.1:80"), Endpoint::new("10.0.0.2:80")]);
+//! let legacy = LegacyConfig::new()
+//!     .idle_timeout(Some(Duration::from_secs(60)))
+//!     .max_connect_attempts(2); // a dead first endpoint is skipped
+//! let routes = vec![Route::prefix("/chat").cluster(chat).use_websocket(legacy)];
+//! let stack = ServiceBuilder::new()
+//!     .layer(RouteLayer::new(routes, Runtime::new()))
+//!     // No "websocket" entry is needed here: legacy routes bypass the decision table.
+//!     .layer(UpgradeRouterLayer::builder().build().expect("valid"))
+//!     .service(Forward::routed());
+//! # let _ = stack;
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+
+use crate::cluster::{Cluster, ConnectError};
+use crate::drain::Drain;
+use crate::forward::{self, UpstreamAddr};
+use crate::router::open::Opened;
+use crate::server::ClientAddr;
+use crate::tunnel::{IdleTimeout, TunnelConfig, TunnelInfo, TunnelMode, TunnelObserver, duplex};
+use crate::{Body, BoxError, UpgradeType, hop, metrics, reply};
+
+/// Settings of the legacy WebSocket mode of a route (Envoy's route `websocket_config`).
+#[derive(Clone, Debug)]
+pub struct LegacyConfig {
+    /// `None`: inherit the route's idle timeout, else the router's.
+    idle_timeout: Option<Option<Duration>>,
+    max_connect_attempts: usize,
+}
+
+impl Default for LegacyConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: None,
+            max_connect_attempts: 1,
+        }
+    }
+}
+
+impl LegacyConfig {
+    /// Defaults: the route's (else the router's) idle timeout, one connect attempt.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ends a legacy tunnel when no byte moved either way for this long (`None`: never). It
+    /// also bounds the wait for the upstream's answer.
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.idle_timeout = Some(t);
+        self
+    }
+
+    /// How many endpoints to try connecting to, round robin, before answering `504`
+    /// (at least 1).
+    pub fn max_connect_attempts(mut self, n: usize) -> Self {
+        self.max_connect_attempts = n.max(1);
+        self
+    }
+}
+
+/// What the router lends a legacy tunnel.
+pub(crate) struct Context {
+    pub(crate) drain: Drain,
+    pub(crate) observer: Option<TunnelObserver>,
+    pub(crate) tunnel: TunnelConfig,
+}
+
+/// The answer to a legacy upgrade, boxed: this path is per connection, not per byte.
+pub(crate) type LegacyFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// Proxies a WebSocket upgrade on a legacy route. `has_body`: the request declared an HTTP
+/// body of its own (the router strips `Transfer-Encoding` before we see it).
+pub(crate) fn proxy<B>(req: Request<B>, has_body: bool, cx: Context) -> LegacyFuture
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Box::pin(run(req, has_body, cx))
+}
+
+fn fail(reason: &'static str, status: StatusCode, message: &str) -> Response<Body> {
+    ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => "websocket", "reason" => reason).increment(1);
+    reply::local(status, message, true)
+}
+
+async fn run<B>(mut req: Request<B>, has_body: bool, cx: Context) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(cluster) = req.extensions().get::<Cluster>().cloned() else {
+        return fail(
+            "connect",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no cluster for this request",
+        );
+    };
+    let config = req
+        .extensions()
+        .get::<LegacyConfig>()
+        .cloned()
+        .unwrap_or_default();
+    let idle = config.idle_timeout.unwrap_or_else(|| {
+        req.extensions()
+            .get::<IdleTimeout>()
+            .map_or(cx.tunnel.idle_timeout, |t| t.0)
+    });
+    let on_upgrade = hyper::upgrade::on(&mut req);
+
+    let (tcp, endpoint) = match cluster.connect_any(config.max_connect_attempts).await {
+        Ok(pair) => pair,
+        Err(ConnectError::NoEndpoint) => {
+            return fail("connect", StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        }
+        Err(e @ (ConnectError::Timeout | ConnectError::Io(_))) => {
+            tracing::debug!(error = %e, cluster = cluster.name(), "legacy websocket: connect failed");
+            return fail("connect", StatusCode::GATEWAY_TIMEOUT, "upstream connect error");
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "legacy websocket: upstream handshake failed");
+            return fail("connect", StatusCode::BAD_GATEWAY, "upstream handshake failed");
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "legacy websocket: upstream connection failed");
+        }
+    });
+
+    let (mut parts, body) = req.into_parts();
+    forward::keep_authority_as_host(&mut parts);
+    forward::auto_host_rewrite(&mut parts, &endpoint);
+    parts.uri = forward::origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    let info = TunnelInfo {
+        upgrade: UpgradeType::new("websocket"),
+        mode: TunnelMode::Legacy,
+        client: parts.extensions.get::<ClientAddr>().map(|a| a.0),
+        path: parts.uri.path().to_owned(),
+        upstream: Some(endpoint.address().to_owned()),
+    };
+    // Without a declared body, send none: a body hyper can't see the end of would make it add
+    // `Transfer-Encoding: chunked` to a GET.
+    let body = if has_body { Body::new(body) } else { Body::empty() };
+    let send = sender.send_request(Request::from_parts(parts, body));
+    let mut res = match forward::with_timeout(idle, send).await {
+        None => {
+            return fail(
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream response timeout",
+            );
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, endpoint = endpoint.address(), "legacy websocket: upstream failed before answering");
+            return fail(
+                "refused",
+                StatusCode::BAD_GATEWAY,
+                "upstream reset before response",
+            );
+        }
+        Some(Ok(res)) => res,
+    };
+
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => "websocket", "reason" => "not_101")
+            .increment(1);
+        let (mut parts, body) = res.into_parts();
+        hop::strip(&mut parts.headers);
+        // The client may be sending WebSocket frames already: its connection can't go on as HTTP.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        parts
+            .extensions
+            .insert(UpstreamAddr(endpoint.address().to_owned()));
+        return Response::from_parts(parts, Body::new(body));
+    }
+    let upstream = match hyper::upgrade::on(&mut res).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "legacy websocket: upstream connection lost after 101");
+            return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101");
+        }
+    };
+    let (mut parts, _) = res.into_parts();
+    let chosen = parts.headers.get(header::UPGRADE).cloned();
+    match chosen {
+        Some(chosen) => hop::strip_keep_upgrade(&mut parts.headers, chosen),
+        None => hop::strip(&mut parts.headers),
+    }
+    parts
+        .extensions
+        .insert(UpstreamAddr(endpoint.address().to_owned()));
+
+    let guard = cx.drain.track();
+    let settings = duplex::Settings {
+        idle_timeout: idle,
+        half_close_timeout: cx.tunnel.half_close_timeout,
+        buffer_size: cx.tunnel.buffer_size,
+        websocket: true,
+    };
+    tokio::spawn(async move {
+        // Resolves once the server has written the 101; bytes the client sent after its
+        // request come with it, and only now go upstream.
+        let client = match on_upgrade.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "legacy websocket: client connection did not upgrade");
+                return;
+            }
+        };
+        let opened = Opened::new(info, cx.observer);
+        let stats = duplex::run(TokioIo::new(client), TokioIo::new(upstream), settings, &guard).await;
+        opened.finish(stats);
+    });
+    Response::from_parts(parts, Body::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_bounds() {
+        let c = LegacyConfig::new();
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.max_connect_attempts, 1);
+        let c = c.max_connect_attempts(0).idle_timeout(None);
+        assert_eq!(c.max_connect_attempts, 1, "at least one attempt");
+        assert_eq!(c.idle_timeout, Some(None), "explicitly off, not inherited");
+    }
+}

@@ -1,0 +1,444 @@
+//! Route matching: Envoy's route table as a tower layer.
+//!
+//! A [`RouteLayer`] holds [`Route`]s tried in order; the first whose conditions all hold takes
+//! the request (Envoy's "first match wins"), and a request no route takes gets `404` (for an
+//! upgrade request also `Connection: close`). A route matches on the path without its query
+//! (a prefix, an exact path or a regular expression), on headers, and on a [`Runtime`]
+//! percentage. It then picks a cluster (one, or one of several by weight), rewrites the path
+//! and `Host`, adds and removes headers, and leaves its settings in the request extensions
+//! for the layers below:
+//!
+//! - for [`Forward`](crate::Forward): [`Cluster`], [`AutoHostRewrite`](crate::AutoHostRewrite),
+//!   [`ResponseTimeout`];
+//! - for the [`UpgradeRouter`](crate::UpgradeRouter): [`RouteUpgrades`], [`IdleTimeout`], and
+//!   [`LegacyConfig`] on `use_websocket` routes;
+//! - for logs: [`MatchedRoute`], also copied into the response.
+//!
+//! Put the `RouteLayer` above the `UpgradeRouterLayer`: header conditions then see the request
+//! as the client sent it, before hop-by-hop headers are stripped. A header a route adds and a
+//! client could nominate in `Connection` for removal belongs in
+//! [`UpgradeRouterBuilder::protect_header`](crate::router::UpgradeRouterBuilder::protect_header).
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use switchback::{Body, Cluster, Endpoint, MatchedRoute, Route, RouteLayer, Runtime};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let chat = Cluster::new("chat", [Endpoint::new("127.0.0.1:9001")]);
+//! let canary = Cluster::new("chat-canary", [Endpoint::new("127.0.0.1:9002")]);
+//! let runtime = Runtime::from_values([("chat.canary".to_owned(), 0)]);
+//! let routes = vec![
+//!     // 0% of the traffic until the runtime value changes.
+//!     Route::prefix("/ws").runtime_fraction("chat.canary", 0).cluster(canary),
+//!     Route::prefix("/ws").prefix_rewrite("/socket").cluster(chat).upgrade("websocket", true),
+//! ];
+//! // In a real stack the layers below are an `UpgradeRouterLayer` and `Forward::routed()`;
+//! // this one shows what they would receive.
+//! let stack = ServiceBuilder::new()
+//!     .layer(RouteLayer::new(routes, runtime.clone()))
+//!     .service_fn(|req: Request<Body>| async move {
+//!         let cluster = req.extensions().get::<Cluster>().map_or("none", |c| c.name()).to_owned();
+//!         let original = req.headers().get("x-envoy-original-path");
+//!         let seen = format!("{cluster} {} {original:?}", req.uri());
+//!         Ok::<_, Infallible>(Response::new(Body::from(seen)))
+//!     });
+//!
+//! let req = Request::get("/ws/room?id=1").body(Body::empty()).unwrap();
+//! let res = stack.clone().oneshot(req).await.unwrap();
+//! assert_eq!(res.extensions().get::<MatchedRoute>().unwrap().name.as_ref(), "prefix /ws");
+//! # use http_body_util::BodyExt;
+//! let seen = res.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(seen, r#"chat /socket/room?id=1 Some("/ws/room?id=1")"#);
+//!
+//! runtime.set("chat.canary", 100); // from the next request on, all of it
+//! let res = stack.clone().oneshot(Request::get("/ws").body(Body::empty()).unwrap()).await.unwrap();
+//! # let seen = res.into_body().collect().await.unwrap().to_bytes();
+//! # assert!(seen.starts_with(b"chat-canary "));
+//!
+//! let res = stack.oneshot(Request::get("/other").body(Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), 404);
+//! # }
+//! ```
+
+mod action;
+mod matcher;
+mod runtime;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+pub use runtime::Runtime;
+pub use service::{ResponseFuture, RouteLayer, RouteService};
+
+use crate::forward::ResponseTimeout;
+use crate::legacy::LegacyConfig;
+use crate::router::RouteUpgrades;
+use crate::tunnel::IdleTimeout;
+use crate::{Cluster, UpgradeType};
+use action::{Action, HostRewrite, Target};
+use matcher::{Fraction, HeaderMatch, Matcher, PathMatch};
+
+/// The route that took a request, in the request's extensions and (for access logs) in the
+/// response's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatchedRoute {
+    /// The route's [`name`](Route::name).
+    pub name: Arc<str>,
+}
+
+/// One route: conditions on the request, and what to do with a request that meets them.
+///
+/// Built with consuming setters. Settings that can't be checked by the type system
+/// (`prefix_rewrite`, `host_rewrite_literal`) are checked when set; a route with a bad one
+/// answers `500` to the requests it matches, naming the setting, rather than guessing.
+#[derive(Clone, Debug)]
+pub struct Route {
+    name: Arc<str>,
+    matcher: Matcher,
+    action: Action,
+}
+
+impl Route {
+    fn with(path: PathMatch) -> Self {
+        Self {
+            name: path.to_string().into(),
+            matcher: Matcher::new(path),
+            action: Action::default(),
+        }
+    }
+
+    /// Takes requests whose path starts with `p` (case-sensitive, textual: `/ws` also takes
+    /// `/wsx`).
+    pub fn prefix(p: impl Into<String>) -> Self {
+        Self::with(PathMatch::Prefix(p.into()))
+    }
+
+    /// Takes requests whose path is exactly `p`.
+    pub fn path(p: impl Into<String>) -> Self {
+        Self::with(PathMatch::Exact(p.into()))
+    }
+
+    /// Takes requests whose path contains a match of `re` (a search: anchor with `^...$` to
+    /// match the whole path).
+    pub fn regex(re: &str) -> Result<Self, regex::Error> {
+        Ok(Self::with(PathMatch::Regex(regex::Regex::new(re)?)))
+    }
+
+    /// Names the route in logs and [`MatchedRoute`]. Default: the path condition, e.g.
+    /// `prefix /ws`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into().into();
+        self
+    }
+
+    /// Adds a header condition: with `exact`, the header's whole value equals it (several
+    /// lines of the header compare as one value joined with `,`); with `None`, the header is
+    /// present. `host` also matches an HTTP/2 request's `:authority`. All header conditions
+    /// must hold.
+    pub fn header(mut self, name: HeaderName, exact: Option<String>) -> Self {
+        self.matcher.headers.push(HeaderMatch { name, exact });
+        self
+    }
+
+    /// Takes only a share of the requests that meet the other conditions: a uniform draw in
+    /// `0..100` must fall below the runtime value of `key` (or `default_percent` while the key
+    /// is unset; above 100 acts as 100). A request that loses the draw goes on to the next
+    /// route.
+    pub fn runtime_fraction(mut self, key: impl Into<String>, default_percent: u8) -> Self {
+        self.matcher.fraction = Some(Fraction {
+            key: key.into(),
+            default: default_percent,
+        });
+        self
+    }
+
+    /// Sends the route's requests to `cluster`. Without a cluster the request goes on without
+    /// one, to [`Forward`](crate::Forward)'s default.
+    pub fn cluster(mut self, cluster: Cluster) -> Self {
+        self.action.target = Target::One(cluster);
+        self
+    }
+
+    /// Sends each request to one of `clusters`, drawn with probability proportional to its
+    /// integer weight. When every weight is zero the route answers `503`.
+    pub fn weighted_clusters<I: IntoIterator<Item = (Cluster, u32)>>(mut self, clusters: I) -> Self {
+        self.action.target = Target::weighted(clusters);
+        self
+    }
+
+    /// Replaces the matched prefix with `s` (for `path` and `regex` routes: the whole path),
+    /// keeps the query, and sends the original target in `x-envoy-original-path`. As in Envoy,
+    /// `/prefix` rewritten to `/` turns `/prefix/x` into `//x`; a result that would not start
+    /// with `/` gets one.
+    pub fn prefix_rewrite(mut self, s: impl Into<String>) -> Self {
+        let s = s.into();
+        if let Err(m) = action::check_prefix_rewrite(&s) {
+            self.action.misconfig.get_or_insert(m);
+        }
+        self.action.prefix_rewrite = Some(s);
+        self
+    }
+
+    /// Sets `Host` (and an HTTP/2 request's authority) to `s`. Replaces an earlier
+    /// `auto_host_rewrite(true)`.
+    pub fn host_rewrite_literal(mut self, s: impl Into<String>) -> Self {
+        let s = s.into();
+        match HostRewrite::literal(&s) {
+            Ok(h) => self.action.host_rewrite = Some(h),
+            Err(m) => {
+                self.action.misconfig.get_or_insert(m);
+            }
+        }
+        self
+    }
+
+    /// With `true`, sets `Host` to the hostname of the endpoint [`Forward`](crate::Forward)
+    /// (or a legacy route) connects to: [`Endpoint::host`](crate::Endpoint::host). Replaces an
+    /// earlier `host_rewrite_literal`.
+    pub fn auto_host_rewrite(mut self, on: bool) -> Self {
+        if on {
+            self.action.host_rewrite = Some(HostRewrite::Auto);
+        } else if matches!(self.action.host_rewrite, Some(HostRewrite::Auto)) {
+            self.action.host_rewrite = None;
+        }
+        self
+    }
+
+    /// Appends a header to the request (Envoy's default `APPEND_IF_EXISTS_OR_ADD`). Removals
+    /// happen first, so removing and adding the same name sets it.
+    pub fn request_header_to_add(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.action.headers_to_add.push((name, value));
+        self
+    }
+
+    /// Removes a header from the request. `host` is never removed.
+    pub fn request_header_to_remove(mut self, name: HeaderName) -> Self {
+        self.action.headers_to_remove.push(name);
+        self
+    }
+
+    /// How long the upstream may take to send its response head (for an upgrade, its `101`);
+    /// `None`: no limit. Overrides [`Forward::response_timeout`](crate::Forward::response_timeout).
+    /// Legacy WebSocket tunnels ignore it.
+    pub fn timeout(mut self, t: Option<Duration>) -> Self {
+        self.action.timeout = Some(ResponseTimeout(t));
+        self
+    }
+
+    /// Idle timeout of the tunnels this route opens; `None` turns it off. Overrides the
+    /// router's [`TunnelConfig`](crate::TunnelConfig).
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.action.idle_timeout = Some(IdleTimeout(t));
+        self
+    }
+
+    /// Enables or disables an upgrade type on this route (Envoy's route `upgrade_configs`). A
+    /// later call for the same type replaces an earlier one.
+    pub fn upgrade(mut self, ty: impl Into<UpgradeType>, enabled: bool) -> Self {
+        let ty = ty.into();
+        self.action.upgrades.retain(|(t, _)| *t != ty);
+        self.action.upgrades.push((ty, enabled));
+        self.action.route_upgrades = Some(RouteUpgrades::new(self.action.upgrades.iter().cloned()));
+        self
+    }
+
+    /// Proxies WebSocket upgrades on this route in the legacy raw mode (see
+    /// [`legacy`](crate::legacy)), bypassing the upgrade decision table and every filter chain.
+    /// Other requests on the route are unaffected.
+    pub fn use_websocket(mut self, config: LegacyConfig) -> Self {
+        self.action.legacy = Some(config);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::{Request, Response, StatusCode, header};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::{AutoHostRewrite, Body, Endpoint};
+
+    /// What the layer below the routes received.
+    #[derive(Debug)]
+    struct Seen {
+        uri: String,
+        headers: http::HeaderMap,
+        ext: http::Extensions,
+    }
+
+    async fn route(routes: Vec<Route>, req: Request<Body>) -> (Response<Body>, Option<Seen>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let svc = ServiceBuilder::new()
+            .layer(RouteLayer::new(routes, Runtime::new()))
+            .service_fn(move |req: Request<Body>| {
+                let (parts, _) = req.into_parts();
+                let _ = tx.send(Seen {
+                    uri: parts.uri.to_string(),
+                    headers: parts.headers,
+                    ext: parts.extensions,
+                });
+                async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+            });
+        let res = svc.oneshot(req).await.unwrap_or_else(|e| match e {});
+        (res, rx.try_recv().ok())
+    }
+
+    fn get(uri: &str) -> http::request::Builder {
+        Request::get(uri).header(header::HOST, "front")
+    }
+
+    fn cluster(name: &str) -> Cluster {
+        Cluster::new(name, [Endpoint::new("127.0.0.1:1")])
+    }
+
+    #[tokio::test]
+    async fn first_match_wins_and_the_route_lands_in_both_extensions() {
+        let routes = vec![
+            Route::path("/a").name("exact-a").cluster(cluster("one")),
+            Route::prefix("/").cluster(cluster("two")),
+        ];
+        let (res, seen) = route(routes.clone(), get("/a").body(Body::empty()).unwrap()).await;
+        let seen = seen.unwrap();
+        assert_eq!(seen.ext.get::<Cluster>().unwrap().name(), "one");
+        assert_eq!(seen.ext.get::<MatchedRoute>().unwrap().name.as_ref(), "exact-a");
+        assert_eq!(
+            res.extensions().get::<MatchedRoute>().unwrap().name.as_ref(),
+            "exact-a"
+        );
+
+        let (res, seen) = route(routes, get("/a/b").body(Body::empty()).unwrap()).await;
+        assert_eq!(seen.unwrap().ext.get::<Cluster>().unwrap().name(), "two");
+        assert_eq!(
+            res.extensions().get::<MatchedRoute>().unwrap().name.as_ref(),
+            "prefix /"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_match_is_a_404_that_closes_upgrade_connections_only() {
+        let routes = vec![Route::prefix("/ws")];
+        let (res, seen) = route(routes.clone(), get("/x").body(Body::empty()).unwrap()).await;
+        assert!(seen.is_none());
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert!(res.headers().get(header::CONNECTION).is_none());
+
+        let upgrade = get("/x")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(Body::empty())
+            .unwrap();
+        let (res, _) = route(routes, upgrade).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(res.headers()[header::CONNECTION], "close");
+    }
+
+    #[tokio::test]
+    async fn actions_fill_the_request() {
+        let r = Route::regex("^/v[0-9]+/chat$")
+            .unwrap()
+            .prefix_rewrite("/chat")
+            .host_rewrite_literal("back.internal")
+            .request_header_to_remove(HeaderName::from_static("x-drop"))
+            .request_header_to_remove(header::HOST)
+            .request_header_to_add(HeaderName::from_static("x-add"), HeaderValue::from_static("1"))
+            .timeout(Some(Duration::from_secs(3)))
+            .idle_timeout(None)
+            .upgrade("foo", true)
+            .upgrade("FOO", false)
+            .use_websocket(LegacyConfig::new().max_connect_attempts(3));
+        let req = get("/v2/chat?x=1")
+            .header("x-drop", "1")
+            .header("x-add", "0")
+            .body(Body::empty())
+            .unwrap();
+        let (_, seen) = route(vec![r], req).await;
+        let seen = seen.unwrap();
+        assert_eq!(seen.uri, "/chat?x=1");
+        assert_eq!(seen.headers["x-envoy-original-path"], "/v2/chat?x=1");
+        assert_eq!(seen.headers[header::HOST], "back.internal");
+        assert!(seen.headers.get("x-drop").is_none());
+        let added: Vec<_> = seen.headers.get_all("x-add").iter().collect();
+        assert_eq!(added, ["0", "1"], "appended");
+        assert_eq!(
+            seen.ext.get::<ResponseTimeout>(),
+            Some(&ResponseTimeout(Some(Duration::from_secs(3))))
+        );
+        assert_eq!(seen.ext.get::<IdleTimeout>(), Some(&IdleTimeout(None)));
+        let upgrades = seen.ext.get::<RouteUpgrades>().unwrap();
+        assert_eq!(upgrades.get(&"foo".into()), Some(false), "the later entry wins");
+        assert!(seen.ext.get::<LegacyConfig>().is_some());
+        assert!(
+            seen.ext.get::<Cluster>().is_none(),
+            "no cluster named: Forward's default"
+        );
+        assert!(seen.ext.get::<AutoHostRewrite>().is_none());
+    }
+
+    #[tokio::test]
+    async fn untouched_settings_leave_no_trace() {
+        let (_, seen) = route(vec![Route::prefix("/")], get("/x?y").body(Body::empty()).unwrap()).await;
+        let seen = seen.unwrap();
+        assert_eq!(seen.uri, "/x?y");
+        assert!(seen.headers.get("x-envoy-original-path").is_none());
+        assert!(seen.ext.get::<ResponseTimeout>().is_none());
+        assert!(seen.ext.get::<IdleTimeout>().is_none());
+        assert!(seen.ext.get::<RouteUpgrades>().is_none());
+        assert!(seen.ext.get::<LegacyConfig>().is_none());
+    }
+
+    #[tokio::test]
+    async fn http2_host_rewrite_changes_the_authority_too() {
+        let req = Request::get("http://front/x")
+            .version(http::Version::HTTP_2)
+            .body(Body::empty())
+            .unwrap();
+        let (_, seen) = route(vec![Route::prefix("/").host_rewrite_literal("back:81")], req).await;
+        let seen = seen.unwrap();
+        assert_eq!(seen.uri, "http://back:81/x");
+        assert_eq!(seen.headers[header::HOST], "back:81");
+    }
+
+    #[tokio::test]
+    async fn auto_host_rewrite_leaves_a_marker_for_forward() {
+        let r = Route::prefix("/")
+            .host_rewrite_literal("lit")
+            .auto_host_rewrite(true);
+        let (_, seen) = route(vec![r], get("/").body(Body::empty()).unwrap()).await;
+        let seen = seen.unwrap();
+        assert!(seen.ext.get::<AutoHostRewrite>().is_some());
+        assert_eq!(seen.headers[header::HOST], "front", "the literal was replaced");
+        let off = Route::prefix("/")
+            .auto_host_rewrite(true)
+            .auto_host_rewrite(false);
+        let (_, seen) = route(vec![off], get("/").body(Body::empty()).unwrap()).await;
+        assert!(seen.unwrap().ext.get::<AutoHostRewrite>().is_none());
+    }
+
+    #[tokio::test]
+    async fn broken_routes_answer_instead_of_guessing() {
+        let bad = Route::prefix("/").prefix_rewrite("/a?b");
+        let (res, seen) = route(vec![bad], get("/").body(Body::empty()).unwrap()).await;
+        assert!(seen.is_none());
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let zero = Route::prefix("/").weighted_clusters([(cluster("a"), 0)]);
+        let (res, seen) = route(vec![zero], get("/").body(Body::empty()).unwrap()).await;
+        assert!(seen.is_none());
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn default_names_show_the_condition() {
+        assert_eq!(&*Route::prefix("/ws").name, "prefix /ws");
+        assert_eq!(&*Route::path("/x").name, "path /x");
+        assert_eq!(&*Route::regex("^/a$").unwrap().name, "regex ^/a$");
+        assert!(Route::regex("(").is_err());
+    }
+}
