@@ -1,1 +1,122 @@
-fn main() {}
+//! `switchback`: the Switchback tower stack driven by a YAML file, with an admin endpoint,
+//! a JSON access log and graceful drain. Run `switchback --help` for the command line.
+//!
+//! Modules, in the order a request meets them: [`cli`] (arguments), [`stack`] (config to
+//! tower stack), [`access_log`], [`filters`] (`http_filters` to tower layers), [`run`]
+//! (serve and drain), [`admin`], [`demo`] (the built-in echo upstream).
+
+#![forbid(unsafe_code)]
+
+mod access_log;
+mod admin;
+mod cli;
+mod demo;
+mod fatal;
+mod filters;
+mod rfc3339;
+mod run;
+mod stack;
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use switchback_config::{Config, ConfigError};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::Mode;
+use crate::fatal::Fatal;
+
+fn main() -> ExitCode {
+    let mode = cli::Args::parse().mode();
+    init_tracing();
+    match mode {
+        Mode::Check(path) => check(&path),
+        Mode::Run(path) => match Config::load(&path) {
+            Ok(config) => block_on(run::run(config, run::Origin::File(path))),
+            Err(errors) => {
+                report(&errors);
+                ExitCode::FAILURE
+            }
+        },
+        Mode::Demo => block_on(demo::run()),
+    }
+}
+
+/// Diagnostics to standard error (standard output carries the access log), filtered by
+/// `RUST_LOG`, `info` by default.
+fn init_tracing() {
+    let (filter, bad) = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Err(_) => (EnvFilter::new("info"), None),
+        Ok(spec) => match EnvFilter::try_new(&spec) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new("info"), Some((spec, e))),
+        },
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    if let Some((spec, e)) = bad {
+        tracing::warn!("RUST_LOG={spec:?} is not a valid filter ({e}); logging at info");
+    }
+}
+
+/// `--check FILE`.
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            fatal::print_out(&format!(
+                "{}: ok ({}, {}, listening on {})",
+                path.display(),
+                count(config.routes.len(), "route"),
+                count(config.clusters.len(), "cluster"),
+                config.listen
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            report(&errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Every config error, one per line: `file:line:column: path: message`.
+fn report(errors: &[ConfigError]) {
+    for e in errors {
+        fatal::print_err(&e.to_string());
+    }
+}
+
+/// Runs `main` on a multi-threaded runtime; a failure is one line on standard error.
+fn block_on(main: impl Future<Output = Result<(), Fatal>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Fatal::new(format!("cannot start the async runtime: {e}"))),
+    };
+    let result = runtime.block_on(main);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &Fatal) -> ExitCode {
+    fatal::print_err(&format!("switchback: error: {e}"));
+    ExitCode::FAILURE
+}

@@ -1,0 +1,354 @@
+//! The admin endpoint (`admin: ADDR:PORT`), served by its own small HTTP/1.1 server.
+//!
+//! | request                        | answer                                                      |
+//! |--------------------------------|-------------------------------------------------------------|
+//! | `GET /metrics`                 | Prometheus text of every metric recorded                    |
+//! | `GET /ready`                   | `200 ready`, or `503 draining` once a drain has started     |
+//! | `GET /runtime`                 | the runtime values, as a JSON object                        |
+//! | `POST /runtime?key=K&value=V`  | sets `K` to `V` (0-100): `{"key":K,"old":O,"new":V}`; 400 on a bad or unknown key or value |
+//! | `GET /config`                  | the effective configuration as JSON (runtime values as now) |
+//!
+//! Metrics come from the library through the `metrics` facade, rendered by
+//! `metrics-exporter-prometheus` (its own HTTP listener is not used): upgrades started
+//! (`switchback_upgrades_started_total`), rejected (`switchback_upgrades_rejected_total`,
+//! by type and reason), handshake failures by reason, tunnels opened and active (by type and
+//! mode, legacy included), tunnel bytes each way, the tunnel duration histogram, the chains'
+//! responses by status (`switchback_requests_total`) and, from the CLI's access-log layer,
+//! every response sent to clients by status (`switchback_downstream_responses_total`).
+//!
+//! Anyone who reaches this port can change routing: keep it on loopback (the server logs a
+//! warning when it is not).
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use switchback::{Drain, Runtime};
+use switchback_config::Config;
+use tokio::net::TcpListener;
+
+use crate::fatal::Fatal;
+
+/// Buckets of the tunnel duration histogram, in seconds.
+const DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0];
+
+/// How often the recorder's histograms are compacted.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder as the process's `metrics` recorder and keeps it tidy.
+/// Call once, inside the runtime.
+pub(crate) fn install_metrics() -> Result<PrometheusHandle, Fatal> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(switchback::metrics::TUNNEL_DURATION.to_owned()),
+            DURATION_BUCKETS,
+        )
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| Fatal::new(format!("cannot install the metrics recorder: {e}")))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// What the admin endpoint reads and changes.
+#[derive(Clone)]
+pub(crate) struct Admin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    metrics: PrometheusHandle,
+    drain: Drain,
+    runtime: Runtime,
+    config: Config,
+    /// Keys a route reads, or that the config sets: the only ones worth setting.
+    keys: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admin")
+    }
+}
+
+impl Admin {
+    /// The admin state.
+    pub(crate) fn new(metrics: PrometheusHandle, drain: Drain, runtime: Runtime, config: Config) -> Self {
+        let mut keys: BTreeSet<String> = config.runtime.keys().cloned().collect();
+        keys.extend(
+            config
+                .routes
+                .iter()
+                .filter_map(|r| r.matcher.runtime_fraction.as_ref())
+                .map(|f| f.runtime_key.clone()),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                metrics,
+                drain,
+                runtime,
+                config,
+                keys,
+            }),
+        }
+    }
+
+    /// Serves the admin endpoint on `listener` until the task is dropped.
+    pub(crate) async fn serve(self, listener: TcpListener) {
+        if let Ok(addr) = listener.local_addr()
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(%addr, "the admin endpoint is not on loopback: anyone who reaches it can change routing");
+        }
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let admin = self.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(&req)) }
+            });
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "admin: connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Answers one admin request.
+    pub(crate) fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let inner = &*self.inner;
+        let method = req.method();
+        match req.uri().path() {
+            "/metrics" => only(method, &[Method::GET], || {
+                text(
+                    StatusCode::OK,
+                    inner.metrics.render(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            }),
+            "/ready" => only(method, &[Method::GET], || {
+                if inner.drain.is_draining() {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else {
+                    plain(StatusCode::OK, "ready\n")
+                }
+            }),
+            "/runtime" => match *method {
+                Method::GET | Method::HEAD => json(StatusCode::OK, &inner.runtime.snapshot()),
+                Method::POST => self.set_runtime(req.uri().query().unwrap_or("")),
+                _ => not_allowed(&[Method::GET, Method::POST]),
+            },
+            "/config" => only(method, &[Method::GET], || {
+                let mut config = inner.config.clone();
+                config.runtime = inner.runtime.snapshot();
+                json(StatusCode::OK, &config)
+            }),
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "not found; try GET /metrics, GET /ready, GET /runtime, POST /runtime?key=K&value=V, GET /config\n",
+            ),
+        }
+    }
+
+    fn set_runtime(&self, query: &str) -> Response<Full<Bytes>> {
+        let (key, value) = match parse_set(query) {
+            Ok(pair) => pair,
+            Err(msg) => return plain(StatusCode::BAD_REQUEST, format!("{msg}\n")),
+        };
+        if !self.inner.keys.contains(&key) {
+            let known: Vec<&str> = self.inner.keys.iter().map(String::as_str).collect();
+            let known = if known.is_empty() {
+                "no route reads a runtime key".to_owned()
+            } else {
+                format!("known keys: {}", known.join(", "))
+            };
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown runtime key {key:?} (neither under `runtime` nor in a route's runtime_fraction); {known}\n"
+                ),
+            );
+        }
+        let old = self.inner.runtime.set(key.as_str(), value);
+        tracing::info!(key, ?old, new = value, "runtime value changed");
+        #[derive(Serialize)]
+        struct Changed<'a> {
+            key: &'a str,
+            old: Option<u8>,
+            new: u8,
+        }
+        json(
+            StatusCode::OK,
+            &Changed {
+                key: &key,
+                old,
+                new: value,
+            },
+        )
+    }
+}
+
+/// `key=K&value=V` (any order, percent-encoded or not) to a key and a percentage.
+fn parse_set(query: &str) -> Result<(String, u8), String> {
+    let mut key = None;
+    let mut value = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)
+            .ok_or_else(|| format!("the query parameter {name:?} is not valid percent-encoded UTF-8"))?;
+        match name {
+            "key" => key = Some(v),
+            "value" => value = Some(v),
+            other => return Err(format!("unknown query parameter {other:?}; use key=K&value=V")),
+        }
+    }
+    let key = key
+        .filter(|k| !k.is_empty())
+        .ok_or("missing `key`; use POST /runtime?key=K&value=V")?;
+    let value = value.ok_or("missing `value`; use POST /runtime?key=K&value=V with V from 0 to 100")?;
+    let value = value
+        .trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|v| *v <= 100)
+        .ok_or_else(|| format!("value {value:?} is not a percentage; use a whole number from 0 to 100"))?;
+    Ok((key, value))
+}
+
+/// Decodes `%XX` escapes and `+` (space) of a query component.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn only(
+    method: &Method,
+    allowed: &[Method],
+    answer: impl FnOnce() -> Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    if allowed.contains(method) || (method == Method::HEAD && allowed.contains(&Method::GET)) {
+        answer()
+    } else {
+        not_allowed(allowed)
+    }
+}
+
+fn not_allowed(allowed: &[Method]) -> Response<Full<Bytes>> {
+    let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let mut res = plain(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {}\n", list.join(" or ")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+        res.headers_mut().insert(header::ALLOW, v);
+    }
+    res
+}
+
+fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    text(status, body, "text/plain; charset=utf-8")
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            text(status, body, "application/json")
+        }
+        Err(e) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot serialize: {e}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_runtime_changes() {
+        assert_eq!(parse_set("key=a.b&value=100"), Ok(("a.b".to_owned(), 100)));
+        assert_eq!(parse_set("value=0&key=a%2Eb"), Ok(("a.b".to_owned(), 0)));
+        assert!(parse_set("key=a&value=101").unwrap_err().contains("0 to 100"));
+        assert!(
+            parse_set("key=a&value=-1")
+                .unwrap_err()
+                .contains("not a percentage")
+        );
+        assert!(parse_set("key=a&value=x").is_err());
+        assert!(parse_set("key=a").unwrap_err().contains("missing `value`"));
+        assert!(parse_set("value=1").unwrap_err().contains("missing `key`"));
+        assert!(parse_set("key=&value=1").unwrap_err().contains("missing `key`"));
+        assert!(
+            parse_set("key=a&value=1&x=2")
+                .unwrap_err()
+                .contains("unknown query parameter")
+        );
+        assert!(parse_set("key=%ZZ&value=1").is_err());
+        assert!(parse_set("").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a+b%20c%2e").as_deref(), Some("a b c."));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+        assert_eq!(percent_decode("é").as_deref(), Some("é"));
+    }
+}

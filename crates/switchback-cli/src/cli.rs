@@ -1,0 +1,127 @@
+//! The command line: which of the three modes to run.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Environment variable that moves the demo's listener off `127.0.0.1:10000`.
+pub(crate) const DEMO_LISTEN_ENV: &str = "SWITCHBACK_DEMO_LISTEN";
+
+const LONG_ABOUT: &str = "\
+Switchback: Envoy-style HTTP Upgrade and WebSocket proxying, as a ready proxy.
+
+The proxy is the switchback library's tower stack (access log, routes, upgrade router, the
+filter chain of `http_filters`, the forwarder) driven by a YAML file.
+
+Modes:
+  switchback --config FILE   run the proxy described by FILE
+  switchback --check FILE    validate FILE: exit 0 when it is valid, otherwise print every
+                             problem as `file:line:column: field.path: message` and exit 1
+  switchback                 run the demo: a built-in WebSocket echo server behind the proxy
+                             on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it)";
+
+const AFTER_LONG_HELP: &str = "\
+Shutdown:
+  SIGTERM or SIGINT (Ctrl-C) drains: the listener stops accepting, new upgrades get 503,
+  open tunnels may run for `drain_timeout`, then they are closed (WebSocket tunnels with a
+  1001 Going Away close frame each way) and switchback exits 0. A second signal stops
+  waiting and exits at once.
+
+Admin endpoint (when `admin: ADDR:PORT` is set; keep it on loopback):
+  GET  /metrics                  Prometheus text exposition
+  GET  /ready                    200, or 503 while draining
+  GET  /runtime                  the runtime values as JSON
+  POST /runtime?key=K&value=V    set runtime value K to V (0-100); answers the old and new value
+  GET  /config                   the effective configuration as JSON
+
+Access log:
+  One JSON object per line on standard output, or appended to `access_log: PATH`: one line
+  per request, and for each tunnel one line when it opens and one when it closes.
+
+Logs:
+  Diagnostics go to standard error; RUST_LOG sets the level and filters (default: info),
+  e.g. RUST_LOG=debug or RUST_LOG=switchback=debug,info.
+
+Exit status:
+  0 after a clean run or drain, or a valid --check; 1 on an invalid config, an address already
+  in use or any other startup failure; 2 on a bad command line.";
+
+/// `switchback`: see `--help`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchback",
+    version,
+    about = "Envoy-style HTTP Upgrade / WebSocket proxy built on tower",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
+)]
+pub(crate) struct Args {
+    /// Run the proxy from this YAML configuration file.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "check")]
+    config: Option<PathBuf>,
+
+    /// Validate this YAML configuration file and exit: 0 when valid, 1 with every problem
+    /// printed (file:line:column: field path: message).
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `--config FILE`.
+    Run(PathBuf),
+    /// `--check FILE`.
+    Check(PathBuf),
+    /// No arguments.
+    Demo,
+}
+
+impl Args {
+    /// The mode the arguments ask for.
+    pub(crate) fn mode(self) -> Mode {
+        match (self.config, self.check) {
+            (_, Some(check)) => Mode::Check(check),
+            (Some(config), None) => Mode::Run(config),
+            (None, None) => Mode::Demo,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn mode(args: &[&str]) -> Result<Mode, clap::Error> {
+        Args::try_parse_from(args).map(Args::mode)
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode(&["switchback"]).unwrap(), Mode::Demo);
+        assert_eq!(
+            mode(&["switchback", "--config", "a.yaml"]).unwrap(),
+            Mode::Run("a.yaml".into())
+        );
+        assert_eq!(
+            mode(&["switchback", "-c", "a.yaml"]).unwrap(),
+            Mode::Run("a.yaml".into())
+        );
+        assert_eq!(
+            mode(&["switchback", "--check", "a.yaml"]).unwrap(),
+            Mode::Check("a.yaml".into())
+        );
+    }
+
+    #[test]
+    fn config_and_check_conflict() {
+        let err = mode(&["switchback", "--config", "a", "--check", "b"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+}

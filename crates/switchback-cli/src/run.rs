@@ -1,0 +1,190 @@
+//! Running the proxy: bind, serve, and drain on SIGTERM or SIGINT.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchback::{Drain, Runtime, server};
+use switchback_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, Admin};
+use crate::cli::DEMO_LISTEN_ENV;
+use crate::fatal::Fatal;
+use crate::{demo, stack};
+
+/// Where the configuration came from: it decides how errors say to fix an address.
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    /// `--config FILE`.
+    File(PathBuf),
+    /// The built-in demo.
+    Demo,
+}
+
+/// How long plain HTTP exchanges may outlive `drain_timeout` before the process exits anyway.
+const EXCHANGE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Serves `config` until a signal drains it. Returns once the drain is over.
+pub(crate) async fn run(config: Config, origin: Origin) -> Result<(), Fatal> {
+    // First of all, so that a signal during startup drains instead of killing the process.
+    let mut signals = Signals::new()?;
+
+    let metrics = match config.admin {
+        Some(_) => Some(admin::install_metrics()?),
+        None => None,
+    };
+    let log = AccessLog::open(&config.access_log)?;
+    let drain = Drain::new();
+    let runtime = Runtime::from_values(config.runtime.clone());
+    let stack = stack::build(&config, &drain, &runtime, &log)?;
+
+    let listener = bind(config.listen, "listen", &origin).await?;
+    if let (Some(addr), Some(metrics)) = (config.admin, metrics) {
+        let admin_listener = bind(addr, "admin", &origin).await?;
+        let admin = Admin::new(metrics, drain.clone(), runtime.clone(), config.clone());
+        tokio::spawn(admin.serve(admin_listener));
+        tracing::info!("admin endpoint on http://{addr}/ (metrics, ready, runtime, config)");
+    }
+    tracing::info!(listen = %config.listen, "switchback is listening");
+    if let Origin::Demo = origin {
+        crate::fatal::print_out(&demo::banner(config.listen));
+    }
+
+    // 0: running, 1: draining, 2: told twice, stop waiting.
+    let (tx, rx) = watch::channel(0u8);
+    let drain_timeout = config.drain_timeout;
+    let pretty_timeout = switchback_config::format_duration(drain_timeout);
+    tokio::spawn(async move {
+        let first = signals.next().await;
+        tracing::info!(
+            signal = first,
+            "draining: no new connections or upgrades; open tunnels may run for up to {pretty_timeout}"
+        );
+        tx.send_replace(1);
+        let second = signals.next().await;
+        tracing::warn!(signal = second, "second signal: closing everything now");
+        tx.send_replace(2);
+    });
+
+    let drained = tokio::spawn({
+        let (drain, rx) = (drain.clone(), rx.clone());
+        async move {
+            reached(rx.clone(), 1).await;
+            tokio::select! {
+                outcome = drain.drain(drain_timeout) => Some(outcome),
+                () = reached(rx, 2) => None,
+            }
+        }
+    });
+
+    let served = tokio::select! {
+        served = server::serve(listener, stack, reached(rx.clone(), 1)) => served,
+        () = async {
+            reached(rx.clone(), 1).await;
+            tokio::select! {
+                () = tokio::time::sleep(drain_timeout + EXCHANGE_MARGIN) => {
+                    tracing::warn!("requests still in flight after drain_timeout; closing them");
+                }
+                () = reached(rx.clone(), 2) => {}
+            }
+        } => Ok(()),
+    };
+    if *rx.borrow() == 0 {
+        drained.abort();
+        return Err(Fatal::new(match served {
+            Ok(()) => "the listener stopped unexpectedly".to_owned(),
+            Err(e) => format!("the listener failed: {e}"),
+        }));
+    }
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the listener failed while draining");
+    }
+    match drained.await {
+        Ok(Some(outcome)) => tracing::info!(
+            finished = outcome.finished,
+            closed = outcome.closed,
+            "drained; exiting"
+        ),
+        Ok(None) => tracing::info!("drain cut short; exiting"),
+        Err(e) => tracing::warn!(error = %e, "the drain task failed; exiting"),
+    }
+    Ok(())
+}
+
+/// Resolves once the state reaches `n`; never, if the signal task is gone before that.
+async fn reached(mut rx: watch::Receiver<u8>, n: u8) {
+    if rx.wait_for(|v| *v >= n).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Binds `addr`, or says which setting to change.
+async fn bind(addr: SocketAddr, field: &str, origin: &Origin) -> Result<TcpListener, Fatal> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let fix = match origin {
+            Origin::File(path) => format!("change `{field}` in {}", path.display()),
+            Origin::Demo => {
+                format!("set {DEMO_LISTEN_ENV} to a free address, e.g. {DEMO_LISTEN_ENV}=127.0.0.1:10001")
+            }
+        };
+        let what = match e.kind() {
+            io::ErrorKind::AddrInUse => {
+                format!("the address is already in use by another program; stop it or {fix}")
+            }
+            io::ErrorKind::AddrNotAvailable => format!("no local interface has this address; {fix}"),
+            io::ErrorKind::PermissionDenied => {
+                format!("permission denied (ports below 1024 need privileges); {fix}")
+            }
+            _ => format!("{e}; {fix}"),
+        };
+        Fatal::new(format!("cannot listen on {addr} (`{field}`): {what}"))
+    })
+}
+
+/// SIGTERM and SIGINT (Ctrl-C elsewhere than Unix).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> Result<Self, Fatal> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Fatal::new(format!("cannot listen for {name}: {e}")))
+        };
+        Ok(Self {
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+            int: listen(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> Result<Self, Fatal> {
+        Ok(Self {})
+    }
+
+    /// The next signal's name.
+    #[cfg(unix)]
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> &'static str {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "Ctrl-C",
+            Err(_) => std::future::pending().await,
+        }
+    }
+}

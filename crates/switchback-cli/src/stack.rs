@@ -1,0 +1,289 @@
+//! The configuration as a tower stack.
+//!
+//! Outermost first: the access log, [`RouteLayer`] (matches the route once), the
+//! [`UpgradeRouter`](switchback::UpgradeRouter) (listener `upgrade_configs`, `ignore_upgrades`,
+//! tunnel idle timeout, drain, access-log observer), then the default chain: `http_filters`
+//! in order, ending in [`Forward::routed`](switchback::Forward::routed).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use switchback::{
+    BoxError, Cluster, Drain, Endpoint, IgnoreUpgrades, LegacyConfig, Route, RouteLayer, Runtime,
+    TunnelConfig, UpgradeConfig, UpgradeRouterLayer,
+};
+use switchback_config::{Config, PathMatch, RouteTarget};
+use tower::{Service, ServiceBuilder};
+
+use crate::access_log::AccessLog;
+use crate::fatal::Fatal;
+use crate::filters;
+
+/// Builds the proxy's service from `config`. Tunnels register with `drain`; routes read
+/// `runtime`; `log` gets a line per request and two per tunnel.
+pub(crate) fn build(
+    config: &Config,
+    drain: &Drain,
+    runtime: &Runtime,
+    log: &AccessLog,
+) -> Result<
+    impl Service<
+        Request<Incoming>,
+        Response = Response<impl http_body::Body<Data = Bytes, Error = impl Into<BoxError>> + Send + 'static>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static,
+    Fatal,
+> {
+    let routes = routes(config)?;
+    let router = router(config, drain, log)?;
+    let default_chain = filters::chain(&config.http_filters, "http_filters")?;
+    Ok(ServiceBuilder::new()
+        .layer(log.layer())
+        .layer(RouteLayer::new(routes, runtime.clone()))
+        .layer(router)
+        .service(default_chain))
+}
+
+/// The upgrade router's layer: listener-level types (each with its own chain when it has
+/// `filters`), ignored tokens, tunnel settings, the drain handle and the access-log observer.
+fn router(config: &Config, drain: &Drain, log: &AccessLog) -> Result<UpgradeRouterLayer, Fatal> {
+    let mut builder = UpgradeRouterLayer::builder()
+        .ignore_upgrades(IgnoreUpgrades::new(&config.ignore_upgrades))
+        .tunnel(TunnelConfig::new().idle_timeout(off_if_zero(config.stream_idle_timeout)))
+        .drain(drain.clone())
+        .observer(log.observer());
+    for (i, u) in config.upgrade_configs.iter().enumerate() {
+        let mut entry = UpgradeConfig::new(u.upgrade_type.as_str()).enabled(u.enabled);
+        if let Some(filters) = &u.filters {
+            entry = entry.chain(filters::chain(filters, &format!("upgrade_configs[{i}].filters"))?);
+        }
+        builder = builder.upgrade_config(entry);
+    }
+    for name in protected_headers(config) {
+        builder = builder.protect_header(name);
+    }
+    builder
+        .build()
+        .map_err(|e| Fatal::new(format!("upgrade_configs: {e}")))
+}
+
+/// Every request header the proxy adds (filters and routes): a client's `Connection` header
+/// may not nominate them for removal.
+fn protected_headers(config: &Config) -> Vec<HeaderName> {
+    let mut names = filters::added_request_headers(&config.http_filters);
+    for u in &config.upgrade_configs {
+        names.extend(filters::added_request_headers(
+            u.filters.as_deref().unwrap_or_default(),
+        ));
+    }
+    for r in &config.routes {
+        names.extend(
+            r.request_headers_to_add
+                .keys()
+                .filter_map(|n| HeaderName::try_from(n.as_str()).ok()),
+        );
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+/// The clusters by name.
+fn clusters(config: &Config) -> HashMap<&str, Cluster> {
+    config
+        .clusters
+        .iter()
+        .map(|c| {
+            let endpoints = c.endpoints.iter().map(|e| {
+                let endpoint = Endpoint::new(e.address.as_str());
+                match &e.hostname {
+                    Some(h) => endpoint.hostname(h.as_str()),
+                    None => endpoint,
+                }
+            });
+            let cluster = Cluster::new(c.name.as_str(), endpoints).connect_timeout(c.connect_timeout);
+            (c.name.as_str(), cluster)
+        })
+        .collect()
+}
+
+/// The routes, in order, named `routes[i]` after their place in the file.
+fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
+    let clusters = clusters(config);
+    let cluster = |at: &str, name: &str| {
+        clusters.get(name).cloned().ok_or_else(|| {
+            Fatal::new(format!(
+                "{at}: unknown cluster {name:?}; define it under `clusters`"
+            ))
+        })
+    };
+    let mut out = Vec::with_capacity(config.routes.len());
+    for (i, r) in config.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        let mut route = match &r.matcher.path {
+            PathMatch::Prefix(p) => Route::prefix(p.as_str()),
+            PathMatch::Path(p) => Route::path(p.as_str()),
+            PathMatch::Regex(re) => {
+                Route::regex(re.as_str()).map_err(|e| Fatal::new(format!("{at}.match.regex: {e}")))?
+            }
+        }
+        .name(at.as_str());
+        for h in &r.matcher.headers {
+            let name = HeaderName::try_from(h.name.as_str())
+                .map_err(|_| Fatal::new(format!("{at}.match.headers: {:?} is not a header name", h.name)))?;
+            route = route.header(name, h.exact.clone());
+        }
+        if let Some(f) = &r.matcher.runtime_fraction {
+            route = route.runtime_fraction(f.runtime_key.as_str(), f.default);
+        }
+        route = match &r.target {
+            RouteTarget::Cluster(name) => route.cluster(cluster(&format!("{at}.cluster"), name)?),
+            RouteTarget::WeightedClusters(list) => {
+                let weighted = list
+                    .iter()
+                    .enumerate()
+                    .map(|(j, w)| {
+                        Ok((
+                            cluster(&format!("{at}.weighted_clusters[{j}]"), &w.name)?,
+                            w.weight,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, Fatal>>()?;
+                route.weighted_clusters(weighted)
+            }
+        };
+        if let Some(p) = &r.prefix_rewrite {
+            route = route.prefix_rewrite(p.as_str());
+        }
+        if let Some(h) = &r.host_rewrite_literal {
+            route = route.host_rewrite_literal(h.as_str());
+        }
+        route = route.auto_host_rewrite(r.auto_host_rewrite);
+        for (name, value) in &r.request_headers_to_add {
+            let (name, value) = filters::header(name, value)
+                .map_err(|e| Fatal::new(format!("{at}.request_headers_to_add: {e}")))?;
+            route = route.request_header_to_add(name, value);
+        }
+        for name in &r.request_headers_to_remove {
+            let name = HeaderName::try_from(name.as_str()).map_err(|_| {
+                Fatal::new(format!(
+                    "{at}.request_headers_to_remove: {name:?} is not a header name"
+                ))
+            })?;
+            route = route.request_header_to_remove(name);
+        }
+        route = route
+            .timeout(r.timeout.and_then(off_if_zero))
+            .idle_timeout(off_if_zero(r.idle_timeout));
+        for u in &r.upgrade_configs {
+            route = route.upgrade(u.upgrade_type.as_str(), u.enabled);
+        }
+        if r.use_websocket {
+            let attempts = usize::try_from(r.websocket_config.max_connect_attempts).unwrap_or(usize::MAX);
+            route = route.use_websocket(
+                LegacyConfig::new()
+                    .idle_timeout(off_if_zero(r.websocket_config.idle_timeout))
+                    .max_connect_attempts(attempts.max(1)),
+            );
+        }
+        out.push(route);
+    }
+    Ok(out)
+}
+
+/// `0s` turns a timeout off.
+fn off_if_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+listen: 127.0.0.1:10000
+upgrade_configs:
+  - upgrade_type: websocket
+  - upgrade_type: foo
+    enabled: false
+    filters: []
+  - upgrade_type: bar
+    filters:
+      - request_headers_to_add: { x-bar: "1" }
+http_filters:
+  - request_body_limit: 1024
+  - request_headers_to_add: { x-proxied-by: switchback }
+  - response_headers_to_add: { x-served-by: switchback }
+  - concurrency_limit: 1000
+  - timeout: 30s
+runtime:
+  canary: 10
+routes:
+  - match:
+      prefix: /ws
+      headers: [{ name: x-canary, exact: "1" }, { name: x-any }]
+      runtime_fraction: { runtime_key: canary, default: 100 }
+    weighted_clusters: [{ name: echo, weight: 80 }, { name: other, weight: 20 }]
+    prefix_rewrite: /echo
+    host_rewrite_literal: echo.internal
+    request_headers_to_add: { x-route: ws }
+    request_headers_to_remove: [x-debug]
+    timeout: 15s
+    idle_timeout: 0s
+    upgrade_configs:
+      - { upgrade_type: foo, enabled: true }
+  - match: { regex: "^/legacy/[0-9]+$" }
+    cluster: echo
+    auto_host_rewrite: true
+    use_websocket: true
+    websocket_config: { idle_timeout: 10s, max_connect_attempts: 3 }
+  - match: { path: /exact }
+    cluster: other
+clusters:
+  - name: echo
+    connect_timeout: 1s
+    endpoints:
+      - 127.0.0.1:9001
+      - { address: 127.0.0.1:9002, hostname: echo.internal }
+  - name: other
+    endpoints: [127.0.0.1:9003]
+"#;
+
+    #[test]
+    fn the_documented_schema_builds() {
+        let config = Config::from_yaml_str(FULL, "full.yaml").unwrap();
+        assert_eq!(routes(&config).unwrap().len(), 3);
+        assert!(
+            router(
+                &config,
+                &Drain::new(),
+                &AccessLog::to_writer(Box::new(std::io::sink()))
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn protected_headers_are_every_added_request_header() {
+        let config = Config::from_yaml_str(FULL, "full.yaml").unwrap();
+        let names: Vec<_> = protected_headers(&config)
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["x-bar", "x-proxied-by", "x-route"]);
+    }
+
+    #[test]
+    fn zero_turns_timeouts_off() {
+        assert_eq!(off_if_zero(Duration::ZERO), None);
+        assert_eq!(off_if_zero(Duration::from_secs(1)), Some(Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,1110 @@
+//! The `switchback` binary as a process: a config file, real sockets, signals.
+//!
+//! Every test writes its config into its own temporary directory, with ports found free by
+//! binding `127.0.0.1:0`, starts the binary with stdout and stderr going to files there, and
+//! kills the process (if still alive) when the test ends. Waits are bounded by timeouts.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchback");
+
+/// The longest any single wait may take.
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+// === temporary directories ===
+
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "switchback-cli-{test}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// === the process ===
+
+/// A running `switchback`, killed on drop.
+struct Proxy {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let stdout = dir.path("stdout.log");
+        let stderr = dir.path("stderr.log");
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the switchback binary");
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until `addr` accepts connections; fails with the process's stderr if it exits.
+    async fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("switchback exited early ({status}):\n{}", self.stderr());
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr} never listened:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchback did not exit:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for `--check` and `--help`).
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the switchback binary")
+}
+
+// === upstreams ===
+
+/// A WebSocket echo server.
+async fn ws_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 server answering every request with its `name`, a newline and the request
+/// head it received.
+async fn http_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("{name}\n{}", String::from_utf8_lossy(&head));
+                let res = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(res.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream for any upgrade type: answers `101` with the offered `Upgrade` value, then
+/// echoes the bytes.
+async fn raw_upgrade_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Some((head, rest)) = read_head(&mut stream).await else {
+                    return;
+                };
+                let offered = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("upgrade: ")
+                            .or_else(|| l.strip_prefix("Upgrade: "))
+                    })
+                    .unwrap_or("none")
+                    .to_owned();
+                let res = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {offered}\r\n\r\n"
+                );
+                if stream.write_all(res.as_bytes()).await.is_err() || stream.write_all(&rest).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads a request or response head; returns it and the bytes read after it.
+async fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return Some((head, buf[end + 4..].to_vec()));
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Opens an `Upgrade: ty` tunnel through the proxy, sends `n` bytes and returns how many
+/// came back before the tunnel ended (or all of them).
+async fn raw_tunnel_echo(proxy: SocketAddr, ty: &str, n: usize) -> usize {
+    within(&format!("a {ty} tunnel"), async {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let req = format!("GET /t HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {ty}\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let (head, early) = read_head(&mut stream).await.expect("a response head");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(early.is_empty());
+        let (mut r, mut w) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            for _ in 0..n / 256 {
+                if w.write_all(&[b'x'; 256]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            w
+        });
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        while got < n {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        drop(writer.await);
+        got
+    })
+    .await
+}
+
+// === an HTTP/1.1 client ===
+
+struct Reply {
+    status: u16,
+    headers: HashMap<String, Vec<String>>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+async fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    within(&format!("{method} {target} on {addr}"), async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        stream.write_all(req.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        parse_reply(&raw)
+    })
+    .await
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    for line in lines {
+        let (k, v) = line.split_once(':').unwrap();
+        headers
+            .entry(k.trim().to_ascii_lowercase())
+            .or_default()
+            .push(v.trim().to_owned());
+    }
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.iter().any(|v| v.eq_ignore_ascii_case("chunked")))
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_line = String::from_utf8_lossy(&raw[..eol]);
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[eol + 2 + size + 2..];
+    }
+}
+
+/// The access log's lines so far.
+fn log_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Waits for an access log line with this `event` (and, if given, `path`).
+async fn wait_log_line(path: &Path, event: &str, req_path: Option<&str>) -> Value {
+    within(&format!("an access log line {event}"), async {
+        loop {
+            if let Some(line) = log_lines(path)
+                .into_iter()
+                .find(|l| l["event"] == event && req_path.is_none_or(|p| l["path"] == p))
+            {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+}
+
+/// The sum of the values of the metric lines of `name` whose labels contain every `label`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+// === the tests ===
+
+#[test]
+fn help_documents_every_mode() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--config <FILE>",
+        "--check <FILE>",
+        "switchback                 run the demo",
+        "SWITCHBACK_DEMO_LISTEN",
+        "SIGTERM",
+        "1001",
+        "GET  /metrics",
+        "POST /runtime?key=K&value=V",
+        "GET  /ready",
+        "GET  /config",
+        "RUST_LOG",
+        "access_log",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn check_accepts_a_good_file() {
+    let dir = TempDir::new("check-good");
+    let file = dir.write(
+        "good.yaml",
+        "listen: 127.0.0.1:10000\nadmin: 127.0.0.1:9901\nupgrade_configs:\n  - upgrade_type: websocket\n\
+         http_filters:\n  - request_body_limit: 1024\nroutes:\n  - match: { prefix: / }\n    cluster: echo\n\
+         clusters:\n  - name: echo\n    endpoints: [127.0.0.1:9001]\n",
+    );
+    let out = run(&["--check", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("good.yaml: ok (1 route, 1 cluster, listening on 127.0.0.1:10000)"),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn check_reports_every_error_with_line_column_and_path() {
+    let dir = TempDir::new("check-bad");
+
+    // Validation: every problem, in file order.
+    let file = dir.write(
+        "bad.yaml",
+        "listen: 127.0.0.1:10000\ndrain_timeout: 30\nroutes:\n  - match: { prefix: / }\n    cluster: ech\n",
+    );
+    let out = run(&["--check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let f = file.display();
+    assert!(
+        lines[0].starts_with(&format!("{f}:2:16: drain_timeout: ")),
+        "{stderr}"
+    );
+    assert!(lines[0].contains("30s"), "the fix is named: {stderr}");
+    assert!(
+        lines[1].starts_with(&format!("{f}:5:14: routes[0].cluster: unknown cluster \"ech\"")),
+        "{stderr}"
+    );
+
+    // Parse error: an unknown field, with a suggestion.
+    let file = dir.write(
+        "typo.yaml",
+        "listen: 127.0.0.1:10000\nroutes:\n  - match: { prefx: / }\n    cluster: a\n",
+    );
+    let out = run(&["--check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let f = file.display();
+    assert!(
+        stderr.starts_with(&format!("{f}:3:14: routes[0].match")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unknown field `prefx`; did you mean `prefix`?"),
+        "{stderr}"
+    );
+
+    // No file.
+    let missing = dir.path("missing.yaml");
+    let out = run(&["--check", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("missing.yaml: cannot read the config file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_invalid_config_does_not_start() {
+    let dir = TempDir::new("run-bad");
+    let file = dir.write(
+        "bad.yaml",
+        "listen: 127.0.0.1:0\nclusters:\n  - name: a\n    endpoints: []\n",
+    );
+    let out = run(&["--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains(":4:"), "located: {stderr}");
+    assert!(stderr.contains("clusters[0].endpoints"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_one_clear_line() {
+    let dir = TempDir::new("port-in-use");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let file = dir.write("busy.yaml", &format!("listen: {addr}\n"));
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let status = proxy.wait_exit().await;
+    assert_eq!(status.code(), Some(1));
+    let stderr = proxy.stderr();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!(
+            "cannot listen on {addr} (`listen`): the address is already in use"
+        )),
+        "{stderr}"
+    );
+    assert!(errors[0].contains("change `listen` in"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    drop(taken);
+}
+
+#[tokio::test]
+async fn websocket_through_the_proxy_with_access_log_and_metrics() {
+    let dir = TempDir::new("websocket");
+    let echo = ws_echo().await;
+    let web = http_upstream("web").await;
+    let (port, admin) = (free_port(), free_port());
+    let log = dir.path("access.jsonl");
+    let file = dir.write(
+        "ws.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: {}\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: /ws }}\n    cluster: echo\n  - match: {{ prefix: / }}\n    cluster: web\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n  - name: web\n    endpoints: [{web}]\n",
+            log.display()
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+    proxy.wait_listening(admin).await;
+
+    // A WebSocket conversation through the proxy.
+    let (mut ws, res) = within(
+        "connect",
+        tokio_tungstenite::connect_async(format!("ws://{listen}/ws/chat")),
+    )
+    .await
+    .expect("the handshake goes through");
+    assert_eq!(res.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("hello")
+    );
+    ws.send(Message::binary(vec![7u8; 3000])).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::binary(vec![7u8; 3000])
+    );
+    let open = wait_log_line(&log, "tunnel_open", None).await;
+    // The closing handshake: the upstream answers and closes its connection first (RFC 6455
+    // §7.1.1), the proxy passes the FIN on, then the client closes its own.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+    drop(ws);
+
+    // A plain request too.
+    let reply = http(listen, "GET", "/page?q=1", &[], b"").await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.starts_with("web\n"));
+
+    // The access log: the tunnel's two lines and the request's line.
+    assert_eq!(open["method"], "GET");
+    assert_eq!(open["path"], "/ws/chat");
+    assert_eq!(open["route"], "routes[0]");
+    assert_eq!(open["upgrade"], "websocket");
+    assert_eq!(open["status"], 101);
+    assert_eq!(open["upstream"], echo.to_string());
+    assert!(open["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(open["end"].is_null());
+    let close = wait_log_line(&log, "tunnel_close", None).await;
+    assert_eq!(close["client"], open["client"]);
+    assert_eq!(close["route"], "routes[0]");
+    assert_eq!(close["end"], "upstream_close");
+    let (up, down) = (
+        close["bytes_received"].as_u64().unwrap(),
+        close["bytes_sent"].as_u64().unwrap(),
+    );
+    assert!(up > 3005, "client frames are masked and framed: {up}");
+    assert!(down > 3005, "{down}");
+    assert!(close["duration_ms"].is_u64());
+    assert!(close["time"].as_str().unwrap().ends_with('Z'));
+    let page = wait_log_line(&log, "request", Some("/page")).await;
+    assert_eq!(page["status"], 200);
+    assert_eq!(page["route"], "routes[1]");
+    assert_eq!(page["upstream"], web.to_string());
+    assert_eq!(page["bytes_sent"].as_u64().unwrap(), reply.body.len() as u64);
+    assert_eq!(page["end"], "complete");
+    assert!(page["upgrade"].is_null());
+
+    // The metrics.
+    let metrics = http(admin, "GET", "/metrics", &[], b"").await;
+    assert_eq!(metrics.status, 200);
+    let m = &metrics.body;
+    assert_eq!(
+        metric(m, "switchback_upgrades_started_total", &["type=\"websocket\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(m, "switchback_tunnels_opened_total", &["type=\"websocket\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(m, "switchback_tunnels_active", &["type=\"websocket\""]),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(m, "switchback_tunnel_bytes_total", &["direction=\"upstream\""]),
+        up as f64,
+        "{m}"
+    );
+    assert_eq!(
+        metric(m, "switchback_tunnel_bytes_total", &["direction=\"downstream\""]),
+        down as f64,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            m,
+            "switchback_tunnel_duration_seconds_count",
+            &["end=\"upstream_close\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("switchback_tunnel_duration_seconds_bucket{"),
+        "a histogram: {m}"
+    );
+    assert_eq!(
+        metric(m, "switchback_downstream_responses_total", &["status=\"101\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(m, "switchback_downstream_responses_total", &["status=\"200\""]),
+        1.0,
+        "{m}"
+    );
+
+    // A refused upgrade is counted, and logged with its type.
+    let refused = http(
+        listen,
+        "GET",
+        "/ws/x",
+        &[("connection", "upgrade"), ("upgrade", "foo")],
+        b"",
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    let line = wait_log_line(&log, "request", Some("/ws/x")).await;
+    assert_eq!(line["upgrade"], "foo");
+    assert_eq!(line["status"], 403);
+    let m = http(admin, "GET", "/metrics", &[], b"").await.body;
+    assert_eq!(
+        metric(
+            &m,
+            "switchback_upgrades_rejected_total",
+            &["type=\"foo\"", "reason=\"not_configured\""]
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_legacy_websocket_route_from_the_config() {
+    let dir = TempDir::new("legacy");
+    let echo = ws_echo().await;
+    let port = free_port();
+    let log = dir.path("access.jsonl");
+    // No listener-level upgrade types: the legacy mode bypasses the decision table.
+    let file = dir.write(
+        "legacy.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\naccess_log: {}\n\
+             routes:\n  - match: {{ prefix: /legacy }}\n    cluster: echo\n    use_websocket: true\n\
+             \x20   websocket_config: {{ idle_timeout: 10s, max_connect_attempts: 2 }}\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n",
+            log.display()
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+
+    let (mut ws, _) = within(
+        "connect",
+        tokio_tungstenite::connect_async(format!("ws://{listen}/legacy")),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("old school")).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("old school")
+    );
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+    drop(ws);
+
+    let close = wait_log_line(&log, "tunnel_close", None).await;
+    assert_eq!(close["mode"], "legacy");
+    assert_eq!(close["route"], "routes[0]");
+    assert_eq!(close["path"], "/legacy");
+    assert_eq!(close["upstream"], echo.to_string());
+    assert!(close["bytes_received"].as_u64().unwrap() > 10);
+}
+
+#[tokio::test]
+async fn admin_endpoints_and_a_runtime_change_that_shifts_routing() {
+    let dir = TempDir::new("admin");
+    let (blue, green) = (http_upstream("blue").await, http_upstream("green").await);
+    let (port, admin) = (free_port(), free_port());
+    let file = dir.write(
+        "admin.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: {}\nruntime:\n  shift.green: 0\n\
+             routes:\n  - match:\n      prefix: /\n      runtime_fraction: {{ runtime_key: shift.green, default: 0 }}\n    cluster: green\n\
+             \x20 - match: {{ prefix: / }}\n    cluster: blue\n\
+             clusters:\n  - name: blue\n    endpoints: [{blue}]\n  - name: green\n    endpoints: [{green}]\n",
+            dir.path("access.jsonl").display()
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+    proxy.wait_listening(admin).await;
+
+    let ready = http(admin, "GET", "/ready", &[], b"").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+
+    for _ in 0..5 {
+        let r = http(listen, "GET", "/", &[], b"").await;
+        assert!(r.body.starts_with("blue\n"), "0% to green: {}", r.body);
+    }
+
+    let set = http(admin, "POST", "/runtime?key=shift.green&value=100", &[], b"").await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let answer: Value = serde_json::from_str(&set.body).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({ "key": "shift.green", "old": 0, "new": 100 })
+    );
+    for _ in 0..5 {
+        let r = http(listen, "GET", "/", &[], b"").await;
+        assert!(r.body.starts_with("green\n"), "100% to green: {}", r.body);
+    }
+
+    // Bad input is refused and changes nothing.
+    for bad in [
+        "/runtime?key=shift.green&value=101",
+        "/runtime?key=shift.green&value=x",
+        "/runtime?key=shift.green",
+        "/runtime?key=shfit.green&value=5",
+    ] {
+        let r = http(admin, "POST", bad, &[], b"").await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    let unknown = http(admin, "POST", "/runtime?key=shfit.green&value=5", &[], b"").await;
+    assert!(
+        unknown.body.contains("known keys: shift.green"),
+        "{}",
+        unknown.body
+    );
+    let runtime: Value = serde_json::from_str(&http(admin, "GET", "/runtime", &[], b"").await.body).unwrap();
+    assert_eq!(runtime, serde_json::json!({ "shift.green": 100 }));
+
+    // The effective config, runtime included.
+    let config = http(admin, "GET", "/config", &[], b"").await;
+    assert_eq!(config.status, 200);
+    assert_eq!(config.header("content-type"), Some("application/json"));
+    let config: Value = serde_json::from_str(&config.body).unwrap();
+    assert_eq!(config["listen"], listen.to_string());
+    assert_eq!(config["runtime"]["shift.green"], 100);
+    assert_eq!(config["drain_timeout"], "30s");
+    assert_eq!(
+        config["routes"][0]["match"]["runtime_fraction"]["runtime_key"],
+        "shift.green"
+    );
+    assert_eq!(
+        config["clusters"][1]["endpoints"][0]["address"],
+        green.to_string()
+    );
+
+    let missing = http(admin, "GET", "/nope", &[], b"").await;
+    assert_eq!(missing.status, 404);
+    let wrong = http(admin, "DELETE", "/ready", &[], b"").await;
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), Some("GET"));
+}
+
+#[tokio::test]
+async fn http_filters_shape_requests_and_responses() {
+    let dir = TempDir::new("filters");
+    let web = http_upstream("web").await;
+    let port = free_port();
+    let file = dir.write(
+        "filters.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\naccess_log: {}\nhttp_filters:\n  - request_body_limit: 16\n\
+             \x20 - request_headers_to_add: {{ x-proxied-by: switchback }}\n\
+             \x20 - response_headers_to_add: {{ x-served-by: switchback }}\n\
+             \x20 - concurrency_limit: 10\n  - timeout: 5s\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: web\n    request_headers_to_add: {{ x-route: web }}\n\
+             clusters:\n  - name: web\n    endpoints: [{web}]\n",
+            dir.path("access.jsonl").display()
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+
+    let r = http(listen, "GET", "/", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("x-proxied-by: switchback\r\n"), "{}", r.body);
+    assert!(r.body.contains("x-route: web\r\n"), "{}", r.body);
+    assert_eq!(r.header("x-served-by"), Some("switchback"));
+
+    let big = http(listen, "POST", "/", &[], &[b'x'; 100]).await;
+    assert_eq!(big.status, 413);
+    let small = http(listen, "POST", "/", &[], &[b'x'; 10]).await;
+    assert_eq!(small.status, 200);
+
+    // A header the proxy adds can't be nominated for removal by the client.
+    for name in ["x-proxied-by", "x-route"] {
+        let r = http(listen, "GET", "/", &[("connection", name)], b"").await;
+        assert_eq!(r.status, 400, "Connection: {name}");
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_type_with_its_own_chain_skips_the_default_filters() {
+    let dir = TempDir::new("chains");
+    let upstream = raw_upgrade_echo().await;
+    let port = free_port();
+    let log = dir.path("access.jsonl");
+    // The default chain limits bodies to 1 KiB, tunnel payload included; `foo` has a
+    // router-only chain, `bar` takes the default one.
+    let file = dir.write(
+        "chains.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\naccess_log: {}\nhttp_filters:\n  - request_body_limit: 1024\n\
+             upgrade_configs:\n  - upgrade_type: foo\n    filters: []\n  - upgrade_type: bar\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: raw\n\
+             clusters:\n  - name: raw\n    endpoints: [{upstream}]\n",
+            log.display()
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+
+    assert_eq!(
+        raw_tunnel_echo(listen, "foo", 4096).await,
+        4096,
+        "router only: untouched"
+    );
+    let foo = wait_log_line(&log, "tunnel_close", None).await;
+    assert_eq!(
+        (foo["upgrade"].as_str(), foo["mode"].as_str()),
+        (Some("foo"), Some("joined"))
+    );
+
+    let echoed = raw_tunnel_echo(listen, "bar", 4096).await;
+    assert!(
+        echoed <= 1024,
+        "the body limit ends the tunnel: {echoed} bytes echoed"
+    );
+    let bar = within("the bar tunnel's close line", async {
+        loop {
+            if let Some(l) = log_lines(&log)
+                .into_iter()
+                .find(|l| l["event"] == "tunnel_close" && l["upgrade"] == "bar")
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert_eq!(bar["mode"], "pumped");
+    assert_eq!(bar["end"], "error");
+}
+
+#[tokio::test]
+async fn the_timeout_filter_answers_504() {
+    let dir = TempDir::new("timeout");
+    // An upstream that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let port = free_port();
+    let file = dir.write(
+        "timeout.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\naccess_log: {}\nhttp_filters:\n  - timeout: 200ms\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: silent\n\
+             clusters:\n  - name: silent\n    endpoints: [{upstream}]\n",
+            dir.path("access.jsonl").display()
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+    let r = http(listen, "GET", "/", &[], b"").await;
+    assert_eq!(r.status, 504, "{}", r.body);
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_live_tunnel_with_1001() {
+    let dir = TempDir::new("drain");
+    let echo = ws_echo().await;
+    let (port, admin) = (free_port(), free_port());
+    let log = dir.path("access.jsonl");
+    let file = dir.write(
+        "drain.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: {}\ndrain_timeout: 2s\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n",
+            log.display()
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+    proxy.wait_listening(admin).await;
+
+    let (mut ws, _) = within(
+        "connect",
+        tokio_tungstenite::connect_async(format!("ws://{listen}/")),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("before")
+    );
+    assert_eq!(http(admin, "GET", "/ready", &[], b"").await.status, 200);
+
+    proxy.signal("TERM");
+
+    // Draining: not ready, and the tunnel still works until the deadline.
+    within("/ready to say 503", async {
+        while http(admin, "GET", "/ready", &[], b"").await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    ws.send(Message::text("during")).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("during")
+    );
+
+    // At the deadline: a 1001 close frame.
+    let frame = match within("the close frame", ws.next()).await {
+        Some(Ok(Message::Close(frame))) => frame,
+        Some(Ok(other)) => panic!("unexpected message {other:?}"),
+        Some(Err(e)) => panic!("no close frame: {e}"),
+        None => panic!("closed without a close frame"),
+    };
+    assert_eq!(frame.expect("a close code").code, CloseCode::Away);
+
+    let status = proxy.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    let close = wait_log_line(&log, "tunnel_close", None).await;
+    assert_eq!(close["end"], "drain");
+    let stderr = proxy.stderr();
+    assert!(stderr.contains("draining"), "{stderr}");
+    assert!(stderr.contains("closed=1"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_demo_runs_without_arguments() {
+    let dir = TempDir::new("demo");
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut proxy = Proxy::start(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", &listen.to_string())]);
+    proxy.wait_listening(listen).await;
+
+    let (mut ws, _) = within(
+        "connect",
+        tokio_tungstenite::connect_async(format!("ws://{listen}/")),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("hello, switchback")).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("hello, switchback")
+    );
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+    drop(ws);
+
+    let banner = within("the banner and the access log", async {
+        loop {
+            // The banner, then the access log (standard output by default) with the tunnel.
+            let out = proxy.stdout();
+            if out.contains("Ctrl-C") && out.contains(r#""event":"tunnel_close""#) {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(
+        banner.contains(&format!("connect to:  ws://{listen}/")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!(
+            "python3 -c \"import socket,os;s=socket.create_connection(('127.0.0.1',{port}))"
+        )),
+        "{banner}"
+    );
+    let close: Value = banner
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|l: &Value| l["event"] == "tunnel_close")
+        .unwrap();
+    assert_eq!(close["upgrade"], "websocket");
+    assert!(close["bytes_sent"].as_u64().unwrap() > 17);
+
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
+}
+
+#[tokio::test]
+async fn the_demo_says_when_its_port_is_busy() {
+    let dir = TempDir::new("demo-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut proxy = Proxy::start(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", &addr.to_string())]);
+    assert_eq!(proxy.wait_exit().await.code(), Some(1));
+    let stderr = proxy.stderr();
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains("SWITCHBACK_DEMO_LISTEN=127.0.0.1:10001"),
+        "{stderr}"
+    );
+    drop(taken);
+}
