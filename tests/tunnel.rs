@@ -15,11 +15,18 @@ use tower::ServiceBuilder;
 use support::*;
 use switchback::{Drain, Forward, TunnelConfig, TunnelEnd, TunnelMode, UpgradeRouterLayer};
 
+/// The three ways a tunnel can carry bytes.
 #[derive(Clone, Copy, Debug)]
 enum Path {
+    /// Joined, socket to socket with splice(2) where the platform has it.
     Joined,
+    /// Joined, copied through a lent buffer.
+    Copied,
+    /// Pumped through a layer that wraps the bodies.
     Pumped,
 }
+
+const PATHS: [Path; 3] = [Path::Joined, Path::Copied, Path::Pumped];
 
 struct Setup {
     proxy: Proxy,
@@ -29,6 +36,11 @@ struct Setup {
 }
 
 async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
+    let tunnel = if matches!(path, Path::Copied) {
+        tunnel.splice(false)
+    } else {
+        tunnel
+    };
     let raw = RawUpstream::bind().await;
     let events = Events::default();
     let drain = Drain::new();
@@ -42,7 +54,7 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
         .unwrap();
     let forward = Forward::new(cluster(raw.addr)).response_timeout(Some(Duration::from_millis(500)));
     let proxy = match path {
-        Path::Joined => start(ServiceBuilder::new().layer(router).service(forward)).await,
+        Path::Joined | Path::Copied => start(ServiceBuilder::new().layer(router).service(forward)).await,
         Path::Pumped => start(ServiceBuilder::new().layer(router).service(touch_bodies(forward))).await,
     };
     Setup {
@@ -67,7 +79,7 @@ async fn open(s: &Setup) -> (TcpStream, TcpStream) {
 
 #[tokio::test]
 async fn client_half_close_reaches_the_upstream_which_can_still_answer() {
-    for path in [Path::Joined, Path::Pumped] {
+    for path in PATHS {
         let s = setup(path, TunnelConfig::new()).await;
         let (mut client, mut up) = open(&s).await;
         client.write_all(b"last words").await.unwrap();
@@ -84,7 +96,7 @@ async fn client_half_close_reaches_the_upstream_which_can_still_answer() {
 
 #[tokio::test]
 async fn upstream_half_close_reaches_the_client_which_can_still_send() {
-    for path in [Path::Joined, Path::Pumped] {
+    for path in PATHS {
         let s = setup(path, TunnelConfig::new()).await;
         let (mut client, mut up) = open(&s).await;
         up.write_all(b"bye").await.unwrap();
@@ -110,7 +122,7 @@ async fn upstream_half_close_reaches_the_client_which_can_still_send() {
 /// client's connection closes.
 #[tokio::test]
 async fn upstream_close_flushes_then_closes_the_client() {
-    for path in [Path::Joined, Path::Pumped] {
+    for path in PATHS {
         let s = setup(path, TunnelConfig::new()).await;
         let (mut client, mut up) = open(&s).await;
         let data = vec![9u8; 256 * 1024];
@@ -124,7 +136,7 @@ async fn upstream_close_flushes_then_closes_the_client() {
 /// its bound.
 #[tokio::test]
 async fn the_half_closed_state_is_bounded() {
-    for path in [Path::Joined, Path::Pumped] {
+    for path in PATHS {
         let config = TunnelConfig::new().half_close_timeout(Some(Duration::from_millis(200)));
         let s = setup(path, config).await;
         let (mut client, mut up) = open(&s).await;
@@ -140,7 +152,7 @@ async fn the_half_closed_state_is_bounded() {
 /// ends it.
 #[tokio::test]
 async fn idle_timeout_counts_both_directions() {
-    for path in [Path::Joined, Path::Pumped] {
+    for path in PATHS {
         let config = TunnelConfig::new().idle_timeout(Some(Duration::from_millis(300)));
         let s = setup(path, config).await;
         let (mut client, mut up) = open(&s).await;
@@ -200,7 +212,7 @@ async fn handshake_timeout_is_a_504() {
 /// the deadline passes, then closes.
 #[tokio::test]
 async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
-    for path in [Path::Joined, Path::Pumped] {
+    for path in PATHS {
         let s = setup(path, TunnelConfig::new()).await;
         // The upstream is a real WebSocket server on an accepted raw connection.
         let upstream = async {
@@ -243,10 +255,10 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
         assert_eq!(stats.end, TunnelEnd::Drain, "{path:?}");
         assert_eq!(
             mode,
-            if matches!(path, Path::Joined) {
-                TunnelMode::Joined
-            } else {
+            if matches!(path, Path::Pumped) {
                 TunnelMode::Pumped
+            } else {
+                TunnelMode::Joined
             }
         );
     }

@@ -113,6 +113,30 @@ async fn websocket_on_the_joined_path() {
 }
 
 #[tokio::test]
+async fn websocket_on_the_joined_path_without_splice() {
+    let mut echo = ws_echo().await;
+    let events = Events::default();
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .tunnel(switchback::TunnelConfig::new().splice(false))
+        .observer(events.observer())
+        .build()
+        .unwrap();
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(Forward::new(cluster(echo.addr))),
+    )
+    .await;
+
+    exercise(proxy.addr, &mut echo).await;
+
+    let (mode, stats) = events.closed(1).await;
+    assert_eq!(mode, TunnelMode::Joined);
+    assert!(stats.upstream_bytes > 1024 * 1024, "{stats:?}");
+}
+
+#[tokio::test]
 async fn websocket_on_the_pumped_path() {
     let mut echo = ws_echo().await;
     let events = Events::default();

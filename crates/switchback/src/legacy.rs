@@ -240,6 +240,7 @@ where
         half_close_timeout: cx.tunnel.half_close_timeout,
         buffer_size: cx.tunnel.buffer_size,
         websocket: true,
+        splice: cx.tunnel.splice,
     };
     tokio::spawn(async move {
         // Resolves once the server has written the 101; bytes the client sent after its
@@ -252,7 +253,7 @@ where
             }
         };
         let opened = Opened::new(info, cx.observer);
-        let stats = duplex::run(TokioIo::new(client), TokioIo::new(upstream), settings, &guard).await;
+        let stats = duplex::join(client, upstream, settings, &guard).await;
         opened.finish(stats);
     });
     Response::from_parts(parts, Body::empty())

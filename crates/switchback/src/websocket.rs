@@ -67,6 +67,18 @@ impl FrameTracker {
         self.header_len == 0 && self.remaining == 0
     }
 
+    /// Payload bytes of the current frame still to come, once its header has been seen: they
+    /// can be relayed without looking at them (see [`FrameTracker::skip`]).
+    pub fn payload_left(&self) -> u64 {
+        if self.header_len == 0 { self.remaining } else { 0 }
+    }
+
+    /// Accounts for `n` payload bytes relayed unseen; `n` is at most
+    /// [`FrameTracker::payload_left`].
+    pub fn skip(&mut self, n: u64) {
+        self.remaining = self.remaining.saturating_sub(n);
+    }
+
     /// Accounts for `bytes`, the next bytes of the stream.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {

@@ -13,7 +13,9 @@ use crate::body::{Join, TunnelRead};
 use crate::drain::{Drain, TunnelGuard};
 use crate::forward::UpstreamAddr;
 use crate::tunnel::pump::{self, Direction, Link};
-use crate::tunnel::{TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex};
+use crate::tunnel::{
+    TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex,
+};
 use crate::{Body, UpgradeType, metrics};
 
 /// An allowed upgrade waiting for the chain's answer.
@@ -75,15 +77,10 @@ impl Pending {
             half_close_timeout: self.tunnel.half_close_timeout,
             buffer_size: self.tunnel.buffer_size,
             websocket: join.link.is_websocket(),
+            splice: self.tunnel.splice,
         };
         let opened = Opened::new(info, self.observer.clone());
-        let stats = duplex::run(
-            TokioIo::new(client),
-            TokioIo::new(join.upstream),
-            settings,
-            &guard,
-        )
-        .await;
+        let stats = duplex::join(client, join.upstream, settings, &guard).await;
         opened.finish(stats);
     }
 

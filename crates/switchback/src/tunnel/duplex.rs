@@ -7,9 +7,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 
+use super::leg::{self, Leg};
+#[cfg(target_os = "linux")]
+use super::splice;
 use super::{TunnelEnd, TunnelStats, pool};
 use crate::drain::TunnelGuard;
 use crate::websocket::{self, FrameTracker};
@@ -24,14 +27,16 @@ pub(crate) struct Settings {
     pub(crate) half_close_timeout: Option<Duration>,
     pub(crate) buffer_size: usize,
     pub(crate) websocket: bool,
+    /// Splice between bare sockets (Linux).
+    pub(crate) splice: bool,
 }
 
 /// Relays between `client` and `upstream` until both directions are closed, a timer fires or
 /// the drain deadline passes.
 pub(crate) async fn run<C, U>(client: C, upstream: U, settings: Settings, guard: &TunnelGuard) -> TunnelStats
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    U: Leg,
 {
     let duplex = Duplex::new(client, upstream, settings);
     tokio::pin!(duplex);
@@ -44,6 +49,24 @@ where
                 Err(_) => duplex.stats(TunnelEnd::Drain),
             }
         }
+    }
+}
+
+/// Relays between two upgraded connections, as bare sockets when both can be recovered (then
+/// splice applies), through hyper's wrappers otherwise (e.g. under another server).
+pub(crate) async fn join(
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+    settings: Settings,
+    guard: &TunnelGuard,
+) -> TunnelStats {
+    use hyper_util::rt::TokioIo;
+    match leg::unwrap_socket(client) {
+        Ok(client) => match leg::unwrap_socket(upstream) {
+            Ok(upstream) => run(client, upstream, settings, guard).await,
+            Err(upstream) => run(client, TokioIo::new(upstream), settings, guard).await,
+        },
+        Err(client) => run(TokioIo::new(client), TokioIo::new(upstream), settings, guard).await,
     }
 }
 
@@ -64,19 +87,14 @@ pin_project! {
     }
 }
 
-impl<C, U> Duplex<C, U>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+impl<C: Leg, U: Leg> Duplex<C, U> {
     pub(crate) fn new(client: C, upstream: U, settings: Settings) -> Self {
         let now = Instant::now();
-        let tracker = || settings.websocket.then(FrameTracker::new);
         Self {
             client,
             upstream,
-            to_upstream: Half::new(settings.buffer_size, tracker(), true),
-            to_client: Half::new(settings.buffer_size, tracker(), false),
+            to_upstream: Half::new(&settings, true),
+            to_client: Half::new(&settings, false),
             settings,
             last_activity: now,
             half_closed_at: None,
@@ -116,11 +134,7 @@ where
     }
 }
 
-impl<C, U> Future for Duplex<C, U>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+impl<C: Leg, U: Leg> Future for Duplex<C, U> {
     type Output = TunnelStats;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
@@ -193,13 +207,18 @@ where
     }
 }
 
-/// One direction: read from one side into a lent buffer, write it to the other.
+/// One direction: read from one side, write to the other, through a buffer lent while it
+/// holds bytes or, between two sockets, through a spliced pipe.
 struct Half {
     /// Lent from the pool while it holds unwritten bytes (or for one read attempt).
     buf: Option<Box<[u8]>>,
     size: usize,
     pos: usize,
     cap: usize,
+    /// Lent while it holds spliced bytes not yet written.
+    #[cfg(target_os = "linux")]
+    pipe: Option<splice::Pipe>,
+    splice: bool,
     /// The reader reached end of stream.
     eof: bool,
     /// The writer was shut down; this direction is finished.
@@ -215,63 +234,47 @@ struct Half {
     to_upstream: bool,
 }
 
+/// Frame payload shorter than this is copied rather than spliced: for small frames the
+/// header reads would cost more than the splice saves.
+#[cfg(target_os = "linux")]
+const SPLICE_MIN: u64 = 16 * 1024;
+
 impl Half {
-    fn new(size: usize, frames: Option<FrameTracker>, to_upstream: bool) -> Self {
+    fn new(settings: &Settings, to_upstream: bool) -> Self {
         Self {
             buf: None,
-            size,
+            size: settings.buffer_size,
             pos: 0,
             cap: 0,
+            #[cfg(target_os = "linux")]
+            pipe: None,
+            splice: settings.splice,
             eof: false,
             done: false,
             need_flush: false,
             injected: false,
             close_queued: false,
             bytes: 0,
-            frames,
+            frames: settings.websocket.then(FrameTracker::new),
             to_upstream,
         }
     }
 
-    fn poll_copy<R, W>(
+    fn poll_copy<R: Leg, W: Leg>(
         &mut self,
         cx: &mut Context<'_>,
         mut reader: Pin<&mut R>,
         mut writer: Pin<&mut W>,
         draining: bool,
         moved: &mut bool,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead,
-        W: AsyncWrite,
-    {
+    ) -> Poll<io::Result<()>> {
         loop {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(buf) = &self.buf {
-                while self.pos < self.cap {
-                    let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    if !self.injected {
-                        if let Some(frames) = &mut self.frames {
-                            frames.feed(&buf[self.pos..self.pos + n]);
-                        }
-                        self.bytes += n as u64;
-                        *moved = true;
-                    }
-                    self.pos += n;
-                    self.need_flush = true;
-                }
-            }
-            self.pos = 0;
-            self.cap = 0;
-            self.injected = false;
-            if let Some(buf) = self.buf.take() {
-                pool::give(buf);
-            }
+            ready!(self.poll_write_buf(cx, writer.as_mut(), moved))?;
+            #[cfg(target_os = "linux")]
+            ready!(self.poll_write_pipe(cx, writer.socket(), moved))?;
 
             if self.eof || draining {
                 if draining
@@ -288,6 +291,25 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
 
+            #[cfg(target_os = "linux")]
+            if let Some(max) = self.splice_len(reader.socket(), writer.socket()) {
+                let (Some(from), Some(_)) = (reader.socket(), writer.socket()) else {
+                    unreachable!()
+                };
+                let pipe = match self.pipe.take() {
+                    Some(p) => p,
+                    None => splice::Pipe::take()?,
+                };
+                let pipe = self.pipe.insert(pipe);
+                match pipe.poll_fill(cx, from, max) {
+                    Poll::Ready(Ok(0)) => self.eof = true,
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return self.poll_idle(cx, writer),
+                }
+                continue;
+            }
+
             let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
             let mut read = ReadBuf::new(buf);
             let polled = reader.as_mut().poll_read(cx, &mut read);
@@ -302,14 +324,97 @@ impl Half {
                 Poll::Ready(Ok(())) if n == 0 => self.eof = true,
                 Poll::Ready(Ok(())) => self.cap = n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if self.need_flush {
-                        ready!(writer.as_mut().poll_flush(cx))?;
-                        self.need_flush = false;
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.poll_idle(cx, writer),
             }
+        }
+    }
+
+    /// Nothing to read: flush what was written, give back an empty pipe, wait.
+    fn poll_idle<W: Leg>(&mut self, cx: &mut Context<'_>, mut writer: Pin<&mut W>) -> Poll<io::Result<()>> {
+        #[cfg(target_os = "linux")]
+        if let Some(pipe) = self.pipe.take_if(|p| p.held == 0) {
+            pipe.give();
+        }
+        if self.need_flush {
+            ready!(writer.as_mut().poll_flush(cx))?;
+            self.need_flush = false;
+        }
+        Poll::Pending
+    }
+
+    /// Writes out the buffer's bytes, then gives the buffer back.
+    fn poll_write_buf<W: Leg>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut writer: Pin<&mut W>,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        let Some(buf) = &self.buf else {
+            return Poll::Ready(Ok(()));
+        };
+        while self.pos < self.cap {
+            let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if !self.injected {
+                if let Some(frames) = &mut self.frames {
+                    frames.feed(&buf[self.pos..self.pos + n]);
+                }
+                self.bytes += n as u64;
+                *moved = true;
+            }
+            self.pos += n;
+            self.need_flush = true;
+        }
+        self.pos = 0;
+        self.cap = 0;
+        self.injected = false;
+        if let Some(buf) = self.buf.take() {
+            pool::give(buf);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes out what the pipe holds.
+    #[cfg(target_os = "linux")]
+    fn poll_write_pipe(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: Option<&tokio::net::TcpStream>,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        let (Some(pipe), Some(to)) = (&mut self.pipe, to) else {
+            return Poll::Ready(Ok(()));
+        };
+        while pipe.held > 0 {
+            let n = ready!(pipe.poll_drain(cx, to))?;
+            if let Some(frames) = &mut self.frames {
+                frames.skip(n as u64);
+            }
+            self.bytes += n as u64;
+            *moved = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// How much to splice next, if this direction should splice at all: both ends are bare
+    /// sockets, and the stream is opaque or inside a large enough WebSocket frame payload.
+    #[cfg(target_os = "linux")]
+    fn splice_len(
+        &self,
+        from: Option<&tokio::net::TcpStream>,
+        to: Option<&tokio::net::TcpStream>,
+    ) -> Option<usize> {
+        if !self.splice || from.is_none() || to.is_none() {
+            return None;
+        }
+        match &self.frames {
+            None => Some(splice::CHUNK),
+            Some(f) if f.payload_left() >= SPLICE_MIN => {
+                Some(usize::try_from(f.payload_left()).map_or(splice::CHUNK, |n| n.min(splice::CHUNK)))
+            }
+            Some(_) => None,
         }
     }
 

@@ -14,8 +14,11 @@
 //! counting both directions), and close WebSocket tunnels on drain with `1001` frames.
 
 pub(crate) mod duplex;
+pub(crate) mod leg;
 mod pool;
 pub(crate) mod pump;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::fmt;
 use std::time::Duration;
@@ -26,6 +29,7 @@ pub struct TunnelConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) half_close_timeout: Option<Duration>,
     pub(crate) buffer_size: usize,
+    pub(crate) splice: bool,
 }
 
 impl Default for TunnelConfig {
@@ -34,6 +38,7 @@ impl Default for TunnelConfig {
             idle_timeout: Some(Duration::from_secs(300)),
             half_close_timeout: Some(Duration::from_secs(30)),
             buffer_size: 16 * 1024,
+            splice: cfg!(target_os = "linux"),
         }
     }
 }
@@ -57,7 +62,15 @@ impl TunnelConfig {
         self
     }
 
-    /// Size of the relay buffer for each direction (at least 1 KiB).
+    /// Whether joined tunnels between two plain TCP sockets move bytes with `splice(2)`
+    /// (Linux; default on there). Off, they are copied through a buffer.
+    pub fn splice(mut self, on: bool) -> Self {
+        self.splice = on && cfg!(target_os = "linux");
+        self
+    }
+
+    /// Size of the relay buffer for each direction (at least 1 KiB). Buffers are lent from a
+    /// pool only while bytes are in flight.
     pub fn buffer_size(mut self, bytes: usize) -> Self {
         self.buffer_size = bytes.max(1024);
         self
