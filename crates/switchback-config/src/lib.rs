@@ -115,9 +115,9 @@ pub use crate::duration::{format_duration, parse_duration};
 pub use crate::error::ConfigError;
 pub use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_STREAM_IDLE_TIMEOUT, Endpoint, Filter,
-    HeaderMatcher, HeadersToAdd, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig,
-    WebSocketConfig, WeightedCluster,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
+    Endpoint, Filter, HeaderMatcher, HeadersToAdd, PathMatch, Route, RouteMatch, RouteTarget,
+    RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster,
 };
 
 use crate::locate::Want;
@@ -192,7 +192,7 @@ impl Config {
                 auto_host_rewrite: false,
                 request_headers_to_add: HeadersToAdd::new(),
                 request_headers_to_remove: Vec::new(),
-                timeout: None,
+                timeout: Some(DEFAULT_ROUTE_TIMEOUT),
                 idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
                 upgrade_configs: Vec::new(),
                 use_websocket: false,

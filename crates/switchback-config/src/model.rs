@@ -13,6 +13,8 @@ use crate::duration;
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10000);
 /// Default `drain_timeout`: 30 seconds.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default route `timeout`: 15 seconds, as Envoy's route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default `stream_idle_timeout`: 5 minutes.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default cluster `connect_timeout`: 5 seconds.
@@ -192,7 +194,8 @@ pub struct Route {
     /// Header names removed from the request before it is sent upstream. Default: empty.
     pub request_headers_to_remove: Vec<String>,
     /// How long to wait for the upstream's response headers (for an upgrade: until the
-    /// `101`). `None` (absent, or `0s`) = no limit.
+    /// `101`). Absent in the YAML = 15 s, as Envoy (already filled in here); `0s` = no limit
+    /// (`None`).
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "duration::serialize_opt"

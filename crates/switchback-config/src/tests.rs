@@ -278,7 +278,11 @@ access_log: \"-\"
     assert_eq!(r.matcher.path, PathMatch::Path("/exact".into()));
     assert!(r.matcher.headers.is_empty());
     assert_eq!(r.matcher.runtime_fraction, None);
-    assert_eq!(r.timeout, None);
+    assert_eq!(
+        r.timeout,
+        Some(Duration::from_secs(15)),
+        "absent = Envoy's 15 s default"
+    );
     // Route idle timeout absent = stream_idle_timeout; websocket_config defaults to it too.
     assert_eq!(r.idle_timeout, Duration::from_secs(120));
     assert_eq!(

@@ -600,11 +600,12 @@ impl<'a> Ctx<'a> {
             self.header_name(name, &join_index(&remove_path, i));
         }
 
-        let timeout = r
-            .timeout
-            .as_ref()
-            .and_then(|t| self.duration(t, &join_key(path, "timeout"), Zero::Allowed))
-            .filter(|t| !t.is_zero());
+        let timeout = match &r.timeout {
+            None => Some(crate::model::DEFAULT_ROUTE_TIMEOUT),
+            Some(t) => self
+                .duration(t, &join_key(path, "timeout"), Zero::Allowed)
+                .filter(|t| !t.is_zero()),
+        };
         let idle_timeout = r
             .idle_timeout
             .as_ref()
