@@ -87,23 +87,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = match this.kind.project() {
-            KindProj::Ready { res } => return Poll::Ready(Ok(res.take().unwrap_or_default())),
+            KindProj::Ready { res } => Ok(res.take().unwrap_or_default()),
             KindProj::Default { fut } => ready!(fut.poll(cx)).map(|r| r.map(Body::new)).map_err(Into::into),
             KindProj::Custom { fut } => ready!(fut.poll(cx)),
             KindProj::Legacy { fut } => Ok(ready!(fut.as_mut().poll(cx))),
         };
         let upgrade = this.upgrade.take();
-        let res = match result {
-            Ok(res) => res,
-            Err(e) => return Poll::Ready(Ok(super::error_response(e, upgrade.is_some()))),
+        let res = match (result, upgrade) {
+            (Ok(res), Some(pending)) => pending.open(res),
+            (Ok(res), None) => res,
+            (Err(e), upgrade) => super::error_response(e, upgrade.is_some()),
         };
+        // Every response the router hands back is counted here, its own refusals included.
         crate::metrics_status(res.status());
-        Poll::Ready(Ok(match upgrade {
-            Some(pending) => pending.open(res),
-            None => res,
-        }))
-    }
-}
+        Poll::Ready(Ok(res))
+    }}
 
 impl<S> fmt::Debug for ResponseFuture<S>
 where
