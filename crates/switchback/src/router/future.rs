@@ -101,7 +101,8 @@ where
         // Every response the router hands back is counted here, its own refusals included.
         crate::metrics_status(res.status());
         Poll::Ready(Ok(res))
-    }}
+    }
+}
 
 impl<S> fmt::Debug for ResponseFuture<S>
 where

@@ -13,9 +13,7 @@ use crate::body::{Join, TunnelRead};
 use crate::drain::{Drain, TunnelGuard};
 use crate::forward::UpstreamAddr;
 use crate::tunnel::pump::{self, Direction, Link};
-use crate::tunnel::{
-    TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex,
-};
+use crate::tunnel::{TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex};
 use crate::{Body, UpgradeType, metrics};
 
 /// An allowed upgrade waiting for the chain's answer.
