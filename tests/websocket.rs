@@ -281,3 +281,69 @@ async fn works_inside_an_axum_app() {
     assert_eq!(status(&head), 200);
     assert_eq!(read_n(&mut client, rest, 15).await, b"hello from axum");
 }
+
+/// WebSocket over HTTP/2 (RFC 8441): the client's extended CONNECT becomes an HTTP/1.1
+/// handshake upstream (with a key Switchback makes and then checks), and the client gets a
+/// 200 and a stream carrying the WebSocket frames.
+#[tokio::test]
+async fn websocket_over_http2_extended_connect() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let mut echo = ws_echo().await;
+    let events = Events::default();
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .observer(events.observer())
+        .build()
+        .unwrap();
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(Forward::new(cluster(echo.addr))),
+    )
+    .await;
+
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", proxy.addr))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let mut res = within(sender.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("upgrade").is_none() && res.headers().get("sec-websocket-accept").is_none());
+    let stream = within(hyper::upgrade::on(&mut res)).await.unwrap();
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
+
+    ws.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::text("over h2")
+    );
+    let big = vec![5u8; 200 * 1024];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(within(ws.next()).await.unwrap().unwrap(), Message::binary(big));
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(4003),
+        reason: "h2 done".into(),
+    })))
+    .await
+    .unwrap();
+    assert_eq!(within(echo.close_codes.recv()).await, Some(4003));
+    drop(ws);
+    let (mode, stats) = events.closed(1).await;
+    assert_eq!(mode, TunnelMode::Joined);
+    assert!(stats.upstream_bytes > 200 * 1024, "{stats:?}");
+}

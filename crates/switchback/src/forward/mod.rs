@@ -309,6 +309,9 @@ where
 
     keep_authority_as_host(&mut parts);
     auto_host_rewrite(&mut parts, &endpoint);
+    if parts.version == Version::HTTP_2 {
+        h2_to_h1_upgrade(&mut parts, &ty);
+    }
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     let request_headers = parts.headers.clone();
@@ -401,6 +404,21 @@ pub(crate) fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &End
         && let Ok(host) = HeaderValue::from_str(endpoint.host())
     {
         parts.headers.insert(header::HOST, host);
+    }
+}
+
+/// Turns an HTTP/2 extended CONNECT (RFC 8441) into the HTTP/1.1 upgrade the upstream
+/// expects: `GET` with the upgrade pair and, for WebSocket, a fresh `Sec-WebSocket-Key`, whose
+/// answer [`verify`] then checks like any client's.
+fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
+    parts.method = http::Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    if let Ok(upgrade) = HeaderValue::from_str(ty.as_str()) {
+        hop::strip_keep_upgrade(&mut parts.headers, upgrade);
+    }
+    if ty.is_websocket() {
+        let key = crate::websocket::new_key();
+        parts.headers.insert("sec-websocket-key", key);
     }
 }
 

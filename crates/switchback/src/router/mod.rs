@@ -136,10 +136,13 @@ where
                 .increment(1);
             return ResponseFuture::ready(reply::local(StatusCode::SERVICE_UNAVAILABLE, "draining", true));
         }
-        // HTTP/2 extended CONNECT and CONNECT tunnels open on a 2xx, not a 101, and need their
-        // own forwarding; until then they are refused plainly rather than half-handled.
-        if req.version() != http::Version::HTTP_11 || ty.is_connect() {
-            let msg = "CONNECT and HTTP/2 upgrades are not proxied yet; use an HTTP/1.1 Upgrade";
+        // A CONNECT tunnel (no `:protocol`) opens on a 2xx to an authority-form target and needs
+        // forwarding of its own; until then it is refused plainly rather than half-handled.
+        // HTTP/2 extended CONNECT (RFC 8441) is proxied as an HTTP/1.1 upgrade.
+        let h2 = req.version() == http::Version::HTTP_2;
+        if ty.is_connect() || !(h2 || req.version() == http::Version::HTTP_11) {
+            let msg =
+                "CONNECT tunnels are not proxied yet; use an HTTP/1.1 Upgrade or HTTP/2 extended CONNECT";
             return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, true));
         }
         ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.to_string()).increment(1);
@@ -162,6 +165,7 @@ where
         let client = req.extensions().get::<crate::server::ClientAddr>().map(|a| a.0);
         let path = req.uri().path().to_owned();
         let pending = open::Pending {
+            h2,
             client,
             path,
             observer: cfg.observer.clone(),

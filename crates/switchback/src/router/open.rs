@@ -18,6 +18,8 @@ use crate::{Body, UpgradeType, metrics};
 
 /// An allowed upgrade waiting for the chain's answer.
 pub(crate) struct Pending {
+    /// The client speaks HTTP/2: its tunnel opens on a `200` to its extended CONNECT.
+    pub(crate) h2: bool,
     pub(crate) client: Option<std::net::SocketAddr>,
     pub(crate) path: String,
     pub(crate) observer: Option<TunnelObserver>,
@@ -40,6 +42,13 @@ impl Pending {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Response::from_parts(parts, body);
+        }
+        if self.h2 {
+            // RFC 8441: an extended CONNECT succeeds with a 2xx, and HTTP/2 has no connection
+            // headers, so the upgrade pair and the HTTP/1.1 handshake proof stay behind.
+            parts.status = StatusCode::OK;
+            crate::hop::strip(&mut parts.headers);
+            parts.headers.remove("sec-websocket-accept");
         }
         let guard = self.drain.track();
         let upstream = parts.extensions.get::<UpstreamAddr>().map(|a| a.0.clone());
