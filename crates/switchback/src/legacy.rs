@@ -46,17 +46,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response, StatusCode};
 
-use crate::cluster::{Cluster, ConnectError};
+use crate::cluster::Cluster;
 use crate::drain::Drain;
-use crate::forward::{self, UpstreamAddr};
+use crate::forward::upstream;
 use crate::router::open::Opened;
 use crate::server::ClientAddr;
 use crate::tunnel::{IdleTimeout, TunnelConfig, TunnelInfo, TunnelMode, TunnelObserver, duplex};
-use crate::{Body, BoxError, UpgradeType, hop, metrics, reply};
+use crate::{Body, BoxError, UpgradeType, metrics, reply};
 
 /// Settings of the legacy WebSocket mode of a route (Envoy's route `websocket_config`).
 #[derive(Clone, Debug)]
@@ -145,78 +143,36 @@ where
     });
     let on_upgrade = hyper::upgrade::on(&mut req);
 
-    let (tcp, endpoint) = match cluster.connect_any(config.max_connect_attempts).await {
-        Ok(pair) => pair,
-        Err(ConnectError::NoEndpoint) => {
-            return fail("connect", StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
-        }
-        Err(e @ (ConnectError::Timeout | ConnectError::Io(_))) => {
-            tracing::debug!(error = %e, cluster = cluster.name(), "legacy websocket: connect failed");
-            return fail("connect", StatusCode::GATEWAY_TIMEOUT, "upstream connect error");
-        }
-    };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "legacy websocket: upstream handshake failed");
-            return fail("connect", StatusCode::BAD_GATEWAY, "upstream handshake failed");
-        }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "legacy websocket: upstream connection failed");
-        }
-    });
-
-    let (mut parts, body) = req.into_parts();
-    forward::keep_authority_as_host(&mut parts);
-    forward::auto_host_rewrite(&mut parts, &endpoint);
-    parts.uri = forward::origin_form(&parts.uri);
-    parts.version = Version::HTTP_11;
-    let info = TunnelInfo {
-        upgrade: UpgradeType::new("websocket"),
-        mode: TunnelMode::Legacy,
-        client: parts.extensions.get::<ClientAddr>().map(|a| a.0),
-        path: parts.uri.path().to_owned(),
-        upstream: Some(endpoint.address().to_owned()),
-    };
+    let (parts, body) = req.into_parts();
+    let client = parts.extensions.get::<ClientAddr>().map(|a| a.0);
+    let path = parts.uri.path().to_owned();
     // Without a declared body, send none: a body hyper can't see the end of would make it add
     // `Transfer-Encoding: chunked` to a GET.
     let body = if has_body { Body::new(body) } else { Body::empty() };
-    let send = sender.send_request(Request::from_parts(parts, body));
-    let mut res = match forward::with_timeout(idle, send).await {
-        None => {
-            return fail(
-                "timeout",
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream response timeout",
-            );
+    // The route `timeout` doesn't apply to legacy tunnels (as in Envoy's old mode); the idle
+    // timeout bounds the wait for the answer instead.
+    let answer = match upstream::exchange(&cluster, config.max_connect_attempts, parts, body, idle).await {
+        Ok(answer) => answer,
+        Err(failure) => {
+            tracing::debug!(error = %failure, cluster = cluster.name(), "legacy websocket: no answer from upstream");
+            let (reason, status, message) = failure.reply(StatusCode::GATEWAY_TIMEOUT);
+            return fail(reason, status, message);
         }
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, endpoint = endpoint.address(), "legacy websocket: upstream failed before answering");
-            return fail(
-                "refused",
-                StatusCode::BAD_GATEWAY,
-                "upstream reset before response",
-            );
-        }
-        Some(Ok(res)) => res,
     };
-
-    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => "websocket", "reason" => "not_101")
-            .increment(1);
-        let (mut parts, body) = res.into_parts();
-        hop::strip(&mut parts.headers);
-        // The client may be sending WebSocket frames already: its connection can't go on as HTTP.
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        parts
-            .extensions
-            .insert(UpstreamAddr(endpoint.address().to_owned()));
-        return Response::from_parts(parts, Body::new(body));
+    let ty = UpgradeType::new("websocket");
+    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return upstream::relay_refusal(answer, &ty);
     }
+    let upstream::Answer {
+        mut res, endpoint, ..
+    } = answer;
+    let info = TunnelInfo {
+        upgrade: ty,
+        mode: TunnelMode::Legacy,
+        client,
+        path,
+        upstream: Some(endpoint.address().to_owned()),
+    };
     let upstream = match hyper::upgrade::on(&mut res).await {
         Ok(u) => u,
         Err(e) => {
@@ -225,14 +181,7 @@ where
         }
     };
     let (mut parts, _) = res.into_parts();
-    let chosen = parts.headers.get(header::UPGRADE).cloned();
-    match chosen {
-        Some(chosen) => hop::strip_keep_upgrade(&mut parts.headers, chosen),
-        None => hop::strip(&mut parts.headers),
-    }
-    parts
-        .extensions
-        .insert(UpstreamAddr(endpoint.address().to_owned()));
+    upstream::switched_head(&mut parts, &endpoint);
 
     let guard = cx.drain.track();
     let settings = duplex::Settings {

@@ -20,6 +20,7 @@
 //! ```
 
 mod pre_body;
+pub(crate) mod upstream;
 pub(crate) mod verify;
 
 use std::any::Any;
@@ -39,7 +40,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tower::Service;
 
-use crate::cluster::{Cluster, ConnectError, Endpoint};
+use crate::cluster::{Cluster, Endpoint};
 use crate::tunnel::Upgrading;
 use crate::tunnel::pump::{self, Direction};
 use crate::{Body, BoxError, hop, metrics, reply};
@@ -280,73 +281,25 @@ where
         },
     };
 
-    let (tcp, endpoint) = match cluster.connect_any(1).await {
-        Ok(c) => c,
-        Err(e @ (ConnectError::Timeout | ConnectError::Io(_))) => {
-            tracing::debug!(error = %e, cluster = cluster.name(), "upgrade: upstream connect failed");
-            return fail(
-                "connect",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error",
-            );
-        }
-        Err(ConnectError::NoEndpoint) => {
-            return fail("connect", StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
-        }
-    };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade: upstream handshake failed");
-            return fail("connect", StatusCode::BAD_GATEWAY, "upstream handshake failed");
-        }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upgrade: upstream connection failed");
-        }
-    });
-
-    keep_authority_as_host(&mut parts);
-    auto_host_rewrite(&mut parts, &endpoint);
     if parts.version == Version::HTTP_2 {
         h2_to_h1_upgrade(&mut parts, &ty);
     }
-    parts.uri = origin_form(&parts.uri);
-    parts.version = Version::HTTP_11;
-    let request_headers = parts.headers.clone();
-    let send = sender.send_request(Request::from_parts(parts, upstream_body));
-    let mut res = match with_timeout(timeout, send).await {
-        None => {
-            return fail(
-                "timeout",
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream response timeout",
-            );
+    let answer = match upstream::exchange(cluster, 1, parts, upstream_body, timeout).await {
+        Ok(answer) => answer,
+        Err(failure) => {
+            tracing::debug!(error = %failure, cluster = cluster.name(), "upgrade: no answer from upstream");
+            let (reason, status, message) = failure.reply(StatusCode::SERVICE_UNAVAILABLE);
+            return fail(reason, status, message);
         }
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, endpoint = endpoint.address(), "upgrade: upstream failed before answering");
-            return fail(
-                "refused",
-                StatusCode::BAD_GATEWAY,
-                "upstream reset before response",
-            );
-        }
-        Some(Ok(res)) => res,
     };
-
-    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => "not_101")
-            .increment(1);
-        let (mut parts, body) = res.into_parts();
-        hop::strip(&mut parts.headers);
-        // The client may have sent tunnel bytes after its request; the connection can't be
-        // trusted to hold HTTP any more.
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Response::from_parts(parts, Body::new(body));
+    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return upstream::relay_refusal(answer, &ty);
     }
+    let upstream::Answer {
+        mut res,
+        endpoint,
+        request_headers,
+    } = answer;
     if let Err(bad) = verify::verify(&request_headers, res.headers(), ty.is_websocket()) {
         tracing::info!(
             endpoint = endpoint.address(),
@@ -363,14 +316,7 @@ where
         }
     };
     let (mut parts, _) = res.into_parts();
-    let chosen = parts.headers.get(header::UPGRADE).cloned();
-    hop::strip(&mut parts.headers);
-    if let Some(chosen) = chosen {
-        hop::strip_keep_upgrade(&mut parts.headers, chosen);
-    }
-    parts
-        .extensions
-        .insert(UpstreamAddr(endpoint.address().to_owned()));
+    upstream::switched_head(&mut parts, &endpoint);
 
     let link = upgrading.link;
     let body = match client {

@@ -1,0 +1,132 @@
+//! One upgrade attempt on a dedicated upstream connection, shared by [`Forward`](super::Forward)
+//! and the legacy WebSocket mode: connect, write the head, read the answer.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{UpstreamAddr, auto_host_rewrite, keep_authority_as_host, origin_form, with_timeout};
+use crate::cluster::{Cluster, ConnectError, Endpoint};
+use crate::{Body, UpgradeType, hop, metrics};
+
+/// The upstream's answer to an upgrade attempt.
+pub(crate) struct Answer {
+    pub(crate) res: Response<Incoming>,
+    pub(crate) endpoint: Endpoint,
+    /// The head as sent, for checking a `101` against it.
+    pub(crate) request_headers: HeaderMap,
+}
+
+/// Why an upgrade attempt got no answer.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Connect(ConnectError),
+    Handshake(hyper::Error),
+    Timeout,
+    Reset(hyper::Error),
+}
+
+impl Failure {
+    /// The metric reason, status and message for the client. Connect failures answer
+    /// `connect_failed` (Forward: 503; legacy mode: 504, as Envoy's old mode); a cluster
+    /// without endpoints is always 503.
+    pub(crate) fn reply(&self, connect_failed: StatusCode) -> (&'static str, StatusCode, &'static str) {
+        match self {
+            Self::Connect(ConnectError::NoEndpoint) => {
+                ("connect", StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+            }
+            Self::Connect(_) => ("connect", connect_failed, "upstream connect error"),
+            Self::Handshake(_) => ("connect", StatusCode::BAD_GATEWAY, "upstream handshake failed"),
+            Self::Timeout => (
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream response timeout",
+            ),
+            Self::Reset(_) => (
+                "refused",
+                StatusCode::BAD_GATEWAY,
+                "upstream reset before response",
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "{e}"),
+            Self::Handshake(e) => write!(f, "handshake failed: {e}"),
+            Self::Timeout => f.write_str("no response head before the timeout"),
+            Self::Reset(e) => write!(f, "failed before answering: {e}"),
+        }
+    }
+}
+
+/// Connects to one of `cluster`'s endpoints (up to `attempts` of them) on a fresh connection
+/// that no pool will see, sends the request as HTTP/1.1 in origin form, and waits up to
+/// `timeout` for the response head.
+pub(crate) async fn exchange(
+    cluster: &Cluster,
+    attempts: usize,
+    mut parts: http::request::Parts,
+    body: Body,
+    timeout: Option<Duration>,
+) -> Result<Answer, Failure> {
+    let (tcp, endpoint) = cluster.connect_any(attempts).await.map_err(Failure::Connect)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(Failure::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade: upstream connection failed");
+        }
+    });
+    keep_authority_as_host(&mut parts);
+    auto_host_rewrite(&mut parts, &endpoint);
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    let request_headers = parts.headers.clone();
+    match with_timeout(timeout, sender.send_request(Request::from_parts(parts, body))).await {
+        None => Err(Failure::Timeout),
+        Some(Err(e)) => Err(Failure::Reset(e)),
+        Some(Ok(res)) => Ok(Answer {
+            res,
+            endpoint,
+            request_headers,
+        }),
+    }
+}
+
+/// Relays an answer that is not a `101` as an ordinary response: hop-by-hop headers (the
+/// upgrade pair included) removed, and the client's connection closed after it, because the
+/// client may already be sending tunnel bytes that must never be read as HTTP.
+pub(crate) fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> {
+    ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => "not_101")
+        .increment(1);
+    let (mut parts, body) = answer.res.into_parts();
+    hop::strip(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    parts
+        .extensions
+        .insert(UpstreamAddr(answer.endpoint.address().to_owned()));
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// The head of an accepted `101` as the client gets it: hop-by-hop headers removed but for
+/// the upgrade pair, with the protocol the upstream chose.
+pub(crate) fn switched_head(parts: &mut http::response::Parts, endpoint: &Endpoint) {
+    let chosen = parts.headers.get(header::UPGRADE).cloned();
+    hop::strip(&mut parts.headers);
+    if let Some(chosen) = chosen {
+        hop::strip_keep_upgrade(&mut parts.headers, chosen);
+    }
+    parts
+        .extensions
+        .insert(UpstreamAddr(endpoint.address().to_owned()));
+}
