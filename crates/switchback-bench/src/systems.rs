@@ -1,0 +1,164 @@
+//! The systems under test, and starting one: its own fresh upstream, then the proxy in front of
+//! it (none for `direct`), checked with one WebSocket echo before any workload runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use tokio::process::Command;
+
+use crate::child::ChildProc;
+use crate::cli::{ProxyMode, Splice};
+use crate::client;
+use crate::error::{Context, Result, within};
+use crate::peers::{self, Peer};
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub(crate) enum SystemKind {
+    /// No proxy: the client talks to the upstream (the limit).
+    Direct,
+    /// Switchback, new style, fast path (joined tunnels): the reference of every ratio.
+    Switchback,
+    /// Switchback with a body-touching layer in the default chain (pumped tunnels).
+    SwitchbackChain,
+    /// Switchback's legacy `use_websocket` route mode.
+    SwitchbackLegacy,
+    /// nginx.
+    Nginx,
+    /// HAProxy.
+    Haproxy,
+}
+
+impl SystemKind {
+    /// Every system, in report order.
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Direct,
+        Self::Switchback,
+        Self::SwitchbackChain,
+        Self::SwitchbackLegacy,
+        Self::Nginx,
+        Self::Haproxy,
+    ];
+
+    /// The name in the report and on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Switchback => "switchback",
+            Self::SwitchbackChain => "switchback-chain",
+            Self::SwitchbackLegacy => "switchback-legacy",
+            Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// What starting systems needs.
+#[derive(Debug)]
+pub(crate) struct Env {
+    /// This executable, re-executed for the upstream and Switchback roles.
+    pub(crate) exe: PathBuf,
+    /// A scratch directory for peer configs and logs.
+    pub(crate) work: PathBuf,
+    /// nginx, if installed.
+    pub(crate) nginx: Option<Peer>,
+    /// HAProxy, if installed.
+    pub(crate) haproxy: Option<Peer>,
+    /// HAProxy's splicing options.
+    pub(crate) haproxy_splice: Splice,
+    /// The descriptor limit every process runs with (peers are sized to it).
+    pub(crate) nofile: u64,
+}
+
+/// A started system; dropping it stops its processes.
+#[derive(Debug)]
+pub(crate) struct Running {
+    /// Where clients connect.
+    pub(crate) addr: SocketAddr,
+    /// The proxy process (group); `None` for `direct`.
+    pub(crate) proxy: Option<ChildProc>,
+    /// The upstream process.
+    upstream: ChildProc,
+}
+
+impl Running {
+    /// Stops the proxy, then the upstream.
+    pub(crate) fn stop(mut self) {
+        if let Some(p) = &mut self.proxy {
+            p.stop();
+        }
+        self.upstream.stop();
+    }
+}
+
+/// Starts `kind` in front of a fresh upstream and checks one echo through it.
+pub(crate) async fn start(kind: SystemKind, env: &Env) -> Result<Running> {
+    let mut upstream = role(env, "upstream", &["upstream", "--listen", "127.0.0.1:0"])?;
+    let upstream_addr = upstream.listening().await?;
+    let up = upstream_addr.to_string();
+    let (proxy, addr) = match kind {
+        SystemKind::Direct => (None, upstream_addr),
+        SystemKind::Switchback | SystemKind::SwitchbackChain | SystemKind::SwitchbackLegacy => {
+            let mode = match kind {
+                SystemKind::SwitchbackChain => ProxyMode::Chain,
+                SystemKind::SwitchbackLegacy => ProxyMode::Legacy,
+                _ => ProxyMode::Fast,
+            };
+            let mode = mode.to_possible_value().context("proxy mode name")?;
+            let args = [
+                "proxy",
+                "--mode",
+                mode.get_name(),
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &up,
+            ];
+            let mut proxy = role(env, kind.name(), &args)?;
+            let addr = proxy.listening().await?;
+            (Some(proxy), addr)
+        }
+        SystemKind::Nginx | SystemKind::Haproxy => {
+            let dir = env.work.join(kind.name());
+            std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
+            let (proxy, addr) = if kind == SystemKind::Nginx {
+                let peer = env.nginx.as_ref().context("nginx is not installed")?;
+                peers::nginx::start(peer, &dir, upstream_addr, env.nofile).await?
+            } else {
+                let peer = env.haproxy.as_ref().context("haproxy is not installed")?;
+                peers::haproxy::start(peer, &dir, upstream_addr, env.haproxy_splice, env.nofile).await?
+            };
+            (Some(proxy), addr)
+        }
+    };
+    let running = Running {
+        addr,
+        proxy,
+        upstream,
+    };
+    probe(addr).await.context(format_args!(
+        "{}: a first WebSocket echo through it failed",
+        kind.name()
+    ))?;
+    Ok(running)
+}
+
+/// Starts this executable in `role` (a hidden subcommand).
+fn role(env: &Env, name: &str, args: &[&str]) -> Result<ChildProc> {
+    let mut cmd = Command::new(&env.exe);
+    cmd.args(args);
+    ChildProc::spawn(name, cmd)
+}
+
+/// One handshake, one echo, one close.
+async fn probe(addr: SocketAddr) -> Result<()> {
+    within(Duration::from_secs(5), "probe", async {
+        let mut ws = client::connect(addr, "/probe", 0).await?;
+        ws.echo(&client::masked_frame(client::BINARY, b"probe", [9, 8, 7, 6]))
+            .await?;
+        ws.close().await
+    })
+    .await
+}

@@ -1,0 +1,262 @@
+//! The workloads, what they measure, and how long they run.
+
+pub(crate) mod backpressure;
+pub(crate) mod bulk;
+pub(crate) mod handshake;
+pub(crate) mod latency;
+pub(crate) mod memory;
+
+use std::time::Duration;
+
+use crate::error::{Context, Result};
+use crate::systems::{Running, SystemKind};
+
+/// A workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Workload {
+    /// Bulk throughput, one tunnel, both directions at once.
+    Bulk1,
+    /// Bulk throughput, 64 tunnels, both directions at once.
+    Bulk64,
+    /// Echo round trips of 64-byte messages on one tunnel.
+    Latency,
+    /// New tunnels per second from 64 clients.
+    Handshake,
+    /// Proxy RSS per idle tunnel.
+    Memory,
+    /// Proxy RSS while the client stops reading and the upstream floods.
+    Backpressure,
+}
+
+impl Workload {
+    /// Every workload, in run order.
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Bulk1,
+        Self::Bulk64,
+        Self::Latency,
+        Self::Handshake,
+        Self::Memory,
+        Self::Backpressure,
+    ];
+
+    /// The name on the command line and in logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Bulk1 => "bulk1",
+            Self::Bulk64 => "bulk64",
+            Self::Latency => "latency",
+            Self::Handshake => "handshake",
+            Self::Memory => "memory",
+            Self::Backpressure => "backpressure",
+        }
+    }
+
+    /// Whether the workload measures a proxy process (so `direct` has nothing to report).
+    pub(crate) fn needs_proxy(self) -> bool {
+        matches!(self, Self::Memory | Self::Backpressure)
+    }
+}
+
+/// A figure in the report: one row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Metric {
+    /// MB/s each way over one tunnel.
+    Bulk1,
+    /// MB/s each way over 64 tunnels (sum).
+    Bulk64,
+    /// Echo round trip, median, µs.
+    EchoP50,
+    /// Echo round trip, 99th percentile, µs.
+    EchoP99,
+    /// Median round trip added over `direct`, µs (derived).
+    EchoAddedP50,
+    /// Tunnels per second (handshake, echo, close).
+    Handshakes,
+    /// Proxy RSS per idle tunnel, bytes.
+    IdleBytes,
+    /// Proxy RSS after the flood, MiB.
+    FloodRss,
+    /// Proxy RSS growth during the flood, MiB.
+    FloodGrowth,
+}
+
+impl Metric {
+    /// Every row, in report order.
+    pub(crate) const ALL: [Self; 9] = [
+        Self::Bulk1,
+        Self::Bulk64,
+        Self::EchoP50,
+        Self::EchoP99,
+        Self::EchoAddedP50,
+        Self::Handshakes,
+        Self::IdleBytes,
+        Self::FloodRss,
+        Self::FloodGrowth,
+    ];
+
+    /// A stable identifier (JSON key).
+    pub(crate) fn id(self) -> &'static str {
+        match self {
+            Self::Bulk1 => "bulk_1_tunnel_mb_s",
+            Self::Bulk64 => "bulk_64_tunnels_mb_s",
+            Self::EchoP50 => "echo_p50_us",
+            Self::EchoP99 => "echo_p99_us",
+            Self::EchoAddedP50 => "echo_p50_added_us",
+            Self::Handshakes => "handshakes_per_s",
+            Self::IdleBytes => "idle_bytes_per_tunnel",
+            Self::FloodRss => "flood_rss_mib",
+            Self::FloodGrowth => "flood_rss_growth_mib",
+        }
+    }
+
+    /// The row label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Bulk1 => "bulk, 1 tunnel, MB/s each way",
+            Self::Bulk64 => "bulk, 64 tunnels, MB/s each way",
+            Self::EchoP50 => "echo 64 B, p50 µs",
+            Self::EchoP99 => "echo 64 B, p99 µs",
+            Self::EchoAddedP50 => "echo p50 added over direct, µs",
+            Self::Handshakes => "new tunnels/s",
+            Self::IdleBytes => "idle tunnel, proxy RSS bytes each",
+            Self::FloodRss => "flood, proxy RSS after, MiB",
+            Self::FloodGrowth => "flood, proxy RSS growth, MiB",
+        }
+    }
+
+    /// Whether a bigger figure is better.
+    pub(crate) fn higher_is_better(self) -> bool {
+        matches!(self, Self::Bulk1 | Self::Bulk64 | Self::Handshakes)
+    }
+}
+
+/// Durations and counts of a run.
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    /// Bulk: time before measuring.
+    pub(crate) bulk_warmup: Duration,
+    /// Bulk: measured time.
+    pub(crate) bulk_time: Duration,
+    /// Bulk: payload bytes per frame; 0 for raw, unframed 64 KiB writes.
+    pub(crate) bulk_frame: usize,
+    /// Latency: round trips before measuring.
+    pub(crate) echo_warmup: usize,
+    /// Latency: measured round trips.
+    pub(crate) echo_samples: usize,
+    /// Handshake: concurrent clients.
+    pub(crate) clients: usize,
+    /// Handshake: time before measuring.
+    pub(crate) hs_warmup: Duration,
+    /// Handshake: measured time.
+    pub(crate) hs_time: Duration,
+    /// Memory: idle tunnels held open.
+    pub(crate) idle_tunnels: usize,
+    /// Memory: tunnels opened per second.
+    pub(crate) open_rate: f64,
+    /// Memory and backpressure: wait before reading RSS.
+    pub(crate) settle: Duration,
+    /// Backpressure: how long the upstream floods before RSS is read.
+    pub(crate) flood_time: Duration,
+}
+
+impl Params {
+    /// The reported run.
+    pub(crate) fn full() -> Self {
+        Self {
+            bulk_warmup: Duration::from_secs(1),
+            bulk_time: Duration::from_secs(5),
+            bulk_frame: 64 * 1024,
+            echo_warmup: 2_000,
+            echo_samples: 20_000,
+            clients: 64,
+            hs_warmup: Duration::from_secs(1),
+            hs_time: Duration::from_secs(5),
+            idle_tunnels: 10_000,
+            open_rate: 2_000.0,
+            settle: Duration::from_secs(1),
+            flood_time: Duration::from_secs(10),
+        }
+    }
+
+    /// `--quick`: the same workloads, shorter (about 1-2 minutes in all).
+    pub(crate) fn quick() -> Self {
+        Self {
+            bulk_warmup: Duration::from_millis(500),
+            bulk_time: Duration::from_millis(1500),
+            echo_warmup: 500,
+            echo_samples: 3_000,
+            hs_warmup: Duration::from_millis(300),
+            hs_time: Duration::from_millis(1500),
+            idle_tunnels: 2_000,
+            settle: Duration::from_millis(500),
+            flood_time: Duration::from_secs(3),
+            ..Self::full()
+        }
+    }
+
+    /// The harness's own test: seconds in all, figures meaningless.
+    pub(crate) fn smoke() -> Self {
+        Self {
+            bulk_warmup: Duration::from_millis(50),
+            bulk_time: Duration::from_millis(200),
+            bulk_frame: 64 * 1024,
+            echo_warmup: 10,
+            echo_samples: 100,
+            clients: 8,
+            hs_warmup: Duration::from_millis(50),
+            hs_time: Duration::from_millis(200),
+            idle_tunnels: 50,
+            open_rate: 1_000.0,
+            settle: Duration::from_millis(100),
+            flood_time: Duration::from_millis(300),
+        }
+    }
+}
+
+/// What one workload measured on one system.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    /// The figures.
+    pub(crate) values: Vec<(Metric, f64)>,
+    /// A line for the log, with details the table leaves out.
+    pub(crate) detail: String,
+}
+
+/// The longest a workload may take before it counts as failed.
+const WORKLOAD_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `workload` against a started system.
+pub(crate) async fn run(workload: Workload, system: &Running, p: &Params) -> Result<Outcome> {
+    let addr = system.addr;
+    let fut = async {
+        match workload {
+            Workload::Bulk1 => bulk::run(addr, 1, Metric::Bulk1, p).await,
+            Workload::Bulk64 => bulk::run(addr, 64, Metric::Bulk64, p).await,
+            Workload::Latency => latency::run(addr, p).await,
+            Workload::Handshake => handshake::run(addr, p).await,
+            Workload::Memory => {
+                let proxy = system.proxy.as_ref().context("no proxy process to measure")?;
+                memory::run(addr, proxy, p).await
+            }
+            Workload::Backpressure => {
+                let proxy = system.proxy.as_ref().context("no proxy process to measure")?;
+                backpressure::run(addr, proxy, p).await
+            }
+        }
+    };
+    match tokio::time::timeout(WORKLOAD_LIMIT, fut).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(crate::error::Error::new(format!(
+            "{} did not finish within {WORKLOAD_LIMIT:?}",
+            workload.name()
+        ))),
+    }
+}
+
+/// Whether `kind` can run `workload` at all.
+pub(crate) fn applies(workload: Workload, kind: SystemKind) -> bool {
+    !(workload.needs_proxy() && kind == SystemKind::Direct)
+}
+
+/// Bytes in a MiB.
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
