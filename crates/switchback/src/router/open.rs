@@ -9,7 +9,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::body::{Join, TunnelRead};
+use crate::body::TunnelRead;
 use crate::drain::{Drain, TunnelGuard};
 use crate::forward::UpstreamAddr;
 use crate::tunnel::pump::{self, Direction, Link};
@@ -55,7 +55,21 @@ impl Pending {
         match body.take_join() {
             Some(join) => {
                 let info = self.info(TunnelMode::Joined, upstream);
-                tokio::spawn(self.joined(join, guard, info));
+                let settings = duplex::Settings {
+                    idle_timeout: join.link.idle_timeout(),
+                    half_close_timeout: self.tunnel.half_close_timeout,
+                    buffer_size: self.tunnel.buffer_size,
+                    websocket: join.link.is_websocket(),
+                    splice: self.tunnel.splice,
+                };
+                let opened = (info, self.observer);
+                tokio::spawn(Self::joined(
+                    self.on_upgrade,
+                    join.upstream,
+                    settings,
+                    guard,
+                    opened,
+                ));
             }
             None => {
                 let info = self.info(TunnelMode::Pumped, upstream);
@@ -75,19 +89,24 @@ impl Pending {
         }
     }
 
-    async fn joined(self, join: Join, guard: TunnelGuard, info: TunnelInfo) {
-        let Some(client) = self.client_upgraded().await else {
-            return;
+    /// The joined tunnel's task. It takes only what the relay needs (not `self`): an idle
+    /// tunnel should cost little more than its two sockets.
+    async fn joined(
+        on_upgrade: OnUpgrade,
+        upstream: hyper::upgrade::Upgraded,
+        settings: duplex::Settings,
+        guard: TunnelGuard,
+        opened: (TunnelInfo, Option<TunnelObserver>),
+    ) {
+        let client = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection did not upgrade");
+                return;
+            }
         };
-        let settings = duplex::Settings {
-            idle_timeout: join.link.idle_timeout(),
-            half_close_timeout: self.tunnel.half_close_timeout,
-            buffer_size: self.tunnel.buffer_size,
-            websocket: join.link.is_websocket(),
-            splice: self.tunnel.splice,
-        };
-        let opened = Opened::new(info, self.observer.clone());
-        let stats = duplex::join(client, join.upstream, settings, &guard).await;
+        let opened = Opened::new(opened.0, opened.1);
+        let stats = duplex::join(client, upstream, settings, &guard).await;
         opened.finish(stats);
     }
 

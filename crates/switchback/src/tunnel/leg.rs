@@ -37,6 +37,13 @@ pub(crate) struct Prefixed {
 
 impl Prefixed {
     pub(crate) fn new(pre: Bytes, io: TcpStream) -> Self {
+        // `pre` is a slice of hyper's read buffer, and even an empty slice keeps the whole
+        // buffer (8 KiB and up) alive for the tunnel's lifetime: keep a copy of what is left.
+        let pre = if pre.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&pre)
+        };
         Self { pre, io }
     }
 }
