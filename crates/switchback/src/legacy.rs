@@ -164,7 +164,10 @@ where
         return upstream::relay_refusal(answer, &ty);
     }
     let upstream::Answer {
-        mut res, endpoint, ..
+        res,
+        endpoint,
+        upgraded,
+        ..
     } = answer;
     let info = TunnelInfo {
         upgrade: ty,
@@ -173,12 +176,13 @@ where
         path,
         upstream: Some(endpoint.address().to_owned()),
     };
-    let upstream = match hyper::upgrade::on(&mut res).await {
-        Ok(u) => u,
-        Err(e) => {
+    let upstream = match upgraded {
+        Some(Ok(u)) => u,
+        Some(Err(e)) => {
             tracing::debug!(error = %e, "legacy websocket: upstream connection lost after 101");
             return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101");
         }
+        None => return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101"),
     };
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);

@@ -123,7 +123,7 @@ impl FrameTracker {
 
 /// The header length and payload length of the frame starting `buf`, once `buf` holds the
 /// whole header.
-fn header_len(buf: &[u8]) -> Option<(usize, u64)> {
+pub fn header_len(buf: &[u8]) -> Option<(usize, u64)> {
     let [_, b1, ..] = *buf else { return None };
     let masked = b1 & 0x80 != 0;
     let mask_len = if masked { 4 } else { 0 };

@@ -296,9 +296,10 @@ where
         return upstream::relay_refusal(answer, &ty);
     }
     let upstream::Answer {
-        mut res,
+        res,
         endpoint,
         request_headers,
+        upgraded,
     } = answer;
     if let Err(bad) = verify::verify(&request_headers, res.headers(), ty.is_websocket()) {
         tracing::info!(
@@ -308,12 +309,13 @@ where
         );
         return fail("bad_101", StatusCode::BAD_GATEWAY, bad.as_str());
     }
-    let upgraded = match hyper::upgrade::on(&mut res).await {
-        Ok(u) => u,
-        Err(e) => {
+    let upgraded = match upgraded {
+        Some(Ok(u)) => u,
+        Some(Err(e)) => {
             tracing::debug!(error = %e, "upgrade: upstream connection lost after 101");
             return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101");
         }
+        None => return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101"),
     };
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);

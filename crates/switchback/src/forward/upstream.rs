@@ -19,6 +19,9 @@ pub(crate) struct Answer {
     pub(crate) endpoint: Endpoint,
     /// The head as sent, for checking a `101` against it.
     pub(crate) request_headers: HeaderMap,
+    /// For a `101`: the upstream's upgraded connection (the bytes that came with the `101`
+    /// included).
+    pub(crate) upgraded: Option<hyper::Result<hyper::upgrade::Upgraded>>,
 }
 
 /// Why an upgrade attempt got no answer.
@@ -80,25 +83,68 @@ pub(crate) async fn exchange(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(Failure::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upgrade: upstream connection failed");
-        }
-    });
     keep_authority_as_host(&mut parts);
     auto_host_rewrite(&mut parts, &endpoint);
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     let request_headers = parts.headers.clone();
-    match with_timeout(timeout, sender.send_request(Request::from_parts(parts, body))).await {
-        None => Err(Failure::Timeout),
-        Some(Err(e)) => Err(Failure::Reset(e)),
-        Some(Ok(res)) => Ok(Answer {
+
+    // The connection is driven here, not on a task of its own: an upgrade's connection has
+    // nothing left to do once the 101 is in, and a task per handshake costs a spawn and a
+    // wake-up across tasks for every message.
+    let mut conn = Some(Box::pin(conn.with_upgrades()));
+    let send = with_timeout(timeout, sender.send_request(Request::from_parts(parts, body)));
+    tokio::pin!(send);
+    let res = loop {
+        let driving = async {
+            match conn.as_mut() {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            res = &mut send => break res,
+            ended = driving => ended,
+        };
+        // The connection ended first; `send` fails next with the reason.
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upgrade: upstream connection failed");
+        }
+        conn = None;
+    };
+    let mut res = match res {
+        None => return Err(Failure::Timeout),
+        Some(Err(e)) => return Err(Failure::Reset(e)),
+        Some(Ok(res)) => res,
+    };
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upgrade = hyper::upgrade::on(&mut res);
+        let (upgraded, ()) = tokio::join!(upgrade, async {
+            if let Some(c) = conn.take() {
+                let _ = c.await;
+            }
+        });
+        return Ok(Answer {
             res,
             endpoint,
             request_headers,
-        }),
+            upgraded: Some(upgraded),
+        });
     }
+    // A refusal may have a body to stream: its connection goes on by itself.
+    if let Some(c) = conn {
+        tokio::spawn(async move {
+            if let Err(e) = c.await {
+                tracing::debug!(error = %e, "upstream connection failed");
+            }
+        });
+    }
+    Ok(Answer {
+        res,
+        endpoint,
+        request_headers,
+        upgraded: None,
+    })
 }
 
 /// Relays an answer that is not a `101` as an ordinary response: hop-by-hop headers (the

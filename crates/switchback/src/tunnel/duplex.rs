@@ -219,6 +219,10 @@ struct Half {
     #[cfg(target_os = "linux")]
     pipe: Option<splice::Pipe>,
     splice: bool,
+    /// The last WebSocket frame seen was large: peek at the next header to splice it whole.
+    /// Small frames go through the buffer, many per read, without a peek each.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    bulk: bool,
     /// The reader reached end of stream.
     eof: bool,
     /// The writer was shut down; this direction is finished.
@@ -236,7 +240,6 @@ struct Half {
 
 /// Frame payload shorter than this is copied rather than spliced: for small frames the
 /// header reads would cost more than the splice saves.
-#[cfg(target_os = "linux")]
 const SPLICE_MIN: u64 = 16 * 1024;
 
 impl Half {
@@ -249,6 +252,7 @@ impl Half {
             #[cfg(target_os = "linux")]
             pipe: None,
             splice: settings.splice,
+            bulk: false,
             eof: false,
             done: false,
             need_flush: false,
@@ -292,22 +296,13 @@ impl Half {
             }
 
             #[cfg(target_os = "linux")]
-            if let Some(max) = self.splice_len(reader.socket(), writer.socket()) {
-                let (Some(from), Some(_)) = (reader.socket(), writer.socket()) else {
-                    unreachable!()
-                };
-                let pipe = match self.pipe.take() {
-                    Some(p) => p,
-                    None => splice::Pipe::take()?,
-                };
-                let pipe = self.pipe.insert(pipe);
-                match pipe.poll_fill(cx, from, max) {
-                    Poll::Ready(Ok(0)) => self.eof = true,
-                    Poll::Ready(Ok(_)) => {}
+            if let (true, Some(from), Some(_)) = (self.splice, reader.socket(), writer.socket()) {
+                match self.poll_splice_in(cx, from) {
+                    Poll::Ready(Ok(true)) => continue,
+                    Poll::Ready(Ok(false)) => {} // small frames: copy them
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return self.poll_idle(cx, writer),
                 }
-                continue;
             }
 
             let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
@@ -360,6 +355,8 @@ impl Half {
             if !self.injected {
                 if let Some(frames) = &mut self.frames {
                     frames.feed(&buf[self.pos..self.pos + n]);
+                    // A large frame began in the buffer: splice its rest, and peek at the next.
+                    self.bulk = frames.payload_left() >= SPLICE_MIN;
                 }
                 self.bytes += n as u64;
                 *moved = true;
@@ -388,34 +385,100 @@ impl Half {
             return Poll::Ready(Ok(()));
         };
         while pipe.held > 0 {
+            // The frame tracker counted these bytes on their way in.
             let n = ready!(pipe.poll_drain(cx, to))?;
-            if let Some(frames) = &mut self.frames {
-                frames.skip(n as u64);
-            }
             self.bytes += n as u64;
             *moved = true;
         }
         Poll::Ready(Ok(()))
     }
 
-    /// How much to splice next, if this direction should splice at all: both ends are bare
-    /// sockets, and the stream is opaque or inside a large enough WebSocket frame payload.
+    /// Splices the next bytes from `from` into the pipe, if they should be spliced: `Ok(true)`
+    /// when something was taken in (or the stream ended), `Ok(false)` when the next bytes are
+    /// better copied (a small WebSocket frame).
+    ///
+    /// An opaque stream is spliced as it comes. A WebSocket stream is spliced only inside
+    /// frame payload whose length is known: at a frame boundary the next header is peeked, and
+    /// for a large frame exactly the header is read (the tracker sees it) and put in the pipe
+    /// ahead of its payload, so that the two leave in one splice.
     #[cfg(target_os = "linux")]
-    fn splice_len(
-        &self,
-        from: Option<&tokio::net::TcpStream>,
-        to: Option<&tokio::net::TcpStream>,
-    ) -> Option<usize> {
-        if !self.splice || from.is_none() || to.is_none() {
-            return None;
-        }
-        match &self.frames {
-            None => Some(splice::CHUNK),
-            Some(f) if f.payload_left() >= SPLICE_MIN => {
-                Some(usize::try_from(f.payload_left()).map_or(splice::CHUNK, |n| n.min(splice::CHUNK)))
+    fn poll_splice_in(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &tokio::net::TcpStream,
+    ) -> Poll<io::Result<bool>> {
+        let mut took_header = false;
+        if self.frames.as_ref().is_some_and(FrameTracker::at_boundary) {
+            if !self.bulk || !ready!(self.poll_read_header(cx, from))? {
+                return Poll::Ready(Ok(false));
             }
-            Some(_) => None,
+            took_header = true;
         }
+        let max = match &self.frames {
+            None => splice::CHUNK,
+            Some(f) if f.payload_left() >= SPLICE_MIN || (took_header && f.payload_left() > 0) => {
+                usize::try_from(f.payload_left()).map_or(splice::CHUNK, |n| n.min(splice::CHUNK))
+            }
+            Some(_) => return Poll::Ready(Ok(took_header)),
+        };
+        let pipe = match self.pipe.take() {
+            Some(p) => p,
+            None => splice::Pipe::take()?,
+        };
+        let pipe = self.pipe.insert(pipe);
+        match pipe.poll_fill(cx, from, max) {
+            Poll::Ready(Ok(0)) => self.eof = true,
+            Poll::Ready(Ok(n)) => {
+                if let Some(frames) = &mut self.frames {
+                    frames.skip(n as u64);
+                }
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            // The header waits in the pipe for its payload, or goes alone if that is slow.
+            Poll::Pending if took_header => {}
+            Poll::Pending => return Poll::Pending,
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// At a frame boundary: peeks the next header, and for a frame worth splicing reads the
+    /// header into the pipe.
+    #[cfg(target_os = "linux")]
+    fn poll_read_header(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &tokio::net::TcpStream,
+    ) -> Poll<io::Result<bool>> {
+        let mut head = [0u8; 14];
+        let mut peeked = ReadBuf::new(&mut head);
+        let n = ready!(from.poll_peek(cx, &mut peeked))?;
+        if n == 0 {
+            // End of stream: the copy path reads it as such.
+            return Poll::Ready(Ok(false));
+        }
+        let Some((len, payload)) = websocket::header_len(&head[..n]) else {
+            return Poll::Ready(Ok(false));
+        };
+        if payload < SPLICE_MIN {
+            self.bulk = false;
+            return Poll::Ready(Ok(false));
+        }
+        // The header is in the socket's queue: this read takes exactly it.
+        let read = match from.try_read(&mut head[..len]) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Ready(Ok(false)),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if let Some(frames) = &mut self.frames {
+            frames.feed(&head[..read]);
+        }
+        let mut pipe = match self.pipe.take() {
+            Some(p) => p,
+            None => splice::Pipe::take()?,
+        };
+        pipe.push(&head[..read])?;
+        self.pipe = Some(pipe);
+        Poll::Ready(Ok(true))
     }
 
     fn queue_close(&mut self) {

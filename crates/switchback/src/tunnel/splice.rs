@@ -27,6 +27,9 @@ thread_local! {
 pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// What the pipe can hold: a splice into a full pipe fails like an empty socket would, so
+    /// fills never ask for more than the free room.
+    capacity: usize,
     pub(crate) held: usize,
 }
 
@@ -37,9 +40,17 @@ impl Pipe {
             return Ok(p);
         }
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-        // Unprivileged processes may be held to a smaller pipe size: the default is fine too.
-        let _ = rustix::pipe::fcntl_setpipe_size(&write, CHUNK);
-        Ok(Self { read, write, held: 0 })
+        // Unprivileged processes may be held to a smaller pipe size: the default (one page
+        // per slot, 16 slots) is fine too.
+        let capacity = rustix::pipe::fcntl_setpipe_size(&write, CHUNK)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
+            .unwrap_or(16 * 4096);
+        Ok(Self {
+            read,
+            write,
+            capacity,
+            held: 0,
+        })
     }
 
     /// Returns an empty pipe for reuse. A pipe still holding bytes is closed instead.
@@ -54,13 +65,18 @@ impl Pipe {
         }
     }
 
-    /// Moves up to `max` bytes from `from` into the (empty) pipe; `Ok(0)` is end of stream.
+    /// Moves up to `max` bytes from `from` into the pipe's free room; `Ok(0)` is end of stream.
     pub(crate) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         from: &TcpStream,
         max: usize,
     ) -> Poll<io::Result<usize>> {
+        let max = max.min(self.capacity.saturating_sub(self.held));
+        if max == 0 {
+            // Never splice into a full pipe: it fails like a socket with nothing to read.
+            return Poll::Ready(Err(io::Error::other("splice: the pipe is full")));
+        }
         loop {
             ready!(from.poll_read_ready(cx))?;
             let moved = from.try_io(Interest::READABLE, || {
@@ -75,6 +91,18 @@ impl Pipe {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// Puts `bytes` (a frame header read into memory) into the empty pipe, ahead of the
+    /// payload that will be spliced after it, so that both leave in one splice.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // An empty pipe takes far more than a frame header without blocking.
+        let n = rustix::io::write(&self.write, bytes)?;
+        if n != bytes.len() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.held += n;
+        Ok(())
     }
 
     /// Moves what the pipe holds into `to`, as far as it takes it now; returns the bytes moved.
