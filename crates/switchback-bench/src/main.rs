@@ -28,6 +28,10 @@ mod workloads;
 
 use std::process::ExitCode;
 
+/// The proxy processes this harness starts run with the allocator the `switchback` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser as _;
 
 use cli::{Cli, Command};
