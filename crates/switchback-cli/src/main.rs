@@ -23,6 +23,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// A proxy allocates and frees a connection's buffers per handshake; mimalloc handles that
+/// churn with less CPU and less resident memory than glibc's malloc (see the benchmarks).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use switchback_config::{Config, ConfigError};
 use tracing_subscriber::EnvFilter;
