@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, ReadBuf, ReadHalf};
 use tokio::sync::oneshot;
 
 use crate::BoxError;
+use crate::tunnel::pool;
 use crate::tunnel::pump::{self, Direction, Link};
 
 /// The read half of an upgraded connection.
@@ -68,7 +69,6 @@ pub(crate) struct Downstream {
     separator: bool,
     rx: Option<oneshot::Receiver<TunnelRead>>,
     reader: Option<TunnelRead>,
-    buf: BytesMut,
 }
 
 /// The response body of a `101`: the upstream's tunnel bytes.
@@ -77,7 +77,6 @@ pub(crate) enum Upstream {
     Joinable(Join),
     Reading {
         reader: TunnelRead,
-        buf: BytesMut,
     },
     /// Between the two: never observed by a poll.
     Switching,
@@ -134,7 +133,6 @@ impl Body {
                 pre,
                 rx: Some(rx),
                 reader: None,
-                buf: BytesMut::new(),
             })),
         }
     }
@@ -147,10 +145,7 @@ impl Body {
 
     pub(crate) fn upstream_reader(reader: TunnelRead) -> Self {
         Self {
-            kind: Kind::Upstream(Box::new(Upstream::Reading {
-                reader,
-                buf: BytesMut::new(),
-            })),
+            kind: Kind::Upstream(Box::new(Upstream::Reading { reader })),
         }
     }
 
@@ -289,7 +284,7 @@ impl Downstream {
             }
         }
         match &mut self.reader {
-            Some(reader) => poll_read_chunk(reader, &mut self.buf, cx),
+            Some(reader) => poll_read_chunk(reader, cx),
             None => Poll::Ready(None),
         }
     }
@@ -306,34 +301,39 @@ impl Upstream {
             let (reader, writer) = tokio::io::split(TokioIo::new(join.upstream));
             let (client, link) = (join.client, join.link);
             tokio::spawn(async move { pump::pump(client, writer, &link, Direction::ToUpstream).await });
-            *self = Upstream::Reading {
-                reader,
-                buf: BytesMut::new(),
-            };
+            *self = Upstream::Reading { reader };
         }
         match self {
-            Upstream::Reading { reader, buf } => poll_read_chunk(reader, buf, cx),
+            Upstream::Reading { reader } => poll_read_chunk(reader, cx),
             Upstream::Joinable(_) | Upstream::Switching => Poll::Ready(None),
         }
     }
 }
 
+/// Reads the next chunk of a tunnel into a buffer lent by the relay pool. While nothing
+/// arrives the buffer goes back, so an idle pumped tunnel holds none; data is handed on in the
+/// buffer it was read into, without a copy.
 fn poll_read_chunk<R: AsyncRead + Unpin>(
     reader: &mut R,
-    buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    buf.resize(CHUNK, 0);
-    let mut read = ReadBuf::new(&mut buf[..]);
+    let mut buf = pool::take(CHUNK);
+    let mut read = ReadBuf::new(&mut buf);
     let res = Pin::new(reader).poll_read(cx, &mut read);
     let n = read.filled().len();
     match res {
-        Poll::Ready(Ok(())) if n == 0 => Poll::Ready(None),
-        Poll::Ready(Ok(())) => {
-            buf.truncate(n);
-            Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))))
+        Poll::Ready(Ok(())) if n > 0 => {
+            let mut data = buf.into_vec();
+            data.truncate(n);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
         }
-        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-        Poll::Pending => Poll::Pending,
+        res => {
+            pool::give(buf);
+            match res {
+                Poll::Ready(Ok(())) => Poll::Ready(None),
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
     }
 }

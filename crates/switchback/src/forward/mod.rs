@@ -261,24 +261,17 @@ where
         reply::local(status, message, true)
     };
 
-    let (mut parts, body) = req.into_parts();
-    let mut body = Some(body);
-    let own = (&mut body as &mut dyn Any)
-        .downcast_mut::<Option<Body>>()
-        .and_then(Option::as_mut);
+    let (mut parts, mut body) = req.into_parts();
+    // Untouched by any layer, the request body is still Switchback's own: its HTTP part goes
+    // upstream as the request body and the rest may be joined directly.
+    let own = (&mut body as &mut dyn Any).downcast_mut::<Body>();
     let (upstream_body, client) = match own.and_then(Body::take_pre_upgrade) {
-        Some(pre) => {
-            let client = body.map(Body::new).unwrap_or_default();
-            (pre.unwrap_or_default(), ClientSide::Own(client))
+        Some(pre) => (pre.unwrap_or_default(), ClientSide::Own(Body::new(body))),
+        None if upgrading.has_body => {
+            let (tx, rx) = oneshot::channel();
+            (Body::new(PreBody::new(body, tx)), ClientSide::Returning(rx))
         }
-        None => match body {
-            None => (Body::empty(), ClientSide::Returning(oneshot::channel().1)),
-            Some(body) if upgrading.has_body => {
-                let (tx, rx) = oneshot::channel();
-                (Body::new(PreBody::new(body, tx)), ClientSide::Returning(rx))
-            }
-            Some(body) => (Body::empty(), ClientSide::Wrapped(body)),
-        },
+        None => (Body::empty(), ClientSide::Wrapped(body)),
     };
 
     if parts.version == Version::HTTP_2 {

@@ -15,7 +15,7 @@
 
 pub(crate) mod duplex;
 pub(crate) mod leg;
-mod pool;
+pub(crate) mod pool;
 pub(crate) mod pump;
 #[cfg(target_os = "linux")]
 mod splice;
