@@ -394,6 +394,28 @@ fn log_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// A WebSocket client connection through the proxy.
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` (through the proxy); the handshake must succeed.
+async fn ws_connect(url: String) -> (Ws, tokio_tungstenite::tungstenite::handshake::client::Response) {
+    within("connect", tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the handshake goes through")
+}
+
+/// Sends `msg` and expects the upstream to echo it back unchanged.
+async fn ws_roundtrip(ws: &mut Ws, msg: Message) {
+    ws.send(msg.clone()).await.unwrap();
+    assert_eq!(within("echo", ws.next()).await.unwrap().unwrap(), msg);
+}
+
+/// Closes from the client side and waits for the closing handshake to finish.
+async fn ws_close(mut ws: Ws) {
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+}
+
 /// Waits for an access log line with this `event` (and, if given, `path`).
 async fn wait_log_line(path: &Path, event: &str, req_path: Option<&str>) -> Value {
     within(&format!("an access log line {event}"), async {
@@ -582,18 +604,9 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
     proxy.wait_listening(admin).await;
 
     // A WebSocket conversation through the proxy.
-    let (mut ws, res) = within(
-        "connect",
-        tokio_tungstenite::connect_async(format!("ws://{listen}/ws/chat")),
-    )
-    .await
-    .expect("the handshake goes through");
+    let (mut ws, res) = ws_connect(format!("ws://{listen}/ws/chat")).await;
     assert_eq!(res.status(), 101);
-    ws.send(Message::text("hello")).await.unwrap();
-    assert_eq!(
-        within("echo", ws.next()).await.unwrap().unwrap(),
-        Message::text("hello")
-    );
+    ws_roundtrip(&mut ws, Message::text("hello")).await;
     ws.send(Message::binary(vec![7u8; 3000])).await.unwrap();
     assert_eq!(
         within("echo", ws.next()).await.unwrap().unwrap(),
@@ -602,9 +615,7 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
     let open = wait_log_line(&log, "tunnel_open", None).await;
     // The closing handshake: the upstream answers and closes its connection first (RFC 6455
     // §7.1.1), the proxy passes the FIN on, then the client closes its own.
-    ws.close(None).await.unwrap();
-    while let Some(Ok(_)) = within("close", ws.next()).await {}
-    drop(ws);
+    ws_close(ws).await;
 
     // A plain request too.
     let reply = http(listen, "GET", "/page?q=1", &[], b"").await;
@@ -739,20 +750,9 @@ async fn a_legacy_websocket_route_from_the_config() {
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     proxy.wait_listening(listen).await;
 
-    let (mut ws, _) = within(
-        "connect",
-        tokio_tungstenite::connect_async(format!("ws://{listen}/legacy")),
-    )
-    .await
-    .unwrap();
-    ws.send(Message::text("old school")).await.unwrap();
-    assert_eq!(
-        within("echo", ws.next()).await.unwrap().unwrap(),
-        Message::text("old school")
-    );
-    ws.close(None).await.unwrap();
-    while let Some(Ok(_)) = within("close", ws.next()).await {}
-    drop(ws);
+    let (mut ws, _) = ws_connect(format!("ws://{listen}/legacy")).await;
+    ws_roundtrip(&mut ws, Message::text("old school")).await;
+    ws_close(ws).await;
 
     let close = wait_log_line(&log, "tunnel_close", None).await;
     assert_eq!(close["mode"], "legacy");
@@ -990,17 +990,8 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
     proxy.wait_listening(listen).await;
     proxy.wait_listening(admin).await;
 
-    let (mut ws, _) = within(
-        "connect",
-        tokio_tungstenite::connect_async(format!("ws://{listen}/")),
-    )
-    .await
-    .unwrap();
-    ws.send(Message::text("before")).await.unwrap();
-    assert_eq!(
-        within("echo", ws.next()).await.unwrap().unwrap(),
-        Message::text("before")
-    );
+    let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
+    ws_roundtrip(&mut ws, Message::text("before")).await;
     assert_eq!(http(admin, "GET", "/ready", &[], b"").await.status, 200);
 
     proxy.signal("TERM");
@@ -1012,11 +1003,7 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
         }
     })
     .await;
-    ws.send(Message::text("during")).await.unwrap();
-    assert_eq!(
-        within("echo", ws.next()).await.unwrap().unwrap(),
-        Message::text("during")
-    );
+    ws_roundtrip(&mut ws, Message::text("during")).await;
 
     // At the deadline: a 1001 close frame.
     let frame = match within("the close frame", ws.next()).await {
@@ -1044,20 +1031,9 @@ async fn the_demo_runs_without_arguments() {
     let mut proxy = Proxy::start(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", &listen.to_string())]);
     proxy.wait_listening(listen).await;
 
-    let (mut ws, _) = within(
-        "connect",
-        tokio_tungstenite::connect_async(format!("ws://{listen}/")),
-    )
-    .await
-    .unwrap();
-    ws.send(Message::text("hello, switchback")).await.unwrap();
-    assert_eq!(
-        within("echo", ws.next()).await.unwrap().unwrap(),
-        Message::text("hello, switchback")
-    );
-    ws.close(None).await.unwrap();
-    while let Some(Ok(_)) = within("close", ws.next()).await {}
-    drop(ws);
+    let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
+    ws_roundtrip(&mut ws, Message::text("hello, switchback")).await;
+    ws_close(ws).await;
 
     let banner = within("the banner and the access log", async {
         loop {
