@@ -486,6 +486,19 @@ fn check_accepts_a_good_file() {
     assert!(out.stderr.is_empty());
 }
 
+/// The documented example in examples/switchback.yaml stays a valid configuration.
+#[test]
+fn the_example_config_passes_check() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/switchback.yaml");
+    let out = run(&["--check", file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("ok (4 routes, 2 clusters, listening on 127.0.0.1:10000)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_line_column_and_path() {
     let dir = TempDir::new("check-bad");
