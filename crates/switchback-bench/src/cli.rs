@@ -39,7 +39,7 @@ pub(crate) struct RunArgs {
     /// Systems to run (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub(crate) systems: Vec<SystemKind>,
-    /// Where results.json and results.svg go [default: <workspace>/target/bench].
+    /// Where results.json and results.svg go [default: WORKSPACE/target/bench].
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
     /// The nginx binary [default: `nginx` on PATH, /usr/sbin, /usr/local/sbin].

@@ -3,7 +3,7 @@
 //! Plain requests go through the cluster's connection pool. An upgrade uses a dedicated
 //! connection, never pooled: Forward writes the request head (and any body the request
 //! declared), reads the answer, and opens a tunnel only on a `101` that names a protocol the
-//! client offered (see [`verify`]). Anything else is relayed as an ordinary response; the
+//! client offered (the `verify` module). Anything else is relayed as an ordinary response; the
 //! client's bytes after its request never reach the upstream.
 //!
 //! ```no_run

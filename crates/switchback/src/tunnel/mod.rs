@@ -2,10 +2,10 @@
 //!
 //! Two ways to carry the bytes:
 //!
-//! - **Joined** ([`duplex`]): no layer touched either body, so the client's and the upstream's
+//! - **Joined** (`duplex`): no layer touched either body, so the client's and the upstream's
 //!   upgraded connections are copied into each other by one task, with one reusable buffer per
 //!   direction and no allocation per chunk.
-//! - **Pumped** ([`pump`]): a layer wraps a body, so client bytes are read as request body
+//! - **Pumped** (`pump`): a layer wraps a body, so client bytes are read as request body
 //!   frames and upstream bytes as response body frames, and each side is written by its own
 //!   task.
 //!
