@@ -116,6 +116,11 @@ impl ChildProc {
         sys::group_rss(self.pgid).context(format_args!("RSS of {}", self.name))
     }
 
+    /// The CPU time the child's process group has used so far (every process and thread).
+    pub(crate) fn cpu(&self) -> Result<Duration> {
+        sys::group_cpu(self.pgid).context(format_args!("CPU time of {}", self.name))
+    }
+
     /// Stops the child and whatever it started (SIGTERM to the group, SIGKILL after a grace
     /// period). Blocks for at most [`GRACE`]; a no-op the second time.
     pub(crate) fn stop(&mut self) {

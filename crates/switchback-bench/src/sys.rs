@@ -1,8 +1,9 @@
-//! The operating-system bits: descriptor limits, dying with the parent, signals, and RSS read
-//! from `/proc` (Linux).
+//! The operating-system bits: descriptor limits, dying with the parent, signals, and RSS and
+//! CPU time read from `/proc` (Linux).
 
 use std::fs;
 use std::io;
+use std::time::Duration;
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
@@ -58,6 +59,22 @@ pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
 /// The summed resident set size, in bytes, of every process in group `pgid` (a proxy and, for
 /// nginx, its workers).
 pub(crate) fn group_rss(pgid: u32) -> io::Result<u64> {
+    sum_group(pgid, |pid, _| {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status_rss(&status)
+    })
+}
+
+/// The CPU time (user and system, every thread) used so far by the processes in group `pgid`.
+/// Clock-tick resolution (10 ms on Linux): read it over seconds, not milliseconds.
+pub(crate) fn group_cpu(pgid: u32) -> io::Result<Duration> {
+    let ticks = sum_group(pgid, |_, stat| stat_cpu_ticks(stat))?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// Sums `value(pid, stat)` over the processes in group `pgid`; an error if none has one.
+fn sum_group(pgid: u32, value: impl Fn(u32, &str) -> Option<u64>) -> io::Result<u64> {
     let mut total = 0;
     let mut found = false;
     for entry in fs::read_dir("/proc")? {
@@ -69,13 +86,11 @@ pub(crate) fn group_rss(pgid: u32) -> io::Result<u64> {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        if stat_pgrp(&stat) != Some(pgid) {
+        if stat_field(&stat, 5) != Some(u64::from(pgid)) {
             continue;
         }
-        if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status"))
-            && let Some(rss) = status_rss(&status)
-        {
-            total += rss;
+        if let Some(v) = value(pid, &stat) {
+            total += v;
             found = true;
         }
     }
@@ -89,11 +104,18 @@ pub(crate) fn group_rss(pgid: u32) -> io::Result<u64> {
     }
 }
 
-/// The process group in a `/proc/PID/stat` line (`pid (comm) state ppid pgrp ...`; `comm`
-/// may hold spaces and parentheses, so fields are counted from the last `)`).
-fn stat_pgrp(stat: &str) -> Option<u32> {
+/// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line, from field 3 on (`pid (comm)
+/// state ppid pgrp ...`; `comm` may hold spaces and parentheses, so fields are counted from
+/// the last `)`).
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(2)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line, in clock ticks: the whole
+/// process, every thread.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    Some(stat_field(stat, 14)? + stat_field(stat, 15)?)
 }
 
 /// `VmRSS` from a `/proc/PID/status` text, in bytes.
@@ -109,7 +131,9 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(stat_pgrp("42 (a) b (c)) S 1 4242 4242 0 -1"), Some(4242));
+        assert_eq!(stat_field("42 (a) b (c)) S 1 4242 4242 0 -1", 5), Some(4242));
+        let stat = "7 (tokio (w)) S 1 7 7 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 3";
+        assert_eq!(stat_cpu_ticks(stat), Some(281));
         let status = "Name:\tnginx\nVmPeak:\t  1 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
         assert_eq!(status_rss(status), Some(2048 * 1024));
         assert_eq!(status_rss("Name:\tkthread\n"), None);
@@ -119,5 +143,6 @@ mod tests {
     fn reads_own_group_rss() {
         let pgid = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
         assert!(group_rss(pgid).expect("our own group") > 0);
+        group_cpu(pgid).expect("our own group's CPU time");
     }
 }

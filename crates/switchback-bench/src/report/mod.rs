@@ -110,10 +110,10 @@ impl Results {
 /// The workload that produces `metric`.
 pub(crate) fn workload_of(metric: Metric) -> Workload {
     match metric {
-        Metric::Bulk1 => Workload::Bulk1,
+        Metric::Bulk1 | Metric::BulkCpu => Workload::Bulk1,
         Metric::Bulk64 => Workload::Bulk64,
         Metric::EchoP50 | Metric::EchoP99 | Metric::EchoAddedP50 => Workload::Latency,
-        Metric::Handshakes => Workload::Handshake,
+        Metric::Handshakes | Metric::HandshakeCpu => Workload::Handshake,
         Metric::IdleBytes => Workload::Memory,
         Metric::FloodRss | Metric::FloodGrowth => Workload::Backpressure,
     }

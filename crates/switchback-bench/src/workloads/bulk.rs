@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use super::{Metric, Outcome, Params};
+use super::{CpuWindow, Metric, Outcome, Params};
+use crate::child::ChildProc;
 use crate::client;
 use crate::error::{Error, Result, within};
 
@@ -29,7 +30,13 @@ const RAW: usize = 64 * 1024;
 const READ_BUF: usize = 256 * 1024;
 
 /// Runs `tunnels` tunnels at once and reports `metric` (MB/s each way, summed over tunnels).
-pub(crate) async fn run(addr: SocketAddr, tunnels: usize, metric: Metric, p: &Params) -> Result<Outcome> {
+pub(crate) async fn run(
+    addr: SocketAddr,
+    proxy: Option<&ChildProc>,
+    tunnels: usize,
+    metric: Metric,
+    p: &Params,
+) -> Result<Outcome> {
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
     // Open every tunnel before any starts sending: handshakes then don't compete with traffic.
@@ -69,6 +76,7 @@ pub(crate) async fn run(addr: SocketAddr, tunnels: usize, metric: Metric, p: &Pa
         });
     }
     tokio::time::sleep(p.bulk_warmup).await;
+    let cpu = CpuWindow::start(proxy)?;
     let (u0, d0, t0) = (
         up.load(Ordering::Relaxed),
         down.load(Ordering::Relaxed),
@@ -80,6 +88,7 @@ pub(crate) async fn run(addr: SocketAddr, tunnels: usize, metric: Metric, p: &Pa
         down.load(Ordering::Relaxed),
         Instant::now(),
     );
+    let cpu = cpu.used()?;
     // Every task loops forever: one that ended has failed.
     let failed = tasks.try_join_next();
     tasks.abort_all();
@@ -95,8 +104,15 @@ pub(crate) async fn run(addr: SocketAddr, tunnels: usize, metric: Metric, p: &Pa
     let secs = (t1 - t0).as_secs_f64();
     let up_mb = (u1 - u0) as f64 / secs / 1e6;
     let down_mb = (d1 - d0) as f64 / secs / 1e6;
+    let mut values = vec![(metric, up_mb.min(down_mb))];
+    if let Some(cpu) = cpu
+        && tunnels == 1
+    {
+        let gb = (u1 - u0 + d1 - d0) as f64 / 1e9;
+        values.push((Metric::BulkCpu, cpu.as_secs_f64() * 1e3 / gb));
+    }
     Ok(Outcome {
-        values: vec![(metric, up_mb.min(down_mb))],
+        values,
         detail: format!(
             "{up_mb:.0} MB/s up, {down_mb:.0} MB/s down ({tunnels} tunnels, {})",
             match p.bulk_frame {

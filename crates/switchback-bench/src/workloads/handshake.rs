@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use super::{Metric, Outcome, Params};
+use super::{CpuWindow, Metric, Outcome, Params};
+use crate::child::ChildProc;
 use crate::client;
 use crate::error::{Error, Result};
 
@@ -25,7 +26,7 @@ pub(crate) async fn one(addr: SocketAddr, seed: u64) -> Result<()> {
 }
 
 /// Runs `p.clients` clients in a loop and reports tunnels per second.
-pub(crate) async fn run(addr: SocketAddr, p: &Params) -> Result<Outcome> {
+pub(crate) async fn run(addr: SocketAddr, proxy: Option<&ChildProc>, p: &Params) -> Result<Outcome> {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -60,6 +61,7 @@ pub(crate) async fn run(addr: SocketAddr, p: &Params) -> Result<Outcome> {
         });
     }
     tokio::time::sleep(p.hs_warmup).await;
+    let cpu = CpuWindow::start(proxy)?;
     let (c0, e0, t0) = (
         done.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
@@ -71,6 +73,7 @@ pub(crate) async fn run(addr: SocketAddr, p: &Params) -> Result<Outcome> {
         errors.load(Ordering::Relaxed),
         Instant::now(),
     );
+    let cpu = cpu.used()?;
     stop.store(true, Ordering::Relaxed);
     if tokio::time::timeout(ONE_LIMIT * 2, async {
         while tasks.join_next().await.is_some() {}
@@ -94,8 +97,11 @@ pub(crate) async fn run(addr: SocketAddr, p: &Params) -> Result<Outcome> {
         let why = why.unwrap_or_default();
         detail.push_str(&format!(", {failed} FAILED while measuring (first: {why})"));
     }
-    Ok(Outcome {
-        values: vec![(Metric::Handshakes, rate)],
-        detail,
-    })
+    let mut values = vec![(Metric::Handshakes, rate)];
+    if let Some(cpu) = cpu {
+        let each = cpu.as_secs_f64() * 1e6 / (c1 - c0) as f64;
+        values.push((Metric::HandshakeCpu, each));
+        detail.push_str(&format!(", proxy CPU {each:.0} µs each"));
+    }
+    Ok(Outcome { values, detail })
 }

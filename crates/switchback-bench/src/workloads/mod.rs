@@ -8,6 +8,7 @@ pub(crate) mod memory;
 
 use std::time::Duration;
 
+use crate::child::ChildProc;
 use crate::error::{Context, Result};
 use crate::systems::{Running, SystemKind};
 
@@ -64,6 +65,8 @@ pub(crate) enum Metric {
     Bulk1,
     /// MB/s each way over 64 tunnels (sum).
     Bulk64,
+    /// Proxy CPU time per GB relayed (both ways summed) over one tunnel, ms.
+    BulkCpu,
     /// Echo round trip, median, µs.
     EchoP50,
     /// Echo round trip, 99th percentile, µs.
@@ -72,6 +75,8 @@ pub(crate) enum Metric {
     EchoAddedP50,
     /// Tunnels per second (handshake, echo, close).
     Handshakes,
+    /// Proxy CPU time per tunnel in the handshake workload, µs.
+    HandshakeCpu,
     /// Proxy RSS per idle tunnel, bytes.
     IdleBytes,
     /// Proxy RSS after the flood, MiB.
@@ -82,13 +87,15 @@ pub(crate) enum Metric {
 
 impl Metric {
     /// Every row, in report order.
-    pub(crate) const ALL: [Self; 9] = [
+    pub(crate) const ALL: [Self; 11] = [
         Self::Bulk1,
         Self::Bulk64,
+        Self::BulkCpu,
         Self::EchoP50,
         Self::EchoP99,
         Self::EchoAddedP50,
         Self::Handshakes,
+        Self::HandshakeCpu,
         Self::IdleBytes,
         Self::FloodRss,
         Self::FloodGrowth,
@@ -99,10 +106,12 @@ impl Metric {
         match self {
             Self::Bulk1 => "bulk_1_tunnel_mb_s",
             Self::Bulk64 => "bulk_64_tunnels_mb_s",
+            Self::BulkCpu => "bulk_1_tunnel_proxy_cpu_ms_per_gb",
             Self::EchoP50 => "echo_p50_us",
             Self::EchoP99 => "echo_p99_us",
             Self::EchoAddedP50 => "echo_p50_added_us",
             Self::Handshakes => "handshakes_per_s",
+            Self::HandshakeCpu => "handshake_proxy_cpu_us",
             Self::IdleBytes => "idle_bytes_per_tunnel",
             Self::FloodRss => "flood_rss_mib",
             Self::FloodGrowth => "flood_rss_growth_mib",
@@ -114,10 +123,12 @@ impl Metric {
         match self {
             Self::Bulk1 => "bulk, 1 tunnel, MB/s each way",
             Self::Bulk64 => "bulk, 64 tunnels, MB/s each way",
+            Self::BulkCpu => "bulk, 1 tunnel, proxy CPU ms per GB",
             Self::EchoP50 => "echo 64 B, p50 µs",
             Self::EchoP99 => "echo 64 B, p99 µs",
             Self::EchoAddedP50 => "echo p50 added over direct, µs",
             Self::Handshakes => "new tunnels/s",
+            Self::HandshakeCpu => "new tunnel, proxy CPU µs each",
             Self::IdleBytes => "idle tunnel, proxy RSS bytes each",
             Self::FloodRss => "flood, proxy RSS after, MiB",
             Self::FloodGrowth => "flood, proxy RSS growth, MiB",
@@ -228,12 +239,13 @@ const WORKLOAD_LIMIT: Duration = Duration::from_secs(300);
 /// Runs `workload` against a started system.
 pub(crate) async fn run(workload: Workload, system: &Running, p: &Params) -> Result<Outcome> {
     let addr = system.addr;
+    let proxy = system.proxy.as_ref();
     let fut = async {
         match workload {
-            Workload::Bulk1 => bulk::run(addr, 1, Metric::Bulk1, p).await,
-            Workload::Bulk64 => bulk::run(addr, 64, Metric::Bulk64, p).await,
+            Workload::Bulk1 => bulk::run(addr, proxy, 1, Metric::Bulk1, p).await,
+            Workload::Bulk64 => bulk::run(addr, proxy, 64, Metric::Bulk64, p).await,
             Workload::Latency => latency::run(addr, p).await,
-            Workload::Handshake => handshake::run(addr, p).await,
+            Workload::Handshake => handshake::run(addr, proxy, p).await,
             Workload::Memory => {
                 let proxy = system.proxy.as_ref().context("no proxy process to measure")?;
                 memory::run(addr, proxy, p).await
@@ -250,6 +262,30 @@ pub(crate) async fn run(workload: Workload, system: &Running, p: &Params) -> Res
             "{} did not finish within {WORKLOAD_LIMIT:?}",
             workload.name()
         ))),
+    }
+}
+
+/// The proxy's CPU time over a workload's measured window (`direct` has no proxy: nothing).
+pub(crate) struct CpuWindow<'a> {
+    proxy: Option<(&'a ChildProc, Duration)>,
+}
+
+impl<'a> CpuWindow<'a> {
+    /// Starts the window.
+    pub(crate) fn start(proxy: Option<&'a ChildProc>) -> Result<Self> {
+        let proxy = match proxy {
+            Some(child) => Some((child, child.cpu()?)),
+            None => None,
+        };
+        Ok(Self { proxy })
+    }
+
+    /// The CPU time used since [`CpuWindow::start`], if there is a proxy.
+    pub(crate) fn used(&self) -> Result<Option<Duration>> {
+        match self.proxy {
+            Some((child, start)) => Ok(Some(child.cpu()?.saturating_sub(start))),
+            None => Ok(None),
+        }
     }
 }
 
