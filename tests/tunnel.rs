@@ -264,6 +264,87 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
     }
 }
 
+/// Frames of mixed sizes back to back (small ones copied, large ones spliced with their
+/// header), then a drain while large frames flow both ways: every frame arrives whole and in
+/// order, and each side's `1001` close frame comes after the frame that was in flight, never
+/// inside it (tungstenite rejects anything else as a protocol error).
+#[tokio::test]
+async fn mixed_frames_in_flight_survive_splicing_and_a_drain() {
+    /// Sizes around the splice threshold (16 KiB) and the 16/64-bit length encodings.
+    const SIZES: [usize; 9] = [5, 70_000, 300, 16_383, 16_384, 1, 131_072, 65_535, 200_000];
+    fn message(i: usize) -> Vec<u8> {
+        (0..SIZES[i % SIZES.len()]).map(|b| (b + i) as u8).collect()
+    }
+    const FLOOD: usize = 100_000;
+    for path in PATHS {
+        let s = setup(path, TunnelConfig::new()).await;
+        // The upstream echoes every message until it gets a close frame.
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            loop {
+                match within(ws.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(m @ Message::Binary(_))) => {
+                        if ws.send(m).await.is_err() {
+                            panic!("{path:?}: upstream could not echo before the close frame");
+                        }
+                    }
+                    other => panic!("{path:?}: upstream expected frames then a close, got {other:?}"),
+                }
+            }
+        };
+        let client = async {
+            let url = format!("ws://{}/mixed", s.proxy.addr);
+            let (ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+            let (mut tx, mut rx) = ws.split();
+            let count = 3 * SIZES.len();
+            let send = async {
+                for i in 0..count {
+                    tx.send(Message::binary(message(i))).await.unwrap();
+                }
+            };
+            let receive = async {
+                for i in 0..count {
+                    match within(rx.next()).await {
+                        Some(Ok(Message::Binary(b))) => {
+                            assert!(b[..] == message(i)[..], "{path:?}: message {i}")
+                        }
+                        other => panic!("{path:?}: message {i}: {other:?}"),
+                    }
+                }
+            };
+            tokio::join!(send, receive);
+            // Now large frames flow both ways without pause, and the proxy drains.
+            let flood =
+                tokio::spawn(
+                    async move { while tx.send(Message::binary(vec![7u8; FLOOD])).await.is_ok() {} },
+                );
+            let closed = async {
+                loop {
+                    match within(rx.next()).await {
+                        Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                        Some(Ok(Message::Binary(b))) => {
+                            assert!(b.len() == FLOOD && b.iter().all(|&x| x == 7), "{path:?}")
+                        }
+                        other => panic!("{path:?}: client expected frames then a close, got {other:?}"),
+                    }
+                }
+            };
+            let drain = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s.drain.drain(Duration::from_millis(50)).await
+            };
+            let (outcome, code) = tokio::join!(drain, closed);
+            flood.abort();
+            assert_eq!((outcome.finished, outcome.closed), (0, 1), "{path:?}");
+            code
+        };
+        let (up_code, client_code) = tokio::join!(upstream, client);
+        assert_eq!((up_code, client_code), (1001, 1001), "{path:?}");
+    }
+}
+
 /// A tunnel that ends before the deadline is not cut: drain waits for it.
 #[tokio::test]
 async fn drain_waits_for_tunnels_that_finish_in_time() {

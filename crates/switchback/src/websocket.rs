@@ -33,6 +33,9 @@ pub fn new_key() -> http::HeaderValue {
 /// Close status 1001, "going away": the endpoint is shutting down.
 pub const GOING_AWAY: u16 = 1001;
 
+/// The opcode of a close frame.
+const OPCODE_CLOSE: u8 = 0x8;
+
 /// A close frame with `code` as a server sends it (unmasked).
 pub fn server_close_frame(code: u16) -> [u8; 4] {
     let [hi, lo] = code.to_be_bytes();
@@ -66,6 +69,8 @@ pub struct FrameTracker {
     header_len: u8,
     /// Payload bytes of the current frame still to come.
     remaining: u64,
+    /// A close frame's header has gone by.
+    close_seen: bool,
 }
 
 impl FrameTracker {
@@ -83,6 +88,34 @@ impl FrameTracker {
     /// can be relayed without looking at them (see [`FrameTracker::skip`]).
     pub fn payload_left(&self) -> u64 {
         if self.header_len == 0 { self.remaining } else { 0 }
+    }
+
+    /// Whether a close frame has begun in the stream fed so far.
+    pub fn close_seen(&self) -> bool {
+        self.close_seen
+    }
+
+    /// How many more bytes can be relayed without passing the end of the current frame: the
+    /// rest of its payload, or of its header while that is incomplete. 0 at a boundary. A
+    /// relay that must stop at the next boundary (to put a close frame there) reads at most
+    /// this much at a time.
+    pub fn to_boundary(&self) -> u64 {
+        let have = usize::from(self.header_len);
+        match have {
+            0 => self.remaining,
+            // The second byte says how long the header is.
+            1 => 1,
+            _ => {
+                let b1 = self.header[1];
+                let ext = match b1 & 0x7f {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+                (2 + ext + mask - have) as u64
+            }
+        }
     }
 
     /// Accounts for `n` payload bytes relayed unseen; `n` is at most
@@ -106,6 +139,7 @@ impl FrameTracker {
             let filled = have + take;
             match header_len(&self.header[..filled]) {
                 Some((len, payload)) => {
+                    self.close_seen |= self.header[0] & 0x0f == OPCODE_CLOSE;
                     // `len > have`: this frame's header ends inside the bytes just copied.
                     let used = len - have;
                     bytes = &bytes[used..];
@@ -188,9 +222,46 @@ mod tests {
                 t.feed(piece);
             }
             assert!(t.at_boundary(), "chunk size {chunk}");
+            assert!(!t.close_seen());
+            t.feed(&server_close_frame(GOING_AWAY)[..2]);
+            assert!(t.close_seen() && !t.at_boundary());
+            let mut t = FrameTracker::new();
             t.feed(&stream[..3]);
             assert!(!t.at_boundary());
         }
+    }
+
+    /// Reading `to_boundary()` bytes at a time stops on every frame boundary and never
+    /// crosses one.
+    #[test]
+    fn to_boundary_never_crosses_a_frame_end() {
+        let frames: Vec<Vec<u8>> = [(true, 0), (false, 5), (true, 126), (false, 300), (true, 70_000)]
+            .into_iter()
+            .map(|(masked, len)| frame(masked, len))
+            .collect();
+        let stream = frames.concat();
+        let mut t = FrameTracker::new();
+        let mut at = 0;
+        let mut ends = Vec::new();
+        while at < stream.len() {
+            let step = match t.to_boundary() {
+                0 => 1, // at a boundary: any read may start the next frame
+                n => usize::try_from(n).unwrap(),
+            };
+            t.feed(&stream[at..at + step]);
+            at += step;
+            if t.at_boundary() {
+                ends.push(at);
+            }
+        }
+        let expected: Vec<usize> = frames
+            .iter()
+            .scan(0, |end, f| {
+                *end += f.len();
+                Some(*end)
+            })
+            .collect();
+        assert_eq!(ends, expected);
     }
 
     #[test]

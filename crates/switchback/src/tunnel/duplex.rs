@@ -82,6 +82,7 @@ pin_project! {
         half_closed_at: Option<Instant>,
         first_close: Option<TunnelEnd>,
         draining: bool,
+        down_first: bool,
         #[pin]
         timer: Sleep,
     }
@@ -100,6 +101,7 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             half_closed_at: None,
             first_close: None,
             draining: false,
+            down_first: false,
             timer: tokio::time::sleep_until(now + Duration::from_secs(3600)),
         }
     }
@@ -141,20 +143,29 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         let mut moved = false;
         let this = self.as_mut().project();
         let draining = *this.draining;
-        let up = this.to_upstream.poll_copy(
-            cx,
-            Pin::new(this.client),
-            Pin::new(this.upstream),
-            draining,
-            &mut moved,
-        );
-        let down = this.to_client.poll_copy(
-            cx,
-            Pin::new(this.upstream),
-            Pin::new(this.client),
-            draining,
-            &mut moved,
-        );
+        // Each direction goes first every other time: one that always has bytes (a flood)
+        // would otherwise use up the task's I/O budget on every poll and starve the other.
+        *this.down_first = !*this.down_first;
+        let (mut up, mut down) = (Poll::Pending, Poll::Pending);
+        for upstream_turn in [!*this.down_first, *this.down_first] {
+            if upstream_turn {
+                up = this.to_upstream.poll_copy(
+                    cx,
+                    Pin::new(&mut *this.client),
+                    Pin::new(&mut *this.upstream),
+                    draining,
+                    &mut moved,
+                );
+            } else {
+                down = this.to_client.poll_copy(
+                    cx,
+                    Pin::new(&mut *this.upstream),
+                    Pin::new(&mut *this.client),
+                    draining,
+                    &mut moved,
+                );
+            }
+        }
         if let Poll::Ready(Err(e)) = &up {
             tracing::debug!(error = %e, "tunnel: client to upstream failed");
             return Poll::Ready(self.stats(TunnelEnd::Error));
@@ -225,7 +236,9 @@ struct Half {
     bulk: bool,
     /// The reader reached end of stream.
     eof: bool,
-    /// The writer was shut down; this direction is finished.
+    /// The writer was shut down.
+    shut: bool,
+    /// This direction is finished.
     done: bool,
     need_flush: bool,
     /// The bytes in `buf[pos..cap]` are a close frame Switchback made, not relayed payload.
@@ -254,6 +267,7 @@ impl Half {
             splice: settings.splice,
             bulk: false,
             eof: false,
+            shut: false,
             done: false,
             need_flush: false,
             injected: false,
@@ -280,7 +294,14 @@ impl Half {
             #[cfg(target_os = "linux")]
             ready!(self.poll_write_pipe(cx, writer.socket(), moved))?;
 
-            if self.eof || draining {
+            // Draining stops reading at the next frame boundary (a frame in flight is
+            // finished, so that the close frame can follow it), or at once on opaque streams.
+            let limit = match &self.frames {
+                Some(f) if draining && !self.eof && !self.close_queued => f.to_boundary(),
+                _ if draining => 0,
+                _ => u64::MAX,
+            };
+            if self.eof || limit == 0 {
                 if draining
                     && !self.close_queued
                     && self.frames.as_ref().is_some_and(FrameTracker::at_boundary)
@@ -288,9 +309,15 @@ impl Half {
                     self.queue_close();
                     continue;
                 }
-                ready!(writer.as_mut().poll_flush(cx))?;
-                // The peer may already be gone; a failed FIN changes nothing for the tunnel.
-                let _ = ready!(writer.as_mut().poll_shutdown(cx));
+                if !self.shut {
+                    ready!(writer.as_mut().poll_flush(cx))?;
+                    // The peer may already be gone; a failed FIN changes nothing for the tunnel.
+                    let _ = ready!(writer.as_mut().poll_shutdown(cx));
+                    self.shut = true;
+                }
+                if draining {
+                    ready!(self.poll_linger(cx, reader.as_mut()));
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -306,7 +333,8 @@ impl Half {
             }
 
             let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
-            let mut read = ReadBuf::new(buf);
+            let len = usize::try_from(limit).map_or(buf.len(), |l| l.min(buf.len()));
+            let mut read = ReadBuf::new(&mut buf[..len]);
             let polled = reader.as_mut().poll_read(cx, &mut read);
             let n = read.filled().len();
             if n == 0 {
@@ -322,6 +350,32 @@ impl Half {
                 Poll::Pending => return self.poll_idle(cx, writer),
             }
         }
+    }
+
+    /// After a drain's close frame: reads and drops what the peer still sends until its own
+    /// close frame (the reply) or end of stream. Closing a socket with unread bytes resets the
+    /// connection, and a reset can destroy the close frame before the peer reads it.
+    fn poll_linger<R: Leg>(&mut self, cx: &mut Context<'_>, mut reader: Pin<&mut R>) -> Poll<()> {
+        while !self.eof && !self.frames.as_ref().is_some_and(FrameTracker::close_seen) {
+            let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
+            let mut read = ReadBuf::new(buf);
+            let polled = reader.as_mut().poll_read(cx, &mut read);
+            if let Some(frames) = &mut self.frames {
+                frames.feed(read.filled());
+            }
+            let n = read.filled().len();
+            if let Some(buf) = self.buf.take() {
+                pool::give(buf);
+            }
+            match polled {
+                Poll::Ready(Ok(())) if n == 0 => self.eof = true,
+                Poll::Ready(Ok(())) => {}
+                // A reset peer has nothing more to say.
+                Poll::Ready(Err(_)) => self.eof = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(())
     }
 
     /// Nothing to read: flush what was written, give back an empty pipe, wait.
@@ -397,88 +451,80 @@ impl Half {
     /// when something was taken in (or the stream ended), `Ok(false)` when the next bytes are
     /// better copied (a small WebSocket frame).
     ///
-    /// An opaque stream is spliced as it comes. A WebSocket stream is spliced only inside
-    /// frame payload whose length is known: at a frame boundary the next header is peeked, and
-    /// for a large frame exactly the header is read (the tracker sees it) and put in the pipe
-    /// ahead of its payload, so that the two leave in one splice.
+    /// An opaque stream is spliced as it comes. A WebSocket stream is spliced only as far as
+    /// frame lengths are known: at a frame boundary the next header is peeked, and a large
+    /// frame is spliced whole, header and payload in one call (the tracker is fed the peeked
+    /// header), so that the pipe never holds the start of a frame it can't see the end of.
     #[cfg(target_os = "linux")]
     fn poll_splice_in(
         &mut self,
         cx: &mut Context<'_>,
         from: &tokio::net::TcpStream,
     ) -> Poll<io::Result<bool>> {
-        let mut took_header = false;
-        if self.frames.as_ref().is_some_and(FrameTracker::at_boundary) {
-            if !self.bulk || !ready!(self.poll_read_header(cx, from))? {
-                return Poll::Ready(Ok(false));
-            }
-            took_header = true;
-        }
+        let mut head = [0u8; 14];
+        let mut header = None;
         let max = match &self.frames {
             None => splice::CHUNK,
-            Some(f) if f.payload_left() >= SPLICE_MIN || (took_header && f.payload_left() > 0) => {
+            Some(f) if f.at_boundary() => {
+                if !self.bulk {
+                    return Poll::Ready(Ok(false));
+                }
+                let Some((len, payload)) = ready!(self.poll_peek_header(cx, from, &mut head))? else {
+                    return Poll::Ready(Ok(false));
+                };
+                header = Some(len);
+                usize::try_from(payload)
+                    .ok()
+                    .and_then(|p| p.checked_add(len))
+                    .map_or(splice::CHUNK, |n| n.min(splice::CHUNK))
+            }
+            Some(f) if f.payload_left() >= SPLICE_MIN => {
                 usize::try_from(f.payload_left()).map_or(splice::CHUNK, |n| n.min(splice::CHUNK))
             }
-            Some(_) => return Poll::Ready(Ok(took_header)),
+            Some(_) => return Poll::Ready(Ok(false)),
         };
         let pipe = match self.pipe.take() {
             Some(p) => p,
             None => splice::Pipe::take()?,
         };
         let pipe = self.pipe.insert(pipe);
-        match pipe.poll_fill(cx, from, max) {
-            Poll::Ready(Ok(0)) => self.eof = true,
-            Poll::Ready(Ok(n)) => {
-                if let Some(frames) = &mut self.frames {
-                    frames.skip(n as u64);
-                }
+        let n = match ready!(pipe.poll_fill(cx, from, max))? {
+            0 => {
+                self.eof = true;
+                return Poll::Ready(Ok(true));
             }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            // The header waits in the pipe for its payload, or goes alone if that is slow.
-            Poll::Pending if took_header => {}
-            Poll::Pending => return Poll::Pending,
+            n => n,
+        };
+        if let Some(frames) = &mut self.frames {
+            // The peeked header went in first; the tracker sees it as if copied (a short
+            // splice leaves it mid-header, and the copy path reads the rest).
+            let fed = header.map_or(0, |len| len.min(n));
+            frames.feed(&head[..fed]);
+            frames.skip((n - fed) as u64);
         }
         Poll::Ready(Ok(true))
     }
 
-    /// At a frame boundary: peeks the next header, and for a frame worth splicing reads the
-    /// header into the pipe.
+    /// At a frame boundary: peeks the next header. `None` when it is better copied: the
+    /// stream ended, the header isn't all there yet, or the frame is small (which also ends
+    /// the peeking until a large frame shows up in the buffer again).
     #[cfg(target_os = "linux")]
-    fn poll_read_header(
+    fn poll_peek_header(
         &mut self,
         cx: &mut Context<'_>,
         from: &tokio::net::TcpStream,
-    ) -> Poll<io::Result<bool>> {
-        let mut head = [0u8; 14];
-        let mut peeked = ReadBuf::new(&mut head);
+        head: &mut [u8; 14],
+    ) -> Poll<io::Result<Option<(usize, u64)>>> {
+        let mut peeked = ReadBuf::new(head);
         let n = ready!(from.poll_peek(cx, &mut peeked))?;
-        if n == 0 {
-            // End of stream: the copy path reads it as such.
-            return Poll::Ready(Ok(false));
-        }
-        let Some((len, payload)) = websocket::header_len(&head[..n]) else {
-            return Poll::Ready(Ok(false));
-        };
-        if payload < SPLICE_MIN {
-            self.bulk = false;
-            return Poll::Ready(Ok(false));
-        }
-        // The header is in the socket's queue: this read takes exactly it.
-        let read = match from.try_read(&mut head[..len]) {
-            Ok(read) => read,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Ready(Ok(false)),
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        if let Some(frames) = &mut self.frames {
-            frames.feed(&head[..read]);
-        }
-        let mut pipe = match self.pipe.take() {
-            Some(p) => p,
-            None => splice::Pipe::take()?,
-        };
-        pipe.push(&head[..read])?;
-        self.pipe = Some(pipe);
-        Poll::Ready(Ok(true))
+        Poll::Ready(Ok(match websocket::header_len(&head[..n]) {
+            Some((len, payload)) if payload >= SPLICE_MIN => Some((len, payload)),
+            Some(_) => {
+                self.bulk = false;
+                None
+            }
+            None => None,
+        }))
     }
 
     fn queue_close(&mut self) {

@@ -208,9 +208,25 @@ where
 {
     tokio::pin!(body);
     let mut frames = link.websocket.then(FrameTracker::new);
+    // What an abort cut short of the data frame being written.
+    let mut pending: Option<B::Data> = None;
     loop {
         if let Some(end) = link.aborted() {
-            close(&mut out, frames.as_ref(), dir, end).await;
+            let ending = async {
+                if end == TunnelEnd::Drain
+                    && let Some(f) = &mut frames
+                    && finish_frame(body.as_mut(), pending, &mut out, f, link, dir)
+                        .await
+                        .is_ok()
+                {
+                    let _ = out.write_all(&close_frame(dir)).await;
+                    let _ = out.shutdown().await;
+                    linger(body.as_mut(), f).await;
+                }
+                let _ = out.shutdown().await;
+            };
+            // Bounded: the peer may not be reading, the body may not be sending.
+            let _ = tokio::time::timeout(Duration::from_secs(1), ending).await;
             return;
         }
         let changed = link.changed();
@@ -225,7 +241,8 @@ where
         };
         match frame {
             Some(Ok(frame)) => {
-                let Ok(mut data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else { continue };
+                let data = pending.insert(data);
                 while data.has_remaining() {
                     let chunk = data.chunk();
                     let write = out.write(chunk);
@@ -263,31 +280,66 @@ where
     }
 }
 
-/// Ends one direction after an abort: a `1001` close frame on drain when between frames, then
-/// a shutdown. Both are bounded: the peer may not be reading.
-async fn close<W: AsyncWrite + Unpin>(
+/// On drain: writes the rest of the WebSocket frame in flight (what is `pending`, then from the
+/// body), stopping exactly at its end, so that a close frame can follow. An error when the
+/// frame can't be finished.
+async fn finish_frame<B, W>(
+    mut body: std::pin::Pin<&mut B>,
+    mut pending: Option<B::Data>,
     out: &mut W,
-    frames: Option<&FrameTracker>,
+    frames: &mut FrameTracker,
+    link: &Link,
     dir: Direction,
-    end: TunnelEnd,
-) {
-    let polite = async {
-        if end == TunnelEnd::Drain && frames.is_some_and(FrameTracker::at_boundary) {
-            let _ = match dir {
-                Direction::ToClient => {
-                    out.write_all(&websocket::server_close_frame(websocket::GOING_AWAY))
-                        .await
-                }
-                Direction::ToUpstream => {
-                    out.write_all(&websocket::client_close_frame(
-                        websocket::GOING_AWAY,
-                        super::duplex::mask(),
-                    ))
-                    .await
-                }
-            };
+) -> std::io::Result<()>
+where
+    B: HttpBody,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let left = frames.to_boundary();
+        if frames.at_boundary() {
+            return Ok(());
         }
-        let _ = out.shutdown().await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), polite).await;
+        let Some(data) = pending.as_mut().filter(|d| d.has_remaining()) else {
+            match body.as_mut().frame().await {
+                Some(Ok(frame)) => pending = frame.into_data().ok(),
+                _ => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+            continue;
+        };
+        let chunk = data.chunk();
+        let n = usize::try_from(left).map_or(chunk.len(), |left| left.min(chunk.len()));
+        out.write_all(&chunk[..n]).await?;
+        frames.feed(&chunk[..n]);
+        data.advance(n);
+        link.touch(dir, n);
+    }
+}
+
+/// After a drain's close frame: reads and drops what the peer still sends until its own close
+/// frame (the reply) or the end. Closing a connection with unread bytes resets it, and a
+/// reset can destroy the close frame before the peer reads it.
+async fn linger<B: HttpBody>(mut body: std::pin::Pin<&mut B>, frames: &mut FrameTracker) {
+    while !frames.close_seen() {
+        let Some(Ok(frame)) = body.as_mut().frame().await else {
+            return;
+        };
+        if let Ok(mut data) = frame.into_data() {
+            while data.has_remaining() {
+                let n = data.chunk().len();
+                frames.feed(data.chunk());
+                data.advance(n);
+            }
+        }
+    }
+}
+
+/// The `1001` close frame Switchback sends on drain, masked when it goes upstream.
+fn close_frame(dir: Direction) -> Vec<u8> {
+    match dir {
+        Direction::ToClient => websocket::server_close_frame(websocket::GOING_AWAY).to_vec(),
+        Direction::ToUpstream => {
+            websocket::client_close_frame(websocket::GOING_AWAY, super::duplex::mask()).to_vec()
+        }
+    }
 }

@@ -93,18 +93,6 @@ impl Pipe {
         }
     }
 
-    /// Puts `bytes` (a frame header read into memory) into the empty pipe, ahead of the
-    /// payload that will be spliced after it, so that both leave in one splice.
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
-        // An empty pipe takes far more than a frame header without blocking.
-        let n = rustix::io::write(&self.write, bytes)?;
-        if n != bytes.len() {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        self.held += n;
-        Ok(())
-    }
-
     /// Moves what the pipe holds into `to`, as far as it takes it now; returns the bytes moved.
     pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>, to: &TcpStream) -> Poll<io::Result<usize>> {
         loop {
