@@ -264,6 +264,10 @@ where
                         }
                     }
                 }
+                if !data.has_remaining() {
+                    // Even an empty slice would keep the whole read buffer it came from.
+                    pending = None;
+                }
                 let _ = out.flush().await;
             }
             Some(Err(e)) => {
