@@ -335,3 +335,81 @@ async fn websocket_over_http2_extended_connect() {
     assert_eq!(mode, TunnelMode::Joined);
     assert!(stats.upstream_bytes > 200 * 1024, "{stats:?}");
 }
+
+/// The same stack on two worker threads (a runtime and a `SO_REUSEPORT` listener each):
+/// WebSocket works through either, every tunnel runs on a worker thread, a second proxy can't
+/// take the port, and shutdown stops accepting while open tunnels live on until `stop`.
+#[tokio::test]
+async fn websocket_through_worker_threads() {
+    use std::num::NonZeroUsize;
+    use std::sync::{Arc, Mutex};
+    use switchback::TunnelEvent;
+    use switchback::server::Workers;
+
+    let mut echo = ws_echo().await;
+    let threads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = threads.clone();
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .observer(switchback::TunnelObserver::new(move |event: &TunnelEvent<'_>| {
+            if let TunnelEvent::Opened(_) = event {
+                let name = std::thread::current().name().unwrap_or("?").to_owned();
+                seen.lock().unwrap().push(name);
+            }
+        }))
+        .build()
+        .unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(router)
+        .service(Forward::new(cluster(echo.addr)));
+    let two = NonZeroUsize::new(2).unwrap();
+    let mut workers = Workers::start("127.0.0.1:0".parse().unwrap(), two, stack.clone()).unwrap();
+    let addr = workers.local_addr();
+
+    exercise(addr, &mut echo).await;
+    // Many connections: the kernel spreads them over both listeners.
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let (mut ws, _) = within(tokio_tungstenite::connect_async(format!("ws://{addr}/chat")))
+            .await
+            .unwrap();
+        ws.send(Message::text("ping")).await.unwrap();
+        assert_eq!(within(ws.next()).await.unwrap().unwrap(), Message::text("ping"));
+        open.push(ws);
+    }
+    let names = threads.lock().unwrap().clone();
+    assert!(names.len() >= 17, "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("switchback-worker-")),
+        "{names:?}"
+    );
+    // 17 tunnels all hashed to one of two listeners: odds of 1 in 65 536.
+    assert!(
+        names.iter().any(|n| n != &names[0]),
+        "one worker took every connection: {names:?}"
+    );
+
+    // The port is taken, whatever the second proxy's socket options.
+    let again = Workers::start(addr, two, stack).unwrap_err();
+    assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+
+    workers.shutdown();
+    within(workers.stopped()).await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+    // Tunnels outlive the listeners...
+    let ws = &mut open[0];
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    // ...until the workers stop.
+    tokio::task::spawn_blocking(move || workers.stop()).await.unwrap();
+    match within(open[1].next()).await {
+        None | Some(Err(_)) => {}
+        other => panic!("expected the tunnel to end with the workers, got {other:?}"),
+    }
+}

@@ -1,5 +1,6 @@
-//! The `proxy` role: one Switchback stack served with [`switchback::server::serve`] on a
-//! multi-threaded runtime, in a process of its own.
+//! The `proxy` role: one Switchback stack served by [`switchback::server::Workers`] (one
+//! single-threaded runtime and `SO_REUSEPORT` listener per CPU, as the `switchback` binary
+//! runs it), in a process of its own.
 //!
 //! - `fast`: `UpgradeRouterLayer(websocket) -> Forward`. No layer touches a body, so tunnels
 //!   are joined (the fast path).
@@ -11,15 +12,15 @@
 //!
 //! Library defaults everywhere else (tunnel buffers, idle timeout).
 
-use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use rustix::process::Signal;
+use switchback::server::Workers;
 use switchback::{
-    Body, Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer, server,
+    Body, Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer,
 };
-use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 use crate::cli::{ProxyArgs, ProxyMode};
@@ -29,29 +30,30 @@ use crate::{role, sys};
 /// Runs the `proxy` role until `SIGTERM`.
 pub(crate) fn main(args: &ProxyArgs) -> Result<()> {
     sys::die_with_parent(Signal::KILL).context("prctl(PR_SET_PDEATHSIG)")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // Only the SIGTERM handler runs here; the stack runs on the workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(serve(args.mode, args.listen, args.upstream))
+    rt.block_on(async {
+        role::exit_on_sigterm()?;
+        let workers = start(args)?;
+        role::announce_addr(workers.local_addr())?;
+        std::future::pending::<Result<()>>().await
+    })
 }
 
-async fn serve(mode: ProxyMode, listen: SocketAddr, upstream: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .context(format_args!("proxy: binding {listen}"))?;
-    role::announce(&listener)?;
-    role::exit_on_sigterm()?;
-    let cluster = Cluster::new("upstream", [Endpoint::new(upstream.to_string())]);
-    let forever = std::future::pending::<()>();
+fn start(args: &ProxyArgs) -> Result<Workers> {
+    let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let cluster = Cluster::new("upstream", [Endpoint::new(args.upstream.to_string())]);
     let router = UpgradeRouterLayer::builder()
         .upgrade("websocket")
         .build()
         .context("upgrade router")?;
-    match mode {
+    match args.mode {
         ProxyMode::Fast => {
             let stack = ServiceBuilder::new().layer(router).service(Forward::new(cluster));
-            server::serve(listener, stack, forever).await
+            Workers::start(args.listen, threads, stack)
         }
         ProxyMode::Chain => {
             let stack = ServiceBuilder::new()
@@ -59,7 +61,7 @@ async fn serve(mode: ProxyMode, listen: SocketAddr, upstream: SocketAddr) -> Res
                 .map_request(|req: Request<Body>| req.map(|b| Body::new(b.map_frame(|f| f))))
                 .map_response(|res: Response<Body>| res.map(|b| b.map_frame(|f| f)))
                 .service(Forward::new(cluster));
-            server::serve(listener, stack, forever).await
+            Workers::start(args.listen, threads, stack)
         }
         ProxyMode::Legacy => {
             let routes = vec![
@@ -72,8 +74,8 @@ async fn serve(mode: ProxyMode, listen: SocketAddr, upstream: SocketAddr) -> Res
                 .layer(RouteLayer::new(routes, Runtime::new()))
                 .layer(UpgradeRouterLayer::builder().build().context("upgrade router")?)
                 .service(Forward::routed());
-            server::serve(listener, stack, forever).await
+            Workers::start(args.listen, threads, stack)
         }
     }
-    .context("proxy: serving")
+    .context(format_args!("proxy: serving on {}", args.listen))
 }

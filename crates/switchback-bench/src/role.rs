@@ -14,7 +14,11 @@ use crate::sys;
 
 /// Prints `LISTENING <addr>` on stdout, the line [`crate::child::ChildProc::listening`] waits for.
 pub(crate) fn announce(listener: &TcpListener) -> Result<()> {
-    let addr = listener.local_addr().context("local address")?;
+    announce_addr(listener.local_addr().context("local address")?)
+}
+
+/// [`announce`] for an address bound elsewhere.
+pub(crate) fn announce_addr(addr: std::net::SocketAddr) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "LISTENING {addr}")
         .and_then(|()| out.flush())

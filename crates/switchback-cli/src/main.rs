@@ -109,7 +109,9 @@ fn report(errors: &[ConfigError]) {
 
 /// Runs `main` on a multi-threaded runtime; a failure is one line on standard error.
 fn block_on(main: impl Future<Output = Result<(), Fatal>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Signals, the admin endpoint and the drain run here; the proxy itself runs on the worker
+    // threads (`workers`), each with a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&Fatal::new(format!("cannot start the async runtime: {e}"))),
     };

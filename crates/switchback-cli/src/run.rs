@@ -1,11 +1,13 @@
-//! Running the proxy: bind, serve, and drain on SIGTERM or SIGINT.
+//! Running the proxy: bind, serve on the worker threads, and drain on SIGTERM or SIGINT.
 
 use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use switchback::{Drain, Runtime, server};
+use switchback::server::Workers;
+use switchback::{Drain, Runtime};
 use switchback_config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,14 +44,18 @@ pub(crate) async fn run(config: Config, origin: Origin) -> Result<(), Fatal> {
     let runtime = Runtime::from_values(config.runtime.clone());
     let stack = stack::build(&config, &drain, &runtime, &log)?;
 
-    let listener = bind(config.listen, "listen", &origin).await?;
+    let threads = NonZeroUsize::new(config.workers).unwrap_or(NonZeroUsize::MIN);
+    let mut workers = Workers::start(config.listen, threads, stack)
+        .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?;
     if let (Some(addr), Some(metrics)) = (config.admin, metrics) {
-        let admin_listener = bind(addr, "admin", &origin).await?;
+        let admin_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
         let admin = Admin::new(metrics, drain.clone(), runtime.clone(), config.clone());
         tokio::spawn(admin.serve(admin_listener));
         tracing::info!("admin endpoint on http://{addr}/ (metrics, ready, runtime, config)");
     }
-    tracing::info!(listen = %config.listen, "switchback is listening");
+    tracing::info!(listen = %config.listen, workers = threads, "switchback is listening");
     if let Origin::Demo = origin {
         crate::fatal::print_out(&demo::banner(config.listen));
     }
@@ -70,38 +76,33 @@ pub(crate) async fn run(config: Config, origin: Origin) -> Result<(), Fatal> {
         tx.send_replace(2);
     });
 
+    // Serving only ends on a failure, or after the first signal.
+    tokio::select! {
+        failed = workers.stopped() => {
+            return Err(Fatal::new(match failed {
+                Ok(()) => "the listener stopped unexpectedly".to_owned(),
+                Err(e) => format!("the listener failed: {e}"),
+            }));
+        }
+        () = reached(rx.clone(), 1) => workers.shutdown(),
+    }
     let drained = tokio::spawn({
         let (drain, rx) = (drain.clone(), rx.clone());
         async move {
-            reached(rx.clone(), 1).await;
             tokio::select! {
                 outcome = drain.drain(drain_timeout) => Some(outcome),
                 () = reached(rx, 2) => None,
             }
         }
     });
-
-    let served = tokio::select! {
-        served = server::serve(listener, stack, reached(rx.clone(), 1)) => served,
-        () = async {
-            reached(rx.clone(), 1).await;
-            tokio::select! {
-                () = tokio::time::sleep(drain_timeout + EXCHANGE_MARGIN) => {
-                    tracing::warn!("requests still in flight after drain_timeout; closing them");
-                }
-                () = reached(rx.clone(), 2) => {}
-            }
-        } => Ok(()),
-    };
-    if *rx.borrow() == 0 {
-        drained.abort();
-        return Err(Fatal::new(match served {
-            Ok(()) => "the listener stopped unexpectedly".to_owned(),
-            Err(e) => format!("the listener failed: {e}"),
-        }));
-    }
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "the listener failed while draining");
+    tokio::select! {
+        served = workers.stopped() => if let Err(e) = served {
+            tracing::warn!(error = %e, "the listener failed while draining");
+        },
+        () = tokio::time::sleep(drain_timeout + EXCHANGE_MARGIN) => {
+            tracing::warn!("requests still in flight after drain_timeout; closing them");
+        }
+        () = reached(rx.clone(), 2) => {}
     }
     match drained.await {
         Ok(Some(outcome)) => tracing::info!(
@@ -112,6 +113,8 @@ pub(crate) async fn run(config: Config, origin: Origin) -> Result<(), Fatal> {
         Ok(None) => tracing::info!("drain cut short; exiting"),
         Err(e) => tracing::warn!(error = %e, "the drain task failed; exiting"),
     }
+    // The workers' runtimes end, and whatever is still open on them.
+    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
     Ok(())
 }
 
@@ -122,27 +125,25 @@ async fn reached(mut rx: watch::Receiver<u8>, n: u8) {
     }
 }
 
-/// Binds `addr`, or says which setting to change.
-async fn bind(addr: SocketAddr, field: &str, origin: &Origin) -> Result<TcpListener, Fatal> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let fix = match origin {
-            Origin::File(path) => format!("change `{field}` in {}", path.display()),
-            Origin::Demo => {
-                format!("set {DEMO_LISTEN_ENV} to a free address, e.g. {DEMO_LISTEN_ENV}=127.0.0.1:10001")
-            }
-        };
-        let what = match e.kind() {
-            io::ErrorKind::AddrInUse => {
-                format!("the address is already in use by another program; stop it or {fix}")
-            }
-            io::ErrorKind::AddrNotAvailable => format!("no local interface has this address; {fix}"),
-            io::ErrorKind::PermissionDenied => {
-                format!("permission denied (ports below 1024 need privileges); {fix}")
-            }
-            _ => format!("{e}; {fix}"),
-        };
-        Fatal::new(format!("cannot listen on {addr} (`{field}`): {what}"))
-    })
+/// Why `addr` can't be listened on, and which setting to change.
+fn cannot_listen(addr: SocketAddr, field: &str, origin: &Origin, e: &io::Error) -> Fatal {
+    let fix = match origin {
+        Origin::File(path) => format!("change `{field}` in {}", path.display()),
+        Origin::Demo => {
+            format!("set {DEMO_LISTEN_ENV} to a free address, e.g. {DEMO_LISTEN_ENV}=127.0.0.1:10001")
+        }
+    };
+    let what = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            format!("the address is already in use by another program; stop it or {fix}")
+        }
+        io::ErrorKind::AddrNotAvailable => format!("no local interface has this address; {fix}"),
+        io::ErrorKind::PermissionDenied => {
+            format!("permission denied (ports below 1024 need privileges); {fix}")
+        }
+        _ => format!("{e}; {fix}"),
+    };
+    Fatal::new(format!("cannot listen on {addr} (`{field}`): {what}"))
 }
 
 /// SIGTERM and SIGINT (Ctrl-C elsewhere than Unix).

@@ -116,8 +116,8 @@ pub use crate::error::ConfigError;
 pub use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    Endpoint, Filter, HeaderMatcher, HeadersToAdd, PathMatch, Route, RouteMatch, RouteTarget,
-    RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster,
+    Endpoint, Filter, HeaderMatcher, HeadersToAdd, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget,
+    RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster, default_workers,
 };
 
 use crate::locate::Want;

@@ -11,6 +11,8 @@ use crate::duration;
 
 /// Default `listen` address: `127.0.0.1:10000`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10000);
+/// The most `workers` a configuration may ask for.
+pub const MAX_WORKERS: usize = 1024;
 /// Default `drain_timeout`: 30 seconds.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default route `timeout`: 15 seconds, as Envoy's route timeout.
@@ -40,6 +42,10 @@ pub struct Config {
     /// Address of the admin listener. Default: none (no admin listener).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<SocketAddr>,
+    /// Worker threads serving the listener, each with its own event loop and its own
+    /// `SO_REUSEPORT` listener; a connection and its tunnel stay on the worker that accepted
+    /// it. Default: one per CPU the process may use. At most 1024.
+    pub workers: usize,
     /// How long a graceful shutdown waits for in-flight requests and upgraded streams
     /// before closing them. Default `30s`; `0s` closes them at once.
     #[serde(serialize_with = "duration::serialize")]
@@ -78,6 +84,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN,
             admin: None,
+            workers: default_workers(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             upgrade_configs: Vec::new(),
@@ -89,6 +96,12 @@ impl Default for Config {
             access_log: AccessLog::Stdout,
         }
     }
+}
+
+/// One worker per CPU the process may use (1 if that can't be known).
+#[must_use]
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
 }
 
 impl Config {

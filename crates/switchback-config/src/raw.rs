@@ -20,6 +20,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) admin: Option<S<String>>,
     #[serde(default)]
+    pub(crate) workers: Option<S<u64>>,
+    #[serde(default)]
     pub(crate) drain_timeout: Option<S<String>>,
     #[serde(default)]
     pub(crate) stream_idle_timeout: Option<S<String>>,

@@ -1231,3 +1231,16 @@ fn serialized_config_round_trips() {
     }
     assert!(!yaml.contains("port:"), "{yaml}");
 }
+
+#[test]
+fn workers_default_to_one_per_cpu_and_must_be_sensible() {
+    assert_eq!(parse("listen: 127.0.0.1:10000\n").workers, default_workers());
+    assert!(default_workers() >= 1);
+    assert_eq!(parse("workers: 3\n").workers, 3);
+    let e = one("listen: 127.0.0.1:10000\nworkers: 0\n");
+    check(&e, "workers", 2, "workers must be at least 1");
+    let e = one("workers: 100000\n");
+    check(&e, "workers", 1, "workers is too large: at most 1024");
+    let e = one("workers: two\n");
+    assert_eq!(e.path, "workers", "{e}");
+}

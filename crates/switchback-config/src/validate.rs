@@ -14,8 +14,8 @@ use crate::error::ConfigError;
 use crate::locate::{join_index, join_key};
 use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, Endpoint, Filter,
-    HeaderMatcher, HeadersToAdd, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig,
-    WebSocketConfig, WeightedCluster,
+    HeaderMatcher, HeadersToAdd, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction,
+    UpgradeConfig, WebSocketConfig, WeightedCluster,
 };
 use crate::raw::{
     Pairs, RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawRoute, RawUpgradeConfig, S,
@@ -673,6 +673,21 @@ impl<'a> Ctx<'a> {
         }
         if let Some(admin) = &raw.admin {
             config.admin = self.socket_addr(admin, "admin", "127.0.0.1:9901");
+        }
+        if let Some(workers) = &raw.workers {
+            match usize::try_from(workers.value) {
+                Ok(0) => self.error(
+                    &workers.referenced,
+                    "workers",
+                    "workers must be at least 1 (leave it out for one per CPU)",
+                ),
+                Ok(n) if n <= MAX_WORKERS => config.workers = n,
+                _ => self.error(
+                    &workers.referenced,
+                    "workers",
+                    format!("workers is too large: at most {MAX_WORKERS} (leave it out for one per CPU)"),
+                ),
+            }
         }
         if let Some(d) = &raw.drain_timeout
             && let Some(d) = self.duration(d, "drain_timeout", Zero::Allowed)

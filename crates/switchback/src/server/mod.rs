@@ -1,5 +1,7 @@
 //! Serving a stack on a TCP listener: HTTP/1.1 (with upgrades) and HTTP/2 prior knowledge on
-//! one port, through hyper-util, with graceful shutdown.
+//! one port, through hyper-util, with graceful shutdown. [`serve`] runs on the caller's
+//! runtime; [`Workers`] runs the same on one single-threaded runtime per CPU, as the
+//! `switchback` binary does.
 //!
 //! ```no_run
 //! use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer, server};
@@ -32,6 +34,10 @@ use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
 use crate::BoxError;
+
+mod workers;
+
+pub use workers::Workers;
 
 /// The client's address, put in every request's extensions by [`serve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

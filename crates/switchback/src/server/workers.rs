@@ -1,0 +1,208 @@
+//! [`Workers`]: one stack on several threads, each with a runtime and a listener of its own.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, watch};
+use tower::Service;
+
+use crate::BoxError;
+
+/// How far the workers are along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// No new connections; exchanges in flight finish, tunnels keep running.
+    Stopping,
+    /// The runtimes stop, and every task still running with them.
+    Exit,
+}
+
+/// One stack served by several threads, each with a single-threaded runtime and a listener of
+/// its own on the same address (`SO_REUSEPORT`: the kernel spreads new connections over
+/// them). A connection, its upgrade and its tunnel stay on the thread that accepted it, so no
+/// task is ever handed from one thread to another: less work per connection than a
+/// work-stealing runtime, and the model of Envoy's worker threads and nginx's workers.
+///
+/// ```no_run
+/// use std::num::NonZeroUsize;
+/// use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer, server::Workers};
+/// use tower::ServiceBuilder;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// let stack = ServiceBuilder::new()
+///     .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
+///     .service(Forward::new(Cluster::new("app", [Endpoint::new("127.0.0.1:8080")])));
+/// let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+/// let mut workers = Workers::start("127.0.0.1:10000".parse().unwrap(), threads, stack)?;
+/// let _ = tokio::signal::ctrl_c().await;
+/// workers.shutdown(); // stop accepting; requests in flight finish
+/// workers.stopped().await?;
+/// workers.stop(); // and the tunnels still open go with the threads
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Workers {
+    addr: SocketAddr,
+    phase: watch::Sender<Phase>,
+    /// Each worker's [`serve`](super::serve) result, once it stopped serving.
+    served: mpsc::UnboundedReceiver<io::Result<()>>,
+    pending: usize,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `threads` workers serving `service` on `addr` (port 0: one free port, shared by
+    /// all). Returns once every worker listens, so that an address in use is an error here.
+    /// Another process already listening on `addr` is refused even if it set
+    /// `SO_REUSEPORT` too, so two proxies started by mistake never share a port.
+    pub fn start<S, B>(addr: SocketAddr, threads: NonZeroUsize, service: S) -> io::Result<Self>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if addr.port() != 0 {
+            // A plain bind fails on any listener, whatever its options.
+            drop(std::net::TcpListener::bind(addr)?);
+        }
+        let (phase, _) = watch::channel(Phase::Serving);
+        let (done, served) = mpsc::unbounded_channel();
+        let mut workers = Self {
+            addr,
+            phase,
+            served,
+            pending: 0,
+            threads: Vec::with_capacity(threads.get()),
+        };
+        for i in 0..threads.get() {
+            let (bound, ready) = std::sync::mpsc::channel();
+            let (service, phase, done) = (service.clone(), workers.phase.subscribe(), done.clone());
+            let addr = workers.addr;
+            let thread = std::thread::Builder::new()
+                .name(format!("switchback-worker-{i}"))
+                .spawn(move || worker(addr, service, phase, bound, done))?;
+            workers.threads.push(thread);
+            match ready.recv() {
+                Ok(Ok(local)) => workers.addr = local,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a worker thread died while starting")),
+            }
+            workers.pending += 1;
+        }
+        Ok(workers)
+    }
+
+    /// The address every worker listens on (the actual port when started with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections on every worker. Exchanges in flight may finish (up to 30
+    /// s, as with [`serve`](super::serve)); upgraded tunnels keep running until
+    /// [`Workers::stop`]: drain them with a [`Drain`](crate::Drain) in between.
+    pub fn shutdown(&self) {
+        self.phase.send_if_modified(|p| advance(p, Phase::Stopping));
+    }
+
+    /// Resolves once every worker has stopped serving (after [`Workers::shutdown`]), or as
+    /// soon as one fails, with its error.
+    pub async fn stopped(&mut self) -> io::Result<()> {
+        while self.pending > 0 {
+            match self.served.recv().await {
+                Some(result) => {
+                    self.pending -= 1;
+                    result?;
+                }
+                None => return Err(io::Error::other("a worker thread died")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the workers' runtimes, with every connection and tunnel still open on them, and
+    /// waits for the threads to end.
+    pub fn stop(mut self) {
+        self.phase.send_if_modified(|p| advance(p, Phase::Exit));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Workers {
+    /// Tells the workers to exit (without waiting for them, unlike [`Workers::stop`]).
+    fn drop(&mut self) {
+        self.phase.send_if_modified(|p| advance(p, Phase::Exit));
+    }
+}
+
+fn advance(phase: &mut Phase, to: Phase) -> bool {
+    let moved = *phase < to;
+    *phase = (*phase).max(to);
+    moved
+}
+
+/// One worker thread: bind, report, serve until told to stop, then keep the runtime (and the
+/// tunnels on it) until told to exit.
+fn worker<S, B>(
+    addr: SocketAddr,
+    service: S,
+    phase: watch::Receiver<Phase>,
+    bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+    done: mpsc::UnboundedSender<io::Result<()>>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match bind(addr) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        let _ = bound.send(listener.local_addr());
+        let served = super::serve(listener, service, reached(phase.clone(), Phase::Stopping)).await;
+        let _ = done.send(served);
+        reached(phase, Phase::Exit).await;
+    });
+}
+
+/// A listener on `addr` that the other workers' listeners share.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted proxy needn't wait for TIME_WAIT to pass.
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Resolves once the phase reaches `at` (or the handle is gone: then everything stops).
+async fn reached(mut phase: watch::Receiver<Phase>, at: Phase) {
+    let _ = phase.wait_for(|p| *p >= at).await;
+}
