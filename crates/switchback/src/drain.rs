@@ -17,11 +17,16 @@
 //! # }
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 /// A handle on the set of live tunnels. Cheap to clone; all clones share one state.
 #[derive(Clone, Debug, Default)]
@@ -34,8 +39,9 @@ struct Inner {
     draining: AtomicBool,
     closing: AtomicBool,
     active: AtomicUsize,
-    /// Woken when `closing` is set.
-    close: Notify,
+    /// Woken when `closing` is set. In an `Arc` so that a tunnel task can hold a waiter of
+    /// its own ([`Closing`]) rather than a future borrowing the drain.
+    close: Arc<Notify>,
     /// Woken when a tunnel ends.
     ended: Notify,
 }
@@ -111,15 +117,35 @@ pub(crate) struct TunnelGuard {
 
 impl TunnelGuard {
     /// Resolves when the tunnel must close because the drain deadline passed.
-    pub(crate) async fn closing(&self) {
-        let inner = &self.drain.inner;
-        let notified = inner.close.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if inner.closing.load(Ordering::Acquire) {
-            return;
+    pub(crate) fn closing(&self) -> Closing {
+        Closing {
+            notified: Arc::clone(&self.drain.inner.close).notified_owned(),
+            drain: self.drain.clone(),
         }
-        notified.await;
+    }
+}
+
+pin_project! {
+    /// The future of [`TunnelGuard::closing`]. Owned (no borrow of the drain), so that it can
+    /// live next to the relay in a tunnel task of its own.
+    pub(crate) struct Closing {
+        #[pin]
+        notified: OwnedNotified,
+        drain: Drain,
+    }
+}
+
+impl Future for Closing {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // Register before looking at the flag, so that a drain starting in between wakes us.
+        this.notified.as_mut().enable();
+        if this.drain.inner.closing.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        this.notified.poll(cx)
     }
 }
 

@@ -51,8 +51,8 @@ use http::{Request, Response, StatusCode};
 use crate::cluster::Cluster;
 use crate::drain::Drain;
 use crate::forward::upstream;
-use crate::router::open::Opened;
 use crate::server::ClientAddr;
+use crate::tunnel::joined::JoinedTask;
 use crate::tunnel::{IdleTimeout, TunnelConfig, TunnelInfo, TunnelMode, TunnelObserver, duplex};
 use crate::{Body, BoxError, UpgradeType, metrics, reply};
 
@@ -195,20 +195,16 @@ where
         websocket: true,
         splice: cx.tunnel.splice,
     };
-    tokio::spawn(async move {
-        // Resolves once the server has written the 101; bytes the client sent after its
-        // request come with it, and only now go upstream.
-        let client = match on_upgrade.await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "legacy websocket: client connection did not upgrade");
-                return;
-            }
-        };
-        let opened = Opened::new(info, cx.observer);
-        let stats = duplex::join(client, upstream, settings, &guard).await;
-        opened.finish(stats);
-    });
+    // The task waits for the server to write the 101: bytes the client sent after its
+    // request come with it, and only then go upstream.
+    tokio::spawn(JoinedTask::new(
+        on_upgrade,
+        upstream,
+        settings,
+        guard,
+        info,
+        cx.observer,
+    ));
     Response::from_parts(parts, Body::empty())
 }
 

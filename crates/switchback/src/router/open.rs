@@ -1,7 +1,6 @@
 //! Opening a tunnel once the chain answered an upgrade.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -12,9 +11,11 @@ use tokio::sync::oneshot;
 use crate::body::TunnelRead;
 use crate::drain::{Drain, TunnelGuard};
 use crate::forward::UpstreamAddr;
+use crate::tunnel::joined::JoinedTask;
+use crate::tunnel::opened::Opened;
 use crate::tunnel::pump::{self, Direction, Link};
-use crate::tunnel::{TunnelConfig, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats, duplex};
-use crate::{Body, UpgradeType, metrics};
+use crate::tunnel::{TunnelConfig, TunnelInfo, TunnelMode, TunnelObserver, duplex};
+use crate::{Body, UpgradeType};
 
 /// An allowed upgrade waiting for the chain's answer.
 pub(crate) struct Pending {
@@ -62,13 +63,13 @@ impl Pending {
                     websocket: join.link.is_websocket(),
                     splice: self.tunnel.splice,
                 };
-                let opened = (info, self.observer);
-                tokio::spawn(Self::joined(
+                tokio::spawn(JoinedTask::new(
                     self.on_upgrade,
                     join.upstream,
                     settings,
                     guard,
-                    opened,
+                    info,
+                    self.observer,
                 ));
             }
             None => {
@@ -87,27 +88,6 @@ impl Pending {
             path: self.path.clone(),
             upstream,
         }
-    }
-
-    /// The joined tunnel's task. It takes only what the relay needs (not `self`): an idle
-    /// tunnel should cost little more than its two sockets.
-    async fn joined(
-        on_upgrade: OnUpgrade,
-        upstream: hyper::upgrade::Upgraded,
-        settings: duplex::Settings,
-        guard: TunnelGuard,
-        opened: (TunnelInfo, Option<TunnelObserver>),
-    ) {
-        let client = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "client connection did not upgrade");
-                return;
-            }
-        };
-        let opened = Opened::new(opened.0, opened.1);
-        let stats = duplex::join(client, upstream, settings, &guard).await;
-        opened.finish(stats);
     }
 
     async fn pumped(self, body: Body, guard: TunnelGuard, info: TunnelInfo) {
@@ -142,54 +122,6 @@ impl Pending {
                 tracing::debug!(error = %e, "client connection did not upgrade");
                 None
             }
-        }
-    }
-}
-
-/// Metrics, logs and observer calls of one open tunnel, from opening to closing.
-pub(crate) struct Opened {
-    info: TunnelInfo,
-    observer: Option<TunnelObserver>,
-    start: Instant,
-}
-
-impl Opened {
-    pub(crate) fn new(info: TunnelInfo, observer: Option<TunnelObserver>) -> Self {
-        let (ty, mode) = (info.upgrade.to_string(), info.mode.as_str());
-        ::metrics::counter!(metrics::TUNNELS_OPENED, "type" => ty.clone(), "mode" => mode).increment(1);
-        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty, "mode" => mode).increment(1.0);
-        tracing::debug!(upgrade = %info.upgrade, mode, path = %info.path, "tunnel open");
-        if let Some(o) = &observer {
-            o.notify(&TunnelEvent::Opened(&info));
-        }
-        Self {
-            info,
-            observer,
-            start: Instant::now(),
-        }
-    }
-
-    pub(crate) fn finish(self, stats: TunnelStats) {
-        let (ty, mode) = (self.info.upgrade.to_string(), self.info.mode.as_str());
-        let elapsed = self.start.elapsed();
-        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty.clone(), "mode" => mode).decrement(1.0);
-        ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.clone(), "direction" => "upstream")
-            .increment(stats.upstream_bytes);
-        ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.clone(), "direction" => "downstream")
-            .increment(stats.downstream_bytes);
-        ::metrics::histogram!(metrics::TUNNEL_DURATION, "type" => ty, "end" => stats.end.as_str())
-            .record(elapsed.as_secs_f64());
-        tracing::debug!(
-            upgrade = %self.info.upgrade,
-            mode,
-            end = %stats.end,
-            upstream_bytes = stats.upstream_bytes,
-            downstream_bytes = stats.downstream_bytes,
-            duration_s = elapsed.as_secs_f64(),
-            "tunnel closed"
-        );
-        if let Some(o) = &self.observer {
-            o.notify(&TunnelEvent::Closed(&self.info, &stats, elapsed));
         }
     }
 }

@@ -10,14 +10,17 @@ use pin_project_lite::pin_project;
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 
-use super::leg::{self, Leg};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+
+use super::leg::{self, Leg, Prefixed};
 #[cfg(target_os = "linux")]
 use super::splice;
 use super::{TunnelEnd, TunnelStats, pool};
-use crate::drain::TunnelGuard;
 use crate::websocket::{self, FrameTracker};
 
-/// Time a draining tunnel gets to write its close frames before it is dropped.
+/// Time a draining tunnel gets to finish the frame in flight, write its close frames and
+/// read the peers' replies, before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Settings of one joined tunnel.
@@ -31,42 +34,54 @@ pub(crate) struct Settings {
     pub(crate) splice: bool,
 }
 
-/// Relays between `client` and `upstream` until both directions are closed, a timer fires or
-/// the drain deadline passes.
-pub(crate) async fn run<C, U>(client: C, upstream: U, settings: Settings, guard: &TunnelGuard) -> TunnelStats
-where
-    C: Leg,
-    U: Leg,
-{
-    let duplex = Duplex::new(client, upstream, settings);
-    tokio::pin!(duplex);
-    tokio::select! {
-        stats = duplex.as_mut() => stats,
-        () = guard.closing() => {
-            duplex.as_mut().start_drain();
-            match tokio::time::timeout(CLOSE_GRACE, duplex.as_mut()).await {
-                Ok(stats) => stats,
-                Err(_) => duplex.stats(TunnelEnd::Drain),
-            }
+pin_project! {
+    /// A joined tunnel's relay, whatever its two ends turned out to be: bare sockets (then
+    /// splice applies) or hyper's wrappers (e.g. under another server).
+    #[project = RelayProj]
+    pub(crate) enum Relay {
+        Sockets { #[pin] duplex: Duplex<Prefixed, Prefixed> },
+        UpstreamWrapped { #[pin] duplex: Duplex<Prefixed, TokioIo<Upgraded>> },
+        Wrapped { #[pin] duplex: Duplex<TokioIo<Upgraded>, TokioIo<Upgraded>> },
+    }
+}
+
+impl Relay {
+    /// Joins two upgraded connections, recovering their sockets when it can.
+    pub(crate) fn new(client: Upgraded, upstream: Upgraded, settings: Settings) -> Self {
+        match leg::unwrap_socket(client) {
+            Ok(client) => match leg::unwrap_socket(upstream) {
+                Ok(upstream) => Self::Sockets {
+                    duplex: Duplex::new(client, upstream, settings),
+                },
+                Err(upstream) => Self::UpstreamWrapped {
+                    duplex: Duplex::new(client, TokioIo::new(upstream), settings),
+                },
+            },
+            Err(client) => Self::Wrapped {
+                duplex: Duplex::new(TokioIo::new(client), TokioIo::new(upstream), settings),
+            },
+        }
+    }
+
+    /// See [`Duplex::start_drain`].
+    pub(crate) fn start_drain(self: Pin<&mut Self>) {
+        match self.project() {
+            RelayProj::Sockets { duplex } => duplex.start_drain(),
+            RelayProj::UpstreamWrapped { duplex } => duplex.start_drain(),
+            RelayProj::Wrapped { duplex } => duplex.start_drain(),
         }
     }
 }
 
-/// Relays between two upgraded connections, as bare sockets when both can be recovered (then
-/// splice applies), through hyper's wrappers otherwise (e.g. under another server).
-pub(crate) async fn join(
-    client: hyper::upgrade::Upgraded,
-    upstream: hyper::upgrade::Upgraded,
-    settings: Settings,
-    guard: &TunnelGuard,
-) -> TunnelStats {
-    use hyper_util::rt::TokioIo;
-    match leg::unwrap_socket(client) {
-        Ok(client) => match leg::unwrap_socket(upstream) {
-            Ok(upstream) => run(client, upstream, settings, guard).await,
-            Err(upstream) => run(client, TokioIo::new(upstream), settings, guard).await,
-        },
-        Err(client) => run(TokioIo::new(client), TokioIo::new(upstream), settings, guard).await,
+impl Future for Relay {
+    type Output = TunnelStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        match self.project() {
+            RelayProj::Sockets { duplex } => duplex.poll(cx),
+            RelayProj::UpstreamWrapped { duplex } => duplex.poll(cx),
+            RelayProj::Wrapped { duplex } => duplex.poll(cx),
+        }
     }
 }
 
@@ -82,6 +97,8 @@ pin_project! {
         half_closed_at: Option<Instant>,
         first_close: Option<TunnelEnd>,
         draining: bool,
+        // Set on drain: the relay ends here even if a peer does not read its close frame.
+        drain_deadline: Option<Instant>,
         down_first: bool,
         #[pin]
         timer: Sleep,
@@ -101,6 +118,7 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             half_closed_at: None,
             first_close: None,
             draining: false,
+            drain_deadline: None,
             down_first: false,
             timer: tokio::time::sleep_until(now + Duration::from_secs(3600)),
         }
@@ -108,8 +126,13 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
 
     /// Stops reading; each direction flushes what it holds, sends a WebSocket close frame if
     /// it is between frames, and shuts down.
+    /// After [`CLOSE_GRACE`] the relay ends whatever is left.
     pub(crate) fn start_drain(self: Pin<&mut Self>) {
-        *self.project().draining = true;
+        let this = self.project();
+        if !*this.draining {
+            *this.draining = true;
+            *this.drain_deadline = Some(Instant::now() + CLOSE_GRACE);
+        }
     }
 
     fn stats(&self, end: TunnelEnd) -> TunnelStats {
@@ -129,10 +152,11 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             .half_closed_at
             .zip(self.settings.half_close_timeout)
             .map(|(at, t)| (at + t, TunnelEnd::HalfCloseTimeout));
-        match (idle, half) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
+        let drain = self.drain_deadline.map(|at| (at, TunnelEnd::Drain));
+        [idle, half, drain]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
     }
 }
 

@@ -14,7 +14,9 @@
 //! counting both directions), and close WebSocket tunnels on drain with `1001` frames.
 
 pub(crate) mod duplex;
+pub(crate) mod joined;
 pub(crate) mod leg;
+pub(crate) mod opened;
 pub(crate) mod pool;
 pub(crate) mod pump;
 #[cfg(target_os = "linux")]

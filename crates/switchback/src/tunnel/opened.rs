@@ -1,0 +1,55 @@
+//! What every tunnel reports: metrics, a debug log line and observer events, from the moment
+//! bytes may flow to the end.
+
+use std::time::Instant;
+
+use super::{TunnelEvent, TunnelInfo, TunnelObserver, TunnelStats};
+use crate::metrics;
+
+/// Metrics, logs and observer calls of one open tunnel, from opening to closing.
+pub(crate) struct Opened {
+    info: TunnelInfo,
+    observer: Option<TunnelObserver>,
+    start: Instant,
+}
+
+impl Opened {
+    pub(crate) fn new(info: TunnelInfo, observer: Option<TunnelObserver>) -> Self {
+        let (ty, mode) = (info.upgrade.to_string(), info.mode.as_str());
+        ::metrics::counter!(metrics::TUNNELS_OPENED, "type" => ty.clone(), "mode" => mode).increment(1);
+        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty, "mode" => mode).increment(1.0);
+        tracing::debug!(upgrade = %info.upgrade, mode, path = %info.path, "tunnel open");
+        if let Some(o) = &observer {
+            o.notify(&TunnelEvent::Opened(&info));
+        }
+        Self {
+            info,
+            observer,
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn finish(self, stats: TunnelStats) {
+        let (ty, mode) = (self.info.upgrade.to_string(), self.info.mode.as_str());
+        let elapsed = self.start.elapsed();
+        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty.clone(), "mode" => mode).decrement(1.0);
+        ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.clone(), "direction" => "upstream")
+            .increment(stats.upstream_bytes);
+        ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.clone(), "direction" => "downstream")
+            .increment(stats.downstream_bytes);
+        ::metrics::histogram!(metrics::TUNNEL_DURATION, "type" => ty, "end" => stats.end.as_str())
+            .record(elapsed.as_secs_f64());
+        tracing::debug!(
+            upgrade = %self.info.upgrade,
+            mode,
+            end = %stats.end,
+            upstream_bytes = stats.upstream_bytes,
+            downstream_bytes = stats.downstream_bytes,
+            duration_s = elapsed.as_secs_f64(),
+            "tunnel closed"
+        );
+        if let Some(o) = &self.observer {
+            o.notify(&TunnelEvent::Closed(&self.info, &stats, elapsed));
+        }
+    }
+}
