@@ -232,7 +232,10 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
                 return Poll::Ready(self.stats(end));
             }
             let mut timer = self.as_mut().project().timer;
-            if timer.deadline() != deadline {
+            // Activity only ever moves the idle deadline later: leave the timer where it is
+            // and re-arm it when it fires early, rather than touch the timer wheel on every
+            // read.
+            if timer.deadline() > deadline || timer.is_elapsed() {
                 timer.as_mut().reset(deadline);
             }
             if timer.poll(cx).is_pending() {
