@@ -413,3 +413,33 @@ async fn websocket_through_worker_threads() {
         other => panic!("expected the tunnel to end with the workers, got {other:?}"),
     }
 }
+
+/// `Workers::stop` ends what is still open at once, an exchange waiting for its upstream
+/// included (shutdown alone would give it up to 30 s).
+#[tokio::test]
+async fn workers_stop_does_not_wait_for_exchanges_in_flight() {
+    use std::num::NonZeroUsize;
+    use switchback::server::Workers;
+
+    let raw = RawUpstream::bind().await;
+    let stack = ServiceBuilder::new()
+        .layer(
+            UpgradeRouterLayer::builder()
+                .upgrade("websocket")
+                .build()
+                .unwrap(),
+        )
+        .service(Forward::new(cluster(raw.addr)));
+    let one = NonZeroUsize::new(1).unwrap();
+    let mut workers = Workers::start("127.0.0.1:0".parse().unwrap(), one, stack).unwrap();
+    let mut client = raw_client(workers.local_addr(), b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    // The upstream has the request and never answers.
+    let _held = raw.accept().await;
+    workers.shutdown();
+    within(tokio::task::spawn_blocking(move || workers.stop()))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = within(client.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}

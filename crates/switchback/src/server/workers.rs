@@ -152,7 +152,7 @@ fn advance(phase: &mut Phase, to: Phase) -> bool {
 }
 
 /// One worker thread: bind, report, serve until told to stop, then keep the runtime (and the
-/// tunnels on it) until told to exit.
+/// tunnels on it) until told to exit, which ends everything at once.
 fn worker<S, B>(
     addr: SocketAddr,
     service: S,
@@ -181,9 +181,17 @@ fn worker<S, B>(
             }
         };
         let _ = bound.send(listener.local_addr());
-        let served = super::serve(listener, service, reached(phase.clone(), Phase::Stopping)).await;
-        let _ = done.send(served);
-        reached(phase, Phase::Exit).await;
+        let serving = async {
+            let served = super::serve(listener, service, reached(phase.clone(), Phase::Stopping)).await;
+            let _ = done.send(served);
+            // Tunnels live on this runtime: keep it until told to exit.
+            std::future::pending::<()>().await;
+        };
+        // Exit may come while exchanges are still finishing: it wins.
+        tokio::select! {
+            () = serving => {}
+            () = reached(phase.clone(), Phase::Exit) => {}
+        }
     });
 }
 
