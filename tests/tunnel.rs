@@ -345,6 +345,42 @@ async fn mixed_frames_in_flight_survive_splicing_and_a_drain() {
     }
 }
 
+/// A client that uploads without pause, to an upstream that takes everything, doesn't starve
+/// the other direction: the upstream's messages still reach the client while the flood goes
+/// on. (The two directions of a joined tunnel share one task and its I/O budget.)
+#[tokio::test]
+async fn a_flood_one_way_does_not_starve_the_other() {
+    use tokio::io::AsyncReadExt;
+    for path in PATHS {
+        let s = setup(path, TunnelConfig::new()).await;
+        let (client, up) = open(&s).await;
+        let (mut client_rd, mut client_wr) = client.into_split();
+        let (mut up_rd, mut up_wr) = up.into_split();
+        let flood = tokio::spawn(async move {
+            let chunk = vec![0x5a; 64 * 1024];
+            while client_wr.write_all(&chunk).await.is_ok() {}
+        });
+        let sink = tokio::spawn(async move {
+            let mut buf = vec![0; 256 * 1024];
+            while matches!(up_rd.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        // Let the flood get going first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let talk = async {
+            for _ in 0..10 {
+                up_wr.write_all(b"hello").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let mut heard = [0u8; 50];
+        let (_, heard_all) = tokio::join!(talk, within(client_rd.read_exact(&mut heard)));
+        heard_all.unwrap();
+        assert_eq!(&heard[..], "hello".repeat(10).as_bytes(), "{path:?}");
+        flood.abort();
+        sink.abort();
+    }
+}
+
 /// A tunnel that ends before the deadline is not cut: drain waits for it.
 #[tokio::test]
 async fn drain_waits_for_tunnels_that_finish_in_time() {
