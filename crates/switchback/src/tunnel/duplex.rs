@@ -124,9 +124,9 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
         }
     }
 
-    /// Stops reading; each direction flushes what it holds, sends a WebSocket close frame if
-    /// it is between frames, and shuts down.
-    /// After [`CLOSE_GRACE`] the relay ends whatever is left.
+    /// Drains: each WebSocket direction finishes the frame in flight, sends a `1001` close
+    /// frame, shuts down and reads until the peer's reply; an opaque direction shuts down at
+    /// once. After [`CLOSE_GRACE`] the relay ends whatever is left.
     pub(crate) fn start_drain(self: Pin<&mut Self>) {
         let this = self.project();
         if !*this.draining {
@@ -557,23 +557,10 @@ impl Half {
     fn queue_close(&mut self) {
         self.close_queued = true;
         self.injected = true;
-        let frame: &[u8] = if self.to_upstream {
-            &websocket::client_close_frame(websocket::GOING_AWAY, mask())
-        } else {
-            &websocket::server_close_frame(websocket::GOING_AWAY)
-        };
+        let frame = super::going_away(self.to_upstream);
         let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
-        buf[..frame.len()].copy_from_slice(frame);
+        buf[..frame.len()].copy_from_slice(&frame);
         self.pos = 0;
         self.cap = frame.len();
     }
-}
-
-/// A masking key for a close frame Switchback sends upstream. RFC 6455 wants it unpredictable
-/// to stop cache poisoning through naive intermediaries; the std hasher's random seed is enough
-/// for four bytes on a frame whose content is fixed.
-pub(crate) fn mask() -> [u8; 4] {
-    use std::hash::{BuildHasher, RandomState};
-    let v = RandomState::new().hash_one(std::time::SystemTime::now());
-    (v as u32).to_ne_bytes()
 }

@@ -210,3 +210,22 @@ impl fmt::Debug for TunnelObserver {
         f.write_str("TunnelObserver")
     }
 }
+
+/// The `1001 Going Away` close frame Switchback sends each way on drain: masked when it goes
+/// upstream (a client's frame), as RFC 6455 requires.
+pub(crate) fn going_away(to_upstream: bool) -> Vec<u8> {
+    if to_upstream {
+        crate::websocket::client_close_frame(crate::websocket::GOING_AWAY, mask()).to_vec()
+    } else {
+        crate::websocket::server_close_frame(crate::websocket::GOING_AWAY).to_vec()
+    }
+}
+
+/// A masking key for a close frame Switchback sends upstream. RFC 6455 wants it unpredictable
+/// to stop cache poisoning through naive intermediaries; the std hasher's random seed is enough
+/// for four bytes on a frame whose content is fixed.
+fn mask() -> [u8; 4] {
+    use std::hash::{BuildHasher, RandomState};
+    let v = RandomState::new().hash_one(std::time::SystemTime::now());
+    (v as u32).to_ne_bytes()
+}

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{TunnelEnd, TunnelStats};
 use crate::BoxError;
-use crate::websocket::{self, FrameTracker};
+use crate::websocket::FrameTracker;
 
 /// Which way a pump carries bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,11 +219,14 @@ where
                         .await
                         .is_ok()
                 {
-                    let _ = out.write_all(&close_frame(dir)).await;
+                    let _ = out
+                        .write_all(&super::going_away(dir == Direction::ToUpstream))
+                        .await;
                     let _ = out.shutdown().await;
                     linger(body.as_mut(), f).await;
+                } else {
+                    let _ = out.shutdown().await;
                 }
-                let _ = out.shutdown().await;
             };
             // Bounded: the peer may not be reading, the body may not be sending.
             let _ = tokio::time::timeout(Duration::from_secs(1), ending).await;
@@ -334,16 +337,6 @@ async fn linger<B: HttpBody>(mut body: std::pin::Pin<&mut B>, frames: &mut Frame
                 frames.feed(data.chunk());
                 data.advance(n);
             }
-        }
-    }
-}
-
-/// The `1001` close frame Switchback sends on drain, masked when it goes upstream.
-fn close_frame(dir: Direction) -> Vec<u8> {
-    match dir {
-        Direction::ToClient => websocket::server_close_frame(websocket::GOING_AWAY).to_vec(),
-        Direction::ToUpstream => {
-            websocket::client_close_frame(websocket::GOING_AWAY, super::duplex::mask()).to_vec()
         }
     }
 }
