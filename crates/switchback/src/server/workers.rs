@@ -62,7 +62,8 @@ impl Workers {
     /// Starts `threads` workers serving `service` on `addr` (port 0: one free port, shared by
     /// all). Returns once every worker listens, so that an address in use is an error here.
     /// Another process already listening on `addr` is refused even if it set
-    /// `SO_REUSEPORT` too, so two proxies started by mistake never share a port.
+    /// `SO_REUSEPORT` too, so two proxies started by mistake never share a port. Without
+    /// `SO_REUSEPORT` (outside Unix) one worker serves, whatever `threads` says.
     pub fn start<S, B>(addr: SocketAddr, threads: NonZeroUsize, service: S) -> io::Result<Self>
     where
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -70,6 +71,8 @@ impl Workers {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        #[cfg(not(unix))]
+        let threads = NonZeroUsize::MIN;
         if addr.port() != 0 {
             // A plain bind fails on any listener, whatever its options.
             drop(std::net::TcpListener::bind(addr)?);
