@@ -1036,6 +1036,61 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
     assert!(stderr.contains("closed=1"), "{stderr}");
 }
 
+/// A second signal ends the drain at once: with an hour of drain_timeout, a live tunnel and
+/// a request waiting for an upstream that never answers (and no route timeout), the process
+/// still exits promptly.
+#[tokio::test]
+async fn a_second_signal_closes_everything_now() {
+    let dir = TempDir::new("second-signal");
+    let echo = ws_echo().await;
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let file = dir.write(
+        "second.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: /dev/null\ndrain_timeout: 1h\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: /slow }}\n    cluster: silent\n    timeout: 0s\n\
+             \x20 - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n\
+             \x20 - name: silent\n    endpoints: [{silent_addr}]\n"
+        ),
+    );
+    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    proxy.wait_listening(listen).await;
+    proxy.wait_listening(admin).await;
+
+    let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
+    ws_roundtrip(&mut ws, Message::text("before")).await;
+    let mut slow = tokio::net::TcpStream::connect(listen).await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let _held = within("the silent upstream to get the request", silent.accept()).await;
+
+    proxy.signal("TERM");
+    within("/ready to say 503", async {
+        while http(admin, "GET", "/ready", &[], b"").await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    ws_roundtrip(&mut ws, Message::text("during")).await;
+    proxy.signal("TERM");
+
+    let status = proxy.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    assert!(proxy.stderr().contains("second signal"), "{}", proxy.stderr());
+    match within("the tunnel to end", ws.next()).await {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {}
+        Some(Ok(other)) => panic!("unexpected message {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn the_demo_runs_without_arguments() {
     let dir = TempDir::new("demo");
