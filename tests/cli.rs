@@ -131,6 +131,28 @@ impl Proxy {
         }
     }
 
+    /// Starts `switchback --config file` listening on `port` with its admin endpoint on
+    /// `admin`, and waits for both; returns the proxy and the two addresses.
+    async fn with_admin(dir: &TempDir, file: &Path, port: u16, admin: u16) -> (Self, SocketAddr, SocketAddr) {
+        let mut proxy = Proxy::start(dir, &["--config", file.to_str().unwrap()], &[]);
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+        proxy.wait_listening(listen).await;
+        proxy.wait_listening(admin).await;
+        (proxy, listen, admin)
+    }
+
+    /// Sends SIGTERM and waits until the admin endpoint says the proxy is draining.
+    async fn start_draining(&self, admin: SocketAddr) {
+        self.signal("TERM");
+        within("/ready to say 503", async {
+            while http(admin, "GET", "/ready", &[], b"").await.status != 503 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
     async fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -610,11 +632,7 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
             log.display()
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    proxy.wait_listening(listen).await;
-    proxy.wait_listening(admin).await;
+    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
 
     // A WebSocket conversation through the proxy.
     let (mut ws, res) = ws_connect(format!("ws://{listen}/ws/chat")).await;
@@ -790,11 +808,7 @@ async fn admin_endpoints_and_a_runtime_change_that_shifts_routing() {
             dir.path("access.jsonl").display()
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    proxy.wait_listening(listen).await;
-    proxy.wait_listening(admin).await;
+    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
 
     let ready = http(admin, "GET", "/ready", &[], b"").await;
     assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
@@ -997,25 +1011,14 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
             log.display()
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    proxy.wait_listening(listen).await;
-    proxy.wait_listening(admin).await;
+    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
 
     let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut ws, Message::text("before")).await;
     assert_eq!(http(admin, "GET", "/ready", &[], b"").await.status, 200);
 
-    proxy.signal("TERM");
-
     // Draining: not ready, and the tunnel still works until the deadline.
-    within("/ready to say 503", async {
-        while http(admin, "GET", "/ready", &[], b"").await.status != 503 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    proxy.start_draining(admin).await;
     ws_roundtrip(&mut ws, Message::text("during")).await;
 
     // At the deadline: a 1001 close frame.
@@ -1058,11 +1061,7 @@ async fn a_second_signal_closes_everything_now() {
              \x20 - name: silent\n    endpoints: [{silent_addr}]\n"
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    proxy.wait_listening(listen).await;
-    proxy.wait_listening(admin).await;
+    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
 
     let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut ws, Message::text("before")).await;
@@ -1072,13 +1071,7 @@ async fn a_second_signal_closes_everything_now() {
         .unwrap();
     let _held = within("the silent upstream to get the request", silent.accept()).await;
 
-    proxy.signal("TERM");
-    within("/ready to say 503", async {
-        while http(admin, "GET", "/ready", &[], b"").await.status != 503 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    proxy.start_draining(admin).await;
     ws_roundtrip(&mut ws, Message::text("during")).await;
     proxy.signal("TERM");
 
