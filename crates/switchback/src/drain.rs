@@ -17,7 +17,7 @@
 //! # }
 //! ```
 
-use std::future::Future;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,7 +40,7 @@ struct Inner {
     closing: AtomicBool,
     active: AtomicUsize,
     /// Woken when `closing` is set. In an `Arc` so that a tunnel task can hold a waiter of
-    /// its own ([`Closing`]) rather than a future borrowing the drain.
+    /// its own ([`Closing`]) rather than a future borrowing the drain. Set before the wake.
     close: Arc<Notify>,
     /// Woken when a tunnel ends.
     ended: Notify,
@@ -116,36 +116,52 @@ pub(crate) struct TunnelGuard {
 }
 
 impl TunnelGuard {
-    /// Resolves when the tunnel must close because the drain deadline passed.
+    /// A waiter for the drain deadline, to poll with [`Closing::poll_closing`].
     pub(crate) fn closing(&self) -> Closing {
         Closing {
             notified: Arc::clone(&self.drain.inner.close).notified_owned(),
-            drain: self.drain.clone(),
+            registered: false,
         }
+    }
+
+    /// Resolves when the tunnel must close because the drain deadline passed.
+    pub(crate) async fn closed(&self) {
+        let closing = self.closing();
+        tokio::pin!(closing);
+        std::future::poll_fn(|cx| closing.as_mut().poll_closing(self, cx)).await;
     }
 }
 
 pin_project! {
-    /// The future of [`TunnelGuard::closing`]. Owned (no borrow of the drain), so that it can
-    /// live next to the relay in a tunnel task of its own.
+    /// A tunnel task's waiter for the drain deadline. Owned (no borrow of the drain), so that
+    /// it can live next to the relay in the task.
     pub(crate) struct Closing {
         #[pin]
         notified: OwnedNotified,
-        drain: Drain,
+        registered: bool,
     }
 }
 
-impl Future for Closing {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        // Register before looking at the flag, so that a drain starting in between wakes us.
-        this.notified.as_mut().enable();
-        if this.drain.inner.closing.load(Ordering::Acquire) {
+impl Closing {
+    /// Ready once `guard`'s drain has passed its deadline.
+    ///
+    /// Polled on every wake of its task, so after the first registration only the flag is
+    /// read: polling the waiter again would take the lock that every tunnel's waiter shares.
+    /// That relies on the task's waker staying the same, which holds for a tokio task, the
+    /// only thing that polls this.
+    pub(crate) fn poll_closing(self: Pin<&mut Self>, guard: &TunnelGuard, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if guard.drain.inner.closing.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        this.notified.poll(cx)
+        if *this.registered {
+            return Poll::Pending;
+        }
+        // Made before the flag was set (with the task), so a drain starting since then makes
+        // this ready rather than missed.
+        let polled = this.notified.poll(cx);
+        *this.registered = polled.is_pending();
+        polled
     }
 }
 

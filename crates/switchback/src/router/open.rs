@@ -104,7 +104,7 @@ impl Pending {
         let watch = async {
             tokio::select! {
                 stats = link.wait() => stats,
-                () = guard.closing() => {
+                () = guard.closed() => {
                     link.abort(crate::TunnelEnd::Drain);
                     link.wait().await
                 }

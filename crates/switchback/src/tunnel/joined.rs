@@ -90,7 +90,7 @@ impl Future for JoinedTask {
         let StageProj::Relaying { mut relay } = this.stage.project() else {
             return Poll::Ready(());
         };
-        if this.closing.poll(cx).is_ready() {
+        if this.closing.poll_closing(this.guard, cx).is_ready() {
             relay.as_mut().start_drain();
         }
         let stats = ready!(relay.poll(cx));
