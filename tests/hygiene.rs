@@ -349,3 +349,143 @@ async fn connect_is_refused_plainly() {
     let (head, _) = read_head(&mut client).await;
     assert_eq!(status(&head), 501, "{head}");
 }
+
+/// A body that leaves out trailers, or ends at them: layers a proxy may well have.
+struct Trailers<B> {
+    body: B,
+    end_at_trailers: bool,
+}
+
+impl<B> http_body::Body for Trailers<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        loop {
+            match std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) if frame.is_trailers() && self.end_at_trailers => {
+                    return std::task::Poll::Ready(None);
+                }
+                Some(Ok(frame)) if frame.is_trailers() => {}
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+    }
+}
+
+/// Reads a chunked body through its last chunk; returns the data.
+async fn read_chunked(up: &mut tokio::net::TcpStream, mut have: Vec<u8>) -> Vec<u8> {
+    let mut chunk = [0u8; 4096];
+    while !have.ends_with(b"0\r\n\r\n") {
+        let n = within(up.read(&mut chunk)).await.unwrap();
+        assert!(
+            n > 0,
+            "EOF inside a chunked body: {:?}",
+            String::from_utf8_lossy(&have)
+        );
+        have.extend_from_slice(&chunk[..n]);
+    }
+    let (mut data, mut rest) = (Vec::new(), &have[..]);
+    loop {
+        let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return data;
+        }
+        data.extend_from_slice(&rest[line + 2..line + 2 + size]);
+        rest = &rest[line + 2 + size + 2..];
+    }
+}
+
+/// The end of an upgrade request's own body (chunked, with trailers) and the start of its
+/// tunnel bytes (sent right behind the request) stay apart through real body layers: a body
+/// limit, a map over the bytes, one that drops trailers and one that ends the body at them.
+/// The upstream gets the HTTP body with the head and the tunnel bytes only after its `101`,
+/// both as the layer made them.
+#[tokio::test]
+async fn the_end_of_an_upgrade_body_survives_any_body_layer() {
+    use http_body_util::BodyExt;
+    use switchback::Body;
+    use tower_http::limit::RequestBodyLimitLayer;
+    use tower_http::map_request_body::MapRequestBodyLayer;
+
+    fn upper(b: Body) -> Body {
+        Body::new(b.map_frame(|f| f.map_data(|d| bytes::Bytes::from(d.to_ascii_uppercase()))))
+    }
+    fn trailers(end_at_trailers: bool) -> impl Fn(Body) -> Body + Clone {
+        move |body| {
+            Body::new(Trailers {
+                body,
+                end_at_trailers,
+            })
+        }
+    }
+    let req = "GET /b HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\
+               Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-trailer: t\r\n\r\nearly";
+    for layer in ["limit", "map", "drop trailers", "end at trailers"] {
+        let raw = RawUpstream::bind().await;
+        let forward = Forward::new(cluster(raw.addr));
+        let stack = ServiceBuilder::new().layer(foo_router());
+        let proxy = match layer {
+            "limit" => start(stack.layer(RequestBodyLimitLayer::new(1 << 20)).service(forward)).await,
+            "map" => start(stack.layer(MapRequestBodyLayer::new(upper)).service(forward)).await,
+            "drop trailers" => {
+                start(
+                    stack
+                        .layer(MapRequestBodyLayer::new(trailers(false)))
+                        .service(forward),
+                )
+                .await
+            }
+            _ => {
+                start(
+                    stack
+                        .layer(MapRequestBodyLayer::new(trailers(true)))
+                        .service(forward),
+                )
+                .await
+            }
+        };
+        let case = |s: &str| {
+            if layer == "map" {
+                s.to_ascii_uppercase()
+            } else {
+                s.to_owned()
+            }
+        };
+        let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+        let mut up = raw.accept().await;
+        let (head, extra) = read_head(&mut up).await;
+        assert_eq!(
+            header(&head, "transfer-encoding"),
+            Some("chunked"),
+            "{layer}: {head}"
+        );
+        assert_eq!(
+            read_chunked(&mut up, extra).await,
+            case("hello").as_bytes(),
+            "{layer}"
+        );
+        // Nothing of the tunnel before the 101.
+        let mut probe = [0u8; 16];
+        let early = tokio::time::timeout(Duration::from_millis(100), up.read(&mut probe)).await;
+        assert!(early.is_err(), "{layer}: tunnel bytes before the 101: {early:?}");
+        up.write_all(FOO_101).await.unwrap();
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 101, "{layer}");
+        client.write_all(b"after").await.unwrap();
+        assert_eq!(
+            read_n(&mut up, Vec::new(), 10).await,
+            case("earlyafter").as_bytes(),
+            "{layer}"
+        );
+        up.write_all(b"down").await.unwrap();
+        assert_eq!(read_n(&mut client, Vec::new(), 4).await, b"down", "{layer}");
+    }
+}

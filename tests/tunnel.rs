@@ -13,22 +13,62 @@ use tokio_tungstenite::tungstenite::Message;
 use tower::ServiceBuilder;
 
 use support::*;
-use switchback::{Drain, Forward, TunnelConfig, TunnelEnd, TunnelMode, UpgradeRouterLayer};
+use switchback::{
+    Drain, Forward, LegacyConfig, Route, RouteLayer, Runtime, TunnelConfig, TunnelEnd, TunnelMode,
+    UpgradeRouterLayer,
+};
 
-/// The three ways a tunnel can carry bytes.
-#[derive(Clone, Copy, Debug)]
+/// The ways a tunnel can carry bytes; every scenario runs on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
     /// Joined, socket to socket with splice(2) where the platform has it.
-    Joined,
+    Spliced,
     /// Joined, copied through a lent buffer.
     Copied,
     /// Pumped through a layer that wraps the bodies.
     Pumped,
+    /// A legacy `use_websocket` route (joined, WebSocket frames followed).
+    Legacy,
 }
 
-const PATHS: [Path; 3] = [Path::Joined, Path::Copied, Path::Pumped];
+const PATHS: [Path; 4] = [Path::Spliced, Path::Copied, Path::Pumped, Path::Legacy];
+
+impl Path {
+    /// The mode tunnels on this path report.
+    fn mode(self) -> TunnelMode {
+        match self {
+            Self::Spliced | Self::Copied => TunnelMode::Joined,
+            Self::Pumped => TunnelMode::Pumped,
+            Self::Legacy => TunnelMode::Legacy,
+        }
+    }
+
+    /// An upgrade request this path's proxy takes: `foo` on the generic paths, WebSocket on
+    /// the legacy route (which only takes WebSocket).
+    fn upgrade_request(self, path: &str) -> String {
+        match self {
+            Self::Legacy => format!(
+                "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
+            _ => foo_upgrade(path),
+        }
+    }
+
+    /// The upstream's `101` to [`Path::upgrade_request`].
+    fn switched(self) -> &'static [u8] {
+        match self {
+            Self::Legacy => {
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            }
+            _ => FOO_101,
+        }
+    }
+}
 
 struct Setup {
+    path: Path,
     proxy: Proxy,
     raw: RawUpstream,
     events: Events,
@@ -54,10 +94,24 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
         .unwrap();
     let forward = Forward::new(cluster(raw.addr)).response_timeout(Some(Duration::from_millis(500)));
     let proxy = match path {
-        Path::Joined | Path::Copied => start(ServiceBuilder::new().layer(router).service(forward)).await,
+        Path::Spliced | Path::Copied => start(ServiceBuilder::new().layer(router).service(forward)).await,
         Path::Pumped => start(ServiceBuilder::new().layer(router).service(touch_bodies(forward))).await,
+        Path::Legacy => {
+            let route = Route::prefix("/")
+                .cluster(cluster(raw.addr))
+                .use_websocket(LegacyConfig::new());
+            let routes = RouteLayer::new(vec![route], Runtime::new());
+            start(
+                ServiceBuilder::new()
+                    .layer(routes)
+                    .layer(router)
+                    .service(Forward::routed()),
+            )
+            .await
+        }
     };
     Setup {
+        path,
         proxy,
         raw,
         events,
@@ -65,12 +119,12 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
     }
 }
 
-/// Opens a `foo` tunnel; returns the client and upstream ends, both past the 101.
+/// Opens a tunnel; returns the client and upstream ends, both past the 101.
 async fn open(s: &Setup) -> (TcpStream, TcpStream) {
-    let mut client = raw_client(s.proxy.addr, foo_upgrade("/t").as_bytes()).await;
+    let mut client = raw_client(s.proxy.addr, s.path.upgrade_request("/t").as_bytes()).await;
     let mut up = s.raw.accept().await;
     read_head(&mut up).await;
-    up.write_all(FOO_101).await.unwrap();
+    up.write_all(s.path.switched()).await.unwrap();
     let (head, rest) = read_head(&mut client).await;
     assert_eq!(status(&head), 101);
     assert!(rest.is_empty());
@@ -201,7 +255,7 @@ async fn connect_refused_is_a_503() {
 /// An upstream that accepts and never answers: 504 once the response timeout passes.
 #[tokio::test]
 async fn handshake_timeout_is_a_504() {
-    let s = setup(Path::Joined, TunnelConfig::new()).await;
+    let s = setup(Path::Spliced, TunnelConfig::new()).await;
     let mut client = raw_client(s.proxy.addr, foo_upgrade("/slow").as_bytes()).await;
     let _up = s.raw.accept().await;
     let (head, _) = read_head(&mut client).await;
@@ -244,7 +298,7 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
                 }
             };
             // A new upgrade during drain: 503.
-            let mut late = raw_client(s.proxy.addr, foo_upgrade("/late").as_bytes()).await;
+            let mut late = raw_client(s.proxy.addr, path.upgrade_request("/late").as_bytes()).await;
             let (head, _) = read_head(&mut late).await;
             assert_eq!(status(&head), 503);
             code
@@ -253,14 +307,7 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
         assert_eq!((up_code, client_code), (1001, 1001), "{path:?}");
         let (mode, stats) = s.events.closed(1).await;
         assert_eq!(stats.end, TunnelEnd::Drain, "{path:?}");
-        assert_eq!(
-            mode,
-            if matches!(path, Path::Pumped) {
-                TunnelMode::Pumped
-            } else {
-                TunnelMode::Joined
-            }
-        );
+        assert_eq!(mode, path.mode());
     }
 }
 
@@ -384,7 +431,7 @@ async fn a_flood_one_way_does_not_starve_the_other() {
 /// A tunnel that ends before the deadline is not cut: drain waits for it.
 #[tokio::test]
 async fn drain_waits_for_tunnels_that_finish_in_time() {
-    let s = setup(Path::Joined, TunnelConfig::new()).await;
+    let s = setup(Path::Spliced, TunnelConfig::new()).await;
     let (mut client, mut up) = open(&s).await;
     let finisher = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -396,4 +443,120 @@ async fn drain_waits_for_tunnels_that_finish_in_time() {
     let (outcome, ()) = tokio::join!(s.drain.drain(Duration::from_secs(5)), finisher);
     assert_eq!((outcome.finished, outcome.closed), (1, 0));
     assert_eq!(s.events.closed(1).await.1.end, TunnelEnd::ClientClosed);
+}
+
+/// Bytes of a recognisable pattern: position `i` holds `(i * 7 + seed) % 251`, so a lost,
+/// repeated or reordered chunk shows.
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+}
+
+/// Half-close under backpressure, each way: one peer writes 8 MiB and the other shuts its
+/// write side down before reading anything, while the proxy's writes to it are blocked. Every byte still arrives, in order, then the end of stream, and the FIN
+/// reaches the writer.
+#[tokio::test]
+async fn half_close_under_backpressure_delivers_every_byte() {
+    const LEN: usize = 8 << 20;
+    for path in PATHS {
+        for to_client in [true, false] {
+            let s = setup(path, TunnelConfig::new()).await;
+            let (client, up) = open(&s).await;
+            let (mut writer, mut reader) = if to_client { (up, client) } else { (client, up) };
+            let data = pattern(LEN, 3);
+            let expected = data.clone();
+            let write = tokio::spawn(async move {
+                writer.write_all(&data).await.unwrap();
+                // The reader's FIN reached the writer...
+                assert_eq!(read_to_eof(&mut writer).await, b"");
+                // ...and the writer's own FIN ends the tunnel.
+                writer.shutdown().await.unwrap();
+            });
+            // The proxy's writes to the reader are blocked when its FIN arrives; it reads only
+            // after that has gone through.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reader.shutdown().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let got = read_to_eof(&mut reader).await;
+            assert_eq!(got.len(), LEN, "{path:?}, to client: {to_client}");
+            assert!(got == expected, "{path:?}, to client: {to_client}: bytes differ");
+            within(write).await.unwrap();
+            let (mode, stats) = s.events.closed(1).await;
+            assert_eq!(mode, path.mode());
+            let relayed = if to_client {
+                stats.downstream_bytes
+            } else {
+                stats.upstream_bytes
+            };
+            assert_eq!(relayed, LEN as u64, "{path:?}, to client: {to_client}");
+        }
+    }
+}
+
+/// One way floods while the other half-closes: the half-closing side's last bytes and its FIN
+/// reach the flooding peer in the middle of the flood, and the flood is delivered whole.
+#[tokio::test]
+async fn a_flood_one_way_while_the_other_half_closes() {
+    use tokio::io::AsyncReadExt;
+    const FLOOD: usize = 16 << 20;
+    for path in PATHS {
+        for flood_to_client in [true, false] {
+            let s = setup(path, TunnelConfig::new()).await;
+            let (client, up) = open(&s).await;
+            let (flooder, closer) = if flood_to_client {
+                (up, client)
+            } else {
+                (client, up)
+            };
+            let (mut flooder_rd, mut flooder_wr) = flooder.into_split();
+            let (mut closer_rd, mut closer_wr) = closer.into_split();
+            let flood = pattern(FLOOD, 11);
+            let expected = flood.clone();
+            let flooding = tokio::spawn(async move {
+                flooder_wr.write_all(&flood).await.unwrap();
+                flooder_wr.shutdown().await.unwrap();
+            });
+            let last_words = pattern(100_000, 5);
+            closer_wr.write_all(&last_words).await.unwrap();
+            closer_wr.shutdown().await.unwrap();
+            // Heard in full while the flood is still going: the flooder reads concurrently.
+            let mut heard = Vec::new();
+            within(flooder_rd.read_to_end(&mut heard)).await.unwrap();
+            assert!(
+                heard == last_words,
+                "{path:?}, flood to client: {flood_to_client}"
+            );
+            let got = read_to_eof(&mut closer_rd).await;
+            assert_eq!(got.len(), FLOOD, "{path:?}, flood to client: {flood_to_client}");
+            assert!(got == expected, "{path:?}: flood bytes differ");
+            within(flooding).await.unwrap();
+            let (_, stats) = s.events.closed(1).await;
+            let (closer_end, flood_end) = if flood_to_client {
+                (TunnelEnd::ClientClosed, stats.downstream_bytes)
+            } else {
+                (TunnelEnd::UpstreamClosed, stats.upstream_bytes)
+            };
+            assert_eq!(stats.end, closer_end, "{path:?}");
+            assert_eq!(flood_end, FLOOD as u64, "{path:?}");
+        }
+    }
+}
+
+/// A reset from either side (a close with unread data, or `SO_LINGER` 0) ends the tunnel and
+/// closes the other side, rather than leaving it open.
+#[tokio::test]
+async fn a_reset_from_either_side_closes_the_other() {
+    for path in PATHS {
+        for client_resets in [true, false] {
+            let s = setup(path, TunnelConfig::new()).await;
+            let (client, up) = open(&s).await;
+            let (resetter, mut other) = if client_resets { (client, up) } else { (up, client) };
+            resetter.set_zero_linger().unwrap();
+            drop(resetter);
+            // The other side sees its connection end (EOF or a reset of its own)...
+            read_to_eof(&mut other).await;
+            // ...and the tunnel is over.
+            let (mode, _) = s.events.closed(1).await;
+            assert_eq!(mode, path.mode(), "{path:?}, client resets: {client_resets}");
+        }
+    }
 }

@@ -47,7 +47,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use pin_project_lite::pin_project;
 use serde::Serialize;
-use switchback::server::ClientAddr;
+use switchback::ClientAddr;
 use switchback::{MatchedRoute, TunnelEvent, TunnelInfo, TunnelObserver, UpstreamAddr};
 use switchback_config::AccessLog as Destination;
 use tower::{Layer, Service};

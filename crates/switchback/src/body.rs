@@ -18,27 +18,22 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::BoxError;
-use crate::tunnel::pool;
-use crate::tunnel::pump::{self, Direction, Link};
-
-/// The read half of an upgraded connection.
-pub(crate) type TunnelRead = ReadHalf<TokioIo<Upgraded>>;
+use crate::tunnel::{Handoff, TunnelRead, UpstreamTunnel, pool};
 
 /// Size of the chunks read from a tunnel when it is pumped through body-aware layers.
 const CHUNK: usize = 16 * 1024;
@@ -56,38 +51,41 @@ enum Kind {
     /// The request side of an upgrade.
     Downstream(Box<Downstream>),
     /// The response side of an upgrade.
-    Upstream(Box<Upstream>),
+    Upstream(Box<UpstreamTunnel>),
+    /// A body still in other hands (sending an upgrade's own HTTP body upstream); it comes
+    /// back when that is done.
+    Returning(oneshot::Receiver<Body>),
 }
 
 /// The request body of an upgrade: the HTTP body sent with the request, then (after the
 /// `101`) the client's tunnel bytes.
-pub(crate) struct Downstream {
+struct Downstream {
     /// The body sent with the upgrade request, if it declared one.
-    pub(crate) pre: Option<Body>,
-    /// An empty trailers frame marks the end of `pre` when it existed: it tells the forwarder
-    /// where the HTTP body stops and the tunnel starts, through any layer that passes frames on.
-    separator: bool,
+    pre: Option<Body>,
+    /// Marked when `pre` has ended (see [`PreBodyEnd`]).
+    pre_end: PreBodyEnd,
     rx: Option<oneshot::Receiver<TunnelRead>>,
     reader: Option<TunnelRead>,
 }
 
-/// The response body of a `101`: the upstream's tunnel bytes.
-pub(crate) enum Upstream {
-    /// Nobody has read it yet: the router may still join the connections directly.
-    Joinable(Join),
-    Reading {
-        reader: TunnelRead,
-    },
-    /// Between the two: never observed by a poll.
-    Switching,
-}
+/// Where an upgrade request's own HTTP body ends and its tunnel bytes begin.
+///
+/// Shared by the request body (which marks it when its HTTP part is over) and the forwarder
+/// (which sends the request body upstream up to there). A mark beside the stream, not in it:
+/// no layer that maps, limits or drops frames can move or lose it. The forwarder takes the
+/// HTTP body to be over when the mark is set and the layers' body has nothing more to give
+/// for now (the tunnel bytes only start after the `101`, which needs the body sent first).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PreBodyEnd(Arc<AtomicBool>);
 
-/// What the fast path needs: the upstream's upgraded connection and the request body that
-/// would have carried the client's bytes (polled only if the pumped path takes over).
-pub(crate) struct Join {
-    pub(crate) upstream: Upgraded,
-    pub(crate) client: Body,
-    pub(crate) link: Arc<Link>,
+impl PreBodyEnd {
+    fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn reached(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Body {
@@ -126,53 +124,56 @@ impl Body {
         }
     }
 
-    pub(crate) fn downstream(pre: Option<Body>, rx: oneshot::Receiver<TunnelRead>) -> Self {
+    /// An upgrade request's body: `pre` (its own HTTP body, if it declared one), then the
+    /// client's tunnel bytes from the read half `rx` delivers.
+    pub(crate) fn downstream(
+        pre: Option<Body>,
+        pre_end: PreBodyEnd,
+        rx: oneshot::Receiver<TunnelRead>,
+    ) -> Self {
+        if pre.is_none() {
+            pre_end.mark();
+        }
         Self {
             kind: Kind::Downstream(Box::new(Downstream {
-                separator: pre.is_some(),
                 pre,
+                pre_end,
                 rx: Some(rx),
                 reader: None,
             })),
         }
     }
 
-    pub(crate) fn joinable(join: Join) -> Self {
+    /// A `101`'s body: the upstream's tunnel bytes.
+    pub(crate) fn upstream_tunnel(handoff: Handoff) -> Self {
         Self {
-            kind: Kind::Upstream(Box::new(Upstream::Joinable(join))),
+            kind: Kind::Upstream(Box::new(UpstreamTunnel::Unread(handoff))),
         }
     }
 
-    pub(crate) fn upstream_reader(reader: TunnelRead) -> Self {
+    /// The body `rx` gives back.
+    pub(crate) fn returning(rx: oneshot::Receiver<Body>) -> Self {
         Self {
-            kind: Kind::Upstream(Box::new(Upstream::Reading { reader })),
+            kind: Kind::Returning(rx),
         }
     }
 
     /// If this is an untouched upgrade request body, takes its pre-upgrade HTTP body out (the
-    /// forwarder sends it as the upstream request's body) and says yes.
-    pub(crate) fn take_pre_upgrade(&mut self) -> Option<Option<Body>> {
+    /// forwarder sends it as the upstream request's body; empty when it declared none).
+    pub(crate) fn take_pre_upgrade(&mut self) -> Option<Body> {
         match &mut self.kind {
             Kind::Downstream(d) => {
-                d.separator = false;
-                Some(d.pre.take())
+                d.pre_end.mark();
+                Some(d.pre.take().unwrap_or_default())
             }
             _ => None,
         }
     }
 
-    /// If this is an untouched `101` body, takes the parts for joining the connections.
-    pub(crate) fn take_join(&mut self) -> Option<Join> {
-        if !matches!(&self.kind, Kind::Upstream(u) if matches!(**u, Upstream::Joinable(_))) {
-            return None;
-        }
-        match std::mem::replace(&mut self.kind, Kind::Empty) {
-            Kind::Upstream(u) => match *u {
-                Upstream::Joinable(join) => Some(join),
-                Upstream::Reading { .. } | Upstream::Switching => None,
-            },
-            _ => None,
-        }
+    /// Whether this is a `101`'s body that no layer wrapped and nobody read: the connections
+    /// can be joined directly.
+    pub(crate) fn is_unread_tunnel(&self) -> bool {
+        matches!(&self.kind, Kind::Upstream(u) if matches!(**u, UpstreamTunnel::Unread(_)))
     }
 }
 
@@ -211,6 +212,7 @@ impl fmt::Debug for Body {
             Kind::Boxed(_) => "boxed",
             Kind::Downstream(_) => "downstream tunnel",
             Kind::Upstream(_) => "upstream tunnel",
+            Kind::Returning(_) => "returning",
         };
         f.debug_tuple("Body").field(&kind).finish()
     }
@@ -224,13 +226,23 @@ impl http_body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
-            Kind::Empty => Poll::Ready(None),
+        let this = self.get_mut();
+        if let Kind::Returning(rx) = &mut this.kind {
+            this.kind = match ready!(Pin::new(rx).poll(cx)) {
+                Ok(body) => body.kind,
+                Err(_) => Kind::Empty,
+            };
+        }
+        match &mut this.kind {
+            Kind::Empty | Kind::Returning(_) => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
             Kind::Downstream(d) => d.poll_frame(cx),
-            Kind::Upstream(u) => u.poll_frame(cx),
+            Kind::Upstream(u) => match u.reader() {
+                Some(reader) => poll_read_chunk(reader, cx),
+                None => Poll::Ready(None),
+            },
         }
     }
 
@@ -240,7 +252,7 @@ impl http_body::Body for Body {
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(b) => b.is_end_stream(),
             Kind::Boxed(b) => b.is_end_stream(),
-            Kind::Downstream(_) | Kind::Upstream(_) => false,
+            Kind::Downstream(_) | Kind::Upstream(_) | Kind::Returning(_) => false,
         }
     }
 
@@ -250,23 +262,22 @@ impl http_body::Body for Body {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(b) => b.size_hint(),
             Kind::Boxed(b) => b.size_hint(),
-            Kind::Downstream(_) | Kind::Upstream(_) => SizeHint::default(),
+            Kind::Downstream(_) | Kind::Upstream(_) | Kind::Returning(_) => SizeHint::default(),
         }
     }
 }
 
 impl Downstream {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(pre) = &mut self.pre {
+        while let Some(pre) = &mut self.pre {
             match ready!(Pin::new(pre).poll_frame(cx)) {
                 Some(Ok(frame)) if frame.is_data() => return Poll::Ready(Some(Ok(frame))),
-                Some(Ok(_trailers)) => return Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::new())))),
+                // The HTTP body's trailers can't go upstream in the middle of a stream.
+                Some(Ok(_trailers)) => {}
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     self.pre = None;
-                    if std::mem::take(&mut self.separator) {
-                        return Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::new()))));
-                    }
+                    self.pre_end.mark();
                 }
             }
         }
@@ -286,26 +297,6 @@ impl Downstream {
         match &mut self.reader {
             Some(reader) => poll_read_chunk(reader, cx),
             None => Poll::Ready(None),
-        }
-    }
-}
-
-impl Upstream {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Upstream::Joinable(_) = self {
-            // A layer is reading the `101` body, so the connections can't be joined: start
-            // pumping the client's bytes upstream and read the upstream as a body.
-            let Upstream::Joinable(join) = std::mem::replace(self, Upstream::Switching) else {
-                return Poll::Ready(None);
-            };
-            let (reader, writer) = tokio::io::split(TokioIo::new(join.upstream));
-            let (client, link) = (join.client, join.link);
-            tokio::spawn(async move { pump::pump(client, writer, &link, Direction::ToUpstream).await });
-            *self = Upstream::Reading { reader };
-        }
-        match self {
-            Upstream::Reading { reader } => poll_read_chunk(reader, cx),
-            Upstream::Joinable(_) | Upstream::Switching => Poll::Ready(None),
         }
     }
 }

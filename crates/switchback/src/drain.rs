@@ -17,16 +17,16 @@
 //! # }
 //! ```
 
-use std::future::Future as _;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
-use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// A handle on the set of live tunnels. Cheap to clone; all clones share one state.
 #[derive(Clone, Debug, Default)]
@@ -37,13 +37,10 @@ pub struct Drain {
 #[derive(Debug, Default)]
 struct Inner {
     draining: AtomicBool,
-    closing: AtomicBool,
-    active: AtomicUsize,
-    /// Woken when `closing` is set. In an `Arc` so that a tunnel task can hold a waiter of
-    /// its own ([`Closing`]) rather than a future borrowing the drain. Set before the wake.
-    close: Arc<Notify>,
-    /// Woken when a tunnel ends.
-    ended: Notify,
+    /// Counts live tunnels and wakes [`Drain::drain`] when the last one ends.
+    tunnels: TaskTracker,
+    /// Cancelled at the drain deadline: what is still open closes.
+    closing: CancellationToken,
 }
 
 /// What [`Drain::drain`] did.
@@ -68,21 +65,23 @@ impl Drain {
 
     /// Tunnels open now.
     pub fn active(&self) -> usize {
-        self.inner.active.load(Ordering::Acquire)
+        self.inner.tunnels.len()
     }
 
     /// Stops new upgrades, waits up to `deadline` for open tunnels to end, then closes the
     /// rest and waits (briefly) for them to go.
     pub async fn drain(&self, deadline: Duration) -> DrainOutcome {
         self.inner.draining.store(true, Ordering::Release);
+        // Closed, the tracker's `wait` ends when no tunnel is left (tunnels opened by requests
+        // already in flight are still counted).
+        self.inner.tunnels.close();
         let at_start = self.active();
-        let _ = tokio::time::timeout(deadline, self.wait_idle()).await;
+        let _ = tokio::time::timeout(deadline, self.inner.tunnels.wait()).await;
         let closed = self.active();
         if closed > 0 {
-            self.inner.closing.store(true, Ordering::Release);
-            self.inner.close.notify_waiters();
+            self.inner.closing.cancel();
             // Closing writes at most a close frame each way; give it a moment.
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_idle()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tunnels.wait()).await;
         }
         DrainOutcome {
             finished: at_start.saturating_sub(closed),
@@ -90,84 +89,31 @@ impl Drain {
         }
     }
 
-    async fn wait_idle(&self) {
-        loop {
-            let ended = self.inner.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.active() == 0 {
-                return;
-            }
-            ended.await;
-        }
-    }
-
     /// Registers a tunnel; it counts as live until the guard is dropped.
     pub(crate) fn track(&self) -> TunnelGuard {
-        self.inner.active.fetch_add(1, Ordering::AcqRel);
-        TunnelGuard { drain: self.clone() }
+        TunnelGuard {
+            _live: self.inner.tunnels.token(),
+            // A token of the tunnel's own: its task polls it on every wake, and the shared
+            // token's lock would be taken by every tunnel on every worker.
+            closing: self.inner.closing.child_token().cancelled_owned(),
+        }
     }
 }
 
-/// Held by a live tunnel. Dropping it unregisters the tunnel.
-#[derive(Debug)]
-pub(crate) struct TunnelGuard {
-    drain: Drain,
+pin_project_lite::pin_project! {
+    /// Held by a live tunnel: it counts as live until this is dropped, and
+    /// [`TunnelGuard::poll_closing`] says when the drain deadline has passed.
+    #[derive(Debug)]
+    pub(crate) struct TunnelGuard {
+        _live: TaskTrackerToken,
+        #[pin]
+        closing: WaitForCancellationFutureOwned,
+    }
 }
 
 impl TunnelGuard {
-    /// A waiter for the drain deadline, to poll with [`Closing::poll_closing`].
-    pub(crate) fn closing(&self) -> Closing {
-        Closing {
-            notified: Arc::clone(&self.drain.inner.close).notified_owned(),
-            registered: false,
-        }
-    }
-
-    /// Resolves when the tunnel must close because the drain deadline passed.
-    pub(crate) async fn closed(&self) {
-        let closing = self.closing();
-        tokio::pin!(closing);
-        std::future::poll_fn(|cx| closing.as_mut().poll_closing(self, cx)).await;
-    }
-}
-
-pin_project! {
-    /// A tunnel task's waiter for the drain deadline. Owned (no borrow of the drain), so that
-    /// it can live next to the relay in the task.
-    pub(crate) struct Closing {
-        #[pin]
-        notified: OwnedNotified,
-        registered: bool,
-    }
-}
-
-impl Closing {
-    /// Ready once `guard`'s drain has passed its deadline.
-    ///
-    /// Polled on every wake of its task, so after the first registration only the flag is
-    /// read: polling the waiter again would take the lock that every tunnel's waiter shares.
-    /// That relies on the task's waker staying the same, which holds for a tokio task, the
-    /// only thing that polls this.
-    pub(crate) fn poll_closing(self: Pin<&mut Self>, guard: &TunnelGuard, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if guard.drain.inner.closing.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        if *this.registered {
-            return Poll::Pending;
-        }
-        // Made before the flag was set (with the task), so a drain starting since then makes
-        // this ready rather than missed.
-        let polled = this.notified.poll(cx);
-        *this.registered = polled.is_pending();
-        polled
-    }
-}
-
-impl Drop for TunnelGuard {
-    fn drop(&mut self) {
-        self.drain.inner.active.fetch_sub(1, Ordering::AcqRel);
-        self.drain.inner.ended.notify_waiters();
+    /// Ready once the drain deadline has passed and the tunnel must close.
+    pub(crate) fn poll_closing(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().closing.poll(cx)
     }
 }

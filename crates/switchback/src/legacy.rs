@@ -49,11 +49,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 
 use crate::cluster::Cluster;
-use crate::drain::Drain;
+use crate::ext::IdleTimeout;
 use crate::forward::upstream;
-use crate::server::ClientAddr;
-use crate::tunnel::joined::JoinedTask;
-use crate::tunnel::{IdleTimeout, TunnelConfig, TunnelInfo, TunnelMode, TunnelObserver, duplex};
+use crate::tunnel::Handoff;
 use crate::{Body, BoxError, UpgradeType, metrics, reply};
 
 /// Settings of the legacy WebSocket mode of a route (Envoy's route `websocket_config`).
@@ -94,24 +92,31 @@ impl LegacyConfig {
     }
 }
 
-/// What the router lends a legacy tunnel.
-pub(crate) struct Context {
-    pub(crate) drain: Drain,
-    pub(crate) observer: Option<TunnelObserver>,
-    pub(crate) tunnel: TunnelConfig,
+impl LegacyConfig {
+    /// The idle timeout of a tunnel on this route: its own, else the route's (`route`), else
+    /// the router's.
+    pub(crate) fn tunnel_idle_timeout(
+        &self,
+        route: Option<IdleTimeout>,
+        router: Option<Duration>,
+    ) -> Option<Duration> {
+        self.idle_timeout.unwrap_or_else(|| route.map_or(router, |t| t.0))
+    }
 }
 
 /// The answer to a legacy upgrade, boxed: this path is per connection, not per byte.
 pub(crate) type LegacyFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
-/// Proxies a WebSocket upgrade on a legacy route. `has_body`: the request declared an HTTP
-/// body of its own (the router strips `Transfer-Encoding` before we see it).
-pub(crate) fn proxy<B>(req: Request<B>, has_body: bool, cx: Context) -> LegacyFuture
+/// Proxies a WebSocket upgrade on a legacy route: a `101` carries the upstream's connection
+/// back to the router (which opens the tunnel) in its extensions. `has_body`: the request
+/// declared an HTTP body of its own (the router strips `Transfer-Encoding` before we see it).
+/// `idle` bounds the wait for the upstream's answer.
+pub(crate) fn proxy<B>(req: Request<B>, has_body: bool, idle: Option<Duration>) -> LegacyFuture
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    Box::pin(run(req, has_body, cx))
+    Box::pin(run(req, has_body, idle))
 }
 
 fn fail(reason: &'static str, status: StatusCode, message: &str) -> Response<Body> {
@@ -119,7 +124,7 @@ fn fail(reason: &'static str, status: StatusCode, message: &str) -> Response<Bod
     reply::local(status, message, true)
 }
 
-async fn run<B>(mut req: Request<B>, has_body: bool, cx: Context) -> Response<Body>
+async fn run<B>(req: Request<B>, has_body: bool, idle: Option<Duration>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -131,27 +136,17 @@ where
             "no cluster for this request",
         );
     };
-    let config = req
+    let attempts = req
         .extensions()
         .get::<LegacyConfig>()
-        .cloned()
-        .unwrap_or_default();
-    let idle = config.idle_timeout.unwrap_or_else(|| {
-        req.extensions()
-            .get::<IdleTimeout>()
-            .map_or(cx.tunnel.idle_timeout, |t| t.0)
-    });
-    let on_upgrade = hyper::upgrade::on(&mut req);
-
+        .map_or(1, |c| c.max_connect_attempts);
     let (parts, body) = req.into_parts();
-    let client = parts.extensions.get::<ClientAddr>().map(|a| a.0);
-    let path = parts.uri.path().to_owned();
     // Without a declared body, send none: a body hyper can't see the end of would make it add
     // `Transfer-Encoding: chunked` to a GET.
     let body = if has_body { Body::new(body) } else { Body::empty() };
     // The route `timeout` doesn't apply to legacy tunnels (as in Envoy's old mode); the idle
     // timeout bounds the wait for the answer instead.
-    let answer = match upstream::exchange(&cluster, config.max_connect_attempts, parts, body, idle).await {
+    let answer = match upstream::exchange(&cluster, attempts, parts, body, idle).await {
         Ok(answer) => answer,
         Err(failure) => {
             tracing::debug!(error = %failure, cluster = cluster.name(), "legacy websocket: no answer from upstream");
@@ -159,9 +154,8 @@ where
             return fail(reason, status, message);
         }
     };
-    let ty = UpgradeType::new("websocket");
     if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return upstream::relay_refusal(answer, &ty);
+        return upstream::relay_refusal(answer, &UpgradeType::new("websocket"));
     }
     let upstream::Answer {
         res,
@@ -169,13 +163,6 @@ where
         upgraded,
         ..
     } = answer;
-    let info = TunnelInfo {
-        upgrade: ty,
-        mode: TunnelMode::Legacy,
-        client,
-        path,
-        upstream: Some(endpoint.address().to_owned()),
-    };
     let upstream = match upgraded {
         Some(Ok(u)) => u,
         Some(Err(e)) => {
@@ -186,26 +173,12 @@ where
     };
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);
-
-    let guard = cx.drain.track();
-    let settings = duplex::Settings {
-        idle_timeout: idle,
-        half_close_timeout: cx.tunnel.half_close_timeout,
-        buffer_size: cx.tunnel.buffer_size,
-        websocket: true,
-        splice: cx.tunnel.splice,
-    };
-    // The task waits for the server to write the 101: bytes the client sent after its
-    // request come with it, and only then go upstream.
-    tokio::spawn(JoinedTask::new(
-        on_upgrade,
-        upstream,
-        settings,
-        guard,
-        info,
-        cx.observer,
-    ));
-    Response::from_parts(parts, Body::empty())
+    // No layer sees a legacy tunnel: the router joins the connections. Its task waits for the
+    // server to write the 101, so bytes the client sent after its request go upstream only
+    // then.
+    let handoff = Handoff::new(upstream, Body::empty(), true);
+    parts.extensions.insert(handoff.clone());
+    Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }
 
 #[cfg(test)]

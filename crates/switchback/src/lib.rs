@@ -39,6 +39,7 @@ pub mod body;
 pub mod cluster;
 pub mod detect;
 pub mod drain;
+mod ext;
 pub mod forward;
 mod hop;
 pub mod legacy;
@@ -54,12 +55,13 @@ pub use body::Body;
 pub use cluster::{Cluster, Endpoint};
 pub use detect::{IgnoreUpgrades, UpgradeType};
 pub use drain::Drain;
-pub use forward::{AutoHostRewrite, Forward, ResponseTimeout, UpstreamAddr};
+pub use ext::{AutoHostRewrite, ClientAddr, IdleTimeout, ResponseTimeout, UpstreamAddr};
+pub use forward::Forward;
 pub use legacy::LegacyConfig;
 pub use route::{MatchedRoute, Route, RouteLayer, Runtime};
 pub use router::{Chain, RouteUpgrades, UpgradeConfig, UpgradeRouter, UpgradeRouterLayer};
 pub use tunnel::{
-    IdleTimeout, TunnelConfig, TunnelEnd, TunnelEvent, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,
+    TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,
 };
 
 /// The error type of bodies and chains: any error, boxed.

@@ -21,11 +21,7 @@ pub fn accept_key(key: &[u8]) -> String {
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64. Switchback makes one when it turns an
 /// HTTP/2 WebSocket (RFC 8441, which has no key) into an HTTP/1.1 handshake.
 pub fn new_key() -> http::HeaderValue {
-    use std::hash::{BuildHasher, RandomState};
-    let state = RandomState::new();
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&state.hash_one(1u8).to_ne_bytes());
-    bytes[8..].copy_from_slice(&state.hash_one(2u8).to_ne_bytes());
+    let bytes: [u8; 16] = rand::random();
     let key = base64::engine::general_purpose::STANDARD.encode(bytes);
     http::HeaderValue::from_str(&key).expect("base64 text is a valid header value")
 }

@@ -23,7 +23,6 @@ mod pre_body;
 pub(crate) mod upstream;
 pub(crate) mod verify;
 
-use std::any::Any;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -36,29 +35,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tower::Service;
 
 use crate::cluster::{Cluster, Endpoint};
-use crate::tunnel::Upgrading;
-use crate::tunnel::pump::{self, Direction};
+use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
+use crate::tunnel::Handoff;
 use crate::{Body, BoxError, hop, metrics, reply};
 use pre_body::PreBody;
-
-/// Per-request override of how long the upstream may take to send its response head (or
-/// `101`). Routes set it; `ResponseTimeout(None)` disables the timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResponseTimeout(pub Option<Duration>);
-
-/// Marks a request whose `Host` becomes the chosen endpoint's [`Endpoint::host`] (Envoy's
-/// `auto_host_rewrite`). Routes set it; the endpoint is only known here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AutoHostRewrite;
-
-/// The upstream endpoint that served a response, in the response extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamAddr(pub String);
 
 /// Sends requests to a [`Cluster`]: the request's own (from its extensions) or the default.
 #[derive(Clone)]
@@ -233,17 +217,6 @@ where
     Response::from_parts(parts, Body::new(body))
 }
 
-/// What the forwarder does with the client's side of an upgrade once the upstream switched.
-enum ClientSide<B> {
-    /// Switchback's own body, untouched by any layer: the connections may be joined.
-    Own(Body),
-    /// A layer's body: pump it to the upstream.
-    Wrapped(B),
-    /// A layer's body that is still sending the request's HTTP body upstream; it comes back
-    /// when that ends.
-    Returning(oneshot::Receiver<Pin<Box<B>>>),
-}
-
 async fn upgrade<B>(
     cluster: &Cluster,
     req: Request<B>,
@@ -261,17 +234,19 @@ where
         reply::local(status, message, true)
     };
 
-    let (mut parts, mut body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // Untouched by any layer, the request body is still Switchback's own: its HTTP part goes
-    // upstream as the request body and the rest may be joined directly.
-    let own = (&mut body as &mut dyn Any).downcast_mut::<Body>();
-    let (upstream_body, client) = match own.and_then(Body::take_pre_upgrade) {
-        Some(pre) => (pre.unwrap_or_default(), ClientSide::Own(Body::new(body))),
+    // upstream as the request body, and the connections may be joined. A layer's body is sent
+    // up to the end of its HTTP part and comes back to carry the tunnel bytes.
+    let mut client = Body::new(body);
+    let (upstream_body, client, client_untouched) = match client.take_pre_upgrade() {
+        Some(pre) => (pre, client, true),
         None if upgrading.has_body => {
             let (tx, rx) = oneshot::channel();
-            (Body::new(PreBody::new(body, tx)), ClientSide::Returning(rx))
+            let pre = PreBody::new(client, upgrading.pre_body_end.clone(), tx);
+            (Body::new(pre), Body::returning(rx), false)
         }
-        None => (Body::empty(), ClientSide::Wrapped(body)),
+        None => (Body::empty(), client, false),
     };
 
     if parts.version == Version::HTTP_2 {
@@ -293,6 +268,7 @@ where
         endpoint,
         request_headers,
         upgraded,
+        ..
     } = answer;
     if let Err(bad) = verify::verify(&request_headers, res.headers(), ty.is_websocket()) {
         tracing::info!(
@@ -313,30 +289,10 @@ where
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);
 
-    let link = upgrading.link;
-    let body = match client {
-        ClientSide::Own(client) => Body::joinable(crate::body::Join {
-            upstream: upgraded,
-            client,
-            link,
-        }),
-        ClientSide::Wrapped(client) => {
-            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
-            let client = Body::new(client);
-            tokio::spawn(async move { pump::pump(client, writer, &link, Direction::ToUpstream).await });
-            Body::upstream_reader(reader)
-        }
-        ClientSide::Returning(rx) => {
-            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
-            tokio::spawn(async move {
-                if let Ok(client) = rx.await {
-                    pump::pump(Body::new(client), writer, &link, Direction::ToUpstream).await;
-                }
-            });
-            Body::upstream_reader(reader)
-        }
-    };
-    Response::from_parts(parts, body)
+    // The tunnel is the router's to open: hand the upstream half back with the `101`.
+    let handoff = Handoff::new(upgraded, client, client_untouched);
+    parts.extensions.insert(handoff.clone());
+    Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }
 
 /// `Host` becomes the endpoint's hostname when the route asked for it ([`AutoHostRewrite`]).

@@ -1,25 +1,28 @@
-//! The request body an upgrade declared, cut from a layer's body at the separator.
+//! The request body an upgrade declared, cut from a layer's body where its HTTP part ends.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
 use tokio::sync::oneshot;
 
-use crate::BoxError;
+use crate::body::PreBodyEnd;
+use crate::{Body, BoxError};
 
-/// Yields a wrapped upgrade request body up to the separator that ends its HTTP part (an empty
-/// trailers frame, see [`Body`](crate::Body)), then hands the body back for the tunnel.
-pub(crate) struct PreBody<B> {
-    body: Option<Pin<Box<B>>>,
-    back: Option<oneshot::Sender<Pin<Box<B>>>>,
+/// Yields a layer's upgrade request body up to the end of its HTTP part (see
+/// [`PreBodyEnd`]), then hands the body back for the tunnel.
+pub(crate) struct PreBody {
+    body: Option<Body>,
+    end: PreBodyEnd,
+    back: Option<oneshot::Sender<Body>>,
 }
 
-impl<B> PreBody<B> {
-    pub(crate) fn new(body: B, back: oneshot::Sender<Pin<Box<B>>>) -> Self {
+impl PreBody {
+    pub(crate) fn new(body: Body, end: PreBodyEnd, back: oneshot::Sender<Body>) -> Self {
         Self {
-            body: Some(Box::pin(body)),
+            body: Some(body),
+            end,
             back: Some(back),
         }
     }
@@ -31,11 +34,7 @@ impl<B> PreBody<B> {
     }
 }
 
-impl<B> HttpBody for PreBody<B>
-where
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
+impl HttpBody for PreBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -44,21 +43,31 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let Some(body) = &mut this.body else {
-            return Poll::Ready(None);
-        };
-        match ready!(body.as_mut().poll_frame(cx)) {
-            Some(Ok(frame)) if frame.is_data() => Poll::Ready(Some(Ok(frame))),
-            Some(Ok(_)) | None => {
-                this.give_back();
-                Poll::Ready(None)
+        loop {
+            let Some(body) = &mut this.body else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_data() => return Poll::Ready(Some(Ok(frame))),
+                // Trailers can't be sent ahead of a tunnel; a layer may have made some.
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                // The whole body ended: there will be no tunnel bytes from the client.
+                Poll::Ready(None) => {
+                    this.give_back();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending if this.end.reached() => {
+                    this.give_back();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
         }
     }
 }
 
-impl<B> Drop for PreBody<B> {
+impl Drop for PreBody {
     fn drop(&mut self) {
         self.give_back();
     }

@@ -2,15 +2,22 @@
 //! and the legacy WebSocket mode: connect, write the head, read the answer.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{UpstreamAddr, auto_host_rewrite, keep_authority_as_host, origin_form, with_timeout};
+use super::{auto_host_rewrite, keep_authority_as_host, origin_form, with_timeout};
 use crate::cluster::{Cluster, ConnectError, Endpoint};
+use crate::ext::UpstreamAddr;
 use crate::{Body, UpgradeType, hop, metrics};
 
 /// The upstream's answer to an upgrade attempt.
@@ -22,7 +29,12 @@ pub(crate) struct Answer {
     /// For a `101`: the upstream's upgraded connection (the bytes that came with the `101`
     /// included).
     pub(crate) upgraded: Option<hyper::Result<hyper::upgrade::Upgraded>>,
+    /// For anything else: the connection, still to be driven while the body is read.
+    conn: Option<Pin<Box<Conn>>>,
 }
+
+/// An upgrade attempt's connection to the upstream, driven by whoever waits on it.
+type Conn = dyn Future<Output = hyper::Result<()>> + Send;
 
 /// Why an upgrade attempt got no answer.
 #[derive(Debug)]
@@ -87,12 +99,20 @@ pub(crate) async fn exchange(
     auto_host_rewrite(&mut parts, &endpoint);
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
+    // A GET without framing headers goes out with no body at all (hyper's rule), and the
+    // client's `Transfer-Encoding` was stripped as hop-by-hop: a body of unknown length is
+    // re-framed as chunked, or it would be silently dropped.
+    if !http_body::Body::is_end_stream(&body) && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        parts
+            .headers
+            .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     let request_headers = parts.headers.clone();
 
     // The connection is driven here, not on a task of its own: an upgrade's connection has
     // nothing left to do once the 101 is in, and a task per handshake costs a spawn and a
     // wake-up across tasks for every message.
-    let mut conn = Some(Box::pin(conn.with_upgrades()));
+    let mut conn: Option<Pin<Box<Conn>>> = Some(Box::pin(conn.with_upgrades()));
     let send = with_timeout(timeout, sender.send_request(Request::from_parts(parts, body)));
     tokio::pin!(send);
     let res = loop {
@@ -129,21 +149,17 @@ pub(crate) async fn exchange(
             endpoint,
             request_headers,
             upgraded: Some(upgraded),
+            conn: None,
         });
     }
-    // A refusal may have a body to stream: its connection goes on by itself.
-    if let Some(c) = conn {
-        tokio::spawn(async move {
-            if let Err(e) = c.await {
-                tracing::debug!(error = %e, "upstream connection failed");
-            }
-        });
-    }
+    // A refusal may have a body to stream: its body drives the connection (no task of its
+    // own: only the tunnel and server modules start tasks).
     Ok(Answer {
         res,
         endpoint,
         request_headers,
         upgraded: None,
+        conn,
     })
 }
 
@@ -154,6 +170,10 @@ pub(crate) fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> 
     ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => "not_101")
         .increment(1);
     let (mut parts, body) = answer.res.into_parts();
+    let body = Driven {
+        body,
+        conn: answer.conn,
+    };
     hop::strip(&mut parts.headers);
     parts
         .headers
@@ -175,4 +195,38 @@ pub(crate) fn switched_head(parts: &mut http::response::Parts, endpoint: &Endpoi
     parts
         .extensions
         .insert(UpstreamAddr(endpoint.address().to_owned()));
+}
+
+/// A refusal's body, driving its dedicated connection as it is read.
+struct Driven {
+    body: Incoming,
+    conn: Option<Pin<Box<Conn>>>,
+}
+
+impl http_body::Body for Driven {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(conn) = &mut self.conn
+            && let Poll::Ready(ended) = conn.as_mut().poll(cx)
+        {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "upstream connection failed");
+            }
+            self.conn = None;
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -10,10 +10,10 @@ use http::{Request, StatusCode};
 
 use super::MatchedRoute;
 use super::runtime;
-use crate::forward::{AutoHostRewrite, ResponseTimeout};
+use crate::ext::IdleTimeout;
+use crate::ext::{AutoHostRewrite, ResponseTimeout};
 use crate::legacy::LegacyConfig;
 use crate::router::RouteUpgrades;
-use crate::tunnel::IdleTimeout;
 use crate::{Cluster, UpgradeType};
 
 /// The header that carries the path as the client sent it when a route rewrote it.

@@ -75,10 +75,10 @@ use http::{HeaderName, HeaderValue};
 pub use runtime::Runtime;
 pub use service::{ResponseFuture, RouteLayer, RouteService};
 
-use crate::forward::ResponseTimeout;
+use crate::ext::IdleTimeout;
+use crate::ext::ResponseTimeout;
 use crate::legacy::LegacyConfig;
 use crate::router::RouteUpgrades;
-use crate::tunnel::IdleTimeout;
 use crate::{Cluster, UpgradeType};
 use action::{Action, HostRewrite, Target};
 use matcher::{Fraction, HeaderMatch, Matcher, PathMatch};

@@ -1,9 +1,7 @@
 //! Runtime values (percentages changed while the proxy runs) and the random draws of traffic
 //! splitting.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
 /// Percentages by key, shared by every clone and read on each request: Envoy's runtime, for
@@ -62,27 +60,13 @@ impl Runtime {
     }
 }
 
-thread_local! {
-    /// Per-thread generator state: no lock and no shared cache line on the request path.
-    static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()));
-}
-
-/// A uniform draw in `0..n` (`0` when `n` is 0).
-///
-/// SplitMix64, seeded per thread from the std hasher's random keys: statistically sound for
-/// traffic splitting, and not meant to be unpredictable to an attacker. The multiply-shift
-/// reduction has a bias below `n / 2^64`, nothing at these sizes.
+/// A uniform draw in `0..n` (`0` when `n` is 0), from the thread's generator: no lock and no
+/// shared cache line on the request path.
 pub(crate) fn below(n: u64) -> u64 {
-    let x = STATE.with(|s| {
-        let next = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        s.set(next);
-        next
-    });
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    ((u128::from(z) * u128::from(n)) >> 64) as u64
+    if n == 0 {
+        return 0;
+    }
+    rand::random_range(0..n)
 }
 
 #[cfg(test)]

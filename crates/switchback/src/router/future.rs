@@ -60,10 +60,10 @@ where
         }
     }
 
-    pub(super) fn legacy(fut: LegacyFuture) -> Self {
+    pub(super) fn legacy(fut: LegacyFuture, upgrade: Pending) -> Self {
         Self {
             kind: Kind::Legacy { fut },
-            upgrade: None,
+            upgrade: Some(Box::new(upgrade)),
         }
     }
 
@@ -87,7 +87,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = match this.kind.project() {
-            KindProj::Ready { res } => Ok(res.take().unwrap_or_default()),
+            KindProj::Ready { res } => Ok(res.take().expect("ResponseFuture polled after completion")),
             KindProj::Default { fut } => ready!(fut.poll(cx)).map(|r| r.map(Body::new)).map_err(Into::into),
             KindProj::Custom { fut } => ready!(fut.poll(cx)),
             KindProj::Legacy { fut } => Ok(ready!(fut.as_mut().poll(cx))),

@@ -39,12 +39,15 @@ pub use config::{
 };
 pub use future::ResponseFuture;
 
+use crate::body::PreBodyEnd;
 use crate::detect::{Inspection, inspect};
+use crate::ext::{ClientAddr, IdleTimeout, Upgrading};
 use crate::legacy::{self, LegacyConfig};
-use crate::tunnel::pump::Link;
-use crate::tunnel::{IdleTimeout, Upgrading};
-use crate::{Body, BoxError, metrics, reply};
+use crate::tunnel::{Settings, TunnelMode, TunnelRead};
+use crate::{Body, BoxError, UpgradeType, metrics, reply};
 use config::RouterConfig;
+use open::Pending;
+use tokio::sync::oneshot;
 
 /// Builds [`UpgradeRouter`]s around a default chain. See the [module docs](self).
 #[derive(Clone, Debug)]
@@ -56,6 +59,13 @@ impl UpgradeRouterLayer {
     /// Starts a configuration: no upgrade types accepted, `tls/*` ignored, default tunnels.
     pub fn builder() -> UpgradeRouterBuilder {
         UpgradeRouterBuilder::default()
+    }
+
+    /// The drain handle this router's tunnels register with: the one given to
+    /// [`UpgradeRouterBuilder::drain`], else one of the router's own. Drain it on shutdown,
+    /// or live tunnels are cut when the process exits.
+    pub fn drain(&self) -> &crate::Drain {
+        &self.config.drain
     }
 }
 
@@ -147,35 +157,20 @@ where
         }
         ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.to_string()).increment(1);
 
-        let on_upgrade = hyper::upgrade::on(&mut req);
         let idle = req
             .extensions()
             .get::<IdleTimeout>()
             .map_or(cfg.tunnel.idle_timeout, |t| t.0);
-        let link = Arc::new(Link::new(idle, cfg.tunnel.half_close_timeout, ty.is_websocket()));
+        let settings = cfg.tunnel.settings(idle, ty.is_websocket());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let req = req.map(|b| Body::downstream(has_body.then(|| Body::new(b)), rx));
-        let mut req = req;
+        let pending = self.pending(&mut req, ty.clone(), TunnelMode::Joined, settings, tx);
+        let pre_body_end = PreBodyEnd::default();
+        let mut req = req.map(|b| Body::downstream(has_body.then(|| Body::new(b)), pre_body_end.clone(), rx));
         req.extensions_mut().insert(Upgrading {
-            ty: ty.clone(),
-            link: link.clone(),
-            has_body,
-        });
-
-        let client = req.extensions().get::<crate::server::ClientAddr>().map(|a| a.0);
-        let path = req.uri().path().to_owned();
-        let pending = open::Pending {
-            h2,
-            client,
-            path,
-            observer: cfg.observer.clone(),
             ty,
-            on_upgrade,
-            client_reader: tx,
-            link,
-            tunnel: cfg.tunnel.clone(),
-            drain: cfg.drain.clone(),
-        };
+            has_body,
+            pre_body_end,
+        });
         match entry.and_then(|e| e.chain.clone()) {
             Some(chain) => ResponseFuture::custom_chain(chain.oneshot(req), pending),
             None => ResponseFuture::default_chain(self.inner.clone().oneshot(req), Some(pending)),
@@ -185,7 +180,7 @@ where
 
 impl<S> UpgradeRouter<S> {
     /// A WebSocket upgrade on a `use_websocket` route: no decision table, no chain.
-    fn legacy<B>(&self, req: Request<B>, has_body: bool) -> ResponseFuture<S>
+    fn legacy<B>(&self, mut req: Request<B>, has_body: bool) -> ResponseFuture<S>
     where
         S: Service<Request<Body>>,
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -202,12 +197,48 @@ impl<S> UpgradeRouter<S> {
             return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, false));
         }
         ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => "websocket").increment(1);
-        let cx = legacy::Context {
-            drain: cfg.drain.clone(),
+        let route_idle = req.extensions().get::<IdleTimeout>().copied();
+        let idle = req
+            .extensions()
+            .get::<LegacyConfig>()
+            .cloned()
+            .unwrap_or_default()
+            .tunnel_idle_timeout(route_idle, cfg.tunnel.idle_timeout);
+        let settings = cfg.tunnel.settings(idle, true);
+        // Nothing reads a legacy client as a body: the connections are always joined.
+        let no_reader = tokio::sync::oneshot::channel().0;
+        let pending = self.pending(
+            &mut req,
+            UpgradeType::new("websocket"),
+            TunnelMode::Legacy,
+            settings,
+            no_reader,
+        );
+        ResponseFuture::legacy(legacy::proxy(req, has_body, idle), pending)
+    }
+
+    /// What opening the tunnel will take once the answer is in.
+    fn pending<B>(
+        &self,
+        req: &mut Request<B>,
+        ty: UpgradeType,
+        mode: TunnelMode,
+        settings: Settings,
+        client_reader: oneshot::Sender<TunnelRead>,
+    ) -> Pending {
+        let cfg = &self.config;
+        Pending {
+            h2: req.version() == http::Version::HTTP_2,
+            mode,
+            client: req.extensions().get::<ClientAddr>().map(|a| a.0),
+            path: req.uri().path().to_owned(),
             observer: cfg.observer.clone(),
-            tunnel: cfg.tunnel.clone(),
-        };
-        ResponseFuture::legacy(legacy::proxy(req, has_body, cx))
+            ty,
+            on_upgrade: hyper::upgrade::on(req),
+            client_reader,
+            settings,
+            drain: cfg.drain.clone(),
+        }
     }
 }
 

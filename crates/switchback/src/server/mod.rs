@@ -34,14 +34,11 @@ use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
 use crate::BoxError;
+use crate::ext::ClientAddr;
 
 mod workers;
 
 pub use workers::Workers;
-
-/// The client's address, put in every request's extensions by [`serve`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// How long [`serve`] waits for in-flight HTTP exchanges after shutdown starts. Upgraded
 /// tunnels are not counted here: drain them with a [`Drain`](crate::Drain).

@@ -1,31 +1,54 @@
-//! The two ends a joined tunnel relays between.
+//! The two ends a tunnel relays between, as byte sources and sinks.
+//!
+//! An end is written like a connection ([`AsyncWrite`]) and read through [`Leg::poll_fill`]:
+//! a connection reads into a buffer lent by the pool, a [`BodyLeg`] hands on its body's data
+//! frames as they are. The engine (`engine`) knows only this trait, so every rule it applies
+//! holds for joined and pumped tunnels alike.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use http_body::Body as _;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// One end of a joined tunnel.
-pub(crate) trait Leg: AsyncRead + AsyncWrite + Unpin {
+use super::held::Held;
+use crate::Body;
+
+/// One end of a tunnel.
+pub(crate) trait Leg: AsyncWrite + Unpin {
+    /// Reads this end's next bytes into `held` (empty on entry): at most `limit` of them when
+    /// they go into a buffer of `size`. `held` left empty means the end of the stream.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        held: &mut Held,
+        size: usize,
+        limit: usize,
+    ) -> Poll<io::Result<()>>;
+
     /// The plain TCP socket behind this end, when bytes can be spliced to or from it
-    /// directly (nothing is buffered in front of it).
+    /// directly (nothing is buffered in front of it and nothing wraps it).
     fn socket(&self) -> Option<&TcpStream> {
         None
     }
 }
 
-impl Leg for TcpStream {
-    fn socket(&self) -> Option<&TcpStream> {
-        Some(self)
+impl Leg for TokioIo<Upgraded> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        held: &mut Held,
+        size: usize,
+        limit: usize,
+    ) -> Poll<io::Result<()>> {
+        held.poll_read_from(cx, Pin::new(self), size, limit)
     }
 }
-
-impl Leg for TokioIo<Upgraded> {}
 
 /// A socket with bytes already read from it (by hyper, past the HTTP head) that must come
 /// first.
@@ -49,6 +72,16 @@ impl Prefixed {
 }
 
 impl Leg for Prefixed {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        held: &mut Held,
+        size: usize,
+        limit: usize,
+    ) -> Poll<io::Result<()>> {
+        held.poll_read_from(cx, Pin::new(self), size, limit)
+    }
+
     fn socket(&self) -> Option<&TcpStream> {
         self.pre.is_empty().then_some(&self.io)
     }
@@ -65,7 +98,7 @@ impl AsyncRead for Prefixed {
             buf.put_slice(&self.pre[..n]);
             self.pre.advance(n);
             if self.pre.is_empty() {
-                // Let go of hyper's read buffer.
+                // Let go of the copy.
                 self.pre = Bytes::new();
             }
             return Poll::Ready(Ok(()));
@@ -94,4 +127,58 @@ pub(crate) fn unwrap_socket(upgraded: Upgraded) -> Result<Prefixed, Upgraded> {
     upgraded
         .downcast::<TokioIo<TcpStream>>()
         .map(|parts| Prefixed::new(parts.read_buf, parts.io.into_inner()))
+}
+
+/// An end of a pumped tunnel: its bytes are read as the data frames of a body (a layer's
+/// wrapper over the connection's read half) and written to the connection's write half.
+#[derive(Debug)]
+pub(crate) struct BodyLeg<W> {
+    source: Body,
+    sink: W,
+}
+
+impl<W> BodyLeg<W> {
+    pub(crate) fn new(source: Body, sink: W) -> Self {
+        Self { source, sink }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Leg for BodyLeg<W> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        held: &mut Held,
+        _: usize,
+        _: usize,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match std::task::ready!(Pin::new(&mut self.source).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers have no place in a byte stream; empty frames carry nothing.
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        *held = Held::Chunk(data);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+            }
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for BodyLeg<W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.sink).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.sink).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.sink).poll_shutdown(cx)
+    }
 }

@@ -1,29 +1,42 @@
 //! Tunnels: what happens after a `101 Switching Protocols`.
 //!
-//! Two ways to carry the bytes:
+//! Every tunnel is born in one place, [`open`], and run by one engine (`engine`), whatever
+//! carries its bytes:
 //!
-//! - **Joined** (`duplex`): no layer touched either body, so the client's and the upstream's
-//!   upgraded connections are copied into each other by one task, with one reusable buffer per
-//!   direction and no allocation per chunk.
-//! - **Pumped** (`pump`): a layer wraps a body, so client bytes are read as request body
-//!   frames and upstream bytes as response body frames, and each side is written by its own
-//!   task.
+//! - **Joined**: no layer touched either body, so the client's and the upstream's upgraded
+//!   connections are relayed into each other: spliced between bare sockets (Linux), else
+//!   copied through a buffer lent only while bytes are in flight.
+//! - **Pumped**: a layer wraps a body, so client bytes are read as request body frames and
+//!   upstream bytes as response body frames (each a [`leg::BodyLeg`] over the connection's
+//!   read half), and written to the other connection's write half.
+//! - **Legacy**: a `use_websocket` route; joined, and reported as such.
 //!
-//! Both propagate half-close (FIN one way while the other way keeps flowing, bounded by
-//! [`TunnelConfig::half_close_timeout`]), end idle tunnels ([`TunnelConfig::idle_timeout`],
-//! counting both directions), and close WebSocket tunnels on drain with `1001` frames.
+//! The engine's rules hold for all three: half-close (FIN one way while the other keeps
+//! flowing, bounded by [`TunnelConfig::half_close_timeout`]), the idle timeout (counting both
+//! directions), the drain (WebSocket tunnels close with `1001` frames at frame boundaries), and
+//! fairness between the directions. [`Forward`](crate::Forward) and the legacy service never
+//! start a task: they hand the upstream's upgraded connection back in the `101`'s extensions
+//! (`handoff`), and the router calls [`open`].
 
-pub(crate) mod duplex;
-pub(crate) mod joined;
-pub(crate) mod leg;
-pub(crate) mod opened;
+mod engine;
+mod handoff;
+mod held;
+mod leg;
+mod opened;
 pub(crate) mod pool;
-pub(crate) mod pump;
 #[cfg(target_os = "linux")]
 mod splice;
+mod task;
 
 use std::fmt;
 use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+
+use crate::drain::TunnelGuard;
+pub(crate) use engine::Settings;
+pub(crate) use handoff::{Ends, Handoff, TunnelRead, UpstreamTunnel};
+pub use task::TunnelHandle;
 
 /// How tunnels behave once open.
 #[derive(Debug, Clone)]
@@ -77,14 +90,19 @@ impl TunnelConfig {
         self.buffer_size = bytes.max(1024);
         self
     }
-}
 
-/// Overrides the idle timeout of tunnels opened by this request (a per-route setting).
-///
-/// Put it in the request extensions above the [`UpgradeRouter`](crate::UpgradeRouter);
-/// `IdleTimeout(None)` turns the timeout off for the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdleTimeout(pub Option<Duration>);
+    /// The settings of one tunnel: `idle` is the request's idle timeout (a route's, or this
+    /// config's own).
+    pub(crate) fn settings(&self, idle: Option<Duration>, websocket: bool) -> Settings {
+        Settings {
+            idle_timeout: idle,
+            half_close_timeout: self.half_close_timeout,
+            buffer_size: self.buffer_size,
+            websocket,
+            splice: self.splice,
+        }
+    }
+}
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,15 +152,6 @@ pub struct TunnelStats {
     pub downstream_bytes: u64,
 }
 
-/// Put in the request extensions by the router for an allowed upgrade; read by the forwarder.
-#[derive(Clone, Debug)]
-pub(crate) struct Upgrading {
-    pub(crate) ty: crate::UpgradeType,
-    pub(crate) link: std::sync::Arc<pump::Link>,
-    /// The request declared an HTTP body of its own (sent before the tunnel starts).
-    pub(crate) has_body: bool,
-}
-
 /// How a tunnel carries its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelMode {
@@ -168,11 +177,13 @@ impl TunnelMode {
 /// What is known about a tunnel when it opens.
 #[derive(Debug, Clone)]
 pub struct TunnelInfo {
+    /// Unique among the tunnels of this process, and the same as its [`TunnelHandle::id`].
+    pub id: u64,
     /// The upgrade type.
     pub upgrade: crate::UpgradeType,
     /// How the bytes are carried.
     pub mode: TunnelMode,
-    /// The client's address, when the server put a [`ClientAddr`](crate::server::ClientAddr)
+    /// The client's address, when the server put a [`ClientAddr`](crate::ClientAddr)
     /// in the request.
     pub client: Option<std::net::SocketAddr>,
     /// The request path.
@@ -211,21 +222,38 @@ impl fmt::Debug for TunnelObserver {
     }
 }
 
-/// The `1001 Going Away` close frame Switchback sends each way on drain: masked when it goes
-/// upstream (a client's frame), as RFC 6455 requires.
-pub(crate) fn going_away(to_upstream: bool) -> Vec<u8> {
-    if to_upstream {
-        crate::websocket::client_close_frame(crate::websocket::GOING_AWAY, mask()).to_vec()
-    } else {
-        crate::websocket::server_close_frame(crate::websocket::GOING_AWAY).to_vec()
+/// Whom a close frame Switchback makes goes to: the upstream gets a masked (client's) frame,
+/// as RFC 6455 requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseFrameFor {
+    Upstream,
+    Client,
+}
+
+/// The `1001 Going Away` close frame Switchback sends each way on drain.
+pub(crate) fn going_away(to: CloseFrameFor) -> bytes::Bytes {
+    use crate::websocket::{GOING_AWAY, client_close_frame, server_close_frame};
+    match to {
+        CloseFrameFor::Upstream => {
+            bytes::Bytes::copy_from_slice(&client_close_frame(GOING_AWAY, rand::random()))
+        }
+        CloseFrameFor::Client => bytes::Bytes::copy_from_slice(&server_close_frame(GOING_AWAY)),
     }
 }
 
-/// A masking key for a close frame Switchback sends upstream. RFC 6455 wants it unpredictable
-/// to stop cache poisoning through naive intermediaries; the std hasher's random seed is enough
-/// for four bytes on a frame whose content is fixed.
-fn mask() -> [u8; 4] {
-    use std::hash::{BuildHasher, RandomState};
-    let v = RandomState::new().hash_one(std::time::SystemTime::now());
-    (v as u32).to_ne_bytes()
+/// What a tunnel needs besides its two ends.
+pub(crate) struct Opening {
+    pub(crate) info: TunnelInfo,
+    pub(crate) settings: Settings,
+    pub(crate) observer: Option<TunnelObserver>,
+    pub(crate) guard: TunnelGuard,
+}
+
+/// Starts a tunnel: the one place tunnels are born. Its task waits for the client's connection
+/// to upgrade (the server writes the `101` first), then relays `ends` until the tunnel ends.
+/// The handle goes in the `101`'s extensions.
+pub(crate) fn open(client: OnUpgrade, ends: handoff::Ends, opening: Opening) -> TunnelHandle {
+    let (task, handle) = task::TunnelTask::new(client, ends, opening);
+    tokio::spawn(task);
+    handle
 }

@@ -1,4 +1,16 @@
-//! The joined tunnel: one task copies both directions between two upgraded connections.
+//! The tunnel engine: both directions of one tunnel as one future, and every rule a tunnel
+//! follows, written once for every kind of end ([`Leg`]).
+//!
+//! - Half-close: a direction whose source ends shuts its sink down (a FIN one way) while the
+//!   other keeps flowing, for at most [`Settings::half_close_timeout`].
+//! - Idle timeout: no byte moved either way for [`Settings::idle_timeout`].
+//! - Drain: each WebSocket direction finishes the frame in flight, sends a `1001` close frame,
+//!   shuts down and reads until the peer's reply (a close with unread bytes would reset the
+//!   connection and could destroy the close frame); an opaque direction shuts down at once.
+//!   After [`CLOSE_GRACE`] the tunnel ends whatever is left.
+//! - Fairness: the directions take turns going first, so a flood one way can't use up the
+//!   task's I/O budget and starve the other.
+//! - Nothing read is dropped: a direction reads again only once what it holds is written.
 
 use std::future::Future;
 use std::io;
@@ -7,86 +19,45 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-
-use super::leg::{self, Leg, Prefixed};
+use super::held::Held;
+use super::leg::Leg;
 #[cfg(target_os = "linux")]
 use super::splice;
-use super::{TunnelEnd, TunnelStats, pool};
+use super::{TunnelEnd, TunnelStats};
 use crate::websocket::{self, FrameTracker};
 
 /// Time a draining tunnel gets to finish the frame in flight, write its close frames and
 /// read the peers' replies, before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Settings of one joined tunnel.
+/// Frame payload shorter than this is copied rather than spliced: for small frames the
+/// header reads would cost more than the splice saves.
+#[cfg(target_os = "linux")]
+const SPLICE_MIN: u64 = 16 * 1024;
+
+/// Settings of one tunnel.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) half_close_timeout: Option<Duration>,
     pub(crate) buffer_size: usize,
+    /// Follow WebSocket frames (drain puts close frames between them).
     pub(crate) websocket: bool,
     /// Splice between bare sockets (Linux).
     pub(crate) splice: bool,
 }
 
-pin_project! {
-    /// A joined tunnel's relay, whatever its two ends turned out to be: bare sockets (then
-    /// splice applies) or hyper's wrappers (e.g. under another server).
-    #[project = RelayProj]
-    pub(crate) enum Relay {
-        Sockets { #[pin] duplex: Duplex<Prefixed, Prefixed> },
-        UpstreamWrapped { #[pin] duplex: Duplex<Prefixed, TokioIo<Upgraded>> },
-        Wrapped { #[pin] duplex: Duplex<TokioIo<Upgraded>, TokioIo<Upgraded>> },
-    }
-}
-
-impl Relay {
-    /// Joins two upgraded connections, recovering their sockets when it can.
-    pub(crate) fn new(client: Upgraded, upstream: Upgraded, settings: Settings) -> Self {
-        match leg::unwrap_socket(client) {
-            Ok(client) => match leg::unwrap_socket(upstream) {
-                Ok(upstream) => Self::Sockets {
-                    duplex: Duplex::new(client, upstream, settings),
-                },
-                Err(upstream) => Self::UpstreamWrapped {
-                    duplex: Duplex::new(client, TokioIo::new(upstream), settings),
-                },
-            },
-            Err(client) => Self::Wrapped {
-                duplex: Duplex::new(TokioIo::new(client), TokioIo::new(upstream), settings),
-            },
-        }
-    }
-
-    /// See [`Duplex::start_drain`].
-    pub(crate) fn start_drain(self: Pin<&mut Self>) {
-        match self.project() {
-            RelayProj::Sockets { duplex } => duplex.start_drain(),
-            RelayProj::UpstreamWrapped { duplex } => duplex.start_drain(),
-            RelayProj::Wrapped { duplex } => duplex.start_drain(),
-        }
-    }
-}
-
-impl Future for Relay {
-    type Output = TunnelStats;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
-        match self.project() {
-            RelayProj::Sockets { duplex } => duplex.poll(cx),
-            RelayProj::UpstreamWrapped { duplex } => duplex.poll(cx),
-            RelayProj::Wrapped { duplex } => duplex.poll(cx),
-        }
-    }
+/// Which way a direction carries bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ToUpstream,
+    ToClient,
 }
 
 pin_project! {
-    /// Both directions of a tunnel as one future.
+    /// Both directions of a tunnel as one future, ending with what it relayed.
     pub(crate) struct Duplex<C, U> {
         client: C,
         upstream: U,
@@ -96,13 +67,21 @@ pin_project! {
         last_activity: Instant,
         half_closed_at: Option<Instant>,
         first_close: Option<TunnelEnd>,
-        draining: bool,
-        // Set on drain: the relay ends here even if a peer does not read its close frame.
-        drain_deadline: Option<Instant>,
+        drain: Drain,
         down_first: bool,
         #[pin]
         timer: Sleep,
     }
+}
+
+/// Where a tunnel stands with respect to a drain.
+#[derive(Debug, Clone, Copy)]
+enum Drain {
+    Running,
+    /// Closing since the drain deadline; ends at `deadline` whatever is left.
+    Closing {
+        deadline: Instant,
+    },
 }
 
 impl<C: Leg, U: Leg> Duplex<C, U> {
@@ -111,27 +90,25 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
         Self {
             client,
             upstream,
-            to_upstream: Half::new(&settings, true),
-            to_client: Half::new(&settings, false),
+            to_upstream: Half::new(&settings, Direction::ToUpstream),
+            to_client: Half::new(&settings, Direction::ToClient),
             settings,
             last_activity: now,
             half_closed_at: None,
             first_close: None,
-            draining: false,
-            drain_deadline: None,
+            drain: Drain::Running,
             down_first: false,
             timer: tokio::time::sleep_until(now + Duration::from_secs(3600)),
         }
     }
 
-    /// Drains: each WebSocket direction finishes the frame in flight, sends a `1001` close
-    /// frame, shuts down and reads until the peer's reply; an opaque direction shuts down at
-    /// once. After [`CLOSE_GRACE`] the relay ends whatever is left.
+    /// Starts closing the tunnel for a drain (see the module docs).
     pub(crate) fn start_drain(self: Pin<&mut Self>) {
         let this = self.project();
-        if !*this.draining {
-            *this.draining = true;
-            *this.drain_deadline = Some(Instant::now() + CLOSE_GRACE);
+        if let Drain::Running = this.drain {
+            *this.drain = Drain::Closing {
+                deadline: Instant::now() + CLOSE_GRACE,
+            };
         }
     }
 
@@ -152,7 +129,10 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             .half_closed_at
             .zip(self.settings.half_close_timeout)
             .map(|(at, t)| (at + t, TunnelEnd::HalfCloseTimeout));
-        let drain = self.drain_deadline.map(|at| (at, TunnelEnd::Drain));
+        let drain = match self.drain {
+            Drain::Running => None,
+            Drain::Closing { deadline } => Some((deadline, TunnelEnd::Drain)),
+        };
         [idle, half, drain]
             .into_iter()
             .flatten()
@@ -166,46 +146,43 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
         let mut moved = false;
         let this = self.as_mut().project();
-        let draining = *this.draining;
+        let draining = matches!(this.drain, Drain::Closing { .. });
         // Each direction goes first every other time: one that always has bytes (a flood)
         // would otherwise use up the task's I/O budget on every poll and starve the other.
         *this.down_first = !*this.down_first;
         let (mut up, mut down) = (Poll::Pending, Poll::Pending);
         for upstream_turn in [!*this.down_first, *this.down_first] {
             if upstream_turn {
-                up = this.to_upstream.poll_copy(
+                up = this.to_upstream.poll_relay(
                     cx,
-                    Pin::new(&mut *this.client),
-                    Pin::new(&mut *this.upstream),
+                    &mut *this.client,
+                    &mut *this.upstream,
                     draining,
                     &mut moved,
                 );
             } else {
-                down = this.to_client.poll_copy(
+                down = this.to_client.poll_relay(
                     cx,
-                    Pin::new(&mut *this.upstream),
-                    Pin::new(&mut *this.client),
+                    &mut *this.upstream,
+                    &mut *this.client,
                     draining,
                     &mut moved,
                 );
             }
         }
-        if let Poll::Ready(Err(e)) = &up {
-            tracing::debug!(error = %e, "tunnel: client to upstream failed");
-            return Poll::Ready(self.stats(TunnelEnd::Error));
+        for (polled, way) in [(&up, "client to upstream"), (&down, "upstream to client")] {
+            if let Poll::Ready(Err(e)) = polled {
+                tracing::debug!(error = %e, "tunnel: {way} failed");
+                return Poll::Ready(self.stats(TunnelEnd::Error));
+            }
         }
-        if let Poll::Ready(Err(e)) = &down {
-            tracing::debug!(error = %e, "tunnel: upstream to client failed");
-            return Poll::Ready(self.stats(TunnelEnd::Error));
-        }
-        let now = Instant::now();
         if moved {
-            *this.last_activity = now;
+            *this.last_activity = Instant::now();
         }
         if this.first_close.is_none() {
-            if this.to_upstream.eof {
+            if this.to_upstream.source_ended {
                 *this.first_close = Some(TunnelEnd::ClientClosed);
-            } else if this.to_client.eof {
+            } else if this.to_client.source_ended {
                 *this.first_close = Some(TunnelEnd::UpstreamClosed);
             }
         }
@@ -219,7 +196,7 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
                 return Poll::Ready(self.stats(end));
             }
             (true, false) | (false, true) if this.half_closed_at.is_none() => {
-                *this.half_closed_at = Some(now);
+                *this.half_closed_at = Some(Instant::now());
             }
             _ => {}
         }
@@ -228,7 +205,8 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             let Some((deadline, end)) = self.next_deadline() else {
                 return Poll::Pending;
             };
-            if deadline <= now {
+            // Read the clock on every turn: a timer that fired means time has moved on.
+            if deadline <= Instant::now() {
                 return Poll::Ready(self.stats(end));
             }
             let mut timer = self.as_mut().project().timer;
@@ -245,14 +223,29 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
     }
 }
 
-/// One direction: read from one side, write to the other, through a buffer lent while it
-/// holds bytes or, between two sockets, through a spliced pipe.
+/// What one direction is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading from the source and writing to the sink.
+    Copying,
+    /// Draining: writing the `1001` close frame that `held` holds.
+    Closing,
+    /// Flushing and shutting the sink down (a FIN); then lingering, or done.
+    ShuttingDown {
+        linger: bool,
+    },
+    /// After a drain's close frame: reading the source until the peer's own close frame.
+    Lingering,
+    Done,
+}
+
+/// One direction: read from one end, write to the other, through what it holds (a lent
+/// buffer or a body's chunk) or, between two sockets, through a spliced pipe.
+#[derive(Debug)]
 struct Half {
-    /// Lent from the pool while it holds unwritten bytes (or for one read attempt).
-    buf: Option<Box<[u8]>>,
-    size: usize,
-    pos: usize,
-    cap: usize,
+    phase: Phase,
+    direction: Direction,
+    held: Held,
     /// Lent while it holds spliced bytes not yet written.
     #[cfg(target_os = "linux")]
     pipe: Option<splice::Pipe>,
@@ -261,97 +254,94 @@ struct Half {
     /// Small frames go through the buffer, many per read, without a peek each.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     bulk: bool,
-    /// The reader reached end of stream.
-    eof: bool,
-    /// The writer was shut down.
-    shut: bool,
-    /// This direction is finished.
-    done: bool,
+    size: usize,
+    /// The source reached its end (rather than a drain or an error ending this direction).
+    source_ended: bool,
     need_flush: bool,
-    /// The bytes in `buf[pos..cap]` are a close frame Switchback made, not relayed payload.
-    injected: bool,
-    close_queued: bool,
     bytes: u64,
     frames: Option<FrameTracker>,
-    /// Whether this direction goes to the upstream (a client-to-server WebSocket direction,
-    /// whose frames are masked).
-    to_upstream: bool,
 }
 
-/// Frame payload shorter than this is copied rather than spliced: for small frames the
-/// header reads would cost more than the splice saves.
-const SPLICE_MIN: u64 = 16 * 1024;
-
 impl Half {
-    fn new(settings: &Settings, to_upstream: bool) -> Self {
+    fn new(settings: &Settings, direction: Direction) -> Self {
         Self {
-            buf: None,
-            size: settings.buffer_size,
-            pos: 0,
-            cap: 0,
+            phase: Phase::Copying,
+            direction,
+            held: Held::Empty,
             #[cfg(target_os = "linux")]
             pipe: None,
             splice: settings.splice,
             bulk: false,
-            eof: false,
-            shut: false,
-            done: false,
+            size: settings.buffer_size,
+            source_ended: false,
             need_flush: false,
-            injected: false,
-            close_queued: false,
             bytes: 0,
             frames: settings.websocket.then(FrameTracker::new),
-            to_upstream,
         }
     }
 
-    fn poll_copy<R: Leg, W: Leg>(
+    /// Moves this direction on as far as it can; ready when it is done.
+    fn poll_relay<R: Leg, W: Leg>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        reader: &mut R,
+        writer: &mut W,
         draining: bool,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         loop {
-            if self.done {
-                return Poll::Ready(Ok(()));
+            match self.phase {
+                Phase::Done => return Poll::Ready(Ok(())),
+                Phase::Copying => ready!(self.poll_copy(cx, reader, writer, draining, moved))?,
+                Phase::Closing => {
+                    ready!(self.poll_write_held(cx, writer, false, &mut false))?;
+                    self.phase = Phase::ShuttingDown {
+                        linger: !self.source_ended,
+                    };
+                }
+                Phase::ShuttingDown { linger } => {
+                    ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                    // The peer may already be gone; a failed FIN changes nothing here.
+                    let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
+                    self.phase = if linger { Phase::Lingering } else { Phase::Done };
+                }
+                Phase::Lingering => {
+                    ready!(self.poll_linger(cx, reader));
+                    self.phase = Phase::Done;
+                }
             }
-            ready!(self.poll_write_buf(cx, writer.as_mut(), moved))?;
+        }
+    }
+
+    /// The copying phase, until it moves to another (ready) or waits (pending).
+    fn poll_copy<R: Leg, W: Leg>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        draining: bool,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_write_held(cx, writer, draining, moved))?;
             #[cfg(target_os = "linux")]
             ready!(self.poll_write_pipe(cx, writer.socket(), moved))?;
-
             // Draining stops reading at the next frame boundary (a frame in flight is
             // finished, so that the close frame can follow it), or at once on opaque streams.
             let limit = match &self.frames {
-                Some(f) if draining && !self.eof && !self.close_queued => f.to_boundary(),
-                _ if draining => 0,
+                Some(f) if draining => f.to_boundary(),
+                None if draining => 0,
                 _ => u64::MAX,
             };
-            if self.eof || limit == 0 {
-                if draining
-                    && !self.close_queued
-                    && self.frames.as_ref().is_some_and(FrameTracker::at_boundary)
-                {
-                    self.queue_close();
-                    continue;
-                }
-                if !self.shut {
-                    ready!(writer.as_mut().poll_flush(cx))?;
-                    // The peer may already be gone; a failed FIN changes nothing for the tunnel.
-                    let _ = ready!(writer.as_mut().poll_shutdown(cx));
-                    self.shut = true;
-                }
-                if draining {
-                    ready!(self.poll_linger(cx, reader.as_mut()));
-                }
-                self.done = true;
+            if limit == 0 || !self.held.is_empty() {
+                self.stop_for_drain();
                 return Poll::Ready(Ok(()));
             }
 
             #[cfg(target_os = "linux")]
             if let (true, Some(from), Some(_)) = (self.splice, reader.socket(), writer.socket()) {
                 match self.poll_splice_in(cx, from) {
+                    Poll::Ready(Ok(true)) if self.source_ended => return self.end_of_source(draining),
                     Poll::Ready(Ok(true)) => continue,
                     Poll::Ready(Ok(false)) => {} // small frames: copy them
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -359,46 +349,72 @@ impl Half {
                 }
             }
 
-            let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
-            let len = usize::try_from(limit).map_or(buf.len(), |l| l.min(buf.len()));
-            let mut read = ReadBuf::new(&mut buf[..len]);
-            let polled = reader.as_mut().poll_read(cx, &mut read);
-            let n = read.filled().len();
-            if n == 0 {
-                // Nothing to hold on to: an idle direction keeps no buffer.
-                if let Some(buf) = self.buf.take() {
-                    pool::give(buf);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            match reader.poll_fill(cx, &mut self.held, self.size, limit) {
+                Poll::Ready(Ok(())) if self.held.is_empty() => {
+                    self.source_ended = true;
+                    return self.end_of_source(draining);
                 }
-            }
-            match polled {
-                Poll::Ready(Ok(())) if n == 0 => self.eof = true,
-                Poll::Ready(Ok(())) => self.cap = n,
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return self.poll_idle(cx, writer),
             }
         }
     }
 
+    /// At a frame boundary (or at once, opaque) during a drain: anything held past the
+    /// boundary is never sent, though the tracker sees it (a close frame in it is the peer's
+    /// reply); a WebSocket direction then sends its close frame.
+    fn stop_for_drain(&mut self) {
+        match &mut self.frames {
+            Some(frames) => {
+                frames.feed(self.held.bytes());
+                self.held.release();
+                self.queue_close();
+            }
+            None => {
+                self.held.release();
+                self.phase = Phase::ShuttingDown { linger: false };
+            }
+        }
+    }
+
+    /// The source ended: shut the sink down, after a close frame if a drain wants one here.
+    fn end_of_source(&mut self, draining: bool) -> Poll<io::Result<()>> {
+        self.source_ended = true;
+        if draining && self.frames.as_ref().is_some_and(FrameTracker::at_boundary) {
+            self.queue_close();
+        } else {
+            self.phase = Phase::ShuttingDown { linger: false };
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn queue_close(&mut self) {
+        self.held.release();
+        self.held = Held::Chunk(super::going_away(match self.direction {
+            Direction::ToUpstream => super::CloseFrameFor::Upstream,
+            Direction::ToClient => super::CloseFrameFor::Client,
+        }));
+        self.phase = Phase::Closing;
+    }
+
     /// After a drain's close frame: reads and drops what the peer still sends until its own
     /// close frame (the reply) or end of stream. Closing a socket with unread bytes resets the
     /// connection, and a reset can destroy the close frame before the peer reads it.
-    fn poll_linger<R: Leg>(&mut self, cx: &mut Context<'_>, mut reader: Pin<&mut R>) -> Poll<()> {
-        while !self.eof && !self.frames.as_ref().is_some_and(FrameTracker::close_seen) {
-            let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
-            let mut read = ReadBuf::new(buf);
-            let polled = reader.as_mut().poll_read(cx, &mut read);
+    fn poll_linger<R: Leg>(&mut self, cx: &mut Context<'_>, reader: &mut R) -> Poll<()> {
+        while !self.source_ended && !self.frames.as_ref().is_some_and(FrameTracker::close_seen) {
+            let polled = reader.poll_fill(cx, &mut self.held, self.size, usize::MAX);
             if let Some(frames) = &mut self.frames {
-                frames.feed(read.filled());
+                frames.feed(self.held.bytes());
             }
-            let n = read.filled().len();
-            if let Some(buf) = self.buf.take() {
-                pool::give(buf);
-            }
+            let read = !self.held.is_empty();
+            self.held.release();
             match polled {
-                Poll::Ready(Ok(())) if n == 0 => self.eof = true,
+                Poll::Ready(Ok(())) if !read => self.source_ended = true,
                 Poll::Ready(Ok(())) => {}
                 // A reset peer has nothing more to say.
-                Poll::Ready(Err(_)) => self.eof = true,
+                Poll::Ready(Err(_)) => self.source_ended = true,
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -406,50 +422,58 @@ impl Half {
     }
 
     /// Nothing to read: flush what was written, give back an empty pipe, wait.
-    fn poll_idle<W: Leg>(&mut self, cx: &mut Context<'_>, mut writer: Pin<&mut W>) -> Poll<io::Result<()>> {
+    fn poll_idle<W: Leg>(&mut self, cx: &mut Context<'_>, writer: &mut W) -> Poll<io::Result<()>> {
         #[cfg(target_os = "linux")]
         if let Some(pipe) = self.pipe.take_if(|p| p.held == 0) {
             pipe.give();
         }
         if self.need_flush {
-            ready!(writer.as_mut().poll_flush(cx))?;
+            ready!(Pin::new(writer).poll_flush(cx))?;
             self.need_flush = false;
         }
         Poll::Pending
     }
 
-    /// Writes out the buffer's bytes, then gives the buffer back.
-    fn poll_write_buf<W: Leg>(
+    /// Writes what is held. Draining, a WebSocket direction stops at the next frame boundary
+    /// and keeps the rest. Relayed bytes are counted and fed to the frame tracker; a close
+    /// frame of Switchback's (`Closing`) is not.
+    fn poll_write_held<W: Leg>(
         &mut self,
         cx: &mut Context<'_>,
-        mut writer: Pin<&mut W>,
+        writer: &mut W,
+        draining: bool,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
-        let Some(buf) = &self.buf else {
-            return Poll::Ready(Ok(()));
-        };
-        while self.pos < self.cap {
-            let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+        let relayed = self.phase == Phase::Copying;
+        while !self.held.is_empty() {
+            let bytes = self.held.bytes();
+            let len = match &self.frames {
+                Some(f) if draining && relayed => {
+                    usize::try_from(f.to_boundary()).map_or(bytes.len(), |l| l.min(bytes.len()))
+                }
+                _ => bytes.len(),
+            };
+            if len == 0 {
+                break;
+            }
+            let n = ready!(Pin::new(&mut *writer).poll_write(cx, &bytes[..len]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            if !self.injected {
+            if relayed {
                 if let Some(frames) = &mut self.frames {
-                    frames.feed(&buf[self.pos..self.pos + n]);
+                    frames.feed(&bytes[..n]);
                     // A large frame began in the buffer: splice its rest, and peek at the next.
-                    self.bulk = frames.payload_left() >= SPLICE_MIN;
+                    #[cfg(target_os = "linux")]
+                    {
+                        self.bulk = frames.payload_left() >= SPLICE_MIN;
+                    }
                 }
                 self.bytes += n as u64;
                 *moved = true;
             }
-            self.pos += n;
+            self.held.consume(n);
             self.need_flush = true;
-        }
-        self.pos = 0;
-        self.cap = 0;
-        self.injected = false;
-        if let Some(buf) = self.buf.take() {
-            pool::give(buf);
         }
         Poll::Ready(Ok(()))
     }
@@ -475,8 +499,8 @@ impl Half {
     }
 
     /// Splices the next bytes from `from` into the pipe, if they should be spliced: `Ok(true)`
-    /// when something was taken in (or the stream ended), `Ok(false)` when the next bytes are
-    /// better copied (a small WebSocket frame).
+    /// when something was taken in (or the stream ended, then `source_ended` is set),
+    /// `Ok(false)` when the next bytes are better copied (a small WebSocket frame).
     ///
     /// An opaque stream is spliced as it comes. A WebSocket stream is spliced only as far as
     /// frame lengths are known: at a frame boundary the next header is peeked, and a large
@@ -517,7 +541,7 @@ impl Half {
         let pipe = self.pipe.insert(pipe);
         let n = match ready!(pipe.poll_fill(cx, from, max))? {
             0 => {
-                self.eof = true;
+                self.source_ended = true;
                 return Poll::Ready(Ok(true));
             }
             n => n,
@@ -542,7 +566,7 @@ impl Half {
         from: &tokio::net::TcpStream,
         head: &mut [u8; 14],
     ) -> Poll<io::Result<Option<(usize, u64)>>> {
-        let mut peeked = ReadBuf::new(head);
+        let mut peeked = tokio::io::ReadBuf::new(head);
         let n = ready!(from.poll_peek(cx, &mut peeked))?;
         Poll::Ready(Ok(match websocket::header_len(&head[..n]) {
             Some((len, payload)) if payload >= SPLICE_MIN => Some((len, payload)),
@@ -552,15 +576,5 @@ impl Half {
             }
             None => None,
         }))
-    }
-
-    fn queue_close(&mut self) {
-        self.close_queued = true;
-        self.injected = true;
-        let frame = super::going_away(self.to_upstream);
-        let buf = self.buf.get_or_insert_with(|| pool::take(self.size));
-        buf[..frame.len()].copy_from_slice(&frame);
-        self.pos = 0;
-        self.cap = frame.len();
     }
 }

@@ -1,0 +1,251 @@
+//! A tunnel's task, from the client's upgrade to the end of the relay, and the handle that
+//! reports its end.
+//!
+//! Written out by hand rather than as an `async fn`: an async fn keeps its arguments for its
+//! whole life and every nested one adds its own, which made an idle tunnel's task 1.9 KiB.
+//! This one holds the relay, the drain guard and what the tunnel reports.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use tokio::io::WriteHalf;
+use tokio::sync::watch;
+
+use super::engine::{Duplex, Settings};
+use super::handoff::{Ends, UpstreamWriter};
+use super::leg::{self, BodyLeg, Prefixed};
+use super::opened::Opened;
+use super::{Opening, TunnelInfo, TunnelObserver, TunnelStats};
+use crate::drain::TunnelGuard;
+
+/// A handle on one tunnel, in the `101`'s response extensions: an access log or a test ties
+/// the tunnel to its request with it (under HTTP/2 one connection carries many tunnels, so
+/// the client's address can't).
+///
+/// ```
+/// # async fn log(res: http::Response<switchback::Body>) {
+/// use switchback::TunnelHandle;
+///
+/// if let Some(handle) = res.extensions().get::<TunnelHandle>().cloned() {
+///     tokio::spawn(async move {
+///         if let Some(stats) = handle.closed().await {
+///             println!("tunnel {} ended: {}", handle.id(), stats.end);
+///         }
+///     });
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TunnelHandle {
+    id: u64,
+    stats: watch::Receiver<Option<TunnelStats>>,
+}
+
+impl TunnelHandle {
+    /// The tunnel's id, as in [`TunnelInfo::id`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Resolves when the tunnel has ended, with what it relayed; `None` when it never opened
+    /// (the client's connection did not upgrade).
+    pub async fn closed(&self) -> Option<TunnelStats> {
+        let mut stats = self.stats.clone();
+        stats.wait_for(Option::is_some).await.ok().and_then(|s| *s)
+    }
+}
+
+/// A new tunnel id.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+type Pumped = Duplex<BodyLeg<WriteHalf<TokioIo<Upgraded>>>, BodyLeg<UpstreamWriter>>;
+
+pin_project! {
+    /// A tunnel's relay, whatever its two ends turned out to be: bare sockets (then splice
+    /// applies), hyper's wrappers (e.g. under another server), or bodies (pumped).
+    #[project = RelayProj]
+    enum Relay {
+        Sockets { #[pin] duplex: Duplex<Prefixed, Prefixed> },
+        UpstreamWrapped { #[pin] duplex: Duplex<Prefixed, TokioIo<Upgraded>> },
+        Wrapped { #[pin] duplex: Duplex<TokioIo<Upgraded>, TokioIo<Upgraded>> },
+        // Boxed: a pumped tunnel is rare next to joined ones, and shouldn't size their task.
+        Pumped { duplex: Pin<Box<Pumped>> },
+    }
+}
+
+impl Relay {
+    fn new(client: Upgraded, ends: Ends, settings: Settings) -> Self {
+        let upstream = match ends {
+            Ends::Joined { upstream } => upstream,
+            Ends::Pumped(ends) => {
+                let (read, write) = tokio::io::split(TokioIo::new(client));
+                // The request body may be gone (a layer dropped it): then nothing reads the
+                // client, which the engine sees as the client's half-close.
+                let _ = ends.client_reader.send(read);
+                let client = BodyLeg::new(ends.client_body, write);
+                let upstream = BodyLeg::new(ends.upstream_body, ends.upstream);
+                return Self::Pumped {
+                    duplex: Box::pin(Duplex::new(client, upstream, settings)),
+                };
+            }
+        };
+        match leg::unwrap_socket(client) {
+            Ok(client) => match leg::unwrap_socket(upstream) {
+                Ok(upstream) => Self::Sockets {
+                    duplex: Duplex::new(client, upstream, settings),
+                },
+                Err(upstream) => Self::UpstreamWrapped {
+                    duplex: Duplex::new(client, TokioIo::new(upstream), settings),
+                },
+            },
+            Err(client) => Self::Wrapped {
+                duplex: Duplex::new(TokioIo::new(client), TokioIo::new(upstream), settings),
+            },
+        }
+    }
+
+    fn start_drain(self: Pin<&mut Self>) {
+        match self.project() {
+            RelayProj::Sockets { duplex } => duplex.start_drain(),
+            RelayProj::UpstreamWrapped { duplex } => duplex.start_drain(),
+            RelayProj::Wrapped { duplex } => duplex.start_drain(),
+            RelayProj::Pumped { duplex } => duplex.as_mut().start_drain(),
+        }
+    }
+}
+
+impl Future for Relay {
+    type Output = TunnelStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        match self.project() {
+            RelayProj::Sockets { duplex } => duplex.poll(cx),
+            RelayProj::UpstreamWrapped { duplex } => duplex.poll(cx),
+            RelayProj::Wrapped { duplex } => duplex.poll(cx),
+            RelayProj::Pumped { duplex } => duplex.as_mut().poll(cx),
+        }
+    }
+}
+
+pin_project! {
+    /// Waits for the client's connection to upgrade, then relays until the tunnel ends.
+    pub(super) struct TunnelTask {
+        #[pin]
+        stage: Stage,
+        // Counts the tunnel as live until the task ends, and says when a drain closes it.
+        #[pin]
+        guard: TunnelGuard,
+        report: Report,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    enum Stage {
+        Upgrading { client: OnUpgrade, ends: Option<(Ends, Settings)> },
+        Relaying { #[pin] relay: Relay },
+        Ended,
+    }
+}
+
+/// Reporting starts when bytes may flow (the client upgraded) and ends with the stats.
+enum Report {
+    Waiting {
+        info: TunnelInfo,
+        observer: Option<TunnelObserver>,
+        handle: watch::Sender<Option<TunnelStats>>,
+    },
+    Open(Opened, Option<watch::Sender<Option<TunnelStats>>>),
+    Done,
+}
+
+impl TunnelTask {
+    pub(super) fn new(client: OnUpgrade, ends: Ends, mut opening: Opening) -> (Self, TunnelHandle) {
+        let id = next_id();
+        opening.info.id = id;
+        let (handle, stats) = watch::channel(None);
+        let task = Self {
+            stage: Stage::Upgrading {
+                client,
+                ends: Some((ends, opening.settings)),
+            },
+            guard: opening.guard,
+            report: Report::Waiting {
+                info: opening.info,
+                observer: opening.observer,
+                handle,
+            },
+        };
+        (task, TunnelHandle { id, stats })
+    }
+}
+
+impl Future for TunnelTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let StageProj::Upgrading { client, ends } = this.stage.as_mut().project() {
+            let upgraded = ready!(Pin::new(client).poll(cx));
+            let Some((ends, settings)) = ends.take() else {
+                this.stage.set(Stage::Ended);
+                return Poll::Ready(());
+            };
+            let client = match upgraded {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client connection did not upgrade");
+                    this.stage.set(Stage::Ended);
+                    return Poll::Ready(());
+                }
+            };
+            this.stage.set(Stage::Relaying {
+                relay: Relay::new(client, ends, settings),
+            });
+            this.report.open();
+        }
+        let StageProj::Relaying { mut relay } = this.stage.as_mut().project() else {
+            return Poll::Ready(());
+        };
+        if this.guard.poll_closing(cx).is_ready() {
+            relay.as_mut().start_drain();
+        }
+        let stats = ready!(relay.poll(cx));
+        this.stage.set(Stage::Ended);
+        this.report.finish(stats);
+        Poll::Ready(())
+    }
+}
+
+impl Report {
+    fn open(&mut self) {
+        if let Self::Waiting {
+            info,
+            observer,
+            handle,
+        } = std::mem::replace(self, Self::Done)
+        {
+            // By now the `101` is written and its extensions dropped: when nobody kept the
+            // handle, an idle tunnel keeps no channel.
+            let handle = (handle.receiver_count() > 0).then_some(handle);
+            *self = Self::Open(Opened::new(info, observer), handle);
+        }
+    }
+
+    fn finish(&mut self, stats: TunnelStats) {
+        if let Self::Open(opened, handle) = std::mem::replace(self, Self::Done) {
+            opened.finish(stats);
+            if let Some(handle) = handle {
+                handle.send_replace(Some(stats));
+            }
+        }
+    }
+}
