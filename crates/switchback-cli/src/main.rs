@@ -13,7 +13,6 @@ mod cli;
 mod demo;
 mod fatal;
 mod filters;
-mod rfc3339;
 mod run;
 mod stack;
 
