@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,7 +49,7 @@ pub(crate) async fn run(
     let runtime = Runtime::from_values(config.runtime.clone());
     let stack = stack::build(&config, &drain, &runtime, &log)?;
 
-    let threads = NonZeroUsize::new(config.workers).unwrap_or(NonZeroUsize::MIN);
+    let threads = config.workers;
     let mut workers = Workers::start(config.listen, threads, stack)
         .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?;
     // From here on the config says what is bound (port 0 resolved), for `GET /config` too.

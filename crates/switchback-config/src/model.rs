@@ -43,7 +43,7 @@ pub struct Config {
     /// Worker threads serving the listener, each with its own event loop and its own
     /// `SO_REUSEPORT` listener; a connection and its tunnel stay on the worker that accepted
     /// it. Default: one per CPU the process may use. At most 1024.
-    pub workers: usize,
+    pub workers: NonZeroUsize,
     /// How long a graceful shutdown waits for in-flight requests and upgraded streams
     /// before closing them. Default `30s`; `0s` closes them at once.
     #[serde(serialize_with = "duration::serialize")]
@@ -96,10 +96,15 @@ impl Default for Config {
     }
 }
 
-/// One worker per CPU the process may use (1 if that can't be known).
+/// One worker per CPU the process may use (1 if that can't be known), at most
+/// [`MAX_WORKERS`].
 #[must_use]
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
+pub fn default_workers() -> NonZeroUsize {
+    const MAX: NonZeroUsize = match NonZeroUsize::new(MAX_WORKERS) {
+        Some(max) => max,
+        None => panic!("MAX_WORKERS is at least 1"),
+    };
+    std::thread::available_parallelism().map_or(NonZeroUsize::MIN, |n| n.min(MAX))
 }
 
 impl Config {

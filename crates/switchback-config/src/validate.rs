@@ -672,13 +672,13 @@ impl<'a> Ctx<'a> {
             config.admin = self.socket_addr(admin, "admin", "127.0.0.1:9901");
         }
         if let Some(workers) = &raw.workers {
-            match usize::try_from(workers.value) {
-                Ok(0) => self.error(
+            match usize::try_from(workers.value).map(NonZeroUsize::new) {
+                Ok(None) => self.error(
                     &workers.referenced,
                     "workers",
                     "workers must be at least 1 (leave it out for one per CPU)",
                 ),
-                Ok(n) if n <= MAX_WORKERS => config.workers = n,
+                Ok(Some(n)) if n.get() <= MAX_WORKERS => config.workers = n,
                 _ => self.error(
                     &workers.referenced,
                     "workers",
