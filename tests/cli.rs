@@ -1,9 +1,13 @@
 //! The `switchback` binary as a process: a config file, real sockets, signals.
 //!
-//! Every test writes its config into its own temporary directory, with ports found free by
-//! binding `127.0.0.1:0`, starts the binary with stdout and stderr going to files there, and
-//! kills the process (if still alive) when the test ends. Waits are bounded by timeouts.
+//! Every test writes its config into its own temporary directory, listening on port 0,
+//! starts the binary with `--ready-file` and stdout and stderr going to files there, reads
+//! the ports it bound from the ready file, and kills the process (if still alive) when the
+//! test ends. No port is picked in advance, so parallel tests can't race for one. Waits are
+//! bounded by timeouts.
 #![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
+
+mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,11 +23,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use support::{RawUpstream, raw_client, read_head, ws_echo};
+
 const BIN: &str = env!("CARGO_BIN_EXE_switchback");
 
-/// The longest any single wait may take.
+/// The longest any single wait may take: longer than `support::WAIT`, as a wait here may
+/// include starting a process.
 const WAIT: Duration = Duration::from_secs(15);
 
+/// `support::within`, naming what timed out: with a process on the other side, the wait is
+/// the only clue.
 async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     match tokio::time::timeout(WAIT, f).await {
         Ok(out) => out,
@@ -66,15 +75,14 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // === the process ===
+
+/// The addresses a proxy bound, from its ready file.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+}
 
 /// A running `switchback`, killed on drop.
 struct Proxy {
@@ -112,34 +120,55 @@ impl Proxy {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Waits until `addr` accepts connections; fails with the process's stderr if it exits.
-    async fn wait_listening(&mut self, addr: SocketAddr) {
+    /// Starts switchback with `args` and `--ready-file`, and waits until it has bound every
+    /// listener; returns the process and the addresses it bound.
+    async fn start_ready(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> (Self, Bound) {
+        let ready = dir.path("ready.json");
+        let mut args = args.to_vec();
+        args.extend(["--ready-file", ready.to_str().unwrap()]);
+        let mut proxy = Proxy::start(dir, &args, env);
+        let bound = proxy.wait_ready(&ready).await;
+        (proxy, bound)
+    }
+
+    /// Starts `switchback --config file` and waits until it listens; returns the proxy and
+    /// its address.
+    async fn serve(dir: &TempDir, file: &Path) -> (Self, SocketAddr) {
+        let (proxy, bound) = Proxy::start_ready(dir, &["--config", file.to_str().unwrap()], &[]).await;
+        (proxy, bound.listen)
+    }
+
+    /// As [`Proxy::serve`], for a config with an admin endpoint: returns its address too.
+    async fn with_admin(dir: &TempDir, file: &Path) -> (Self, SocketAddr, SocketAddr) {
+        let (proxy, bound) = Proxy::start_ready(dir, &["--config", file.to_str().unwrap()], &[]).await;
+        let admin = bound.admin.expect("the config has an admin endpoint");
+        (proxy, bound.listen, admin)
+    }
+
+    /// Waits for the ready file at `path`; fails with the process's stderr if it exits first.
+    async fn wait_ready(&mut self, path: &Path) -> Bound {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("switchback exited early ({status}):\n{}", self.stderr());
             }
-            if TcpStream::connect(addr).await.is_ok() {
-                return;
+            // Renamed into place: if the file is there, it is whole.
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+                let addr = |v: &Value| v.as_str().map(|a| a.parse::<SocketAddr>().unwrap());
+                return Bound {
+                    listen: addr(&v["listen"]).expect("a listen address"),
+                    admin: addr(&v["admin"]),
+                };
             }
             assert!(
                 Instant::now() < deadline,
-                "{addr} never listened:\n{}",
+                "no ready file at {}:\n{}",
+                path.display(),
                 self.stderr()
             );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    /// Starts `switchback --config file` listening on `port` with its admin endpoint on
-    /// `admin`, and waits for both; returns the proxy and the two addresses.
-    async fn with_admin(dir: &TempDir, file: &Path, port: u16, admin: u16) -> (Self, SocketAddr, SocketAddr) {
-        let mut proxy = Proxy::start(dir, &["--config", file.to_str().unwrap()], &[]);
-        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-        proxy.wait_listening(listen).await;
-        proxy.wait_listening(admin).await;
-        (proxy, listen, admin)
     }
 
     /// Sends SIGTERM and waits until the admin endpoint says the proxy is draining.
@@ -196,27 +225,6 @@ fn run(args: &[&str]) -> Output {
 
 // === upstreams ===
 
-/// A WebSocket echo server.
-async fn ws_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// An HTTP/1.1 server answering every request with its `name`, a newline and the request
 /// head it received.
 async fn http_upstream(name: &'static str) -> SocketAddr {
@@ -254,17 +262,8 @@ async fn raw_upgrade_echo() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Some((head, rest)) = read_head(&mut stream).await else {
-                    return;
-                };
-                let offered = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("upgrade: ")
-                            .or_else(|| l.strip_prefix("Upgrade: "))
-                    })
-                    .unwrap_or("none")
-                    .to_owned();
+                let (head, rest) = read_head(&mut stream).await;
+                let offered = support::header(&head, "upgrade").unwrap_or("none");
                 let res = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {offered}\r\n\r\n"
                 );
@@ -279,30 +278,13 @@ async fn raw_upgrade_echo() -> SocketAddr {
     addr
 }
 
-/// Reads a request or response head; returns it and the bytes read after it.
-async fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            return Some((head, buf[end + 4..].to_vec()));
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
 /// Opens an `Upgrade: ty` tunnel through the proxy, sends `n` bytes and returns how many
 /// came back before the tunnel ended (or all of them).
 async fn raw_tunnel_echo(proxy: SocketAddr, ty: &str, n: usize) -> usize {
     within(&format!("a {ty} tunnel"), async {
-        let mut stream = TcpStream::connect(proxy).await.unwrap();
         let req = format!("GET /t HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {ty}\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let (head, early) = read_head(&mut stream).await.expect("a response head");
+        let mut stream = raw_client(proxy, req.as_bytes()).await;
+        let (head, early) = read_head(&mut stream).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(early.is_empty());
         let (mut r, mut w) = stream.into_split();
@@ -474,6 +456,7 @@ fn help_documents_every_mode() {
     for needle in [
         "--config <FILE>",
         "--check <FILE>",
+        "--ready-file <PATH>",
         "switchback                 run the demo",
         "SWITCHBACK_DEMO_LISTEN",
         "SIGTERM",
@@ -618,21 +601,20 @@ async fn a_port_in_use_is_one_clear_line() {
 #[tokio::test]
 async fn websocket_through_the_proxy_with_access_log_and_metrics() {
     let dir = TempDir::new("websocket");
-    let echo = ws_echo().await;
+    let echo = ws_echo().await.addr;
     let web = http_upstream("web").await;
-    let (port, admin) = (free_port(), free_port());
     let log = dir.path("access.jsonl");
     let file = dir.write(
         "ws.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: {}\n\
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: {}\n\
              upgrade_configs:\n  - upgrade_type: websocket\n\
              routes:\n  - match: {{ prefix: /ws }}\n    cluster: echo\n  - match: {{ prefix: / }}\n    cluster: web\n\
              clusters:\n  - name: echo\n    endpoints: [{echo}]\n  - name: web\n    endpoints: [{web}]\n",
             log.display()
         ),
     );
-    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
+    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
 
     // A WebSocket conversation through the proxy.
     let (mut ws, res) = ws_connect(format!("ws://{listen}/ws/chat")).await;
@@ -763,23 +745,20 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
 #[tokio::test]
 async fn a_legacy_websocket_route_from_the_config() {
     let dir = TempDir::new("legacy");
-    let echo = ws_echo().await;
-    let port = free_port();
+    let echo = ws_echo().await.addr;
     let log = dir.path("access.jsonl");
     // No listener-level upgrade types: the legacy mode bypasses the decision table.
     let file = dir.write(
         "legacy.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\naccess_log: {}\n\
+            "listen: 127.0.0.1:0\naccess_log: {}\n\
              routes:\n  - match: {{ prefix: /legacy }}\n    cluster: echo\n    use_websocket: true\n\
              \x20   websocket_config: {{ idle_timeout: 10s, max_connect_attempts: 2 }}\n\
              clusters:\n  - name: echo\n    endpoints: [{echo}]\n",
             log.display()
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    proxy.wait_listening(listen).await;
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
 
     let (mut ws, _) = ws_connect(format!("ws://{listen}/legacy")).await;
     ws_roundtrip(&mut ws, Message::text("old school")).await;
@@ -796,19 +775,20 @@ async fn a_legacy_websocket_route_from_the_config() {
 #[tokio::test]
 async fn admin_endpoints_and_a_runtime_change_that_shifts_routing() {
     let dir = TempDir::new("admin");
+    // Two workers on port 0: both serve the one port the ready file names, and share the
+    // runtime values.
     let (blue, green) = (http_upstream("blue").await, http_upstream("green").await);
-    let (port, admin) = (free_port(), free_port());
     let file = dir.write(
         "admin.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: {}\nruntime:\n  shift.green: 0\n\
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nworkers: 2\naccess_log: {}\nruntime:\n  shift.green: 0\n\
              routes:\n  - match:\n      prefix: /\n      runtime_fraction: {{ runtime_key: shift.green, default: 0 }}\n    cluster: green\n\
              \x20 - match: {{ prefix: / }}\n    cluster: blue\n\
              clusters:\n  - name: blue\n    endpoints: [{blue}]\n  - name: green\n    endpoints: [{green}]\n",
             dir.path("access.jsonl").display()
         ),
     );
-    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
+    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
 
     let ready = http(admin, "GET", "/ready", &[], b"").await;
     assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
@@ -854,7 +834,8 @@ async fn admin_endpoints_and_a_runtime_change_that_shifts_routing() {
     assert_eq!(config.status, 200);
     assert_eq!(config.header("content-type"), Some("application/json"));
     let config: Value = serde_json::from_str(&config.body).unwrap();
-    assert_eq!(config["listen"], listen.to_string());
+    assert_eq!(config["listen"], listen.to_string(), "port 0 resolved");
+    assert_eq!(config["admin"], admin.to_string());
     assert_eq!(config["runtime"]["shift.green"], 100);
     assert_eq!(config["drain_timeout"], "30s");
     assert_eq!(
@@ -877,11 +858,10 @@ async fn admin_endpoints_and_a_runtime_change_that_shifts_routing() {
 async fn http_filters_shape_requests_and_responses() {
     let dir = TempDir::new("filters");
     let web = http_upstream("web").await;
-    let port = free_port();
     let file = dir.write(
         "filters.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\naccess_log: {}\nhttp_filters:\n  - request_body_limit: 16\n\
+            "listen: 127.0.0.1:0\naccess_log: {}\nhttp_filters:\n  - request_body_limit: 16\n\
              \x20 - request_headers_to_add: {{ x-proxied-by: switchback }}\n\
              \x20 - response_headers_to_add: {{ x-served-by: switchback }}\n\
              \x20 - concurrency_limit: 10\n  - timeout: 5s\n\
@@ -890,9 +870,7 @@ async fn http_filters_shape_requests_and_responses() {
             dir.path("access.jsonl").display()
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    proxy.wait_listening(listen).await;
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
 
     let r = http(listen, "GET", "/", &[], b"").await;
     assert_eq!(r.status, 200);
@@ -916,23 +894,20 @@ async fn http_filters_shape_requests_and_responses() {
 async fn an_upgrade_type_with_its_own_chain_skips_the_default_filters() {
     let dir = TempDir::new("chains");
     let upstream = raw_upgrade_echo().await;
-    let port = free_port();
     let log = dir.path("access.jsonl");
     // The default chain limits bodies to 1 KiB, tunnel payload included; `foo` has a
     // router-only chain, `bar` takes the default one.
     let file = dir.write(
         "chains.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\naccess_log: {}\nhttp_filters:\n  - request_body_limit: 1024\n\
+            "listen: 127.0.0.1:0\naccess_log: {}\nhttp_filters:\n  - request_body_limit: 1024\n\
              upgrade_configs:\n  - upgrade_type: foo\n    filters: []\n  - upgrade_type: bar\n\
              routes:\n  - match: {{ prefix: / }}\n    cluster: raw\n\
              clusters:\n  - name: raw\n    endpoints: [{upstream}]\n",
             log.display()
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    proxy.wait_listening(listen).await;
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
 
     assert_eq!(
         raw_tunnel_echo(listen, "foo", 4096).await,
@@ -969,28 +944,19 @@ async fn an_upgrade_type_with_its_own_chain_skips_the_default_filters() {
 #[tokio::test]
 async fn the_timeout_filter_answers_504() {
     let dir = TempDir::new("timeout");
-    // An upstream that accepts and never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
-    let port = free_port();
+    // An upstream that never answers: the kernel completes the connection, nobody reads it.
+    let silent = RawUpstream::bind().await;
+    let upstream = silent.addr;
     let file = dir.write(
         "timeout.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\naccess_log: {}\nhttp_filters:\n  - timeout: 200ms\n\
+            "listen: 127.0.0.1:0\naccess_log: {}\nhttp_filters:\n  - timeout: 200ms\n\
              routes:\n  - match: {{ prefix: / }}\n    cluster: silent\n\
              clusters:\n  - name: silent\n    endpoints: [{upstream}]\n",
             dir.path("access.jsonl").display()
         ),
     );
-    let mut proxy = Proxy::start(&dir, &["--config", file.to_str().unwrap()], &[]);
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    proxy.wait_listening(listen).await;
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
     let r = http(listen, "GET", "/", &[], b"").await;
     assert_eq!(r.status, 504, "{}", r.body);
 }
@@ -998,20 +964,19 @@ async fn the_timeout_filter_answers_504() {
 #[tokio::test]
 async fn sigterm_drains_a_live_tunnel_with_1001() {
     let dir = TempDir::new("drain");
-    let echo = ws_echo().await;
-    let (port, admin) = (free_port(), free_port());
+    let echo = ws_echo().await.addr;
     let log = dir.path("access.jsonl");
     let file = dir.write(
         "drain.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: {}\ndrain_timeout: 2s\n\
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: {}\ndrain_timeout: 2s\n\
              upgrade_configs:\n  - upgrade_type: websocket\n\
              routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
              clusters:\n  - name: echo\n    endpoints: [{echo}]\n",
             log.display()
         ),
     );
-    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
+    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
 
     let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut ws, Message::text("before")).await;
@@ -1032,6 +997,10 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
 
     let status = proxy.wait_exit().await;
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    assert!(
+        !dir.path("ready.json").exists(),
+        "the ready file goes with the process"
+    );
     let close = wait_log_line(&log, "tunnel_close", None).await;
     assert_eq!(close["end"], "drain");
     let stderr = proxy.stderr();
@@ -1045,15 +1014,14 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
 #[tokio::test]
 async fn a_second_signal_closes_everything_now() {
     let dir = TempDir::new("second-signal");
-    let echo = ws_echo().await;
+    let echo = ws_echo().await.addr;
     // An upstream that accepts and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let (port, admin) = (free_port(), free_port());
+    let silent = RawUpstream::bind().await;
+    let silent_addr = silent.addr;
     let file = dir.write(
         "second.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\naccess_log: /dev/null\ndrain_timeout: 1h\n\
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: /dev/null\ndrain_timeout: 1h\n\
              upgrade_configs:\n  - upgrade_type: websocket\n\
              routes:\n  - match: {{ prefix: /slow }}\n    cluster: silent\n    timeout: 0s\n\
              \x20 - match: {{ prefix: / }}\n    cluster: echo\n\
@@ -1061,15 +1029,12 @@ async fn a_second_signal_closes_everything_now() {
              \x20 - name: silent\n    endpoints: [{silent_addr}]\n"
         ),
     );
-    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file, port, admin).await;
+    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
 
     let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut ws, Message::text("before")).await;
-    let mut slow = tokio::net::TcpStream::connect(listen).await.unwrap();
-    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let _held = within("the silent upstream to get the request", silent.accept()).await;
+    let _slow = raw_client(listen, b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let _held = silent.accept().await;
 
     proxy.start_draining(admin).await;
     ws_roundtrip(&mut ws, Message::text("during")).await;
@@ -1087,10 +1052,10 @@ async fn a_second_signal_closes_everything_now() {
 #[tokio::test]
 async fn the_demo_runs_without_arguments() {
     let dir = TempDir::new("demo");
-    let port = free_port();
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut proxy = Proxy::start(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", &listen.to_string())]);
-    proxy.wait_listening(listen).await;
+    let (mut proxy, bound) =
+        Proxy::start_ready(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", "127.0.0.1:0")]).await;
+    let listen = bound.listen;
+    assert_eq!(bound.admin, None);
 
     let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut ws, Message::text("hello, switchback")).await;
@@ -1113,7 +1078,8 @@ async fn the_demo_runs_without_arguments() {
     );
     assert!(
         banner.contains(&format!(
-            "python3 -c \"import socket,os;s=socket.create_connection(('127.0.0.1',{port}))"
+            "python3 -c \"import socket,os;s=socket.create_connection(('127.0.0.1',{}))",
+            listen.port()
         )),
         "{banner}"
     );

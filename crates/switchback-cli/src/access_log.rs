@@ -39,21 +39,21 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
+use jiff::Timestamp;
 use pin_project_lite::pin_project;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use switchback::ClientAddr;
 use switchback::{MatchedRoute, TunnelEvent, TunnelInfo, TunnelObserver, UpstreamAddr};
 use switchback_config::AccessLog as Destination;
 use tower::{Layer, Service};
 
 use crate::fatal::Fatal;
-use crate::rfc3339;
 
 /// Counter: every response sent to a client, local replies (403, 404, 503...) included
 /// (`status`). The library's `switchback_requests_total` counts the filter chains' answers.
@@ -89,7 +89,8 @@ struct Upgrade {
 /// One line. Every key is always present.
 #[derive(Serialize)]
 struct Line<'a> {
-    time: String,
+    #[serde(serialize_with = "rfc3339_millis")]
+    time: Timestamp,
     event: &'static str,
     client: Option<SocketAddr>,
     method: &'a str,
@@ -103,6 +104,12 @@ struct Line<'a> {
     bytes_sent: u64,
     duration_ms: u64,
     end: Option<&'a str>,
+}
+
+/// `time` in RFC 3339, UTC, always with milliseconds (`2026-01-02T03:04:05.678Z`): one width
+/// for every line, so the log sorts and lines up.
+fn rfc3339_millis<S: Serializer>(time: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{time:.3}"))
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -208,7 +215,7 @@ impl AccessLog {
         elapsed: Duration,
     ) {
         self.write(&Line {
-            time: rfc3339::format(SystemTime::now()),
+            time: Timestamp::now(),
             event,
             client: info.client,
             method: upgrade.map_or("GET", |u| u.method.as_str()),
@@ -334,7 +341,7 @@ struct Entry {
 impl Entry {
     fn finish(self, end: &str, sent: u64) {
         self.log.write(&Line {
-            time: rfc3339::format(SystemTime::now()),
+            time: Timestamp::now(),
             event: "request",
             client: self.client,
             method: self.method.as_str(),
@@ -606,6 +613,23 @@ mod tests {
         assert_eq!(lines[0]["end"], "client_close");
         assert_eq!(lines[0]["bytes_sent"], 0);
         assert!(lines[0]["upgrade"].is_null());
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc_with_milliseconds() {
+        let at = |millis: i64| {
+            let mut out = Vec::new();
+            rfc3339_millis(
+                &Timestamp::from_millisecond(millis).unwrap(),
+                &mut serde_json::Serializer::new(&mut out),
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at(0), r#""1970-01-01T00:00:00.000Z""#);
+        assert_eq!(at(951_782_400_005), r#""2000-02-29T00:00:00.005Z""#); // leap day of a /400 year
+        assert_eq!(at(1_709_251_199_999), r#""2024-02-29T23:59:59.999Z""#);
+        assert_eq!(at(4_107_542_400_000), r#""2100-03-01T00:00:00.000Z""#); // 2100 has no leap day
     }
 
     #[test]

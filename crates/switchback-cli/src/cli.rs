@@ -18,7 +18,13 @@ Modes:
   switchback --check FILE    validate FILE: exit 0 when it is valid, otherwise print every
                              problem as `file:line:column: field.path: message` and exit 1
   switchback                 run the demo: a built-in WebSocket echo server behind the proxy
-                             on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it)";
+                             on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it)
+
+Ready file:
+  --ready-file PATH: once every listener is bound, switchback writes the addresses it bound
+  to PATH as one line of JSON, e.g. {\"admin\":\"127.0.0.1:41235\",\"listen\":\"127.0.0.1:41234\"}
+  (admin is null without an admin endpoint), and removes it on exit. The file appears whole
+  (written under another name, then renamed). With `listen: 127.0.0.1:0` it tells the port.";
 
 const AFTER_LONG_HELP: &str = "\
 Shutdown:
@@ -64,17 +70,30 @@ pub(crate) struct Args {
     /// printed (file:line:column: field path: message).
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
+
+    /// Once every listener is bound, write the bound addresses to this file as JSON
+    /// (`listen` and `admin`); removed on exit.
+    #[arg(long, value_name = "PATH", conflicts_with = "check")]
+    ready_file: Option<PathBuf>,
 }
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// `--config FILE`.
-    Run(PathBuf),
+    /// `--config FILE`, maybe with `--ready-file PATH`.
+    Run {
+        /// The configuration file.
+        config: PathBuf,
+        /// Where to write the bound addresses.
+        ready_file: Option<PathBuf>,
+    },
     /// `--check FILE`.
     Check(PathBuf),
-    /// No arguments.
-    Demo,
+    /// No arguments, or only `--ready-file PATH`.
+    Demo {
+        /// Where to write the bound addresses.
+        ready_file: Option<PathBuf>,
+    },
 }
 
 impl Args {
@@ -82,8 +101,13 @@ impl Args {
     pub(crate) fn mode(self) -> Mode {
         match (self.config, self.check) {
             (_, Some(check)) => Mode::Check(check),
-            (Some(config), None) => Mode::Run(config),
-            (None, None) => Mode::Demo,
+            (Some(config), None) => Mode::Run {
+                config,
+                ready_file: self.ready_file,
+            },
+            (None, None) => Mode::Demo {
+                ready_file: self.ready_file,
+            },
         }
     }
 }
@@ -99,14 +123,25 @@ mod tests {
 
     #[test]
     fn modes() {
-        assert_eq!(mode(&["switchback"]).unwrap(), Mode::Demo);
+        assert_eq!(mode(&["switchback"]).unwrap(), Mode::Demo { ready_file: None });
+        let run = Mode::Run {
+            config: "a.yaml".into(),
+            ready_file: None,
+        };
+        assert_eq!(mode(&["switchback", "--config", "a.yaml"]).unwrap(), run);
+        assert_eq!(mode(&["switchback", "-c", "a.yaml"]).unwrap(), run);
         assert_eq!(
-            mode(&["switchback", "--config", "a.yaml"]).unwrap(),
-            Mode::Run("a.yaml".into())
+            mode(&["switchback", "-c", "a.yaml", "--ready-file", "r.json"]).unwrap(),
+            Mode::Run {
+                config: "a.yaml".into(),
+                ready_file: Some("r.json".into()),
+            }
         );
         assert_eq!(
-            mode(&["switchback", "-c", "a.yaml"]).unwrap(),
-            Mode::Run("a.yaml".into())
+            mode(&["switchback", "--ready-file", "r.json"]).unwrap(),
+            Mode::Demo {
+                ready_file: Some("r.json".into())
+            }
         );
         assert_eq!(
             mode(&["switchback", "--check", "a.yaml"]).unwrap(),
@@ -115,8 +150,10 @@ mod tests {
     }
 
     #[test]
-    fn config_and_check_conflict() {
+    fn check_conflicts_with_running() {
         let err = mode(&["switchback", "--config", "a", "--check", "b"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = mode(&["switchback", "--check", "b", "--ready-file", "r"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 

@@ -3,6 +3,7 @@
 //! `SWITCHBACK_DEMO_LISTEN`), configured by [`Config::demo`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,14 +14,14 @@ use crate::cli::DEMO_LISTEN_ENV;
 use crate::fatal::Fatal;
 use crate::run::{self, Origin};
 
-/// Runs the demo until a signal drains it.
-pub(crate) async fn run() -> Result<(), Fatal> {
+/// Runs the demo until a signal drains it; `ready_file` as for a config file.
+pub(crate) async fn run(ready_file: Option<PathBuf>) -> Result<(), Fatal> {
     let listen = listen_addr(std::env::var(DEMO_LISTEN_ENV).ok().as_deref())?;
     let upstream = start_echo().await?;
     tracing::info!(%upstream, "demo: WebSocket echo upstream started");
     let mut config = Config::demo(upstream);
     config.listen = listen;
-    run::run(config, Origin::Demo).await
+    run::run(config, Origin::Demo, ready_file).await
 }
 
 /// The proxy's address: `value` (the environment variable) when set, else `127.0.0.1:10000`.

@@ -3,7 +3,8 @@
 //!
 //! Modules, in the order a request meets them: [`cli`] (arguments), [`stack`] (config to
 //! tower stack), [`access_log`], [`filters`] (`http_filters` to tower layers), [`run`]
-//! (serve and drain), [`admin`], [`demo`] (the built-in echo upstream).
+//! (serve and drain), [`ready`] (the `--ready-file`), [`admin`], [`demo`] (the built-in echo
+//! upstream).
 
 #![forbid(unsafe_code)]
 
@@ -13,7 +14,7 @@ mod cli;
 mod demo;
 mod fatal;
 mod filters;
-mod rfc3339;
+mod ready;
 mod run;
 mod stack;
 
@@ -40,14 +41,14 @@ fn main() -> ExitCode {
     init_tracing();
     match mode {
         Mode::Check(path) => check(&path),
-        Mode::Run(path) => match Config::load(&path) {
-            Ok(config) => block_on(run::run(config, run::Origin::File(path))),
+        Mode::Run { config, ready_file } => match Config::load(&config) {
+            Ok(loaded) => block_on(run::run(loaded, run::Origin::File(config), ready_file)),
             Err(errors) => {
                 report(&errors);
                 ExitCode::FAILURE
             }
         },
-        Mode::Demo => block_on(demo::run()),
+        Mode::Demo { ready_file } => block_on(demo::run(ready_file)),
     }
 }
 

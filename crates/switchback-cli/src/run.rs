@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::cli::DEMO_LISTEN_ENV;
 use crate::fatal::Fatal;
+use crate::ready::ReadyFile;
 use crate::{demo, stack};
 
 /// Where the configuration came from: it decides how errors say to fix an address.
@@ -30,8 +30,13 @@ pub(crate) enum Origin {
 /// How long plain HTTP exchanges may outlive `drain_timeout` before the process exits anyway.
 const EXCHANGE_MARGIN: Duration = Duration::from_secs(1);
 
-/// Serves `config` until a signal drains it. Returns once the drain is over.
-pub(crate) async fn run(config: Config, origin: Origin) -> Result<(), Fatal> {
+/// Serves `config` until a signal drains it. Returns once the drain is over. Once every
+/// listener is bound, `ready_file` (when given) gets the bound addresses.
+pub(crate) async fn run(
+    mut config: Config,
+    origin: Origin,
+    ready_file: Option<PathBuf>,
+) -> Result<(), Fatal> {
     // First of all, so that a signal during startup drains instead of killing the process.
     let mut signals = Signals::new()?;
 
@@ -44,21 +49,32 @@ pub(crate) async fn run(config: Config, origin: Origin) -> Result<(), Fatal> {
     let runtime = Runtime::from_values(config.runtime.clone());
     let stack = stack::build(&config, &drain, &runtime, &log)?;
 
-    let threads = NonZeroUsize::new(config.workers).unwrap_or(NonZeroUsize::MIN);
+    let threads = config.workers;
     let mut workers = Workers::start(config.listen, threads, stack)
         .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?;
+    // From here on the config says what is bound (port 0 resolved), for `GET /config` too.
+    config.listen = workers.local_addr();
     if let (Some(addr), Some(metrics)) = (config.admin, metrics) {
         let admin_listener = TcpListener::bind(addr)
             .await
             .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
+        let bound = admin_listener
+            .local_addr()
+            .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
+        config.admin = Some(bound);
         let admin = Admin::new(metrics, drain.clone(), runtime.clone(), config.clone());
         tokio::spawn(admin.serve(admin_listener));
-        tracing::info!("admin endpoint on http://{addr}/ (metrics, ready, runtime, config)");
+        tracing::info!("admin endpoint on http://{bound}/ (metrics, ready, runtime, config)");
     }
     tracing::info!(listen = %config.listen, workers = threads, "switchback is listening");
     if let Origin::Demo = origin {
         crate::fatal::print_out(&demo::banner(config.listen));
     }
+    // Last: whoever waits for this file may connect to every listener at once.
+    let _ready = match &ready_file {
+        Some(path) => Some(ReadyFile::write(path, config.listen, config.admin)?),
+        None => None,
+    };
 
     // 0: running, 1: draining, 2: told twice, stop waiting.
     let (tx, rx) = watch::channel(0u8);

@@ -44,7 +44,7 @@ pub(crate) fn build(
 > {
     let routes = routes(config)?;
     let router = router(config, drain, log)?;
-    let default_chain = filters::chain(&config.http_filters, "http_filters")?;
+    let default_chain = filters::chain(&config.http_filters);
     Ok(ServiceBuilder::new()
         .layer(log.layer())
         .layer(RouteLayer::new(routes, runtime.clone()))
@@ -60,10 +60,10 @@ fn router(config: &Config, drain: &Drain, log: &AccessLog) -> Result<UpgradeRout
         .tunnel(TunnelConfig::new().idle_timeout(off_if_zero(config.stream_idle_timeout)))
         .drain(drain.clone())
         .observer(log.observer());
-    for (i, u) in config.upgrade_configs.iter().enumerate() {
+    for u in &config.upgrade_configs {
         let mut entry = UpgradeConfig::new(u.upgrade_type.as_str()).enabled(u.enabled);
         if let Some(filters) = &u.filters {
-            entry = entry.chain(filters::chain(filters, &format!("upgrade_configs[{i}].filters"))?);
+            entry = entry.chain(filters::chain(filters));
         }
         builder = builder.upgrade_config(entry);
     }
@@ -85,11 +85,7 @@ fn protected_headers(config: &Config) -> Vec<HeaderName> {
         ));
     }
     for r in &config.routes {
-        names.extend(
-            r.request_headers_to_add
-                .keys()
-                .filter_map(|n| HeaderName::try_from(n.as_str()).ok()),
-        );
+        names.extend(r.request_headers_to_add.names().cloned());
     }
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
@@ -131,15 +127,15 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
         let mut route = match &r.matcher.path {
             PathMatch::Prefix(p) => Route::prefix(p.as_str()),
             PathMatch::Path(p) => Route::path(p.as_str()),
+            // The library's `Route` compiles the pattern itself; it compiled in the config
+            // already (same `regex` crate), so this error can't happen.
             PathMatch::Regex(re) => {
                 Route::regex(re.as_str()).map_err(|e| Fatal::new(format!("{at}.match.regex: {e}")))?
             }
         }
         .name(at.as_str());
         for h in &r.matcher.headers {
-            let name = HeaderName::try_from(h.name.as_str())
-                .map_err(|_| Fatal::new(format!("{at}.match.headers: {:?} is not a header name", h.name)))?;
-            route = route.header(name, h.exact.clone());
+            route = route.header(h.name.clone(), h.exact.clone());
         }
         if let Some(f) = &r.matcher.runtime_fraction {
             route = route.runtime_fraction(f.runtime_key.as_str(), f.default);
@@ -167,18 +163,11 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
             route = route.host_rewrite_literal(h.as_str());
         }
         route = route.auto_host_rewrite(r.auto_host_rewrite);
-        for (name, value) in &r.request_headers_to_add {
-            let (name, value) = filters::header(name, value)
-                .map_err(|e| Fatal::new(format!("{at}.request_headers_to_add: {e}")))?;
-            route = route.request_header_to_add(name, value);
+        for (name, value) in r.request_headers_to_add.iter() {
+            route = route.request_header_to_add(name.clone(), value.clone());
         }
         for name in &r.request_headers_to_remove {
-            let name = HeaderName::try_from(name.as_str()).map_err(|_| {
-                Fatal::new(format!(
-                    "{at}.request_headers_to_remove: {name:?} is not a header name"
-                ))
-            })?;
-            route = route.request_header_to_remove(name);
+            route = route.request_header_to_remove(name.clone());
         }
         route = route
             .timeout(r.timeout.and_then(off_if_zero))
@@ -187,11 +176,13 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
             route = route.upgrade(u.upgrade_type.as_str(), u.enabled);
         }
         if r.use_websocket {
-            let attempts = usize::try_from(r.websocket_config.max_connect_attempts).unwrap_or(usize::MAX);
+            // u32 to usize only narrows on 16-bit targets; saturate there.
+            let attempts =
+                usize::try_from(r.websocket_config.max_connect_attempts.get()).unwrap_or(usize::MAX);
             route = route.use_websocket(
                 LegacyConfig::new()
                     .idle_timeout(off_if_zero(r.websocket_config.idle_timeout))
-                    .max_connect_attempts(attempts.max(1)),
+                    .max_connect_attempts(attempts),
             );
         }
         out.push(route);

@@ -101,6 +101,7 @@ mod duration;
 mod error;
 mod locate;
 mod model;
+mod parsed;
 mod raw;
 mod suggest;
 mod validate;
@@ -116,9 +117,10 @@ pub use crate::error::ConfigError;
 pub use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    Endpoint, Filter, HeaderMatcher, HeadersToAdd, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget,
-    RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster, default_workers,
+    Endpoint, Filter, HeaderMatcher, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction,
+    UpgradeConfig, WebSocketConfig, WeightedCluster, default_workers,
 };
+pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 
 use crate::locate::Want;
 use crate::raw::RawConfig;
@@ -176,7 +178,7 @@ impl Config {
         Config {
             listen: DEFAULT_LISTEN,
             upgrade_configs: vec![UpgradeConfig {
-                upgrade_type: "websocket".to_owned(),
+                upgrade_type: UpgradeToken::from_static("websocket"),
                 enabled: true,
                 filters: None,
             }],

@@ -2,12 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::{Serialize, Serializer};
 
 use crate::duration;
+use crate::parsed::{self, HeadersToAdd, PathRegex, UpgradeToken};
 
 /// Default `listen` address: `127.0.0.1:10000`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10000);
@@ -22,14 +25,9 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default cluster `connect_timeout`: 5 seconds.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `ignore_upgrades`: `["tls/*"]`.
-pub const DEFAULT_IGNORE_UPGRADES: &[&str] = &["tls/*"];
+pub const DEFAULT_IGNORE_UPGRADES: &[UpgradeToken] = &[UpgradeToken::from_static("tls/*")];
 /// Default `websocket_config.max_connect_attempts`: 1 (no retry).
-pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 1;
-
-/// Header name → value pairs added by a filter or a route (YAML: a mapping
-/// `{ x-proxied-by: switchback }`). Names and values have been validated with the `http`
-/// crate; names are kept as written (header names are case-insensitive).
-pub type HeadersToAdd = BTreeMap<String, String>;
+pub const DEFAULT_MAX_CONNECT_ATTEMPTS: NonZeroU32 = NonZeroU32::MIN;
 
 /// The whole configuration of the `switchback` binary, validated and with every default
 /// filled in. Serializing it (e.g. to JSON for an admin `GET /config`) yields the effective
@@ -45,7 +43,7 @@ pub struct Config {
     /// Worker threads serving the listener, each with its own event loop and its own
     /// `SO_REUSEPORT` listener; a connection and its tunnel stay on the worker that accepted
     /// it. Default: one per CPU the process may use. At most 1024.
-    pub workers: usize,
+    pub workers: NonZeroUsize,
     /// How long a graceful shutdown waits for in-flight requests and upgraded streams
     /// before closing them. Default `30s`; `0s` closes them at once.
     #[serde(serialize_with = "duration::serialize")]
@@ -63,7 +61,7 @@ pub struct Config {
     /// `upgrade` connection option) so the request is proxied as plain HTTP. A trailing `*`
     /// matches any suffix (`tls/*`). `h2c` is always ignored, whether listed or not.
     /// Default `["tls/*"]`.
-    pub ignore_upgrades: Vec<String>,
+    pub ignore_upgrades: Vec<UpgradeToken>,
     /// The default filter chain, in order; the router is implicitly the last element.
     /// Default: empty (router only).
     pub http_filters: Vec<Filter>,
@@ -88,7 +86,7 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             upgrade_configs: Vec::new(),
-            ignore_upgrades: DEFAULT_IGNORE_UPGRADES.iter().map(|s| (*s).to_owned()).collect(),
+            ignore_upgrades: DEFAULT_IGNORE_UPGRADES.to_vec(),
             http_filters: Vec::new(),
             runtime: BTreeMap::new(),
             routes: Vec::new(),
@@ -98,10 +96,15 @@ impl Default for Config {
     }
 }
 
-/// One worker per CPU the process may use (1 if that can't be known).
+/// One worker per CPU the process may use (1 if that can't be known), at most
+/// [`MAX_WORKERS`].
 #[must_use]
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
+pub fn default_workers() -> NonZeroUsize {
+    const MAX: NonZeroUsize = match NonZeroUsize::new(MAX_WORKERS) {
+        Some(max) => max,
+        None => panic!("MAX_WORKERS is at least 1"),
+    };
+    std::thread::available_parallelism().map_or(NonZeroUsize::MIN, |n| n.min(MAX))
 }
 
 impl Config {
@@ -116,7 +119,7 @@ impl Config {
     pub fn upgrade_config(&self, upgrade_type: &str) -> Option<&UpgradeConfig> {
         self.upgrade_configs
             .iter()
-            .find(|u| u.upgrade_type.eq_ignore_ascii_case(upgrade_type))
+            .find(|u| u.upgrade_type.as_str().eq_ignore_ascii_case(upgrade_type))
     }
 }
 
@@ -124,9 +127,9 @@ impl Config {
 /// (`routes[].upgrade_configs`, which overrides `enabled` for that route).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpgradeConfig {
-    /// The upgrade token, e.g. `websocket` (compared case-insensitively; never empty, no
-    /// whitespace).
-    pub upgrade_type: String,
+    /// The upgrade token, e.g. `websocket`: lowercased, as upgrade types compare
+    /// case-insensitively.
+    pub upgrade_type: UpgradeToken,
     /// Whether upgrades of this type are allowed. Default `true`.
     pub enabled: bool,
     /// Listener level only: this type's own filter chain, used instead of `http_filters`
@@ -151,9 +154,8 @@ pub enum Filter {
     /// `response_headers_to_add: {name: value}`: set these headers on the response sent
     /// downstream.
     ResponseHeadersToAdd(HeadersToAdd),
-    /// `concurrency_limit: <n>`: at most this many requests in flight through the chain
-    /// (at least 1).
-    ConcurrencyLimit(usize),
+    /// `concurrency_limit: <n>`: at most this many requests in flight through the chain.
+    ConcurrencyLimit(NonZeroUsize),
     /// `timeout: <duration>`: fail requests whose response headers take longer (must be
     /// greater than zero).
     Timeout(#[serde(serialize_with = "duration::serialize")] Duration),
@@ -195,8 +197,8 @@ pub struct Route {
     /// `prefix` match, the whole path of a `path` match. Default: none (path unchanged).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
-    /// Set the `Host` (`:authority`) header sent upstream to this value. Default: none.
-    /// Mutually exclusive with `auto_host_rewrite: true`.
+    /// Set the `Host` (`:authority`) header sent upstream to this value (non-empty, a valid
+    /// header value). Default: none. Mutually exclusive with `auto_host_rewrite: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_rewrite_literal: Option<String>,
     /// Set the `Host` header sent upstream to the chosen endpoint's `hostname` (or its
@@ -205,7 +207,8 @@ pub struct Route {
     /// Headers set on the request sent upstream for this route. Default: empty.
     pub request_headers_to_add: HeadersToAdd,
     /// Header names removed from the request before it is sent upstream. Default: empty.
-    pub request_headers_to_remove: Vec<String>,
+    #[serde(serialize_with = "parsed::serialize_header_names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
     /// How long to wait for the upstream's response headers (for an upgrade: until the
     /// `101`). Absent in the YAML = 15 s, as Envoy (already filled in here); `0s` = no limit
     /// (`None`).
@@ -236,7 +239,7 @@ impl Route {
     pub fn upgrade_override(&self, upgrade_type: &str) -> Option<bool> {
         self.upgrade_configs
             .iter()
-            .find(|u| u.upgrade_type.eq_ignore_ascii_case(upgrade_type))
+            .find(|u| u.upgrade_type.as_str().eq_ignore_ascii_case(upgrade_type))
             .map(|u| u.enabled)
     }
 }
@@ -264,17 +267,19 @@ pub enum PathMatch {
     /// `path: /exact`: the path (without query) equals this (starts with `/`).
     Path(String),
     /// `regex: "^/ws/[0-9]+$"`: the path (without query) matches this regular expression
-    /// (`regex` crate syntax, already checked to compile). Matching is a search, so anchor
-    /// with `^...$` for a whole-path match.
-    Regex(String),
+    /// (`regex` crate syntax, compiled). Matching is a search, so anchor with `^...$` for a
+    /// whole-path match.
+    Regex(PathRegex),
 }
 
 /// A header condition of a route match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HeaderMatcher {
-    /// Header name (validated; case-insensitive).
-    pub name: String,
-    /// `Some(v)`: the header's value equals `v`. `None` (no `exact`): the header is present.
+    /// Header name (case-insensitive).
+    #[serde(serialize_with = "parsed::serialize_header_name")]
+    pub name: HeaderName,
+    /// `Some(v)`: the header's value equals `v`, a valid header value. `None` (no `exact`):
+    /// the header is present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,
 }
@@ -316,8 +321,8 @@ pub struct WebSocketConfig {
     /// `idle_timeout` (already filled in here); [`Duration::ZERO`] (`0s`) = off.
     #[serde(serialize_with = "duration::serialize")]
     pub idle_timeout: Duration,
-    /// How many times to try connecting upstream before giving up (at least 1). Default 1.
-    pub max_connect_attempts: u32,
+    /// How many times to try connecting upstream before giving up. Default 1.
+    pub max_connect_attempts: NonZeroU32,
 }
 
 /// An upstream cluster: a named set of endpoints.

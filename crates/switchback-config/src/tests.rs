@@ -2,8 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
 
 use super::*;
 
@@ -109,6 +112,25 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+fn token(s: &str) -> UpgradeToken {
+    s.parse().unwrap()
+}
+
+fn header_name(s: &str) -> HeaderName {
+    HeaderName::from_bytes(s.as_bytes()).unwrap()
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeadersToAdd {
+    pairs
+        .iter()
+        .map(|(name, value)| (header_name(name), HeaderValue::from_str(value).unwrap()))
+        .collect()
+}
+
+fn attempts(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
 // ---------------------------------------------------------------- the full example
 
 #[test]
@@ -123,31 +145,25 @@ fn full_example_lands_everywhere() {
         c.upgrade_configs,
         vec![
             UpgradeConfig {
-                upgrade_type: "websocket".into(),
+                upgrade_type: token("websocket"),
                 enabled: true,
                 filters: None,
             },
             UpgradeConfig {
-                upgrade_type: "foo".into(),
+                upgrade_type: token("foo"),
                 enabled: false,
                 filters: Some(vec![]),
             },
         ]
     );
-    assert_eq!(c.ignore_upgrades, vec!["tls/*".to_owned()]);
+    assert_eq!(c.ignore_upgrades, vec![token("tls/*")]);
     assert_eq!(
         c.http_filters,
         vec![
             Filter::RequestBodyLimit(1024),
-            Filter::RequestHeadersToAdd(BTreeMap::from([(
-                "x-proxied-by".to_owned(),
-                "switchback".to_owned()
-            )])),
-            Filter::ResponseHeadersToAdd(BTreeMap::from([(
-                "x-served-by".to_owned(),
-                "switchback".to_owned()
-            )])),
-            Filter::ConcurrencyLimit(1000),
+            Filter::RequestHeadersToAdd(headers(&[("x-proxied-by", "switchback")])),
+            Filter::ResponseHeadersToAdd(headers(&[("x-served-by", "switchback")])),
+            Filter::ConcurrencyLimit(NonZeroUsize::new(1000).unwrap()),
         ]
     );
     assert_eq!(
@@ -161,7 +177,7 @@ fn full_example_lands_everywhere() {
     assert_eq!(
         r.matcher.headers,
         vec![HeaderMatcher {
-            name: "x-canary".into(),
+            name: header_name("x-canary"),
             exact: Some("1".into())
         }]
     );
@@ -176,17 +192,14 @@ fn full_example_lands_everywhere() {
     assert_eq!(r.prefix_rewrite.as_deref(), Some("/echo"));
     assert_eq!(r.host_rewrite_literal.as_deref(), Some("echo.internal"));
     assert!(!r.auto_host_rewrite);
-    assert_eq!(
-        r.request_headers_to_add,
-        BTreeMap::from([("x-route".to_owned(), "ws".to_owned())])
-    );
-    assert_eq!(r.request_headers_to_remove, vec!["x-debug".to_owned()]);
+    assert_eq!(r.request_headers_to_add, headers(&[("x-route", "ws")]));
+    assert_eq!(r.request_headers_to_remove, vec![header_name("x-debug")]);
     assert_eq!(r.timeout, Some(Duration::from_secs(15)));
     assert_eq!(r.idle_timeout, Duration::from_secs(60));
     assert_eq!(
         r.upgrade_configs,
         vec![UpgradeConfig {
-            upgrade_type: "foo".into(),
+            upgrade_type: token("foo"),
             enabled: true,
             filters: None
         }]
@@ -198,7 +211,7 @@ fn full_example_lands_everywhere() {
         r.websocket_config,
         WebSocketConfig {
             idle_timeout: Duration::from_secs(10),
-            max_connect_attempts: 3
+            max_connect_attempts: attempts(3)
         }
     );
 
@@ -241,7 +254,7 @@ fn empty_document_is_all_defaults() {
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
         assert!(c.upgrade_configs.is_empty());
-        assert_eq!(c.ignore_upgrades, vec!["tls/*".to_owned()]);
+        assert_eq!(c.ignore_upgrades, vec![token("tls/*")]);
         assert!(c.http_filters.is_empty());
         assert!(c.runtime.is_empty());
         assert!(c.routes.is_empty());
@@ -289,7 +302,7 @@ access_log: \"-\"
         r.websocket_config,
         WebSocketConfig {
             idle_timeout: Duration::from_secs(120),
-            max_connect_attempts: 1
+            max_connect_attempts: attempts(1)
         }
     );
     assert!(!r.use_websocket);
@@ -297,7 +310,7 @@ access_log: \"-\"
     assert!(r.upgrade_configs.is_empty());
     assert!(r.request_headers_to_add.is_empty());
 
-    assert_eq!(c.routes[1].websocket_config.max_connect_attempts, 2);
+    assert_eq!(c.routes[1].websocket_config.max_connect_attempts, attempts(2));
     assert_eq!(
         c.routes[1].websocket_config.idle_timeout,
         Duration::from_secs(120)
@@ -401,11 +414,14 @@ routes:
 "#,
     ));
     let r = &c.routes[0];
-    assert_eq!(r.matcher.path, PathMatch::Regex("^/ws/[0-9]+$".into()));
+    assert_eq!(
+        r.matcher.path,
+        PathMatch::Regex(PathRegex::new("^/ws/[0-9]+$").unwrap())
+    );
     assert_eq!(
         r.matcher.headers,
         vec![HeaderMatcher {
-            name: "x-present".into(),
+            name: header_name("x-present"),
             exact: None
         }]
     );
@@ -1232,11 +1248,71 @@ fn serialized_config_round_trips() {
     assert!(!yaml.contains("port:"), "{yaml}");
 }
 
+/// What validation parsed is kept parsed, and serializes back to its text.
+#[test]
+fn parsed_values_serialize_as_their_text() {
+    let c = parse(&with_clusters(
+        "\
+upgrade_configs: [{ upgrade_type: WebSocket }]
+ignore_upgrades: [TLS/*, Foo]
+routes:
+  - match:
+      regex: \"^/r/[0-9]+$\"
+      headers: [{ name: X-Tenant, exact: Blue }]
+    cluster: echo
+    request_headers_to_add: { X-B: \"2\", x-a: \"1\" }
+    request_headers_to_remove: [X-Debug]
+",
+    ));
+    assert_eq!(c.upgrade_configs[0].upgrade_type.as_str(), "websocket");
+    assert_eq!(c.ignore_upgrades, vec![token("tls/*"), token("foo")]);
+    let r = &c.routes[0];
+    let PathMatch::Regex(re) = &r.matcher.path else {
+        panic!("a regex match: {:?}", r.matcher.path);
+    };
+    assert!(re.regex().is_match("/r/42"));
+    let added: Vec<_> = r
+        .request_headers_to_add
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        added,
+        [("x-b", "2"), ("x-a", "1")],
+        "file order, names lowercased"
+    );
+
+    let json = serde_json::to_value(&c).unwrap();
+    let route = &json["routes"][0];
+    assert_eq!(json["upgrade_configs"][0]["upgrade_type"], "websocket");
+    assert_eq!(json["ignore_upgrades"], serde_json::json!(["tls/*", "foo"]));
+    assert_eq!(route["match"]["regex"], "^/r/[0-9]+$");
+    assert_eq!(
+        route["match"]["headers"],
+        serde_json::json!([{ "name": "x-tenant", "exact": "Blue" }])
+    );
+    assert_eq!(
+        route["request_headers_to_add"],
+        serde_json::json!({ "x-b": "2", "x-a": "1" })
+    );
+    assert_eq!(route["request_headers_to_remove"], serde_json::json!(["x-debug"]));
+}
+
+#[test]
+fn upgrade_tokens() {
+    assert_eq!(UpgradeToken::new("WebSocket").unwrap().as_str(), "websocket");
+    assert_eq!(UpgradeToken::new(""), Err(InvalidToken::Empty));
+    assert_eq!(UpgradeToken::new("a b"), Err(InvalidToken::Whitespace));
+    assert_eq!(UpgradeToken::new("a\u{a0}b"), Err(InvalidToken::Whitespace));
+    assert_eq!(UpgradeToken::from_static("tls/*"), token("TLS/*"));
+    assert_eq!(DEFAULT_IGNORE_UPGRADES, [token("tls/*")]);
+}
+
 #[test]
 fn workers_default_to_one_per_cpu_and_must_be_sensible() {
     assert_eq!(parse("listen: 127.0.0.1:10000\n").workers, default_workers());
-    assert!(default_workers() >= 1);
-    assert_eq!(parse("workers: 3\n").workers, 3);
+    assert!(default_workers().get() <= MAX_WORKERS);
+    assert_eq!(parse("workers: 3\n").workers.get(), 3);
     let e = one("listen: 127.0.0.1:10000\nworkers: 0\n");
     check(&e, "workers", 2, "workers must be at least 1");
     let e = one("workers: 100000\n");

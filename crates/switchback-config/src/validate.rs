@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use crate::error::ConfigError;
 use crate::locate::{join_index, join_key};
 use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, Endpoint, Filter,
-    HeaderMatcher, HeadersToAdd, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction,
-    UpgradeConfig, WebSocketConfig, WeightedCluster,
+    HeaderMatcher, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig,
+    WebSocketConfig, WeightedCluster,
 };
+use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
     Pairs, RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawRoute, RawUpgradeConfig, S,
 };
@@ -102,46 +104,36 @@ impl<'a> Ctx<'a> {
     }
 
     /// An upgrade token (`upgrade_type`, `ignore_upgrades` entries): non-empty, one word.
-    fn token(&mut self, value: &S<String>, path: &str, what: &str) -> bool {
-        if value.value.is_empty() {
-            self.error(
-                &value.referenced,
-                path,
-                format!("{what} is empty; write an upgrade token such as \"websocket\""),
-            );
-            false
-        } else if value.value.chars().any(char::is_whitespace) {
-            self.error(
-                &value.referenced,
-                path,
-                format!(
-                    "{what} \"{}\" contains whitespace; an upgrade token is a single word such as \"websocket\"",
-                    value.value
-                ),
-            );
-            false
-        } else {
-            true
-        }
+    fn token(&mut self, value: &S<String>, path: &str, what: &str) -> Option<UpgradeToken> {
+        let message = match UpgradeToken::new(&value.value) {
+            Ok(token) => return Some(token),
+            Err(InvalidToken::Empty) => {
+                format!("{what} is empty; write an upgrade token such as \"websocket\"")
+            }
+            Err(InvalidToken::Whitespace) => format!(
+                "{what} \"{}\" contains whitespace; an upgrade token is a single word such as \"websocket\"",
+                value.value
+            ),
+        };
+        self.error(&value.referenced, path, message);
+        None
     }
 
-    fn header_name(&mut self, name: &S<String>, path: &str) -> bool {
-        if HeaderName::from_bytes(name.value.as_bytes()).is_ok() {
-            true
-        } else {
+    fn header_name(&mut self, name: &S<String>, path: &str) -> Option<HeaderName> {
+        let parsed = HeaderName::from_bytes(name.value.as_bytes()).ok();
+        if parsed.is_none() {
             self.error(
                 &name.referenced,
                 path,
                 format!("invalid header name \"{}\": {HEADER_NAME_RULE}", name.value),
             );
-            false
         }
+        parsed
     }
 
-    fn header_value(&mut self, value: &S<String>, path: &str, header: &str) -> bool {
-        if HeaderValue::from_str(&value.value).is_ok() {
-            true
-        } else {
+    fn header_value(&mut self, value: &S<String>, path: &str, header: &str) -> Option<HeaderValue> {
+        let parsed = HeaderValue::from_str(&value.value).ok();
+        if parsed.is_none() {
             self.error(
                 &value.referenced,
                 path,
@@ -149,18 +141,18 @@ impl<'a> Ctx<'a> {
                     "invalid value for header \"{header}\": header values may not contain control characters such as line breaks"
                 ),
             );
-            false
         }
+        parsed
     }
 
     fn headers_to_add(&mut self, pairs: &Pairs<String>, path: &str) -> HeadersToAdd {
-        let mut out = HeadersToAdd::new();
-        let mut seen: Vec<(String, u64)> = Vec::new();
+        let mut out = Vec::new();
+        let mut seen: Vec<(HeaderName, u64)> = Vec::new();
         for (name, value) in &pairs.0 {
             let entry_path = join_key(path, &name.value);
-            if self.header_name(name, &entry_path) {
-                let lower = name.value.to_ascii_lowercase();
-                if let Some((_, line)) = seen.iter().find(|(n, _)| *n == lower) {
+            let mut parsed_name = self.header_name(name, &entry_path);
+            if let Some(parsed) = &parsed_name {
+                if let Some((_, line)) = seen.iter().find(|(n, _)| n == parsed) {
                     self.error(
                         &name.referenced,
                         &entry_path,
@@ -169,14 +161,15 @@ impl<'a> Ctx<'a> {
                             name.value
                         ),
                     );
+                    parsed_name = None;
                 } else {
-                    seen.push((lower, name.referenced.line()));
+                    seen.push((parsed.clone(), name.referenced.line()));
                 }
             }
-            self.header_value(value, &entry_path, &name.value);
-            out.insert(name.value.clone(), value.value.clone());
+            let parsed_value = self.header_value(value, &entry_path, &name.value);
+            out.extend(parsed_name.zip(parsed_value));
         }
-        out
+        out.into_iter().collect()
     }
 
     fn filters(&mut self, raw: &[S<RawFilter>], path: &str) -> Vec<Filter> {
@@ -193,8 +186,8 @@ impl<'a> Ctx<'a> {
                 )),
                 RawFilter::ConcurrencyLimit(limit) => {
                     let p = join_key(&entry, "concurrency_limit");
-                    match usize::try_from(limit.value) {
-                        Ok(0) => {
+                    match usize::try_from(limit.value).map(NonZeroUsize::new) {
+                        Ok(None) => {
                             self.error(
                                 &limit.referenced,
                                 &p,
@@ -202,7 +195,7 @@ impl<'a> Ctx<'a> {
                             );
                             None
                         }
-                        Ok(n) => Some(Filter::ConcurrencyLimit(n)),
+                        Ok(Some(n)) => Some(Filter::ConcurrencyLimit(n)),
                         Err(_) => {
                             self.error(&limit.referenced, &p, "concurrency_limit is too large");
                             None
@@ -231,7 +224,7 @@ impl<'a> Ctx<'a> {
         route_level: bool,
     ) -> Vec<UpgradeConfig> {
         let mut out = Vec::new();
-        let mut seen: Vec<(String, String, u64)> = Vec::new();
+        let mut seen: Vec<(UpgradeToken, String, u64)> = Vec::new();
         for (i, entry) in raw.iter().enumerate() {
             let entry_path = join_index(path, i);
             let RawUpgradeConfig {
@@ -240,9 +233,9 @@ impl<'a> Ctx<'a> {
                 filters,
             } = &entry.value;
             let type_path = join_key(&entry_path, "upgrade_type");
-            if self.token(upgrade_type, &type_path, "upgrade_type") {
-                let lower = upgrade_type.value.to_ascii_lowercase();
-                if let Some((_, first, line)) = seen.iter().find(|(l, _, _)| *l == lower) {
+            let token = self.token(upgrade_type, &type_path, "upgrade_type");
+            if let Some(token) = &token {
+                if let Some((_, first, line)) = seen.iter().find(|(t, _, _)| t == token) {
                     let scope = if route_level {
                         "in this route's upgrade_configs"
                     } else {
@@ -257,7 +250,11 @@ impl<'a> Ctx<'a> {
                         ),
                     );
                 } else {
-                    seen.push((lower, upgrade_type.value.clone(), upgrade_type.referenced.line()));
+                    seen.push((
+                        token.clone(),
+                        upgrade_type.value.clone(),
+                        upgrade_type.referenced.line(),
+                    ));
                 }
             }
             let filters = match filters {
@@ -275,11 +272,11 @@ impl<'a> Ctx<'a> {
                 }
                 Some(list) => Some(self.filters(&list.value, &join_key(&entry_path, "filters"))),
             };
-            out.push(UpgradeConfig {
-                upgrade_type: upgrade_type.value.clone(),
+            out.extend(token.map(|upgrade_type| UpgradeConfig {
+                upgrade_type,
                 enabled: enabled.unwrap_or(true),
                 filters,
-            });
+            }));
         }
         out
     }
@@ -398,16 +395,17 @@ impl<'a> Ctx<'a> {
         }
         let value_path = join_key(path, kind);
         match kind {
-            "regex" => {
-                if let Err(e) = regex::Regex::new(&value.value) {
+            "regex" => match PathRegex::new(&value.value) {
+                Ok(regex) => PathMatch::Regex(regex),
+                Err(e) => {
                     self.error(
                         &value.referenced,
                         &value_path,
                         format!("invalid regex \"{}\": {}", value.value, regex_error_summary(&e)),
                     );
+                    PathMatch::Prefix("/".to_owned())
                 }
-                PathMatch::Regex(value.value.clone())
-            }
+            },
             _ => {
                 if !value.value.starts_with('/') {
                     self.error(
@@ -434,14 +432,14 @@ impl<'a> Ctx<'a> {
         let mut headers = Vec::new();
         for (i, header) in m.value.headers.iter().enumerate() {
             let entry = join_index(&join_key(path, "headers"), i);
-            self.header_name(&header.value.name, &join_key(&entry, "name"));
+            let name = self.header_name(&header.value.name, &join_key(&entry, "name"));
             if let Some(exact) = &header.value.exact {
                 self.header_value(exact, &join_key(&entry, "exact"), &header.value.name.value);
             }
-            headers.push(HeaderMatcher {
-                name: header.value.name.value.clone(),
+            headers.extend(name.map(|name| HeaderMatcher {
+                name,
                 exact: header.value.exact.as_ref().map(|e| e.value.clone()),
-            });
+            }));
         }
         let runtime_fraction = m.value.runtime_fraction.as_ref().map(|fraction| {
             let fraction_path = join_key(path, "runtime_fraction");
@@ -596,9 +594,12 @@ impl<'a> Ctx<'a> {
             &join_key(path, "request_headers_to_add"),
         );
         let remove_path = join_key(path, "request_headers_to_remove");
-        for (i, name) in r.request_headers_to_remove.iter().enumerate() {
-            self.header_name(name, &join_index(&remove_path, i));
-        }
+        let request_headers_to_remove = r
+            .request_headers_to_remove
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| self.header_name(name, &join_index(&remove_path, i)))
+            .collect();
 
         let timeout = match &r.timeout {
             None => Some(crate::model::DEFAULT_ROUTE_TIMEOUT),
@@ -626,13 +627,13 @@ impl<'a> Ctx<'a> {
                 websocket_config.idle_timeout = t;
             }
             if let Some(attempts) = &ws.value.max_connect_attempts {
-                match u32::try_from(attempts.value) {
-                    Ok(0) => self.error(
+                match u32::try_from(attempts.value).map(NonZeroU32::new) {
+                    Ok(None) => self.error(
                         &attempts.referenced,
                         &join_key(&ws_path, "max_connect_attempts"),
                         "max_connect_attempts must be at least 1 (1 = a single attempt, no retry)",
                     ),
-                    Ok(n) => websocket_config.max_connect_attempts = n,
+                    Ok(Some(n)) => websocket_config.max_connect_attempts = n,
                     Err(_) => self.error(
                         &attempts.referenced,
                         &join_key(&ws_path, "max_connect_attempts"),
@@ -649,11 +650,7 @@ impl<'a> Ctx<'a> {
             host_rewrite_literal: r.host_rewrite_literal.as_ref().map(|h| h.value.clone()),
             auto_host_rewrite,
             request_headers_to_add,
-            request_headers_to_remove: r
-                .request_headers_to_remove
-                .iter()
-                .map(|n| n.value.clone())
-                .collect(),
+            request_headers_to_remove,
             timeout,
             idle_timeout,
             upgrade_configs,
@@ -675,13 +672,13 @@ impl<'a> Ctx<'a> {
             config.admin = self.socket_addr(admin, "admin", "127.0.0.1:9901");
         }
         if let Some(workers) = &raw.workers {
-            match usize::try_from(workers.value) {
-                Ok(0) => self.error(
+            match usize::try_from(workers.value).map(NonZeroUsize::new) {
+                Ok(None) => self.error(
                     &workers.referenced,
                     "workers",
                     "workers must be at least 1 (leave it out for one per CPU)",
                 ),
-                Ok(n) if n <= MAX_WORKERS => config.workers = n,
+                Ok(Some(n)) if n.get() <= MAX_WORKERS => config.workers = n,
                 _ => self.error(
                     &workers.referenced,
                     "workers",
@@ -705,8 +702,8 @@ impl<'a> Ctx<'a> {
         if let Some(tokens) = &raw.ignore_upgrades {
             config.ignore_upgrades = Vec::new();
             for (i, token) in tokens.iter().enumerate() {
-                self.token(token, &join_index("ignore_upgrades", i), "ignore_upgrades entry");
-                config.ignore_upgrades.push(token.value.clone());
+                let token = self.token(token, &join_index("ignore_upgrades", i), "ignore_upgrades entry");
+                config.ignore_upgrades.extend(token);
             }
         }
 
