@@ -63,7 +63,8 @@ pin_project! {
         upstream: U,
         to_upstream: Half,
         to_client: Half,
-        settings: Settings,
+        idle_timeout: Option<Duration>,
+        half_close_timeout: Option<Duration>,
         last_activity: Instant,
         half_closed_at: Option<Instant>,
         first_close: Option<TunnelEnd>,
@@ -92,7 +93,8 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             upstream,
             to_upstream: Half::new(&settings, Direction::ToUpstream),
             to_client: Half::new(&settings, Direction::ToClient),
-            settings,
+            idle_timeout: settings.idle_timeout,
+            half_close_timeout: settings.half_close_timeout,
             last_activity: now,
             half_closed_at: None,
             first_close: None,
@@ -122,12 +124,11 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
 
     fn next_deadline(&self) -> Option<(Instant, TunnelEnd)> {
         let idle = self
-            .settings
             .idle_timeout
             .map(|t| (self.last_activity + t, TunnelEnd::IdleTimeout));
         let half = self
             .half_closed_at
-            .zip(self.settings.half_close_timeout)
+            .zip(self.half_close_timeout)
             .map(|(at, t)| (at + t, TunnelEnd::HalfCloseTimeout));
         let drain = match self.drain {
             Drain::Running => None,
@@ -254,7 +255,8 @@ struct Half {
     /// Small frames go through the buffer, many per read, without a peek each.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     bulk: bool,
-    size: usize,
+    /// Relay buffers' size (at most 4 GiB: kept small, one of these sits in every tunnel).
+    size: u32,
     /// The source reached its end (rather than a drain or an error ending this direction).
     source_ended: bool,
     need_flush: bool,
@@ -272,7 +274,7 @@ impl Half {
             pipe: None,
             splice: settings.splice,
             bulk: false,
-            size: settings.buffer_size,
+            size: u32::try_from(settings.buffer_size).unwrap_or(u32::MAX),
             source_ended: false,
             need_flush: false,
             bytes: 0,
@@ -350,7 +352,7 @@ impl Half {
             }
 
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            match reader.poll_fill(cx, &mut self.held, self.size, limit) {
+            match reader.poll_fill(cx, &mut self.held, self.size as usize, limit) {
                 Poll::Ready(Ok(())) if self.held.is_empty() => {
                     self.source_ended = true;
                     return self.end_of_source(draining);
@@ -404,7 +406,7 @@ impl Half {
     /// connection, and a reset can destroy the close frame before the peer reads it.
     fn poll_linger<R: Leg>(&mut self, cx: &mut Context<'_>, reader: &mut R) -> Poll<()> {
         while !self.source_ended && !self.frames.as_ref().is_some_and(FrameTracker::close_seen) {
-            let polled = reader.poll_fill(cx, &mut self.held, self.size, usize::MAX);
+            let polled = reader.poll_fill(cx, &mut self.held, self.size as usize, usize::MAX);
             if let Some(frames) = &mut self.frames {
                 frames.feed(self.held.bytes());
             }

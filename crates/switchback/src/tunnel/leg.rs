@@ -9,7 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::Body as _;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -54,7 +54,8 @@ impl Leg for TokioIo<Upgraded> {
 /// first.
 #[derive(Debug)]
 pub(crate) struct Prefixed {
-    pre: Bytes,
+    /// What is left to read of the bytes that came first (`None` once read).
+    pre: Option<(Box<[u8]>, usize)>,
     io: TcpStream,
 }
 
@@ -62,11 +63,7 @@ impl Prefixed {
     pub(crate) fn new(pre: Bytes, io: TcpStream) -> Self {
         // `pre` is a slice of hyper's read buffer, and even an empty slice keeps the whole
         // buffer (8 KiB and up) alive for the tunnel's lifetime: keep a copy of what is left.
-        let pre = if pre.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(&pre)
-        };
+        let pre = (!pre.is_empty()).then(|| (Box::from(&pre[..]), 0));
         Self { pre, io }
     }
 }
@@ -83,7 +80,7 @@ impl Leg for Prefixed {
     }
 
     fn socket(&self) -> Option<&TcpStream> {
-        self.pre.is_empty().then_some(&self.io)
+        self.pre.is_none().then_some(&self.io)
     }
 }
 
@@ -93,13 +90,12 @@ impl AsyncRead for Prefixed {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            buf.put_slice(&self.pre[..n]);
-            self.pre.advance(n);
-            if self.pre.is_empty() {
-                // Let go of the copy.
-                self.pre = Bytes::new();
+        if let Some((pre, pos)) = &mut self.pre {
+            let n = (pre.len() - *pos).min(buf.remaining());
+            buf.put_slice(&pre[*pos..*pos + n]);
+            *pos += n;
+            if *pos == pre.len() {
+                self.pre = None;
             }
             return Poll::Ready(Ok(()));
         }

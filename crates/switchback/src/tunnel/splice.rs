@@ -29,8 +29,9 @@ pub(crate) struct Pipe {
     write: OwnedFd,
     /// What the pipe can hold: a splice into a full pipe fails like an empty socket would, so
     /// fills never ask for more than the free room.
-    capacity: usize,
-    pub(crate) held: usize,
+    capacity: u32,
+    /// At most `capacity`: a pipe holds at most a few MiB (u32 keeps every tunnel smaller).
+    pub(crate) held: u32,
 }
 
 impl Pipe {
@@ -48,7 +49,7 @@ impl Pipe {
         Ok(Self {
             read,
             write,
-            capacity,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             held: 0,
         })
     }
@@ -72,7 +73,7 @@ impl Pipe {
         from: &TcpStream,
         max: usize,
     ) -> Poll<io::Result<usize>> {
-        let max = max.min(self.capacity.saturating_sub(self.held));
+        let max = max.min(self.capacity.saturating_sub(self.held) as usize);
         if max == 0 {
             // Never splice into a full pipe: it fails like a socket with nothing to read.
             return Poll::Ready(Err(io::Error::other("splice: the pipe is full")));
@@ -84,7 +85,8 @@ impl Pipe {
             });
             match moved {
                 Ok(n) => {
-                    self.held += n;
+                    // `n` is at most the free room, itself a u32.
+                    self.held += n as u32;
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -103,14 +105,14 @@ impl Pipe {
                     None,
                     to,
                     None,
-                    self.held,
+                    self.held as usize,
                     flags(),
                 )?)
             });
             match moved {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
-                    self.held -= n;
+                    self.held -= n as u32;
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
@@ -14,7 +15,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::io::WriteHalf;
-use tokio::sync::watch;
+use tokio::sync::SetOnce;
 
 use super::engine::{Duplex, Settings};
 use super::handoff::{Ends, UpstreamWriter};
@@ -43,7 +44,7 @@ use crate::drain::TunnelGuard;
 #[derive(Debug, Clone)]
 pub struct TunnelHandle {
     id: u64,
-    stats: watch::Receiver<Option<TunnelStats>>,
+    ended: Arc<SetOnce<Option<TunnelStats>>>,
 }
 
 impl TunnelHandle {
@@ -55,8 +56,33 @@ impl TunnelHandle {
     /// Resolves when the tunnel has ended, with what it relayed; `None` when it never opened
     /// (the client's connection did not upgrade).
     pub async fn closed(&self) -> Option<TunnelStats> {
-        let mut stats = self.stats.clone();
-        stats.wait_for(Option::is_some).await.ok().and_then(|s| *s)
+        *self.ended.wait().await
+    }
+}
+
+/// The task's side of the handle: says how the tunnel ended, or that it never opened when
+/// dropped unset.
+struct Outcome(Option<Arc<SetOnce<Option<TunnelStats>>>>);
+
+impl Outcome {
+    /// By now the `101` is written and its extensions dropped: when nobody kept the handle,
+    /// an idle tunnel keeps nothing for it.
+    fn keep_if_watched(&mut self) {
+        self.0.take_if(|ended| Arc::strong_count(ended) == 1);
+    }
+
+    fn set(&mut self, stats: TunnelStats) {
+        if let Some(ended) = self.0.take() {
+            let _ = ended.set(Some(stats));
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Some(ended) = self.0.take() {
+            let _ = ended.set(None);
+        }
     }
 }
 
@@ -161,9 +187,9 @@ enum Report {
     Waiting {
         info: TunnelInfo,
         observer: Option<TunnelObserver>,
-        handle: watch::Sender<Option<TunnelStats>>,
+        outcome: Outcome,
     },
-    Open(Opened, Option<watch::Sender<Option<TunnelStats>>>),
+    Open(Opened, Outcome),
     Done,
 }
 
@@ -171,7 +197,8 @@ impl TunnelTask {
     pub(super) fn new(client: OnUpgrade, ends: Ends, mut opening: Opening) -> (Self, TunnelHandle) {
         let id = next_id();
         opening.info.id = id;
-        let (handle, stats) = watch::channel(None);
+        let ended = Arc::new(SetOnce::new());
+        let outcome = Outcome(Some(ended.clone()));
         let task = Self {
             stage: Stage::Upgrading {
                 client,
@@ -181,10 +208,10 @@ impl TunnelTask {
             report: Report::Waiting {
                 info: opening.info,
                 observer: opening.observer,
-                handle,
+                outcome,
             },
         };
-        (task, TunnelHandle { id, stats })
+        (task, TunnelHandle { id, ended })
     }
 }
 
@@ -230,22 +257,18 @@ impl Report {
         if let Self::Waiting {
             info,
             observer,
-            handle,
+            mut outcome,
         } = std::mem::replace(self, Self::Done)
         {
-            // By now the `101` is written and its extensions dropped: when nobody kept the
-            // handle, an idle tunnel keeps no channel.
-            let handle = (handle.receiver_count() > 0).then_some(handle);
-            *self = Self::Open(Opened::new(info, observer), handle);
+            outcome.keep_if_watched();
+            *self = Self::Open(Opened::new(info, observer), outcome);
         }
     }
 
     fn finish(&mut self, stats: TunnelStats) {
-        if let Self::Open(opened, handle) = std::mem::replace(self, Self::Done) {
+        if let Self::Open(opened, mut outcome) = std::mem::replace(self, Self::Done) {
             opened.finish(stats);
-            if let Some(handle) = handle {
-                handle.send_replace(Some(stats));
-            }
+            outcome.set(stats);
         }
     }
 }
