@@ -160,7 +160,7 @@ async fn main() -> std::io::Result<()> {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    switchback::server::serve(listener, stack(upstream, counts.clone()), ctrl_c).await?;
+    switchback::serve(listener, stack(upstream, counts.clone()), ctrl_c).await?;
     println!(
         "up {} bytes, down {} bytes",
         counts.up.load(Ordering::Relaxed),

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchback::{Cluster, Drain, Endpoint, Forward, UpgradeRouterLayer, server};
+use switchback::{Cluster, Drain, Endpoint, Forward, UpgradeRouterLayer, serve};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
@@ -33,7 +33,7 @@ pub async fn run(
             "app",
             [Endpoint::new(upstream.to_string())],
         )));
-    server::serve(listener, stack, shutdown).await?;
+    serve(listener, stack, shutdown).await?;
     let outcome = drain.drain(grace).await;
     tracing::info!(finished = outcome.finished, closed = outcome.closed, "drained");
     Ok(())

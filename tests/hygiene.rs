@@ -205,8 +205,8 @@ async fn route_overrides_enable_and_disable_types() {
         .unwrap();
     let overrides = tower::util::MapRequestLayer::new(|mut req: http::Request<hyper::body::Incoming>| {
         let o = match req.uri().path() {
-            "/foo-on" => RouteUpgrades::new([("foo", true)]),
-            _ => RouteUpgrades::new([("websocket", false)]),
+            "/foo-on" => RouteUpgrades::new([("foo", true)]).unwrap(),
+            _ => RouteUpgrades::new([("websocket", false)]).unwrap(),
         };
         req.extensions_mut().insert(o);
         req

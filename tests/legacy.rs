@@ -54,7 +54,7 @@ async fn setup(routes: Vec<Route>) -> Setup {
         .build()
         .unwrap();
     let stack = ServiceBuilder::new()
-        .layer(RouteLayer::new(routes, Runtime::new()))
+        .layer(RouteLayer::new(routes, Runtime::new()).unwrap())
         .layer(router)
         .layer(SetRequestHeaderLayer::appending(
             HeaderName::from_static("x-chain"),
@@ -248,12 +248,12 @@ async fn client_close_reaches_the_upstream_after_its_data() {
 /// The idle timeout comes from the legacy config, else from the route.
 #[tokio::test]
 async fn idle_timeout_from_the_legacy_config_or_the_route() {
-    let short = Some(Duration::from_millis(200));
+    let short = Duration::from_millis(200);
     for (name, route) in [
         (
             "legacy config",
             Route::prefix("/")
-                .idle_timeout(None)
+                .no_idle_timeout()
                 .use_websocket(LegacyConfig::new().idle_timeout(short)),
         ),
         (
@@ -328,12 +328,12 @@ async fn the_route_timeout_does_not_apply_but_the_idle_timeout_does() {
     let raw = RawUpstream::bind().await;
     let s = setup(vec![
         Route::prefix("/slow")
-            .timeout(Some(Duration::from_millis(50)))
+            .timeout(Duration::from_millis(50))
             .cluster(cluster(raw.addr))
             .use_websocket(LegacyConfig::new()),
         Route::prefix("/mute")
             .cluster(cluster(raw.addr))
-            .use_websocket(LegacyConfig::new().idle_timeout(Some(Duration::from_millis(200)))),
+            .use_websocket(LegacyConfig::new().idle_timeout(Duration::from_millis(200))),
     ])
     .await;
 

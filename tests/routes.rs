@@ -369,7 +369,7 @@ async fn route_timeout_bounds_the_handshake() {
     let raw = RawUpstream::bind().await;
     let routes = vec![
         Route::prefix("/")
-            .timeout(Some(Duration::from_millis(200)))
+            .timeout(Duration::from_millis(200))
             .cluster(cluster(raw.addr)),
     ];
     let proxy = routed(routes, Runtime::new(), foo_router()).await;
@@ -391,7 +391,7 @@ async fn route_idle_timeout_ends_tunnels() {
         .unwrap();
     let routes = vec![
         Route::prefix("/")
-            .idle_timeout(Some(Duration::from_millis(200)))
+            .idle_timeout(Duration::from_millis(200))
             .cluster(cluster(raw.addr)),
     ];
     let proxy = routed(routes, Runtime::new(), router).await;

@@ -92,7 +92,7 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
         .observer(events.observer())
         .build()
         .unwrap();
-    let forward = Forward::new(cluster(raw.addr)).response_timeout(Some(Duration::from_millis(500)));
+    let forward = Forward::new(cluster(raw.addr)).response_timeout(Duration::from_millis(500));
     let proxy = match path {
         Path::Spliced | Path::Copied => start(ServiceBuilder::new().layer(router).service(forward)).await,
         Path::Pumped => start(ServiceBuilder::new().layer(router).service(touch_bodies(forward))).await,
@@ -100,7 +100,7 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
             let route = Route::prefix("/")
                 .cluster(cluster(raw.addr))
                 .use_websocket(LegacyConfig::new());
-            let routes = RouteLayer::new(vec![route], Runtime::new());
+            let routes = RouteLayer::new(vec![route], Runtime::new()).unwrap();
             start(
                 ServiceBuilder::new()
                     .layer(routes)
@@ -191,7 +191,7 @@ async fn upstream_close_flushes_then_closes_the_client() {
 #[tokio::test]
 async fn the_half_closed_state_is_bounded() {
     for path in PATHS {
-        let config = TunnelConfig::new().half_close_timeout(Some(Duration::from_millis(200)));
+        let config = TunnelConfig::new().half_close_timeout(Duration::from_millis(200));
         let s = setup(path, config).await;
         let (mut client, mut up) = open(&s).await;
         client.shutdown().await.unwrap();
@@ -207,7 +207,7 @@ async fn the_half_closed_state_is_bounded() {
 #[tokio::test]
 async fn idle_timeout_counts_both_directions() {
     for path in PATHS {
-        let config = TunnelConfig::new().idle_timeout(Some(Duration::from_millis(300)));
+        let config = TunnelConfig::new().idle_timeout(Duration::from_millis(300));
         let s = setup(path, config).await;
         let (mut client, mut up) = open(&s).await;
         // Six rounds 100 ms apart, alternating directions: 600 ms, twice the timeout.
@@ -559,4 +559,68 @@ async fn a_reset_from_either_side_closes_the_other() {
             assert_eq!(mode, path.mode(), "{path:?}, client resets: {client_resets}");
         }
     }
+}
+
+/// The `101` carries a handle on its tunnel: a layer above the router ties the tunnel to its
+/// request with it and learns how it ended, without matching client addresses.
+#[tokio::test]
+async fn the_101_carries_a_handle_that_reports_the_tunnels_end() {
+    use switchback::TunnelHandle;
+    let raw = RawUpstream::bind().await;
+    let (tx, mut handles) = tokio::sync::mpsc::unbounded_channel();
+    let router = UpgradeRouterLayer::builder().upgrade("foo").build().unwrap();
+    let stack = ServiceBuilder::new()
+        .map_response(move |res: http::Response<switchback::Body>| {
+            if let Some(handle) = res.extensions().get::<TunnelHandle>() {
+                tx.send(handle.clone()).unwrap();
+            }
+            res
+        })
+        .layer(router)
+        .service(Forward::new(cluster(raw.addr)));
+    let proxy = start(stack).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut client = raw_client(proxy.addr, foo_upgrade("/h").as_bytes()).await;
+        let mut up = raw.accept().await;
+        read_head(&mut up).await;
+        up.write_all(FOO_101).await.unwrap();
+        assert_eq!(status(&read_head(&mut client).await.0), 101);
+        let handle = within(handles.recv()).await.unwrap();
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(read_n(&mut up, Vec::new(), 4).await, b"ping");
+        up.write_all(b"pong!").await.unwrap();
+        assert_eq!(read_n(&mut client, Vec::new(), 5).await, b"pong!");
+        drop(client);
+        drop(up);
+        let stats = within(handle.closed()).await.expect("the tunnel opened");
+        assert_eq!((stats.upstream_bytes, stats.downstream_bytes), (4, 5));
+        ids.push(handle.id());
+    }
+    assert_ne!(ids[0], ids[1], "each tunnel has an id of its own");
+}
+
+/// Forgetting `.drain(..)` on the builder doesn't leave tunnels undrainable: the layer hands
+/// out the drain its tunnels register with.
+#[tokio::test]
+async fn a_routers_own_drain_closes_its_tunnels() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder().upgrade("foo").build().unwrap();
+    let drain = router.drain().clone();
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(Forward::new(cluster(raw.addr))),
+    )
+    .await;
+    let mut client = raw_client(proxy.addr, foo_upgrade("/d").as_bytes()).await;
+    let mut up = raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(FOO_101).await.unwrap();
+    assert_eq!(status(&read_head(&mut client).await.0), 101);
+    assert_eq!(drain.active(), 1);
+    let outcome = drain.drain(Duration::from_millis(50)).await;
+    assert_eq!((outcome.finished, outcome.closed), (0, 1));
+    assert_eq!(read_to_eof(&mut client).await, b"");
+    assert_eq!(read_to_eof(&mut up).await, b"");
 }

@@ -344,7 +344,7 @@ async fn websocket_through_worker_threads() {
     use std::num::NonZeroUsize;
     use std::sync::{Arc, Mutex};
     use switchback::TunnelEvent;
-    use switchback::server::Workers;
+    use switchback::Workers;
 
     let mut echo = ws_echo().await;
     let threads: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -419,7 +419,7 @@ async fn websocket_through_worker_threads() {
 #[tokio::test]
 async fn workers_stop_does_not_wait_for_exchanges_in_flight() {
     use std::num::NonZeroUsize;
-    use switchback::server::Workers;
+    use switchback::Workers;
 
     let raw = RawUpstream::bind().await;
     let stack = ServiceBuilder::new()

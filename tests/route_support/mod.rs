@@ -73,7 +73,7 @@ pub async fn dead_addr() -> SocketAddr {
 pub async fn routed(routes: Vec<Route>, runtime: Runtime, router: UpgradeRouterLayer) -> Proxy {
     support::start(
         ServiceBuilder::new()
-            .layer(RouteLayer::new(routes, runtime))
+            .layer(RouteLayer::new(routes, runtime).unwrap())
             .layer(router)
             .service(Forward::routed()),
     )

@@ -45,7 +45,7 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(switchback::server::serve(listener, service, async {
+    tokio::spawn(switchback::serve(listener, service, async {
         let _ = stopped.await;
     }));
     Proxy { addr, _stop: stop }

@@ -1,4 +1,4 @@
-//! The `proxy` role: one Switchback stack served by [`switchback::server::Workers`] (one
+//! The `proxy` role: one Switchback stack served by [`switchback::Workers`] (one
 //! single-threaded runtime and `SO_REUSEPORT` listener per CPU, as the `switchback` binary
 //! runs it), in a process of its own.
 //!
@@ -17,7 +17,7 @@ use std::num::NonZeroUsize;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use rustix::process::Signal;
-use switchback::server::Workers;
+use switchback::Workers;
 use switchback::{
     Body, Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer,
 };
@@ -71,7 +71,7 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
             ];
             // Legacy routes bypass the router's decision table: no upgrade type is needed.
             let stack = ServiceBuilder::new()
-                .layer(RouteLayer::new(routes, Runtime::new()))
+                .layer(RouteLayer::new(routes, Runtime::new()).context("routes")?)
                 .layer(UpgradeRouterLayer::builder().build().context("upgrade router")?)
                 .service(Forward::routed());
             Workers::start(args.listen, threads, stack)

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use switchback::server::Workers;
+use switchback::Workers;
 use switchback::{Drain, Runtime};
 use switchback_config::Config;
 use tokio::net::TcpListener;

@@ -47,7 +47,7 @@ pub(crate) fn build(
     let default_chain = filters::chain(&config.http_filters);
     Ok(ServiceBuilder::new()
         .layer(log.layer())
-        .layer(RouteLayer::new(routes, runtime.clone()))
+        .layer(RouteLayer::new(routes, runtime.clone()).map_err(|e| Fatal::new(e.to_string()))?)
         .layer(router)
         .service(default_chain))
 }
@@ -57,7 +57,10 @@ pub(crate) fn build(
 fn router(config: &Config, drain: &Drain, log: &AccessLog) -> Result<UpgradeRouterLayer, Fatal> {
     let mut builder = UpgradeRouterLayer::builder()
         .ignore_upgrades(IgnoreUpgrades::new(&config.ignore_upgrades))
-        .tunnel(TunnelConfig::new().idle_timeout(off_if_zero(config.stream_idle_timeout)))
+        .tunnel(match off_if_zero(config.stream_idle_timeout) {
+            Some(t) => TunnelConfig::new().idle_timeout(t),
+            None => TunnelConfig::new().no_idle_timeout(),
+        })
         .drain(drain.clone())
         .observer(log.observer());
     for u in &config.upgrade_configs {
@@ -127,11 +130,7 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
         let mut route = match &r.matcher.path {
             PathMatch::Prefix(p) => Route::prefix(p.as_str()),
             PathMatch::Path(p) => Route::path(p.as_str()),
-            // The library's `Route` compiles the pattern itself; it compiled in the config
-            // already (same `regex` crate), so this error can't happen.
-            PathMatch::Regex(re) => {
-                Route::regex(re.as_str()).map_err(|e| Fatal::new(format!("{at}.match.regex: {e}")))?
-            }
+            PathMatch::Regex(re) => Route::path_regex(re.regex().clone()),
         }
         .name(at.as_str());
         for h in &r.matcher.headers {
@@ -169,9 +168,14 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
         for name in &r.request_headers_to_remove {
             route = route.request_header_to_remove(name.clone());
         }
-        route = route
-            .timeout(r.timeout.and_then(off_if_zero))
-            .idle_timeout(off_if_zero(r.idle_timeout));
+        route = match r.timeout.and_then(off_if_zero) {
+            Some(t) => route.timeout(t),
+            None => route.no_timeout(),
+        };
+        route = match off_if_zero(r.idle_timeout) {
+            Some(t) => route.idle_timeout(t),
+            None => route.no_idle_timeout(),
+        };
         for u in &r.upgrade_configs {
             route = route.upgrade(u.upgrade_type.as_str(), u.enabled);
         }
@@ -179,11 +183,11 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
             // u32 to usize only narrows on 16-bit targets; saturate there.
             let attempts =
                 usize::try_from(r.websocket_config.max_connect_attempts.get()).unwrap_or(usize::MAX);
-            route = route.use_websocket(
-                LegacyConfig::new()
-                    .idle_timeout(off_if_zero(r.websocket_config.idle_timeout))
-                    .max_connect_attempts(attempts),
-            );
+            let legacy = LegacyConfig::new().max_connect_attempts(attempts);
+            route = route.use_websocket(match off_if_zero(r.websocket_config.idle_timeout) {
+                Some(t) => legacy.idle_timeout(t),
+                None => legacy.no_idle_timeout(),
+            });
         }
         out.push(route);
     }

@@ -1,20 +1,4 @@
-//! [`Body`]: the body type of every request and response that passes through Switchback.
-//!
-//! Besides ordinary bodies, it carries upgraded connections as body data: on an upgrade the
-//! request body continues with the bytes the client sends after the `101`, and the `101`
-//! response's body is the bytes the upstream sends. A layer that reads or wraps bodies thereby
-//! sees the tunnel payload, as an Envoy filter sees WebSocket data.
-//!
-//! ```
-//! use http_body_util::BodyExt;
-//! use switchback::Body;
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let body = Body::from("hello");
-//! let bytes = body.collect().await.unwrap().to_bytes();
-//! assert_eq!(bytes, "hello");
-//! # }
-//! ```
+//! [`Body`](crate::Body): the body type of everything that passes through Switchback.
 
 use std::any::Any;
 use std::fmt;
@@ -38,7 +22,23 @@ use crate::tunnel::{Handoff, TunnelRead, UpstreamTunnel, pool};
 /// Size of the chunks read from a tunnel when it is pumped through body-aware layers.
 const CHUNK: usize = 16 * 1024;
 
-/// A streaming body: an ordinary HTTP body, or an upgraded connection read as body data.
+/// The body type of every request and response that passes through Switchback.
+///
+/// Besides ordinary bodies, it carries upgraded connections as body data: on an upgrade the
+/// request body continues with the bytes the client sends after the `101`, and the `101`
+/// response's body is the bytes the upstream sends. A layer that reads or wraps bodies thereby
+/// sees the tunnel payload, as an Envoy filter sees WebSocket data.
+///
+/// ```
+/// use http_body_util::BodyExt;
+/// use switchback::Body;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let body = Body::from("hello");
+/// let bytes = body.collect().await.unwrap().to_bytes();
+/// assert_eq!(bytes, "hello");
+/// # }
+/// ```
 pub struct Body {
     kind: Kind,
 }

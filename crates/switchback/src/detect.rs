@@ -5,18 +5,13 @@
 //! exactly `Connection: upgrade` plus its `Upgrade` value.
 //!
 //! ```
-//! use switchback::detect::{inspect, IgnoreUpgrades, Inspection};
+//! use switchback::{IgnoreUpgrades, UpgradeType};
 //!
-//! let mut req = http::Request::get("/chat")
-//!     .header("connection", "keep-alive, Upgrade")
-//!     .header("upgrade", "WebSocket")
-//!     .body(())
-//!     .unwrap();
-//! match inspect(&mut req, &IgnoreUpgrades::default(), &[]) {
-//!     Inspection::Upgrade(ty) => assert_eq!(ty.as_str(), "websocket"),
-//!     other => panic!("not an upgrade: {other:?}"),
-//! }
-//! assert_eq!(req.headers()["connection"], "upgrade");
+//! // Upgrade types compare case-insensitively...
+//! assert_eq!(UpgradeType::new("WebSocket"), UpgradeType::new("websocket"));
+//! // ...and some are never proxied as upgrades: by default `tls/*` (RFC 2817) is ignored.
+//! assert!(IgnoreUpgrades::default().matches("TLS/1.2"));
+//! assert!(!IgnoreUpgrades::default().matches("websocket"));
 //! ```
 
 use std::fmt;
@@ -125,7 +120,7 @@ impl IgnoreUpgrades {
 
 /// What [`inspect`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inspection {
+pub(crate) enum Inspection {
     /// A plain request; any upgrade headers were stripped.
     Plain,
     /// An upgrade of this type; the request carries only the upgrade pair of hop-by-hop headers.
@@ -144,7 +139,11 @@ pub enum Inspection {
 /// - HTTP/2: a CONNECT is an upgrade, typed by its `:protocol` (RFC 8441) or `connect`.
 ///
 /// `protected` lists extra headers (those the proxy adds) that `Connection` may not nominate.
-pub fn inspect<B>(req: &mut Request<B>, ignore: &IgnoreUpgrades, protected: &[HeaderName]) -> Inspection {
+pub(crate) fn inspect<B>(
+    req: &mut Request<B>,
+    ignore: &IgnoreUpgrades,
+    protected: &[HeaderName],
+) -> Inspection {
     if let Some(name) = hop::nominated_protected(req.headers(), protected) {
         return Inspection::NominatesProtected(name.to_owned());
     }
@@ -189,6 +188,20 @@ pub fn inspect<B>(req: &mut Request<B>, ignore: &IgnoreUpgrades, protected: &[He
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_token_anywhere_makes_an_upgrade_and_the_headers_come_out_clean() {
+        let mut req = Request::get("/chat")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "WebSocket")
+            .body(())
+            .unwrap();
+        match inspect(&mut req, &IgnoreUpgrades::default(), &[]) {
+            Inspection::Upgrade(ty) => assert_eq!(ty.as_str(), "websocket"),
+            other => panic!("not an upgrade: {other:?}"),
+        }
+        assert_eq!(req.headers()["connection"], "upgrade");
+    }
 
     fn req(version: Version, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::get("/").version(version);

@@ -1,21 +1,4 @@
-//! Graceful drain of live tunnels.
-//!
-//! A [`Drain`] is shared by everything that opens tunnels. Draining stops new upgrades (they
-//! get `503`), lets open tunnels run until a deadline, then closes what is left; WebSocket
-//! tunnels are sent a `1001 Going Away` close frame each way first.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! use std::time::Duration;
-//! use switchback::Drain;
-//!
-//! let drain = Drain::new();
-//! assert!(!drain.is_draining());
-//! let outcome = drain.drain(Duration::from_secs(1)).await;
-//! assert!(drain.is_draining());
-//! assert_eq!(outcome.closed, 0);
-//! # }
-//! ```
+//! Graceful drain of live tunnels: see [`Drain`](crate::Drain).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,7 +11,25 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// A handle on the set of live tunnels. Cheap to clone; all clones share one state.
+/// A handle on the set of live tunnels, to drain them gracefully. Cheap to clone; all clones
+/// share one state.
+///
+/// A [`Drain`] is shared by everything that opens tunnels. Draining stops new upgrades (they
+/// get `503`), lets open tunnels run until a deadline, then closes what is left; WebSocket
+/// tunnels are sent a `1001 Going Away` close frame each way first.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use switchback::Drain;
+///
+/// let drain = Drain::new();
+/// assert!(!drain.is_draining());
+/// let outcome = drain.drain(Duration::from_secs(1)).await;
+/// assert!(drain.is_draining());
+/// assert_eq!(outcome.closed, 0);
+/// # }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
     inner: Arc<Inner>,

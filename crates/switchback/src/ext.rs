@@ -22,7 +22,7 @@ use crate::UpgradeType;
 use crate::body::PreBodyEnd;
 
 /// The client's address, put in every request's extensions by
-/// [`serve`](crate::server::serve) and [`Workers`](crate::server::Workers).
+/// [`serve`](crate::serve) and [`Workers`](crate::Workers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 

@@ -1,45 +1,4 @@
-//! Legacy WebSocket mode: Envoy's old `use_websocket` routes.
-//!
-//! On a route with [`Route::use_websocket`](crate::Route::use_websocket), a WebSocket upgrade
-//! skips the upgrade decision table and every filter chain. Switchback opens a fresh TCP
-//! connection to an endpoint of the route's cluster (trying further endpoints up to
-//! [`LegacyConfig::max_connect_attempts`]), writes the request head with the route's rewrites
-//! applied, and relays the upstream's answer. After a `101` it copies bytes both ways without
-//! interpreting them, so any WebSocket framing passes. Requests on the route that are not
-//! WebSocket upgrades are ordinary HTTP through the default chain.
-//!
-//! **Where this differs from Envoy.** Envoy's old mode never looked at the upstream's answer:
-//! it joined the two connections as soon as the upstream was connected, so a refusal (say a
-//! `403`, or a `200`) left a raw pipe through which a client could smuggle requests that the
-//! proxy never parsed, past any route or filter. Switchback reads the answer: only a `101`
-//! opens the tunnel; anything else is relayed with `Connection: close`, both connections are
-//! closed, and no byte the client sent after its request reaches the upstream. The route's
-//! `timeout` does not apply (as in Envoy, where the answer was just tunnel bytes): the
-//! tunnel's idle timeout bounds the wait for it instead. Redirects, retries, rate limits and
-//! shadowing don't apply either.
-//!
-//! Failures: no cluster or no endpoint in it, `503`; connect failure or connect timeout, `504`
-//! (as Envoy's old mode); an upstream that closes before answering, `502`. Legacy tunnels are
-//! counted by the router's [`Drain`], refused with `503` while it drains, and
-//! reported to its observer and metrics as [`TunnelMode::Legacy`].
-//!
-//! ```
-//! use std::time::Duration;
-//! use switchback::{Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer};
-//! use tower::ServiceBuilder;
-//!
-//! let chat = Cluster::new("chat", [Endpoint::new("10.0.0.1:80"), Endpoint::new("10.0.0.2:80")]);
-//! let legacy = LegacyConfig::new()
-//!     .idle_timeout(Some(Duration::from_secs(60)))
-//!     .max_connect_attempts(2); // a dead first endpoint is skipped
-//! let routes = vec![Route::prefix("/chat").cluster(chat).use_websocket(legacy)];
-//! let stack = ServiceBuilder::new()
-//!     .layer(RouteLayer::new(routes, Runtime::new()))
-//!     // No "websocket" entry is needed here: legacy routes bypass the decision table.
-//!     .layer(UpgradeRouterLayer::builder().build().expect("valid"))
-//!     .service(Forward::routed());
-//! # let _ = stack;
-//! ```
+//! Legacy WebSocket mode: see [`LegacyConfig`](crate::LegacyConfig).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,21 +10,72 @@ use http::{Request, Response, StatusCode};
 use crate::cluster::Cluster;
 use crate::ext::IdleTimeout;
 use crate::forward::upstream;
+use crate::metrics::HandshakeFailure;
 use crate::tunnel::Handoff;
-use crate::{Body, BoxError, UpgradeType, metrics, reply};
+use crate::{Body, BoxError, UpgradeType};
 
-/// Settings of the legacy WebSocket mode of a route (Envoy's route `websocket_config`).
+/// Settings of a route's legacy WebSocket mode: Envoy's old `use_websocket` routes (with
+/// their `websocket_config`).
+///
+/// On a route with [`Route::use_websocket`](crate::Route::use_websocket), a WebSocket upgrade
+/// skips the upgrade decision table and every filter chain. Switchback opens a fresh TCP
+/// connection to an endpoint of the route's cluster (trying further endpoints up to
+/// [`LegacyConfig::max_connect_attempts`]), writes the request head with the route's rewrites
+/// applied, and relays the upstream's answer. After a `101` it copies bytes both ways without
+/// interpreting them, so any WebSocket framing passes. Requests on the route that are not
+/// WebSocket upgrades are ordinary HTTP through the default chain.
+///
+/// **Where this differs from Envoy.** Envoy's old mode never looked at the upstream's answer:
+/// it joined the two connections as soon as the upstream was connected, so a refusal (say a
+/// `403`, or a `200`) left a raw pipe through which a client could smuggle requests that the
+/// proxy never parsed, past any route or filter. Switchback reads the answer: only a `101`
+/// opens the tunnel; anything else is relayed with `Connection: close`, both connections are
+/// closed, and no byte the client sent after its request reaches the upstream. The route's
+/// `timeout` does not apply (as in Envoy, where the answer was just tunnel bytes): the
+/// tunnel's idle timeout bounds the wait for it instead. Redirects, retries, rate limits and
+/// shadowing don't apply either.
+///
+/// Failures: no cluster or no endpoint in it, `503`; connect failure or connect timeout, `504`
+/// (as Envoy's old mode); an upstream that closes before answering, `502`. Legacy tunnels are
+/// counted by the router's [`Drain`](crate::Drain), refused with `503` while it drains, and
+/// reported to its observer and metrics as [`TunnelMode::Legacy`](crate::TunnelMode::Legacy).
+///
+/// ```
+/// use std::time::Duration;
+/// use switchback::{Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer};
+/// use tower::ServiceBuilder;
+///
+/// let chat = Cluster::new("chat", [Endpoint::new("10.0.0.1:80"), Endpoint::new("10.0.0.2:80")]);
+/// let legacy = LegacyConfig::new()
+///     .idle_timeout(Duration::from_secs(60))
+///     .max_connect_attempts(2); // a dead first endpoint is skipped
+/// let routes = vec![Route::prefix("/chat").cluster(chat).use_websocket(legacy)];
+/// let stack = ServiceBuilder::new()
+///     .layer(RouteLayer::new(routes, Runtime::new()).expect("valid routes"))
+///     // No "websocket" entry is needed here: legacy routes bypass the decision table.
+///     .layer(UpgradeRouterLayer::builder().build().expect("valid"))
+///     .service(Forward::routed());
+/// # let _ = stack;
+/// ```
 #[derive(Clone, Debug)]
 pub struct LegacyConfig {
-    /// `None`: inherit the route's idle timeout, else the router's.
-    idle_timeout: Option<Option<Duration>>,
+    idle_timeout: Idle,
     max_connect_attempts: usize,
+}
+
+/// A legacy route's own idle timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    /// The route's idle timeout, else the router's.
+    Inherit,
+    Off,
+    After(Duration),
 }
 
 impl Default for LegacyConfig {
     fn default() -> Self {
         Self {
-            idle_timeout: None,
+            idle_timeout: Idle::Inherit,
             max_connect_attempts: 1,
         }
     }
@@ -77,10 +87,17 @@ impl LegacyConfig {
         Self::default()
     }
 
-    /// Ends a legacy tunnel when no byte moved either way for this long (`None`: never). It
-    /// also bounds the wait for the upstream's answer.
-    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
-        self.idle_timeout = Some(t);
+    /// Ends a legacy tunnel when no byte moved either way for this long. It also bounds the
+    /// wait for the upstream's answer.
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = Idle::After(t);
+        self
+    }
+
+    /// Legacy tunnels on this route never end for being idle (nor does the wait for the
+    /// upstream's answer).
+    pub fn no_idle_timeout(mut self) -> Self {
+        self.idle_timeout = Idle::Off;
         self
     }
 
@@ -100,7 +117,11 @@ impl LegacyConfig {
         route: Option<IdleTimeout>,
         router: Option<Duration>,
     ) -> Option<Duration> {
-        self.idle_timeout.unwrap_or_else(|| route.map_or(router, |t| t.0))
+        match self.idle_timeout {
+            Idle::Inherit => route.map_or(router, |t| t.0),
+            Idle::Off => None,
+            Idle::After(t) => Some(t),
+        }
     }
 }
 
@@ -119,9 +140,8 @@ where
     Box::pin(run(req, has_body, idle))
 }
 
-fn fail(reason: &'static str, status: StatusCode, message: &str) -> Response<Body> {
-    ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => "websocket", "reason" => reason).increment(1);
-    reply::local(status, message, true)
+fn fail(why: HandshakeFailure, status: StatusCode, message: &str) -> Response<Body> {
+    upstream::fail(&UpgradeType::new("websocket"), why, status, message)
 }
 
 async fn run<B>(req: Request<B>, has_body: bool, idle: Option<Duration>) -> Response<Body>
@@ -131,7 +151,7 @@ where
 {
     let Some(cluster) = req.extensions().get::<Cluster>().cloned() else {
         return fail(
-            "connect",
+            HandshakeFailure::Connect,
             StatusCode::SERVICE_UNAVAILABLE,
             "no cluster for this request",
         );
@@ -167,9 +187,19 @@ where
         Some(Ok(u)) => u,
         Some(Err(e)) => {
             tracing::debug!(error = %e, "legacy websocket: upstream connection lost after 101");
-            return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101");
+            return fail(
+                HandshakeFailure::Refused,
+                StatusCode::BAD_GATEWAY,
+                "upstream closed after 101",
+            );
         }
-        None => return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101"),
+        None => {
+            return fail(
+                HandshakeFailure::Refused,
+                StatusCode::BAD_GATEWAY,
+                "upstream closed after 101",
+            );
+        }
     };
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);
@@ -188,10 +218,10 @@ mod tests {
     #[test]
     fn config_defaults_and_bounds() {
         let c = LegacyConfig::new();
-        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.idle_timeout, Idle::Inherit);
         assert_eq!(c.max_connect_attempts, 1);
-        let c = c.max_connect_attempts(0).idle_timeout(None);
+        let c = c.max_connect_attempts(0).no_idle_timeout();
         assert_eq!(c.max_connect_attempts, 1, "at least one attempt");
-        assert_eq!(c.idle_timeout, Some(None), "explicitly off, not inherited");
+        assert_eq!(c.idle_timeout, Idle::Off, "explicitly off, not inherited");
     }
 }

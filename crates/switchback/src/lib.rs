@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use switchback::{Cluster, Drain, Endpoint, Forward, TunnelConfig, UpgradeRouterLayer, server};
+//! use switchback::{Cluster, Drain, Endpoint, Forward, TunnelConfig, UpgradeRouterLayer, serve};
 //! use tower::ServiceBuilder;
 //! use tower_http::trace::TraceLayer;
 //!
@@ -21,48 +21,92 @@
 //!     .layer(
 //!         UpgradeRouterLayer::builder()
 //!             .upgrade("websocket")
-//!             .tunnel(TunnelConfig::new().idle_timeout(Some(Duration::from_secs(60))))
+//!             .tunnel(TunnelConfig::new().idle_timeout(Duration::from_secs(60)))
 //!             .drain(drain.clone())
 //!             .build()
 //!             .expect("valid upgrade config"),
 //!     )
 //!     .service(Forward::new(upstream));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:10000").await?;
-//! server::serve(listener, stack, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! serve(listener, stack, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! drain.drain(Duration::from_secs(30)).await;
 //! # Ok(()) }
 //! ```
+//!
+//! ## What is here
+//!
+//! - **Layers and services.** [`UpgradeRouterLayer`] builds the [`UpgradeRouter`]: which
+//!   upgrade types are accepted ([`UpgradeConfig`]) and which [`Chain`] each takes.
+//!   [`RouteLayer`] matches [`Route`]s once and tells the layers below (clusters, rewrites,
+//!   timeouts, per-route upgrade switches in [`RouteUpgrades`], Envoy's legacy
+//!   `use_websocket` mode in [`LegacyConfig`]). [`Forward`] is the terminal service that talks
+//!   to a [`Cluster`] of [`Endpoint`]s.
+//! - **Serving.** [`serve`] runs a stack on your runtime; [`Workers`] runs it on one
+//!   single-threaded runtime per CPU, as the `switchback` binary does.
+//! - **Tunnels.** [`TunnelConfig`] sets their timeouts and buffers; [`Drain`] ends them
+//!   gracefully; a [`TunnelObserver`] hears of every one, and the [`TunnelHandle`] in a `101`'s
+//!   extensions says how one ended.
+//! - **Extensions** that carry values between layers: [`ClientAddr`], [`IdleTimeout`],
+//!   [`ResponseTimeout`], [`AutoHostRewrite`], [`MatchedRoute`], [`UpstreamAddr`],
+//!   [`TunnelHandle`].
+//! - [`metrics`]: the names of the metrics Switchback records.
 
 #![forbid(unsafe_code)]
 
-pub mod body;
-pub mod cluster;
-pub mod detect;
-pub mod drain;
+mod body;
+mod cluster;
+mod detect;
+mod drain;
 mod ext;
-pub mod forward;
+mod forward;
 mod hop;
-pub mod legacy;
+mod legacy;
 pub mod metrics;
 mod reply;
-pub mod route;
-pub mod router;
-pub mod server;
-pub mod tunnel;
+mod route;
+mod router;
+mod server;
+mod tunnel;
+#[doc(hidden)]
 pub mod websocket;
 
+#[doc(inline)]
 pub use body::Body;
-pub use cluster::{Cluster, Endpoint};
+#[doc(inline)]
+pub use cluster::{Cluster, ConnectError, Endpoint};
+#[doc(inline)]
 pub use detect::{IgnoreUpgrades, UpgradeType};
-pub use drain::Drain;
+#[doc(inline)]
+pub use drain::{Drain, DrainOutcome};
+#[doc(inline)]
 pub use ext::{AutoHostRewrite, ClientAddr, IdleTimeout, ResponseTimeout, UpstreamAddr};
+#[doc(inline)]
 pub use forward::Forward;
+#[doc(inline)]
 pub use legacy::LegacyConfig;
-pub use route::{MatchedRoute, Route, RouteLayer, Runtime};
-pub use router::{Chain, RouteUpgrades, UpgradeConfig, UpgradeRouter, UpgradeRouterLayer};
+#[doc(inline)]
+pub use route::{MatchedRoute, Route, RouteLayer, RouteService, Runtime};
+#[doc(inline)]
+pub use router::{
+    Chain, DuplicateUpgradeType, RouteUpgrades, UpgradeConfig, UpgradeRouter, UpgradeRouterBuilder,
+    UpgradeRouterLayer,
+};
+#[doc(inline)]
+pub use server::{Workers, serve};
+#[doc(inline)]
 pub use tunnel::{
     TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,
 };
+
+/// The response futures of the services above, named apart.
+pub mod future {
+    #[doc(inline)]
+    pub use crate::forward::ResponseFuture as ForwardFuture;
+    #[doc(inline)]
+    pub use crate::route::ResponseFuture as RouteFuture;
+    #[doc(inline)]
+    pub use crate::router::ResponseFuture as UpgradeRouterFuture;
+}
 
 /// The error type of bodies and chains: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -6,7 +6,7 @@ pub const UPGRADES_STARTED: &str = "switchback_upgrades_started_total";
 /// Counter: upgrades refused (`type`, `reason`).
 pub const UPGRADES_REJECTED: &str = "switchback_upgrades_rejected_total";
 /// Counter: upgrade handshakes that did not open a tunnel (`type`, `reason`: `connect`,
-/// `timeout`, `refused`, `not_101`, `bad_101`).
+/// `timeout`, `refused`, `not_101`, `bad_101`, `no_upstream`).
 pub const HANDSHAKE_FAILURES: &str = "switchback_handshake_failures_total";
 /// Gauge: tunnels open now (`type`, `mode`: `joined`, `pumped` or `legacy`).
 pub const TUNNELS_ACTIVE: &str = "switchback_tunnels_active";
@@ -18,3 +18,39 @@ pub const TUNNEL_BYTES: &str = "switchback_tunnel_bytes_total";
 pub const TUNNEL_DURATION: &str = "switchback_tunnel_duration_seconds";
 /// Counter: responses by status class and code (`status`).
 pub const REQUESTS: &str = "switchback_requests_total";
+
+/// Why an upgrade handshake opened no tunnel: the `reason` of [`HANDSHAKE_FAILURES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    /// No endpoint, or none could be connected to.
+    Connect,
+    /// No answer before the response timeout.
+    Timeout,
+    /// The upstream closed or reset before answering, or right after its `101`.
+    Refused,
+    /// The upstream answered something else than `101` (relayed to the client).
+    Not101,
+    /// The upstream's `101` did not match the request (a `502`).
+    Bad101,
+    /// The chain answered `101` without an upstream connection.
+    NoUpstream,
+}
+
+impl HandshakeFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Not101 => "not_101",
+            Self::Bad101 => "bad_101",
+            Self::NoUpstream => "no_upstream",
+        }
+    }
+
+    /// Counts one failure of an upgrade of type `ty`.
+    pub(crate) fn record(self, ty: &crate::UpgradeType) {
+        ::metrics::counter!(HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => self.as_str())
+            .increment(1);
+    }
+}

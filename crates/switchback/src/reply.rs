@@ -5,8 +5,17 @@ use http::{Response, StatusCode};
 
 use crate::Body;
 
-/// A short plain-text response. With `close`, the downstream connection is closed after it.
-pub(crate) fn local(status: StatusCode, message: impl Into<String>, close: bool) -> Response<Body> {
+/// What becomes of the client's connection after a local reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    KeepAlive,
+    /// `Connection: close`: the client may already be sending bytes (a tunnel's) that must
+    /// never be read as a request.
+    Close,
+}
+
+/// A short plain-text response.
+pub(crate) fn local(status: StatusCode, message: impl Into<String>, then: Then) -> Response<Body> {
     let mut text = message.into();
     text.push('\n');
     let mut res = Response::new(Body::from(text));
@@ -16,7 +25,7 @@ pub(crate) fn local(status: StatusCode, message: impl Into<String>, close: bool)
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if close {
+    if then == Then::Close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res

@@ -20,7 +20,7 @@ pub fn accept_key(key: &[u8]) -> String {
 
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64. Switchback makes one when it turns an
 /// HTTP/2 WebSocket (RFC 8441, which has no key) into an HTTP/1.1 handshake.
-pub fn new_key() -> http::HeaderValue {
+pub(crate) fn new_key() -> http::HeaderValue {
     let bytes: [u8; 16] = rand::random();
     let key = base64::engine::general_purpose::STANDARD.encode(bytes);
     http::HeaderValue::from_str(&key).expect("base64 text is a valid header value")
@@ -59,7 +59,7 @@ pub fn client_close_frame(code: u16, mask: [u8; 4]) -> [u8; 8] {
 /// next byte would start a frame. It reads headers only (at most 14 bytes a frame), so it costs
 /// next to nothing on large frames.
 #[derive(Debug, Clone, Default)]
-pub struct FrameTracker {
+pub(crate) struct FrameTracker {
     /// Header bytes of the current frame seen so far (a header is 2 to 14 bytes).
     header: [u8; 14],
     header_len: u8,
@@ -71,23 +71,23 @@ pub struct FrameTracker {
 
 impl FrameTracker {
     /// A tracker at the start of a stream.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Whether the stream, as fed so far, ends exactly between two frames.
-    pub fn at_boundary(&self) -> bool {
+    pub(crate) fn at_boundary(&self) -> bool {
         self.header_len == 0 && self.remaining == 0
     }
 
     /// Payload bytes of the current frame still to come, once its header has been seen: they
     /// can be relayed without looking at them (see [`FrameTracker::skip`]).
-    pub fn payload_left(&self) -> u64 {
+    pub(crate) fn payload_left(&self) -> u64 {
         if self.header_len == 0 { self.remaining } else { 0 }
     }
 
     /// Whether a close frame has begun in the stream fed so far.
-    pub fn close_seen(&self) -> bool {
+    pub(crate) fn close_seen(&self) -> bool {
         self.close_seen
     }
 
@@ -95,7 +95,7 @@ impl FrameTracker {
     /// rest of its payload, or of its header while that is incomplete. 0 at a boundary. A
     /// relay that must stop at the next boundary (to put a close frame there) reads at most
     /// this much at a time.
-    pub fn to_boundary(&self) -> u64 {
+    pub(crate) fn to_boundary(&self) -> u64 {
         let have = usize::from(self.header_len);
         match have {
             0 => self.remaining,
@@ -116,12 +116,12 @@ impl FrameTracker {
 
     /// Accounts for `n` payload bytes relayed unseen; `n` is at most
     /// [`FrameTracker::payload_left`].
-    pub fn skip(&mut self, n: u64) {
+    pub(crate) fn skip(&mut self, n: u64) {
         self.remaining = self.remaining.saturating_sub(n);
     }
 
     /// Accounts for `bytes`, the next bytes of the stream.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.remaining > 0 {
                 let skip = usize::try_from(self.remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
@@ -153,7 +153,7 @@ impl FrameTracker {
 
 /// The header length and payload length of the frame starting `buf`, once `buf` holds the
 /// whole header.
-pub fn header_len(buf: &[u8]) -> Option<(usize, u64)> {
+pub(crate) fn header_len(buf: &[u8]) -> Option<(usize, u64)> {
     let [_, b1, ..] = *buf else { return None };
     let masked = b1 & 0x80 != 0;
     let mask_len = if masked { 4 } else { 0 };

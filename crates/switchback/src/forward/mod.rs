@@ -1,23 +1,4 @@
-//! [`Forward`]: the terminal "router" service that sends requests to an upstream cluster.
-//!
-//! Plain requests go through the cluster's connection pool. An upgrade uses a dedicated
-//! connection, never pooled: Forward writes the request head (and any body the request
-//! declared), reads the answer, and opens a tunnel only on a `101` that names a protocol the
-//! client offered (the `verify` module). Anything else is relayed as an ordinary response; the
-//! client's bytes after its request never reach the upstream.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer};
-//! use tower::ServiceBuilder;
-//!
-//! let forward = Forward::new(Cluster::new("echo", [Endpoint::new("127.0.0.1:9001")]))
-//!     .response_timeout(Some(Duration::from_secs(10)));
-//! let stack = ServiceBuilder::new()
-//!     .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
-//!     .service(forward);
-//! # let _ = stack;
-//! ```
+//! [`Forward`](crate::Forward): the terminal service that sends requests upstream.
 
 mod pre_body;
 pub(crate) mod upstream;
@@ -40,11 +21,33 @@ use tower::Service;
 
 use crate::cluster::{Cluster, Endpoint};
 use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
+use crate::metrics::HandshakeFailure;
+use crate::reply::Then;
 use crate::tunnel::Handoff;
-use crate::{Body, BoxError, hop, metrics, reply};
+use crate::{Body, BoxError, hop, reply};
 use pre_body::PreBody;
 
-/// Sends requests to a [`Cluster`]: the request's own (from its extensions) or the default.
+/// The terminal "router" service: sends requests to an upstream cluster (the request's own,
+/// from its extensions, or the default).
+///
+/// Plain requests go through the cluster's connection pool. An upgrade uses a dedicated
+/// connection, never pooled: Forward writes the request head (and any body the request
+/// declared), reads the answer, and opens a tunnel only on a `101` that names a protocol the
+/// client offered (the `verify` module). Anything else is relayed as an ordinary response; the
+/// client's bytes after its request never reach the upstream.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer};
+/// use tower::ServiceBuilder;
+///
+/// let forward = Forward::new(Cluster::new("echo", [Endpoint::new("127.0.0.1:9001")]))
+///     .response_timeout(Duration::from_secs(10));
+/// let stack = ServiceBuilder::new()
+///     .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
+///     .service(forward);
+/// # let _ = stack;
+/// ```
 #[derive(Clone)]
 pub struct Forward {
     inner: Arc<Inner>,
@@ -77,10 +80,15 @@ impl Forward {
         }
     }
 
-    /// How long the upstream may take to answer with its response head; `None`: no limit.
+    /// How long the upstream may take to answer with its response head (15 s by default).
     /// On expiry the client gets `504`.
-    pub fn response_timeout(self, timeout: Option<Duration>) -> Self {
-        Self::build(self.inner.cluster.clone(), timeout)
+    pub fn response_timeout(self, timeout: Duration) -> Self {
+        Self::build(self.inner.cluster.clone(), Some(timeout))
+    }
+
+    /// No limit on how long the upstream may take to answer.
+    pub fn no_response_timeout(self) -> Self {
+        Self::build(self.inner.cluster.clone(), None)
     }
 }
 
@@ -147,7 +155,7 @@ where
         return reply::local(
             StatusCode::SERVICE_UNAVAILABLE,
             "no cluster for this request",
-            false,
+            Then::KeepAlive,
         );
     };
     let timeout = req
@@ -167,7 +175,11 @@ where
     B::Error: Into<BoxError>,
 {
     let Some(endpoint) = cluster.pick().cloned() else {
-        return reply::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", false);
+        return reply::local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            Then::KeepAlive,
+        );
     };
     let (mut parts, body) = req.into_parts();
     keep_authority_as_host(&mut parts);
@@ -184,21 +196,35 @@ where
         .build()
     {
         Ok(uri) => uri,
-        Err(_) => return reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", false),
+        Err(_) => return reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", Then::KeepAlive),
     };
     parts.version = Version::HTTP_11;
     let send = cluster
         .client()
         .request(Request::from_parts(parts, Body::new(body)));
     let res = match with_timeout(timeout, send).await {
-        None => return reply::local(StatusCode::GATEWAY_TIMEOUT, "upstream response timeout", false),
+        None => {
+            return reply::local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream response timeout",
+                Then::KeepAlive,
+            );
+        }
         Some(Err(e)) if e.is_connect() => {
             tracing::debug!(error = %e, cluster = cluster.name(), "upstream connect failed");
-            return reply::local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error", false);
+            return reply::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error",
+                Then::KeepAlive,
+            );
         }
         Some(Err(e)) => {
             tracing::debug!(error = %e, cluster = cluster.name(), "upstream request failed");
-            return reply::local(StatusCode::BAD_GATEWAY, "upstream reset before response", false);
+            return reply::local(
+                StatusCode::BAD_GATEWAY,
+                "upstream reset before response",
+                Then::KeepAlive,
+            );
         }
         Some(Ok(res)) => res,
     };
@@ -206,7 +232,7 @@ where
         return reply::local(
             StatusCode::BAD_GATEWAY,
             "upstream switched protocols unasked",
-            false,
+            Then::KeepAlive,
         );
     }
     let (mut parts, body) = res.into_parts();
@@ -228,11 +254,7 @@ where
     B::Error: Into<BoxError>,
 {
     let ty = upgrading.ty.clone();
-    let fail = |reason: &'static str, status: StatusCode, message: &str| {
-        ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => reason)
-            .increment(1);
-        reply::local(status, message, true)
-    };
+    let fail = |why, status, message: &str| upstream::fail(&ty, why, status, message);
 
     let (mut parts, body) = req.into_parts();
     // Untouched by any layer, the request body is still Switchback's own: its HTTP part goes
@@ -276,15 +298,25 @@ where
             reason = bad.as_str(),
             "upgrade: refusing the upstream's 101"
         );
-        return fail("bad_101", StatusCode::BAD_GATEWAY, bad.as_str());
+        return fail(HandshakeFailure::Bad101, StatusCode::BAD_GATEWAY, bad.as_str());
     }
     let upgraded = match upgraded {
         Some(Ok(u)) => u,
         Some(Err(e)) => {
             tracing::debug!(error = %e, "upgrade: upstream connection lost after 101");
-            return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101");
+            return fail(
+                HandshakeFailure::Refused,
+                StatusCode::BAD_GATEWAY,
+                "upstream closed after 101",
+            );
         }
-        None => return fail("refused", StatusCode::BAD_GATEWAY, "upstream closed after 101"),
+        None => {
+            return fail(
+                HandshakeFailure::Refused,
+                StatusCode::BAD_GATEWAY,
+                "upstream closed after 101",
+            );
+        }
     };
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);

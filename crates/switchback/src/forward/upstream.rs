@@ -18,7 +18,9 @@ use hyper_util::rt::TokioIo;
 use super::{auto_host_rewrite, keep_authority_as_host, origin_form, with_timeout};
 use crate::cluster::{Cluster, ConnectError, Endpoint};
 use crate::ext::UpstreamAddr;
-use crate::{Body, UpgradeType, hop, metrics};
+use crate::metrics::HandshakeFailure;
+use crate::reply::{self, Then};
+use crate::{Body, UpgradeType, hop};
 
 /// The upstream's answer to an upgrade attempt.
 pub(crate) struct Answer {
@@ -49,23 +51,16 @@ impl Failure {
     /// The metric reason, status and message for the client. Connect failures answer
     /// `connect_failed` (Forward: 503; legacy mode: 504, as Envoy's old mode); a cluster
     /// without endpoints is always 503.
-    pub(crate) fn reply(&self, connect_failed: StatusCode) -> (&'static str, StatusCode, &'static str) {
+    pub(crate) fn reply(&self, connect_failed: StatusCode) -> (HandshakeFailure, StatusCode, &'static str) {
+        use HandshakeFailure::{Connect, Refused, Timeout};
         match self {
             Self::Connect(ConnectError::NoEndpoint) => {
-                ("connect", StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+                (Connect, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
             }
-            Self::Connect(_) => ("connect", connect_failed, "upstream connect error"),
-            Self::Handshake(_) => ("connect", StatusCode::BAD_GATEWAY, "upstream handshake failed"),
-            Self::Timeout => (
-                "timeout",
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream response timeout",
-            ),
-            Self::Reset(_) => (
-                "refused",
-                StatusCode::BAD_GATEWAY,
-                "upstream reset before response",
-            ),
+            Self::Connect(_) => (Connect, connect_failed, "upstream connect error"),
+            Self::Handshake(_) => (Connect, StatusCode::BAD_GATEWAY, "upstream handshake failed"),
+            Self::Timeout => (Timeout, StatusCode::GATEWAY_TIMEOUT, "upstream response timeout"),
+            Self::Reset(_) => (Refused, StatusCode::BAD_GATEWAY, "upstream reset before response"),
         }
     }
 }
@@ -163,12 +158,22 @@ pub(crate) async fn exchange(
     })
 }
 
+/// A failed upgrade attempt: counted, and answered with `Connection: close`.
+pub(crate) fn fail(
+    ty: &UpgradeType,
+    why: HandshakeFailure,
+    status: StatusCode,
+    message: &str,
+) -> Response<Body> {
+    why.record(ty);
+    reply::local(status, message, Then::Close)
+}
+
 /// Relays an answer that is not a `101` as an ordinary response: hop-by-hop headers (the
 /// upgrade pair included) removed, and the client's connection closed after it, because the
 /// client may already be sending tunnel bytes that must never be read as HTTP.
 pub(crate) fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> {
-    ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => "not_101")
-        .increment(1);
+    HandshakeFailure::Not101.record(ty);
     let (mut parts, body) = answer.res.into_parts();
     let body = Driven {
         body,

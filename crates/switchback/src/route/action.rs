@@ -10,10 +10,9 @@ use http::{Request, StatusCode};
 
 use super::MatchedRoute;
 use super::runtime;
-use crate::ext::IdleTimeout;
-use crate::ext::{AutoHostRewrite, ResponseTimeout};
+use crate::ext::{AutoHostRewrite, IdleTimeout, ResponseTimeout};
 use crate::legacy::LegacyConfig;
-use crate::router::RouteUpgrades;
+use crate::router::{DuplicateUpgradeType, RouteUpgrades};
 use crate::{Cluster, UpgradeType};
 
 /// The header that carries the path as the client sent it when a route rewrote it.
@@ -151,13 +150,21 @@ pub(super) struct Action {
     pub(super) timeout: Option<ResponseTimeout>,
     pub(super) idle_timeout: Option<IdleTimeout>,
     pub(super) upgrades: Vec<(UpgradeType, bool)>,
-    /// Built from `upgrades` by the setter, so a request only clones an `Arc`.
+    /// Built from `upgrades` when the route table is built, so a request only clones an `Arc`.
     pub(super) route_upgrades: Option<RouteUpgrades>,
     pub(super) legacy: Option<LegacyConfig>,
     pub(super) misconfig: Option<Misconfig>,
 }
 
 impl Action {
+    /// Checks the upgrade overrides and builds what requests will carry of them.
+    pub(super) fn seal_upgrades(&mut self) -> Result<(), DuplicateUpgradeType> {
+        if !self.upgrades.is_empty() {
+            self.route_upgrades = Some(RouteUpgrades::new(self.upgrades.iter().cloned())?);
+        }
+        Ok(())
+    }
+
     /// Rewrites `req` and fills its extensions. `matched` is how many bytes of the path the
     /// route's condition matched; `prefix` whether that condition was a prefix.
     pub(super) fn apply<B>(

@@ -1,66 +1,4 @@
-//! Route matching: Envoy's route table as a tower layer.
-//!
-//! A [`RouteLayer`] holds [`Route`]s tried in order; the first whose conditions all hold takes
-//! the request (Envoy's "first match wins"), and a request no route takes gets `404` (for an
-//! upgrade request also `Connection: close`). A route matches on the path without its query
-//! (a prefix, an exact path or a regular expression), on headers, and on a [`Runtime`]
-//! percentage. It then picks a cluster (one, or one of several by weight), rewrites the path
-//! and `Host`, adds and removes headers, and leaves its settings in the request extensions
-//! for the layers below:
-//!
-//! - for [`Forward`](crate::Forward): [`Cluster`], [`AutoHostRewrite`](crate::AutoHostRewrite),
-//!   [`ResponseTimeout`];
-//! - for the [`UpgradeRouter`](crate::UpgradeRouter): [`RouteUpgrades`], [`IdleTimeout`], and
-//!   [`LegacyConfig`] on `use_websocket` routes;
-//! - for logs: [`MatchedRoute`], also copied into the response.
-//!
-//! Put the `RouteLayer` above the `UpgradeRouterLayer`: header conditions then see the request
-//! as the client sent it, before hop-by-hop headers are stripped. A header a route adds and a
-//! client could nominate in `Connection` for removal belongs in
-//! [`UpgradeRouterBuilder::protect_header`](crate::router::UpgradeRouterBuilder::protect_header).
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use http::{Request, Response};
-//! use switchback::{Body, Cluster, Endpoint, MatchedRoute, Route, RouteLayer, Runtime};
-//! use tower::{ServiceBuilder, ServiceExt};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let chat = Cluster::new("chat", [Endpoint::new("127.0.0.1:9001")]);
-//! let canary = Cluster::new("chat-canary", [Endpoint::new("127.0.0.1:9002")]);
-//! let runtime = Runtime::from_values([("chat.canary".to_owned(), 0)]);
-//! let routes = vec![
-//!     // 0% of the traffic until the runtime value changes.
-//!     Route::prefix("/ws").runtime_fraction("chat.canary", 0).cluster(canary),
-//!     Route::prefix("/ws").prefix_rewrite("/socket").cluster(chat).upgrade("websocket", true),
-//! ];
-//! // In a real stack the layers below are an `UpgradeRouterLayer` and `Forward::routed()`;
-//! // this one shows what they would receive.
-//! let stack = ServiceBuilder::new()
-//!     .layer(RouteLayer::new(routes, runtime.clone()))
-//!     .service_fn(|req: Request<Body>| async move {
-//!         let cluster = req.extensions().get::<Cluster>().map_or("none", |c| c.name()).to_owned();
-//!         let original = req.headers().get("x-envoy-original-path");
-//!         let seen = format!("{cluster} {} {original:?}", req.uri());
-//!         Ok::<_, Infallible>(Response::new(Body::from(seen)))
-//!     });
-//!
-//! let req = Request::get("/ws/room?id=1").body(Body::empty()).unwrap();
-//! let res = stack.clone().oneshot(req).await.unwrap();
-//! assert_eq!(res.extensions().get::<MatchedRoute>().unwrap().name.as_ref(), "prefix /ws");
-//! # use http_body_util::BodyExt;
-//! let seen = res.into_body().collect().await.unwrap().to_bytes();
-//! assert_eq!(seen, r#"chat /socket/room?id=1 Some("/ws/room?id=1")"#);
-//!
-//! runtime.set("chat.canary", 100); // from the next request on, all of it
-//! let res = stack.clone().oneshot(Request::get("/ws").body(Body::empty()).unwrap()).await.unwrap();
-//! # let seen = res.into_body().collect().await.unwrap().to_bytes();
-//! # assert!(seen.starts_with(b"chat-canary "));
-//!
-//! let res = stack.oneshot(Request::get("/other").body(Body::empty()).unwrap()).await.unwrap();
-//! assert_eq!(res.status(), 404);
-//! # }
-//! ```
+//! Route matching: see [`RouteLayer`](crate::RouteLayer).
 
 mod action;
 mod matcher;
@@ -78,7 +16,6 @@ pub use service::{ResponseFuture, RouteLayer, RouteService};
 use crate::ext::IdleTimeout;
 use crate::ext::ResponseTimeout;
 use crate::legacy::LegacyConfig;
-use crate::router::RouteUpgrades;
 use crate::{Cluster, UpgradeType};
 use action::{Action, HostRewrite, Target};
 use matcher::{Fraction, HeaderMatch, Matcher, PathMatch};
@@ -126,7 +63,12 @@ impl Route {
     /// Takes requests whose path contains a match of `re` (a search: anchor with `^...$` to
     /// match the whole path).
     pub fn regex(re: &str) -> Result<Self, regex::Error> {
-        Ok(Self::with(PathMatch::Regex(regex::Regex::new(re)?)))
+        Ok(Self::path_regex(regex::Regex::new(re)?))
+    }
+
+    /// [`Route::regex`] with a pattern compiled already.
+    pub fn path_regex(re: regex::Regex) -> Self {
+        Self::with(PathMatch::Regex(re))
     }
 
     /// Names the route in logs and [`MatchedRoute`]. Default: the path condition, e.g.
@@ -222,33 +164,43 @@ impl Route {
         self
     }
 
-    /// How long the upstream may take to send its response head (for an upgrade, its `101`);
-    /// `None`: no limit. Overrides [`Forward::response_timeout`](crate::Forward::response_timeout).
-    /// Legacy WebSocket tunnels ignore it.
-    pub fn timeout(mut self, t: Option<Duration>) -> Self {
-        self.action.timeout = Some(ResponseTimeout(t));
+    /// How long the upstream may take to send its response head (for an upgrade, its `101`).
+    /// Overrides [`Forward::response_timeout`](crate::Forward::response_timeout). Legacy
+    /// WebSocket tunnels ignore it.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.action.timeout = Some(ResponseTimeout(Some(t)));
         self
     }
 
-    /// Idle timeout of the tunnels this route opens; `None` turns it off. Overrides the
-    /// router's [`TunnelConfig`](crate::TunnelConfig).
-    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
-        self.action.idle_timeout = Some(IdleTimeout(t));
+    /// No limit on how long the upstream may take to answer on this route.
+    pub fn no_timeout(mut self) -> Self {
+        self.action.timeout = Some(ResponseTimeout(None));
         self
     }
 
-    /// Enables or disables an upgrade type on this route (Envoy's route `upgrade_configs`). A
-    /// later call for the same type replaces an earlier one.
+    /// Idle timeout of the tunnels this route opens. Overrides the router's
+    /// [`TunnelConfig`](crate::TunnelConfig).
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.action.idle_timeout = Some(IdleTimeout(Some(t)));
+        self
+    }
+
+    /// Tunnels this route opens never end for being idle.
+    pub fn no_idle_timeout(mut self) -> Self {
+        self.action.idle_timeout = Some(IdleTimeout(None));
+        self
+    }
+
+    /// Enables or disables an upgrade type on this route (Envoy's route `upgrade_configs`).
+    /// Naming a type twice is an error when the [`RouteLayer`] is built, as in
+    /// [`UpgradeRouterBuilder::build`](crate::UpgradeRouterBuilder::build).
     pub fn upgrade(mut self, ty: impl Into<UpgradeType>, enabled: bool) -> Self {
-        let ty = ty.into();
-        self.action.upgrades.retain(|(t, _)| *t != ty);
-        self.action.upgrades.push((ty, enabled));
-        self.action.route_upgrades = Some(RouteUpgrades::new(self.action.upgrades.iter().cloned()));
+        self.action.upgrades.push((ty.into(), enabled));
         self
     }
 
     /// Proxies WebSocket upgrades on this route in the legacy raw mode (see
-    /// [`legacy`](crate::legacy)), bypassing the upgrade decision table and every filter chain.
+    /// [`LegacyConfig`](crate::LegacyConfig)), bypassing the upgrade decision table and every filter chain.
     /// Other requests on the route are unaffected.
     pub fn use_websocket(mut self, config: LegacyConfig) -> Self {
         self.action.legacy = Some(config);
@@ -264,6 +216,7 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     use super::*;
+    use crate::router::RouteUpgrades;
     use crate::{AutoHostRewrite, Body, Endpoint};
 
     /// What the layer below the routes received.
@@ -277,7 +230,7 @@ mod tests {
     async fn route(routes: Vec<Route>, req: Request<Body>) -> (Response<Body>, Option<Seen>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let svc = ServiceBuilder::new()
-            .layer(RouteLayer::new(routes, Runtime::new()))
+            .layer(RouteLayer::new(routes, Runtime::new()).unwrap())
             .service_fn(move |req: Request<Body>| {
                 let (parts, _) = req.into_parts();
                 let _ = tx.send(Seen {
@@ -340,6 +293,17 @@ mod tests {
         assert_eq!(res.headers()[header::CONNECTION], "close");
     }
 
+    #[test]
+    fn a_route_naming_an_upgrade_type_twice_is_refused_when_the_table_is_built() {
+        let twice = Route::prefix("/")
+            .upgrade("websocket", true)
+            .upgrade("WebSocket", false);
+        let err = RouteLayer::new(vec![Route::prefix("/ok"), twice], Runtime::new()).unwrap_err();
+        assert_eq!(err.0, UpgradeType::new("websocket"));
+        assert!(RouteUpgrades::new([("foo", true), ("FOO", true)]).is_err());
+        assert!(RouteUpgrades::new([("foo", true), ("bar", false)]).is_ok());
+    }
+
     #[tokio::test]
     async fn actions_fill_the_request() {
         let r = Route::regex("^/v[0-9]+/chat$")
@@ -349,10 +313,10 @@ mod tests {
             .request_header_to_remove(HeaderName::from_static("x-drop"))
             .request_header_to_remove(header::HOST)
             .request_header_to_add(HeaderName::from_static("x-add"), HeaderValue::from_static("1"))
-            .timeout(Some(Duration::from_secs(3)))
-            .idle_timeout(None)
+            .timeout(Duration::from_secs(3))
+            .no_idle_timeout()
             .upgrade("foo", true)
-            .upgrade("FOO", false)
+            .upgrade("bar", false)
             .use_websocket(LegacyConfig::new().max_connect_attempts(3));
         let req = get("/v2/chat?x=1")
             .header("x-drop", "1")
@@ -373,7 +337,8 @@ mod tests {
         );
         assert_eq!(seen.ext.get::<IdleTimeout>(), Some(&IdleTimeout(None)));
         let upgrades = seen.ext.get::<RouteUpgrades>().unwrap();
-        assert_eq!(upgrades.get(&"foo".into()), Some(false), "the later entry wins");
+        assert_eq!(upgrades.get(&"FOO".into()), Some(true));
+        assert_eq!(upgrades.get(&"bar".into()), Some(false));
         assert!(seen.ext.get::<LegacyConfig>().is_some());
         assert!(
             seen.ext.get::<Cluster>().is_none(),

@@ -12,10 +12,73 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{MatchedRoute, Route, Runtime};
+use crate::reply::Then;
+use crate::router::DuplicateUpgradeType;
 use crate::{Body, BoxError, hop, reply};
 
-/// Matches each request against a route table and applies the first matching route. See the
-/// [module docs](super).
+/// Envoy's route table as a tower layer.
+///
+/// A [`RouteLayer`] holds [`Route`](crate::Route)s tried in order; the first whose conditions all hold takes
+/// the request (Envoy's "first match wins"), and a request no route takes gets `404` (for an
+/// upgrade request also `Connection: close`). A route matches on the path without its query
+/// (a prefix, an exact path or a regular expression), on headers, and on a [`Runtime`](crate::Runtime)
+/// percentage. It then picks a cluster (one, or one of several by weight), rewrites the path
+/// and `Host`, adds and removes headers, and leaves its settings in the request extensions
+/// for the layers below:
+///
+/// - for [`Forward`](crate::Forward): [`Cluster`](crate::Cluster), [`AutoHostRewrite`](crate::AutoHostRewrite),
+///   [`ResponseTimeout`](crate::ResponseTimeout);
+/// - for the [`UpgradeRouter`](crate::UpgradeRouter): [`RouteUpgrades`](crate::RouteUpgrades), [`IdleTimeout`](crate::IdleTimeout), and
+///   [`LegacyConfig`](crate::LegacyConfig) on `use_websocket` routes;
+/// - for logs: [`MatchedRoute`](crate::MatchedRoute), also copied into the response.
+///
+/// Put the `RouteLayer` above the `UpgradeRouterLayer`: header conditions then see the request
+/// as the client sent it, before hop-by-hop headers are stripped. A header a route adds and a
+/// client could nominate in `Connection` for removal belongs in
+/// [`UpgradeRouterBuilder::protect_header`](crate::router::UpgradeRouterBuilder::protect_header).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use switchback::{Body, Cluster, Endpoint, MatchedRoute, Route, RouteLayer, Runtime};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let chat = Cluster::new("chat", [Endpoint::new("127.0.0.1:9001")]);
+/// let canary = Cluster::new("chat-canary", [Endpoint::new("127.0.0.1:9002")]);
+/// let runtime = Runtime::from_values([("chat.canary".to_owned(), 0)]);
+/// let routes = vec![
+///     // 0% of the traffic until the runtime value changes.
+///     Route::prefix("/ws").runtime_fraction("chat.canary", 0).cluster(canary),
+///     Route::prefix("/ws").prefix_rewrite("/socket").cluster(chat).upgrade("websocket", true),
+/// ];
+/// // In a real stack the layers below are an `UpgradeRouterLayer` and `Forward::routed()`;
+/// // this one shows what they would receive.
+/// let stack = ServiceBuilder::new()
+///     .layer(RouteLayer::new(routes, runtime.clone()).expect("no route names an upgrade type twice"))
+///     .service_fn(|req: Request<Body>| async move {
+///         let cluster = req.extensions().get::<Cluster>().map_or("none", |c| c.name()).to_owned();
+///         let original = req.headers().get("x-envoy-original-path");
+///         let seen = format!("{cluster} {} {original:?}", req.uri());
+///         Ok::<_, Infallible>(Response::new(Body::from(seen)))
+///     });
+///
+/// let req = Request::get("/ws/room?id=1").body(Body::empty()).unwrap();
+/// let res = stack.clone().oneshot(req).await.unwrap();
+/// assert_eq!(res.extensions().get::<MatchedRoute>().unwrap().name.as_ref(), "prefix /ws");
+/// # use http_body_util::BodyExt;
+/// let seen = res.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(seen, r#"chat /socket/room?id=1 Some("/ws/room?id=1")"#);
+///
+/// runtime.set("chat.canary", 100); // from the next request on, all of it
+/// let res = stack.clone().oneshot(Request::get("/ws").body(Body::empty()).unwrap()).await.unwrap();
+/// # let seen = res.into_body().collect().await.unwrap().to_bytes();
+/// # assert!(seen.starts_with(b"chat-canary "));
+///
+/// let res = stack.oneshot(Request::get("/other").body(Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(res.status(), 404);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct RouteLayer {
     routes: Arc<[Route]>,
@@ -24,12 +87,15 @@ pub struct RouteLayer {
 
 impl RouteLayer {
     /// Routes tried in order (the first match wins), reading `runtime_fraction` percentages
-    /// from `runtime`.
-    pub fn new(routes: Vec<Route>, runtime: Runtime) -> Self {
-        Self {
+    /// from `runtime`. Fails when a route names an upgrade type twice.
+    pub fn new(mut routes: Vec<Route>, runtime: Runtime) -> Result<Self, DuplicateUpgradeType> {
+        for route in &mut routes {
+            route.action.seal_upgrades()?;
+        }
+        Ok(Self {
             routes: routes.into(),
             runtime,
-        }
+        })
     }
 }
 
@@ -99,11 +165,15 @@ where
 /// An upgrade request whose connection must close after a local answer: its client may
 /// already be sending tunnel bytes that must not be read as HTTP. HTTP/2 has no such thing
 /// (nor a `Connection` header).
-fn closes_after_refusal<B>(req: &Request<B>) -> bool {
+fn closes_after_refusal<B>(req: &Request<B>) -> Then {
     let h1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
     let upgrade = req.method() == Method::CONNECT
         || (req.headers().contains_key(header::UPGRADE) && hop::connection_has(req.headers(), "upgrade"));
-    h1 && upgrade
+    if h1 && upgrade {
+        Then::Close
+    } else {
+        Then::KeepAlive
+    }
 }
 
 pin_project! {

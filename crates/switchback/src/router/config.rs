@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::HeaderName;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::detect::{IgnoreUpgrades, UpgradeType};
 use crate::drain::Drain;
+use crate::reply::{self, Then};
 use crate::tunnel::{TunnelConfig, TunnelObserver};
-use crate::{Body, BoxError};
+use crate::{Body, BoxError, metrics};
 
 /// A filter chain for one upgrade type: any tower service stack taking `Request<Body>`,
 /// usually ending in [`Forward`](crate::Forward). Cloned per request.
@@ -104,15 +105,16 @@ pub struct RouteUpgrades {
 }
 
 impl RouteUpgrades {
-    /// Overrides from `(type, enabled)` pairs.
-    pub fn new<I, T>(entries: I) -> Self
+    /// Overrides from `(type, enabled)` pairs; fails when two name the same type, as
+    /// [`UpgradeRouterBuilder::build`] does.
+    pub fn new<I, T>(entries: I) -> Result<Self, DuplicateUpgradeType>
     where
         I: IntoIterator<Item = (T, bool)>,
         T: Into<UpgradeType>,
     {
-        Self {
-            entries: entries.into_iter().map(|(t, e)| (t.into(), e)).collect(),
-        }
+        let entries: Arc<[(UpgradeType, bool)]> = entries.into_iter().map(|(t, e)| (t.into(), e)).collect();
+        no_duplicates(entries.iter().map(|(t, _)| t))?;
+        Ok(Self { entries })
     }
 
     /// The route's word on `ty`, if it has one.
@@ -121,7 +123,22 @@ impl RouteUpgrades {
     }
 }
 
-/// Two listener-level entries name the same type (types compare case-insensitively).
+/// The one rule for duplicate upgrade types, wherever a list of them is built.
+pub(crate) fn no_duplicates<'a>(
+    types: impl Iterator<Item = &'a UpgradeType>,
+) -> Result<(), DuplicateUpgradeType> {
+    let mut seen: Vec<&UpgradeType> = Vec::new();
+    for ty in types {
+        if seen.contains(&ty) {
+            return Err(DuplicateUpgradeType(ty.clone()));
+        }
+        seen.push(ty);
+    }
+    Ok(())
+}
+
+/// Two entries of one list (the router's, or a route's) name the same upgrade type (types
+/// compare case-insensitively).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuplicateUpgradeType(pub UpgradeType);
 
@@ -139,28 +156,54 @@ impl std::error::Error for DuplicateUpgradeType {}
 
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// The listener does not know the type and no route enables it.
     NotConfigured,
     /// The listener disables the type and no route enables it.
     DisabledOnListener,
     /// The matched route disables the type.
     DisabledOnRoute,
+    /// A drain has begun: no new tunnels.
+    Draining,
 }
 
 impl Rejection {
-    /// A short snake_case name, for metrics.
-    pub fn as_str(self) -> &'static str {
+    /// A short snake_case name, the `reason` of the rejection metric.
+    fn as_str(self) -> &'static str {
         match self {
             Self::NotConfigured => "not_configured",
             Self::DisabledOnListener => "disabled",
             Self::DisabledOnRoute => "disabled_on_route",
+            Self::Draining => "draining",
         }
+    }
+
+    /// Counts the rejection of an upgrade of type `ty`, and answers it (the connection
+    /// closes after the answer).
+    pub(crate) fn reply(self, ty: &UpgradeType) -> Response<Body> {
+        ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.to_string(), "reason" => self.as_str())
+            .increment(1);
+        let (status, msg) = match self {
+            Self::NotConfigured => (
+                StatusCode::FORBIDDEN,
+                format!("upgrade type {:?} is not accepted here", ty.as_str()),
+            ),
+            Self::DisabledOnListener => (
+                StatusCode::FORBIDDEN,
+                format!("upgrade type {:?} is disabled", ty.as_str()),
+            ),
+            Self::DisabledOnRoute => (
+                StatusCode::FORBIDDEN,
+                format!("upgrade type {:?} is disabled on this route", ty.as_str()),
+            ),
+            Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned()),
+        };
+        reply::local(status, msg, Then::Close)
     }
 }
 
 /// Envoy's decision table for one upgrade.
-pub fn decide(listener: Option<bool>, route: Option<bool>) -> Result<(), Rejection> {
+pub(crate) fn decide(listener: Option<bool>, route: Option<bool>) -> Result<(), Rejection> {
     match (route, listener) {
         (Some(false), _) => Err(Rejection::DisabledOnRoute),
         (Some(true), _) | (None, Some(true)) => Ok(()),
@@ -240,11 +283,7 @@ impl UpgradeRouterBuilder {
 
     /// The layer; fails when two entries name the same type.
     pub fn build(self) -> Result<super::UpgradeRouterLayer, DuplicateUpgradeType> {
-        for (i, c) in self.types.iter().enumerate() {
-            if self.types[..i].iter().any(|o| o.ty == c.ty) {
-                return Err(DuplicateUpgradeType(c.ty.clone()));
-            }
-        }
+        no_duplicates(self.types.iter().map(|c| &c.ty))?;
         Ok(super::UpgradeRouterLayer {
             config: Arc::new(RouterConfig {
                 types: self.types,

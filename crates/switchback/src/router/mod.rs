@@ -1,25 +1,4 @@
-//! [`UpgradeRouter`]: sends plain requests down the default chain and each allowed upgrade
-//! down its type's chain, then opens the tunnel when the chain answers `101`.
-//!
-//! ```no_run
-//! use switchback::{Chain, Cluster, Endpoint, Forward, UpgradeConfig, UpgradeRouterLayer};
-//! use tower::ServiceBuilder;
-//! use tower_http::limit::RequestBodyLimitLayer;
-//!
-//! let forward = Forward::new(Cluster::new("app", [Endpoint::new("127.0.0.1:8080")]));
-//! let router = UpgradeRouterLayer::builder()
-//!     // WebSocket payload passes through the default chain, body limit included...
-//!     .upgrade("websocket")
-//!     // ...while `foo` tunnels skip it: their chain is the router alone.
-//!     .upgrade_config(UpgradeConfig::new("foo").chain(Chain::new(forward.clone())))
-//!     .build()
-//!     .expect("no duplicate types");
-//! let stack = ServiceBuilder::new()
-//!     .layer(router)
-//!     .layer(RequestBodyLimitLayer::new(64 * 1024))
-//!     .service(forward);
-//! # let _ = stack;
-//! ```
+//! [`UpgradeRouterLayer`](crate::UpgradeRouterLayer): the upgrade router, its layer and its response future.
 
 mod config;
 mod future;
@@ -30,26 +9,47 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
-pub use config::{
-    Chain, DuplicateUpgradeType, Rejection, RouteUpgrades, UpgradeConfig, UpgradeRouterBuilder, decide,
-};
+pub use config::{Chain, DuplicateUpgradeType, RouteUpgrades, UpgradeConfig, UpgradeRouterBuilder};
+use config::{Rejection, decide};
 pub use future::ResponseFuture;
 
 use crate::body::PreBodyEnd;
 use crate::detect::{Inspection, inspect};
 use crate::ext::{ClientAddr, IdleTimeout, Upgrading};
 use crate::legacy::{self, LegacyConfig};
+use crate::reply::Then;
 use crate::tunnel::{Settings, TunnelMode, TunnelRead};
 use crate::{Body, BoxError, UpgradeType, metrics, reply};
 use config::RouterConfig;
 use open::Pending;
 use tokio::sync::oneshot;
 
-/// Builds [`UpgradeRouter`]s around a default chain. See the [module docs](self).
+/// Builds [`UpgradeRouter`]s: they send plain requests down the default chain and each
+/// allowed upgrade down its type's chain, then open the tunnel when the chain answers `101`.
+///
+/// ```no_run
+/// use switchback::{Chain, Cluster, Endpoint, Forward, UpgradeConfig, UpgradeRouterLayer};
+/// use tower::ServiceBuilder;
+/// use tower_http::limit::RequestBodyLimitLayer;
+///
+/// let forward = Forward::new(Cluster::new("app", [Endpoint::new("127.0.0.1:8080")]));
+/// let router = UpgradeRouterLayer::builder()
+///     // WebSocket payload passes through the default chain, body limit included...
+///     .upgrade("websocket")
+///     // ...while `foo` tunnels skip it: their chain is the router alone.
+///     .upgrade_config(UpgradeConfig::new("foo").chain(Chain::new(forward.clone())))
+///     .build()
+///     .expect("no duplicate types");
+/// let stack = ServiceBuilder::new()
+///     .layer(router)
+///     .layer(RequestBodyLimitLayer::new(64 * 1024))
+///     .service(forward);
+/// # let _ = stack;
+/// ```
 #[derive(Clone, Debug)]
 pub struct UpgradeRouterLayer {
     config: Arc<RouterConfig>,
@@ -119,7 +119,7 @@ where
             }
             Inspection::NominatesProtected(name) => {
                 let msg = format!("the Connection header may not nominate {name:?}");
-                return ResponseFuture::ready(reply::local(StatusCode::BAD_REQUEST, msg, true));
+                return ResponseFuture::ready(reply::local(StatusCode::BAD_REQUEST, msg, Then::Close));
             }
             Inspection::Upgrade(ty) => ty,
         };
@@ -130,21 +130,10 @@ where
         let entry = cfg.entry(&ty);
         let route = req.extensions().get::<RouteUpgrades>().and_then(|r| r.get(&ty));
         if let Err(why) = decide(entry.map(|e| e.enabled), route) {
-            ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.to_string(), "reason" => why.as_str())
-                .increment(1);
-            let msg = match why {
-                Rejection::NotConfigured => format!("upgrade type {:?} is not accepted here", ty.as_str()),
-                Rejection::DisabledOnListener => format!("upgrade type {:?} is disabled", ty.as_str()),
-                Rejection::DisabledOnRoute => {
-                    format!("upgrade type {:?} is disabled on this route", ty.as_str())
-                }
-            };
-            return ResponseFuture::ready(reply::local(StatusCode::FORBIDDEN, msg, true));
+            return ResponseFuture::ready(why.reply(&ty));
         }
         if cfg.drain.is_draining() {
-            ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.to_string(), "reason" => "draining")
-                .increment(1);
-            return ResponseFuture::ready(reply::local(StatusCode::SERVICE_UNAVAILABLE, "draining", true));
+            return ResponseFuture::ready(Rejection::Draining.reply(&ty));
         }
         // A CONNECT tunnel (no `:protocol`) opens on a 2xx to an authority-form target and needs
         // forwarding of its own; until then it is refused plainly rather than half-handled.
@@ -153,7 +142,7 @@ where
         if ty.is_connect() || !(h2 || req.version() == http::Version::HTTP_11) {
             let msg =
                 "CONNECT tunnels are not proxied yet; use an HTTP/1.1 Upgrade or HTTP/2 extended CONNECT";
-            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, true));
+            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::Close));
         }
         ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.to_string()).increment(1);
 
@@ -188,13 +177,11 @@ impl<S> UpgradeRouter<S> {
     {
         let cfg = &self.config;
         if cfg.drain.is_draining() {
-            ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => "websocket", "reason" => "draining")
-                .increment(1);
-            return ResponseFuture::ready(reply::local(StatusCode::SERVICE_UNAVAILABLE, "draining", true));
+            return ResponseFuture::ready(Rejection::Draining.reply(&UpgradeType::new("websocket")));
         }
         if req.version() != http::Version::HTTP_11 {
             let msg = "legacy WebSocket routes serve HTTP/1.1 clients only";
-            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, false));
+            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::KeepAlive));
         }
         ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => "websocket").increment(1);
         let route_idle = req.extensions().get::<IdleTimeout>().copied();
@@ -260,10 +247,5 @@ fn error_response(e: BoxError, upgrade: bool) -> Response<Body> {
         tracing::warn!(error = %e, "filter chain failed");
         (StatusCode::INTERNAL_SERVER_ERROR, "filter chain error")
     };
-    let mut res = reply::local(status, msg, upgrade);
-    if upgrade {
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    res
+    reply::local(status, msg, if upgrade { Then::Close } else { Then::KeepAlive })
 }

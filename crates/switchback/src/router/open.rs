@@ -7,10 +7,12 @@ use tokio::sync::oneshot;
 
 use crate::drain::Drain;
 use crate::ext::UpstreamAddr;
+use crate::metrics::HandshakeFailure;
+use crate::reply::Then;
 use crate::tunnel::{
     self, Ends, Handoff, Opening, Settings, TunnelInfo, TunnelMode, TunnelObserver, TunnelRead,
 };
-use crate::{Body, UpgradeType, metrics, reply};
+use crate::{Body, UpgradeType, reply};
 
 /// An allowed upgrade waiting for its answer.
 pub(crate) struct Pending {
@@ -47,12 +49,11 @@ impl Pending {
                 "the chain answered 101 without an upstream connection (a layer dropped the \
                  response's extensions, or the chain doesn't end in Forward)"
             );
-            ::metrics::counter!(metrics::HANDSHAKE_FAILURES, "type" => self.ty.to_string(), "reason" => "no_upstream")
-                .increment(1);
+            HandshakeFailure::NoUpstream.record(&self.ty);
             return reply::local(
                 StatusCode::BAD_GATEWAY,
                 "no upstream connection for the 101",
-                true,
+                Then::Close,
             );
         };
         if self.h2 {

@@ -1,20 +1,4 @@
-//! Serving a stack on a TCP listener: HTTP/1.1 (with upgrades) and HTTP/2 prior knowledge on
-//! one port, through hyper-util, with graceful shutdown. [`serve`] runs on the caller's
-//! runtime; [`Workers`] runs the same on one single-threaded runtime per CPU, as the
-//! `switchback` binary does.
-//!
-//! ```no_run
-//! use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer, server};
-//! use tower::ServiceBuilder;
-//!
-//! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let stack = ServiceBuilder::new()
-//!     .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
-//!     .service(Forward::new(Cluster::new("app", [Endpoint::new("127.0.0.1:8080")])));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:10000").await?;
-//! server::serve(listener, stack, async { let _ = tokio::signal::ctrl_c().await; }).await
-//! # }
-//! ```
+//! Serving a stack on TCP listeners: [`serve`](crate::serve) and [`Workers`](crate::Workers).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,11 +32,26 @@ const GRACE: Duration = Duration::from_secs(30);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Accepts connections on `listener` and serves `service` on each until `shutdown` resolves,
-/// then stops accepting and lets in-flight requests finish (up to 30 s).
+/// then stops accepting and lets in-flight requests finish (up to 30 s): HTTP/1.1 (with
+/// upgrades) and HTTP/2 prior knowledge on one port, on the caller's runtime. [`Workers`]
+/// runs the same on one single-threaded runtime per CPU, as the `switchback` binary does.
 ///
-/// HTTP/1.1 connections are served on the bare TCP stream, so that an upgraded connection can
-/// be recovered as a socket and relayed without any wrapper (see `tunnel`); HTTP/2 prior
-/// knowledge is recognised by its preface.
+/// HTTP/1.1 connections are served on the bare TCP stream, so that an upgraded connection
+/// can be recovered as a socket and spliced without any wrapper; HTTP/2 prior knowledge is
+/// recognised by its preface.
+///
+/// ```no_run
+/// use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer, serve};
+/// use tower::ServiceBuilder;
+///
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let stack = ServiceBuilder::new()
+///     .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
+///     .service(Forward::new(Cluster::new("app", [Endpoint::new("127.0.0.1:8080")])));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:10000").await?;
+/// serve(listener, stack, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,

@@ -33,7 +33,7 @@ enum Phase {
 ///
 /// ```no_run
 /// use std::num::NonZeroUsize;
-/// use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer, server::Workers};
+/// use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer, Workers};
 /// use tower::ServiceBuilder;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {

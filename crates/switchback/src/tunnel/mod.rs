@@ -65,15 +65,27 @@ impl TunnelConfig {
         Self::default()
     }
 
-    /// Ends a tunnel when no byte moved either way for this long; `None` turns it off.
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.idle_timeout = timeout;
+    /// Ends a tunnel when no byte moved either way for this long.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
         self
     }
 
-    /// How long one direction may stay open after the other has closed; `None` waits forever.
-    pub fn half_close_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.half_close_timeout = timeout;
+    /// Tunnels never end for being idle.
+    pub fn no_idle_timeout(mut self) -> Self {
+        self.idle_timeout = None;
+        self
+    }
+
+    /// How long one direction may stay open after the other has closed.
+    pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
+        self.half_close_timeout = Some(timeout);
+        self
+    }
+
+    /// A half-closed tunnel waits for its other direction forever.
+    pub fn no_half_close_timeout(mut self) -> Self {
+        self.half_close_timeout = None;
         self
     }
 
