@@ -1,9 +1,10 @@
 //! Graceful drain of live tunnels: see [`Drain`](crate::Drain).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -94,11 +95,33 @@ impl Drain {
     pub(crate) fn track(&self) -> TunnelGuard {
         TunnelGuard {
             _live: self.inner.tunnels.token(),
-            // A token of the tunnel's own: its task polls it on every wake, and the shared
-            // token's lock would be taken by every tunnel on every worker.
-            closing: self.inner.closing.child_token().cancelled_owned(),
+            closing: self.thread_closing().cancelled_owned(),
         }
     }
+
+    /// This thread's child of the closing token. A tunnel's task polls its token on every
+    /// wake, and polling takes the token's locks: one token for all would have every worker
+    /// thread take the same locks, and one per tunnel would cost an allocation per tunnel.
+    /// One per thread is neither (a worker's tunnels stay on their thread).
+    fn thread_closing(&self) -> CancellationToken {
+        CLOSING.with_borrow_mut(|tokens| {
+            // Forget the drains that are gone, so that a new one at the same address can't
+            // be taken for them.
+            tokens.retain(|(drain, _)| drain.strong_count() > 0);
+            let mine = Arc::as_ptr(&self.inner);
+            if let Some((_, token)) = tokens.iter().find(|(drain, _)| drain.as_ptr() == mine) {
+                return token.clone();
+            }
+            let token = self.inner.closing.child_token();
+            tokens.push((Arc::downgrade(&self.inner), token.clone()));
+            token
+        })
+    }
+}
+
+thread_local! {
+    /// Per thread, a child of each live drain's closing token (see [`Drain::thread_closing`]).
+    static CLOSING: RefCell<Vec<(Weak<Inner>, CancellationToken)>> = const { RefCell::new(Vec::new()) };
 }
 
 pin_project_lite::pin_project! {
