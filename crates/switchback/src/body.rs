@@ -17,7 +17,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::BoxError;
-use crate::tunnel::{Handoff, TunnelRead, UpstreamTunnel, pool};
+use crate::handoff::{Handoff, TunnelRead, UpstreamTunnel};
+use crate::pool;
 
 /// Size of the chunks read from a tunnel when it is pumped through body-aware layers.
 const CHUNK: usize = 16 * 1024;

@@ -1,5 +1,7 @@
 //! The hand-off of an upgrade's upstream half, from whoever made the upstream connection
-//! ([`Forward`](crate::Forward) or the legacy service) to the tunnel.
+//! ([`Forward`](crate::Forward) or the legacy service) to the tunnel: a response extension,
+//! kept apart from both so that data flows down the stack (forward, then tunnel) and the
+//! body type can read it without importing the tunnel.
 //!
 //! The forwarder puts a [`Handoff`] in the `101`'s extensions and makes the `101`'s body an
 //! [`UpstreamTunnel`] over it; it starts nothing. When the router sees the `101` come out of

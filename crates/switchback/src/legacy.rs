@@ -10,8 +10,8 @@ use http::{Request, Response, StatusCode};
 use crate::cluster::Cluster;
 use crate::ext::IdleTimeout;
 use crate::forward::upstream;
+use crate::handoff::Handoff;
 use crate::metrics::HandshakeFailure;
-use crate::tunnel::Handoff;
 use crate::{Body, BoxError, UpgradeType};
 
 /// Settings of a route's legacy WebSocket mode: Envoy's old `use_websocket` routes (with

@@ -21,9 +21,9 @@ use tower::Service;
 
 use crate::cluster::{Cluster, Endpoint};
 use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
+use crate::handoff::Handoff;
 use crate::metrics::HandshakeFailure;
 use crate::reply::Then;
-use crate::tunnel::Handoff;
 use crate::{Body, BoxError, hop, reply};
 use pre_body::PreBody;
 

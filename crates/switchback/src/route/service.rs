@@ -213,7 +213,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Local { res } => Poll::Ready(Ok(res.take().unwrap_or_default())),
+            KindProj::Local { res } => {
+                Poll::Ready(Ok(res.take().expect("ResponseFuture polled after completion")))
+            }
             KindProj::Inner { fut, matched } => {
                 let mut res = ready!(fut.poll(cx))?.map(Body::new);
                 if let Some(m) = matched.take() {

@@ -7,11 +7,10 @@ use tokio::sync::oneshot;
 
 use crate::drain::Drain;
 use crate::ext::UpstreamAddr;
+use crate::handoff::{Ends, Handoff, TunnelRead};
 use crate::metrics::HandshakeFailure;
 use crate::reply::Then;
-use crate::tunnel::{
-    self, Ends, Handoff, Opening, Settings, TunnelInfo, TunnelMode, TunnelObserver, TunnelRead,
-};
+use crate::tunnel::{self, Opening, Settings, TunnelInfo, TunnelMode, TunnelObserver};
 use crate::{Body, UpgradeType, reply};
 
 /// An allowed upgrade waiting for its answer.

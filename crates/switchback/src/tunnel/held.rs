@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::pool;
+use crate::pool;
 
 /// Read but unwritten bytes: in a buffer lent by the pool (read from a connection), or a
 /// body's data frame (pumped tunnels), which is written as it is, without a copy.

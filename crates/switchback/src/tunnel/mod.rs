@@ -19,11 +19,9 @@
 //! (`handoff`), and the router calls [`open`].
 
 mod engine;
-mod handoff;
 mod held;
 mod leg;
 mod opened;
-pub(crate) mod pool;
 #[cfg(target_os = "linux")]
 mod splice;
 mod task;
@@ -35,7 +33,6 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::drain::TunnelGuard;
 pub(crate) use engine::Settings;
-pub(crate) use handoff::{Ends, Handoff, TunnelRead, UpstreamTunnel};
 pub use task::TunnelHandle;
 
 /// How tunnels behave once open.
@@ -264,7 +261,7 @@ pub(crate) struct Opening {
 /// Starts a tunnel: the one place tunnels are born. Its task waits for the client's connection
 /// to upgrade (the server writes the `101` first), then relays `ends` until the tunnel ends.
 /// The handle goes in the `101`'s extensions.
-pub(crate) fn open(client: OnUpgrade, ends: handoff::Ends, opening: Opening) -> TunnelHandle {
+pub(crate) fn open(client: OnUpgrade, ends: crate::handoff::Ends, opening: Opening) -> TunnelHandle {
     let (task, handle) = task::TunnelTask::new(client, ends, opening);
     tokio::spawn(task);
     handle

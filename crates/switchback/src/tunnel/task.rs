@@ -18,11 +18,11 @@ use tokio::io::WriteHalf;
 use tokio::sync::SetOnce;
 
 use super::engine::{Duplex, Settings};
-use super::handoff::{Ends, UpstreamWriter};
 use super::leg::{self, BodyLeg, Prefixed};
 use super::opened::Opened;
 use super::{Opening, TunnelInfo, TunnelObserver, TunnelStats};
 use crate::drain::TunnelGuard;
+use crate::handoff::{Ends, UpstreamWriter};
 
 /// A handle on one tunnel, in the `101`'s response extensions: an access log or a test ties
 /// the tunnel to its request with it (under HTTP/2 one connection carries many tunnels, so
