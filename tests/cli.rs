@@ -1008,6 +1008,78 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
     assert!(stderr.contains("closed=1"), "{stderr}");
 }
 
+/// The admin endpoint lists live tunnels (JSON, one object each with what an operator asks
+/// first) and closes one on request with `1001`; its dashboard page is served at `/`.
+#[tokio::test]
+async fn admin_lists_live_tunnels_and_closes_one() {
+    let dir = TempDir::new("tunnels");
+    let echo = ws_echo().await.addr;
+    let file = dir.write(
+        "tunnels.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: /chat }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n"
+        ),
+    );
+    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
+    let (mut first, _) = ws_connect(format!("ws://{listen}/chat/one")).await;
+    ws_roundtrip(&mut first, Message::text("hello")).await;
+    let (mut second, _) = ws_connect(format!("ws://{listen}/chat/two")).await;
+    ws_roundtrip(&mut second, Message::text("hi")).await;
+
+    let reply = http(admin, "GET", "/tunnels", &[], b"").await;
+    assert_eq!(reply.status, 200);
+    let tunnels: Value = serde_json::from_str(&reply.body).unwrap();
+    let tunnels = tunnels.as_array().unwrap();
+    assert_eq!(tunnels.len(), 2, "{tunnels:?}");
+    let one = &tunnels[0];
+    assert_eq!(one["path"], "/chat/one");
+    assert_eq!(one["route"], "routes[0]");
+    assert_eq!(one["upgrade"], "websocket");
+    assert_eq!(one["mode"], "joined");
+    assert_eq!(one["protocol"], "HTTP/1.1");
+    assert_eq!(one["upstream"], echo.to_string());
+    assert!(one["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{one}");
+    assert!(one["started"].as_str().unwrap().ends_with('Z'), "{one}");
+    assert!(one["age_ms"].as_u64().is_some(), "{one}");
+    // "hello" as a masked client frame is 11 bytes, echoed unmasked 7.
+    assert_eq!(
+        (one["bytes_received"].as_u64(), one["bytes_sent"].as_u64()),
+        (Some(11), Some(7))
+    );
+
+    let id = one["id"].as_u64().unwrap();
+    let reply = http(admin, "POST", &format!("/tunnels/close?id={id}"), &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let frame = match within("the close frame", first.next()).await {
+        Some(Ok(Message::Close(frame))) => frame,
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(frame.expect("a close code").code, CloseCode::Away);
+    ws_roundtrip(&mut second, Message::text("still open")).await;
+    assert_eq!(
+        http(admin, "POST", "/tunnels/close?id=999999", &[], b"")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(http(admin, "POST", "/tunnels/close", &[], b"").await.status, 400);
+    assert_eq!(
+        http(admin, "GET", "/tunnels/close?id=1", &[], b"").await.status,
+        405
+    );
+
+    let page = http(admin, "GET", "/", &[], b"").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(
+        page.body.contains("fetch(\"/tunnels\")"),
+        "the dashboard reads /tunnels"
+    );
+}
+
 /// A second signal ends the drain at once: with an hour of drain_timeout, a live tunnel and
 /// a request waiting for an upstream that never answers (and no route timeout), the process
 /// still exits promptly.

@@ -624,3 +624,71 @@ async fn a_routers_own_drain_closes_its_tunnels() {
     assert_eq!(read_to_eof(&mut client).await, b"");
     assert_eq!(read_to_eof(&mut up).await, b"");
 }
+
+/// A listing drain lists its live tunnels (what they are, what they relayed) and closes one
+/// on request as a drain would: a WebSocket tunnel gets `1001` each way, the others run on.
+#[tokio::test]
+async fn a_listing_drain_lists_live_tunnels_and_closes_one() {
+    let echo_a = ws_echo().await;
+    let drain = Drain::listing();
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .drain(drain.clone())
+        .build()
+        .unwrap();
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(Forward::new(cluster(echo_a.addr))),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for path in ["/one", "/two"] {
+        let url = format!("ws://{}{path}", proxy.addr);
+        let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(within(ws.next()).await.unwrap().unwrap(), Message::text("hello"));
+        clients.push(ws);
+    }
+    let live = drain.tunnels();
+    assert_eq!(live.len(), 2);
+    assert_eq!(
+        live.iter().map(|t| t.info.path.as_str()).collect::<Vec<_>>(),
+        ["/one", "/two"]
+    );
+    for t in &live {
+        // A masked client frame of "hello" is 11 bytes; the echo's unmasked one 7.
+        assert_eq!(
+            (t.bytes_from_client, t.bytes_to_client),
+            (11, 7),
+            "{:?}",
+            t.info.path
+        );
+        assert_eq!(t.info.mode, TunnelMode::Joined);
+        assert_eq!(t.info.version, http::Version::HTTP_11);
+    }
+    assert!(drain.close(live[0].info.id));
+    assert!(!drain.close(u64::MAX), "no such tunnel");
+    let code = loop {
+        match within(clients[0].next()).await {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1001);
+    // The other tunnel is untouched, and soon the closed one is no longer listed.
+    clients[1].send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        within(clients[1].next()).await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    within(async {
+        while drain.tunnels().len() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(drain.tunnels()[0].info.id, live[1].info.id);
+    assert!(Drain::new().tunnels().is_empty(), "a plain drain lists nothing");
+}

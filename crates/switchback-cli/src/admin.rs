@@ -7,6 +7,9 @@
 //! | `GET /runtime`                 | the runtime values, as a JSON object                        |
 //! | `POST /runtime?key=K&value=V`  | sets `K` to `V` (0-100): `{"key":K,"old":O,"new":V}`; 400 on a bad or unknown key or value |
 //! | `GET /config`                  | the effective configuration as JSON (runtime values as now) |
+//! | `GET /tunnels`                 | the live tunnels, as a JSON array (see [`TunnelRow`])       |
+//! | `POST /tunnels/close?id=ID`    | closes one as the drain does (WebSocket: `1001` each way); 404 when no such tunnel |
+//! | `GET /`                        | a dashboard of live tunnels and counters that refreshes itself |
 //!
 //! Metrics come from the library through the `metrics` facade, rendered by
 //! `metrics-exporter-prometheus` (its own HTTP listener is not used): upgrades started
@@ -32,11 +35,58 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
-use switchback::{Drain, Runtime};
+use switchback::{Drain, LiveTunnel, Runtime};
 use switchback_config::Config;
 use tokio::net::TcpListener;
 
 use crate::fatal::Fatal;
+
+/// The dashboard at `GET /`: one self-contained page that polls `GET /tunnels` and
+/// `GET /metrics`.
+const DASHBOARD: &str = include_str!("admin_dashboard.html");
+
+/// One live tunnel in `GET /tunnels`.
+#[derive(Debug, Serialize)]
+pub(crate) struct TunnelRow {
+    id: u64,
+    client: Option<String>,
+    upstream: Option<String>,
+    route: Option<String>,
+    path: String,
+    upgrade: String,
+    /// `joined`, `pumped` or `legacy`.
+    mode: &'static str,
+    /// The client's HTTP version.
+    protocol: String,
+    /// When the tunnel opened, RFC 3339 with milliseconds.
+    started: String,
+    age_ms: u64,
+    /// From the client.
+    bytes_received: u64,
+    /// To the client.
+    bytes_sent: u64,
+}
+
+impl From<&LiveTunnel> for TunnelRow {
+    fn from(t: &LiveTunnel) -> Self {
+        let started =
+            jiff::Timestamp::try_from(t.started).map_or_else(|_| String::new(), |ts| format!("{ts:.3}"));
+        Self {
+            id: t.info.id,
+            client: t.info.client.map(|a| a.to_string()),
+            upstream: t.info.upstream.clone(),
+            route: t.info.route.as_deref().map(str::to_owned),
+            path: t.info.path.clone(),
+            upgrade: t.info.upgrade.to_string(),
+            mode: t.info.mode.as_str(),
+            protocol: format!("{:?}", t.info.version),
+            started,
+            age_ms: u64::try_from(t.age.as_millis()).unwrap_or(u64::MAX),
+            bytes_received: t.bytes_from_client,
+            bytes_sent: t.bytes_to_client,
+        }
+    }
+}
 
 /// Buckets of the tunnel duration histogram, in seconds.
 const DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0];
@@ -170,10 +220,41 @@ impl Admin {
                 config.runtime = inner.runtime.snapshot();
                 json(StatusCode::OK, &config)
             }),
+            "/tunnels" => only(method, &[Method::GET], || {
+                let rows: Vec<TunnelRow> = inner.drain.tunnels().iter().map(TunnelRow::from).collect();
+                json(StatusCode::OK, &rows)
+            }),
+            "/tunnels/close" => match *method {
+                Method::POST => self.close_tunnel(req.uri().query().unwrap_or("")),
+                _ => not_allowed(&[Method::POST]),
+            },
+            "/" => only(method, &[Method::GET], || {
+                text(StatusCode::OK, DASHBOARD, "text/html; charset=utf-8")
+            }),
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found; try GET /metrics, GET /ready, GET /runtime, POST /runtime?key=K&value=V, GET /config\n",
+                "not found; try GET /, GET /metrics, GET /ready, GET /runtime, POST /runtime?key=K&value=V, \
+                 GET /config, GET /tunnels, POST /tunnels/close?id=ID\n",
             ),
+        }
+    }
+
+    /// `POST /tunnels/close?id=ID`.
+    fn close_tunnel(&self, query: &str) -> Response<Full<Bytes>> {
+        let id = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("id="))
+            .and_then(|id| id.parse::<u64>().ok());
+        let Some(id) = id else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "say which tunnel: POST /tunnels/close?id=ID (the ids are in GET /tunnels)\n",
+            );
+        };
+        if self.inner.drain.close(id) {
+            json(StatusCode::OK, &serde_json::json!({ "id": id, "closing": true }))
+        } else {
+            plain(StatusCode::NOT_FOUND, format!("no live tunnel {id}\n"))
         }
     }
 

@@ -45,7 +45,12 @@ pub(crate) async fn run(
         None => None,
     };
     let log = AccessLog::open(&config.access_log)?;
-    let drain = Drain::new();
+    // Listed only with an admin endpoint to show them: a listed tunnel costs a little more.
+    let drain = if config.admin.is_some() {
+        Drain::listing()
+    } else {
+        Drain::new()
+    };
     let runtime = Runtime::from_values(config.runtime.clone());
     let stack = stack::build(&config, &drain, &runtime, &log)?;
 

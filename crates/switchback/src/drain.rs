@@ -1,16 +1,19 @@
 //! Graceful drain of live tunnels: see [`Drain`](crate::Drain).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::TunnelInfo;
 
 /// A handle on the set of live tunnels, to drain them gracefully. Cheap to clone; all clones
 /// share one state.
@@ -43,6 +46,36 @@ struct Inner {
     tunnels: TaskTracker,
     /// Cancelled at the drain deadline: what is still open closes.
     closing: CancellationToken,
+    /// The live tunnels by id, for a drain made with [`Drain::listing`].
+    list: Option<Mutex<HashMap<u64, Arc<Live>>>>,
+}
+
+/// A listed tunnel: what it was when it opened, and what it has relayed since.
+#[derive(Debug)]
+struct Live {
+    info: TunnelInfo,
+    started: SystemTime,
+    since: Instant,
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+    /// This tunnel's own closing token (a child of the drain's).
+    close: CancellationToken,
+}
+
+/// A live tunnel, as [`Drain::tunnels`] lists it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LiveTunnel {
+    /// What was known when it opened.
+    pub info: TunnelInfo,
+    /// When it opened (its `101` went to the client).
+    pub started: SystemTime,
+    /// How long it has been open.
+    pub age: Duration,
+    /// Bytes relayed from the client to the upstream so far.
+    pub bytes_from_client: u64,
+    /// Bytes relayed from the upstream to the client so far.
+    pub bytes_to_client: u64,
 }
 
 /// What [`Drain::drain`] did.
@@ -58,6 +91,52 @@ impl Drain {
     /// A handle with no tunnels, not draining.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A drain that also lists its live tunnels ([`Drain::tunnels`]) and closes one on
+    /// request ([`Drain::close`]), as an admin endpoint wants. A listed tunnel costs about
+    /// 0.3 KiB more (its entry, its own closing token and live byte counts).
+    pub fn listing() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                list: Some(Mutex::default()),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// The live tunnels, oldest first; empty unless this drain was made with
+    /// [`Drain::listing`].
+    pub fn tunnels(&self) -> Vec<LiveTunnel> {
+        let Some(list) = &self.inner.list else {
+            return Vec::new();
+        };
+        let mut tunnels: Vec<LiveTunnel> = lock(list)
+            .values()
+            .map(|live| LiveTunnel {
+                info: live.info.clone(),
+                started: live.started,
+                age: live.since.elapsed(),
+                bytes_from_client: live.from_client.load(Ordering::Relaxed),
+                bytes_to_client: live.to_client.load(Ordering::Relaxed),
+            })
+            .collect();
+        tunnels.sort_by_key(|t| t.info.id);
+        tunnels
+    }
+
+    /// Closes the live tunnel `id` as a drain closes tunnels at its deadline (a WebSocket
+    /// tunnel gets a `1001` close frame each way, at frame boundaries). `false` when there is
+    /// no such tunnel (or this drain doesn't list its tunnels).
+    pub fn close(&self, id: u64) -> bool {
+        let Some(list) = &self.inner.list else {
+            return false;
+        };
+        let Some(live) = lock(list).get(&id).cloned() else {
+            return false;
+        };
+        live.close.cancel();
+        true
     }
 
     /// Whether a drain has started; new upgrades are refused from then on.
@@ -91,11 +170,29 @@ impl Drain {
         }
     }
 
-    /// Registers a tunnel; it counts as live until the guard is dropped.
-    pub(crate) fn track(&self) -> TunnelGuard {
+    /// Registers a tunnel; it counts as live (and is listed, for a listing drain) until the
+    /// guard is dropped.
+    pub(crate) fn track(&self, info: &TunnelInfo) -> TunnelGuard {
+        let thread = self.thread_closing();
+        let (closing, listed) = match &self.inner.list {
+            None => (thread, None),
+            Some(list) => {
+                let live = Arc::new(Live {
+                    info: info.clone(),
+                    started: SystemTime::now(),
+                    since: Instant::now(),
+                    from_client: AtomicU64::new(0),
+                    to_client: AtomicU64::new(0),
+                    close: thread.child_token(),
+                });
+                lock(list).insert(info.id, live.clone());
+                (live.close.clone(), Some((live, self.clone())))
+            }
+        };
         TunnelGuard {
             _live: self.inner.tunnels.token(),
-            closing: self.thread_closing().cancelled_owned(),
+            closing: closing.cancelled_owned(),
+            listed,
         }
     }
 
@@ -132,12 +229,37 @@ pin_project_lite::pin_project! {
         _live: TaskTrackerToken,
         #[pin]
         closing: WaitForCancellationFutureOwned,
+        // For a listing drain: the tunnel's entry, and the drain to take it out of.
+        listed: Option<(Arc<Live>, Drain)>,
+    }
+
+    impl PinnedDrop for TunnelGuard {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some((live, drain)) = this.project().listed.take()
+                && let Some(list) = &drain.inner.list
+            {
+                lock(list).remove(&live.info.id);
+            }
+        }
     }
 }
 
 impl TunnelGuard {
-    /// Ready once the drain deadline has passed and the tunnel must close.
+    /// Ready once the tunnel must close: the drain deadline has passed, or (listing drain)
+    /// somebody closed this tunnel.
     pub(crate) fn poll_closing(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         self.project().closing.poll(cx)
     }
+
+    /// What the tunnel has relayed so far, for a listing drain (nothing to do otherwise).
+    pub(crate) fn relayed(&self, from_client: u64, to_client: u64) {
+        if let Some((live, _)) = &self.listed {
+            live.from_client.store(from_client, Ordering::Relaxed);
+            live.to_client.store(to_client, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -16,6 +16,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::UpgradeType;
@@ -43,6 +44,14 @@ pub struct ResponseTimeout(pub Option<Duration>);
 /// the endpoint is only known to the forwarder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AutoHostRewrite;
+
+/// The route that took a request, in the request's extensions and (for access logs) in the
+/// response's. Set by [`RouteLayer`](crate::RouteLayer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatchedRoute {
+    /// The route's [`name`](crate::Route::name).
+    pub name: Arc<str>,
+}
 
 /// The upstream endpoint that served a response, in the response extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -79,15 +79,15 @@ pub use cluster::{Cluster, ConnectError, Endpoint};
 #[doc(inline)]
 pub use detect::{IgnoreUpgrades, UpgradeType};
 #[doc(inline)]
-pub use drain::{Drain, DrainOutcome};
+pub use drain::{Drain, DrainOutcome, LiveTunnel};
 #[doc(inline)]
-pub use ext::{AutoHostRewrite, ClientAddr, IdleTimeout, ResponseTimeout, UpstreamAddr};
+pub use ext::{AutoHostRewrite, ClientAddr, IdleTimeout, MatchedRoute, ResponseTimeout, UpstreamAddr};
 #[doc(inline)]
 pub use forward::Forward;
 #[doc(inline)]
 pub use legacy::LegacyConfig;
 #[doc(inline)]
-pub use route::{MatchedRoute, Route, RouteLayer, RouteService, Runtime};
+pub use route::{Route, RouteLayer, RouteService, Runtime};
 #[doc(inline)]
 pub use router::{
     Chain, DuplicateUpgradeType, RouteUpgrades, UpgradeConfig, UpgradeRouter, UpgradeRouterBuilder,

@@ -14,19 +14,12 @@ pub use runtime::Runtime;
 pub use service::{ResponseFuture, RouteLayer, RouteService};
 
 use crate::ext::IdleTimeout;
+pub(crate) use crate::ext::MatchedRoute;
 use crate::ext::ResponseTimeout;
 use crate::legacy::LegacyConfig;
 use crate::{Cluster, UpgradeType};
 use action::{Action, HostRewrite, Target};
 use matcher::{Fraction, HeaderMatch, Matcher, PathMatch};
-
-/// The route that took a request, in the request's extensions and (for access logs) in the
-/// response's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MatchedRoute {
-    /// The route's [`name`](Route::name).
-    pub name: Arc<str>,
-}
 
 /// One route: conditions on the request, and what to do with a request that meets them.
 ///

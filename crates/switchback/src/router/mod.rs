@@ -19,11 +19,11 @@ pub use future::ResponseFuture;
 
 use crate::body::PreBodyEnd;
 use crate::detect::{Inspection, inspect};
-use crate::ext::{ClientAddr, IdleTimeout, Upgrading};
+use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, Upgrading};
 use crate::handoff::TunnelRead;
 use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
-use crate::tunnel::{Settings, TunnelMode};
+use crate::tunnel::{Settings, TunnelInfo, TunnelMode};
 use crate::{Body, BoxError, UpgradeType, metrics, reply};
 use config::RouterConfig;
 use open::Pending;
@@ -216,12 +216,17 @@ impl<S> UpgradeRouter<S> {
     ) -> Pending {
         let cfg = &self.config;
         Pending {
-            h2: req.version() == http::Version::HTTP_2,
-            mode,
-            client: req.extensions().get::<ClientAddr>().map(|a| a.0),
-            path: req.uri().path().to_owned(),
+            info: TunnelInfo {
+                id: 0,
+                upgrade: ty,
+                mode,
+                client: req.extensions().get::<ClientAddr>().map(|a| a.0),
+                path: req.uri().path().to_owned(),
+                route: req.extensions().get::<MatchedRoute>().map(|r| r.name.clone()),
+                version: req.version(),
+                upstream: None,
+            },
             observer: cfg.observer.clone(),
-            ty,
             on_upgrade: hyper::upgrade::on(req),
             client_reader,
             settings,

@@ -11,17 +11,14 @@ use crate::handoff::{Ends, Handoff, TunnelRead};
 use crate::metrics::HandshakeFailure;
 use crate::reply::Then;
 use crate::tunnel::{self, Opening, Settings, TunnelInfo, TunnelMode, TunnelObserver};
-use crate::{Body, UpgradeType, reply};
+use crate::{Body, reply};
 
 /// An allowed upgrade waiting for its answer.
 pub(crate) struct Pending {
-    /// The client speaks HTTP/2: its tunnel opens on a `200` to its extended CONNECT.
-    pub(crate) h2: bool,
-    pub(crate) mode: TunnelMode,
-    pub(crate) client: Option<std::net::SocketAddr>,
-    pub(crate) path: String,
+    /// What is known of the tunnel so far: the id, the upstream and (pumped or not) the mode
+    /// come with the answer.
+    pub(crate) info: TunnelInfo,
     pub(crate) observer: Option<TunnelObserver>,
-    pub(crate) ty: UpgradeType,
     pub(crate) on_upgrade: OnUpgrade,
     /// Hands the client's read half to the request body (pumped path).
     pub(crate) client_reader: oneshot::Sender<TunnelRead>,
@@ -33,7 +30,7 @@ impl Pending {
     /// Given the answer: a `101` opens the tunnel and goes to the client without a body (with
     /// a [`TunnelHandle`](crate::TunnelHandle) in its extensions); anything else closes the
     /// connection after it.
-    pub(crate) fn open(self, res: Response<Body>) -> Response<Body> {
+    pub(crate) fn open(mut self, res: Response<Body>) -> Response<Body> {
         let (mut parts, body) = res.into_parts();
         if parts.status != StatusCode::SWITCHING_PROTOCOLS {
             parts
@@ -44,41 +41,35 @@ impl Pending {
         let handoff = parts.extensions.remove::<Handoff>();
         let Some(ends) = Ends::new(body, handoff, self.client_reader) else {
             tracing::warn!(
-                upgrade = %self.ty,
+                upgrade = %self.info.upgrade,
                 "the chain answered 101 without an upstream connection (a layer dropped the \
                  response's extensions, or the chain doesn't end in Forward)"
             );
-            HandshakeFailure::NoUpstream.record(&self.ty);
+            HandshakeFailure::NoUpstream.record(&self.info.upgrade);
             return reply::local(
                 StatusCode::BAD_GATEWAY,
                 "no upstream connection for the 101",
                 Then::Close,
             );
         };
-        if self.h2 {
+        if self.info.version == http::Version::HTTP_2 {
             // RFC 8441: an extended CONNECT succeeds with a 2xx, and HTTP/2 has no connection
             // headers, so the upgrade pair and the HTTP/1.1 handshake proof stay behind.
             parts.status = StatusCode::OK;
             crate::hop::strip(&mut parts.headers);
             parts.headers.remove("sec-websocket-accept");
         }
-        let mode = match (&ends, self.mode) {
-            (Ends::Pumped(_), TunnelMode::Joined) => TunnelMode::Pumped,
-            (_, mode) => mode,
-        };
-        let info = TunnelInfo {
-            id: 0,
-            upgrade: self.ty,
-            mode,
-            client: self.client,
-            path: self.path,
-            upstream: parts.extensions.get::<UpstreamAddr>().map(|a| a.0.clone()),
-        };
+        let info = &mut self.info;
+        info.id = tunnel::next_id();
+        if let (Ends::Pumped(_), TunnelMode::Joined) = (&ends, info.mode) {
+            info.mode = TunnelMode::Pumped;
+        }
+        info.upstream = parts.extensions.get::<UpstreamAddr>().map(|a| a.0.clone());
         let opening = Opening {
-            info,
+            guard: self.drain.track(&self.info),
+            info: self.info,
             settings: self.settings,
             observer: self.observer,
-            guard: self.drain.track(),
         };
         let handle = tunnel::open(self.on_upgrade, ends, opening);
         parts.extensions.insert(handle);

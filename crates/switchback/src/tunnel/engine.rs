@@ -114,6 +114,11 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
         }
     }
 
+    /// Bytes relayed so far: from the client, to the client.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (self.to_upstream.bytes, self.to_client.bytes)
+    }
+
     fn stats(&self, end: TunnelEnd) -> TunnelStats {
         TunnelStats {
             end,

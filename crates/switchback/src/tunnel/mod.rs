@@ -34,6 +34,7 @@ use hyper::upgrade::OnUpgrade;
 use crate::drain::TunnelGuard;
 pub(crate) use engine::Settings;
 pub use task::TunnelHandle;
+pub(crate) use task::next_id;
 
 /// How tunnels behave once open.
 #[derive(Debug, Clone)]
@@ -197,6 +198,11 @@ pub struct TunnelInfo {
     pub client: Option<std::net::SocketAddr>,
     /// The request path.
     pub path: String,
+    /// The name of the route that took the request, when a [`RouteLayer`](crate::RouteLayer)
+    /// matched one.
+    pub route: Option<std::sync::Arc<str>>,
+    /// The client's HTTP version: `HTTP/1.1` for an upgrade, `HTTP/2` for an extended CONNECT.
+    pub version: http::Version,
     /// The upstream endpoint, when [`Forward`](crate::Forward) made the connection.
     pub upstream: Option<String>,
 }

@@ -87,7 +87,7 @@ impl Drop for Outcome {
 }
 
 /// A new tunnel id.
-fn next_id() -> u64 {
+pub(crate) fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
@@ -135,6 +135,16 @@ impl Relay {
             Err(client) => Self::Wrapped {
                 duplex: Duplex::new(TokioIo::new(client), TokioIo::new(upstream), settings),
             },
+        }
+    }
+
+    /// Bytes relayed so far: from the client, to the client.
+    fn bytes(&self) -> (u64, u64) {
+        match self {
+            Self::Sockets { duplex } => duplex.bytes(),
+            Self::UpstreamWrapped { duplex } => duplex.bytes(),
+            Self::Wrapped { duplex } => duplex.bytes(),
+            Self::Pumped { duplex } => duplex.bytes(),
         }
     }
 
@@ -194,9 +204,8 @@ enum Report {
 }
 
 impl TunnelTask {
-    pub(super) fn new(client: OnUpgrade, ends: Ends, mut opening: Opening) -> (Self, TunnelHandle) {
-        let id = next_id();
-        opening.info.id = id;
+    pub(super) fn new(client: OnUpgrade, ends: Ends, opening: Opening) -> (Self, TunnelHandle) {
+        let id = opening.info.id;
         let ended = Arc::new(SetOnce::new());
         let outcome = Outcome(Some(ended.clone()));
         let task = Self {
@@ -242,10 +251,13 @@ impl Future for TunnelTask {
         let StageProj::Relaying { mut relay } = this.stage.as_mut().project() else {
             return Poll::Ready(());
         };
-        if this.guard.poll_closing(cx).is_ready() {
+        if this.guard.as_mut().poll_closing(cx).is_ready() {
             relay.as_mut().start_drain();
         }
-        let stats = ready!(relay.poll(cx));
+        let polled = relay.as_mut().poll(cx);
+        let (from_client, to_client) = relay.bytes();
+        this.guard.relayed(from_client, to_client);
+        let stats = ready!(polled);
         this.stage.set(Stage::Ended);
         this.report.finish(stats);
         Poll::Ready(())
