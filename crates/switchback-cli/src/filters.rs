@@ -17,7 +17,7 @@
 //! Each step is boxed into a [`Chain`] so any list of filters has one type.
 //!
 //! The body limit wraps the request body, so the tunnel payload of upgrades going through
-//! this chain counts against it (DESIGN.md: "the payload passes through the chain"), and such
+//! this chain counts against it (docs/architecture.md: "the payload is a body"), and such
 //! tunnels are pumped instead of joined. The header, concurrency and timeout layers leave
 //! bodies alone and keep the joined fast path. `concurrency_limit` and `timeout` apply to the
 //! exchange up to the response head: a tunnel does not hold a concurrency permit once its

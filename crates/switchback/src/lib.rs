@@ -116,3 +116,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn metrics_status(status: http::StatusCode) {
     ::metrics::counter!(metrics::REQUESTS, "status" => status.as_str().to_owned()).increment(1);
 }
+
+/// The README's Rust code, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
