@@ -183,23 +183,9 @@ where
         upgraded,
         ..
     } = answer;
-    let upstream = match upgraded {
-        Some(Ok(u)) => u,
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, "legacy websocket: upstream connection lost after 101");
-            return fail(
-                HandshakeFailure::Refused,
-                StatusCode::BAD_GATEWAY,
-                "upstream closed after 101",
-            );
-        }
-        None => {
-            return fail(
-                HandshakeFailure::Refused,
-                StatusCode::BAD_GATEWAY,
-                "upstream closed after 101",
-            );
-        }
+    let upstream = match upstream::switched_connection(upgraded, &UpgradeType::new("websocket")) {
+        Ok(u) => u,
+        Err(res) => return *res,
     };
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);

@@ -300,23 +300,9 @@ where
         );
         return fail(HandshakeFailure::Bad101, StatusCode::BAD_GATEWAY, bad.as_str());
     }
-    let upgraded = match upgraded {
-        Some(Ok(u)) => u,
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, "upgrade: upstream connection lost after 101");
-            return fail(
-                HandshakeFailure::Refused,
-                StatusCode::BAD_GATEWAY,
-                "upstream closed after 101",
-            );
-        }
-        None => {
-            return fail(
-                HandshakeFailure::Refused,
-                StatusCode::BAD_GATEWAY,
-                "upstream closed after 101",
-            );
-        }
+    let upgraded = match upstream::switched_connection(upgraded, &ty) {
+        Ok(u) => u,
+        Err(res) => return *res,
     };
     let (mut parts, _) = res.into_parts();
     upstream::switched_head(&mut parts, &endpoint);

@@ -169,6 +169,27 @@ pub(crate) fn fail(
     reply::local(status, message, Then::Close)
 }
 
+/// The upstream's upgraded connection after its `101`, or the `502` for one lost right after.
+pub(crate) fn switched_connection(
+    upgraded: Option<hyper::Result<hyper::upgrade::Upgraded>>,
+    ty: &UpgradeType,
+) -> Result<hyper::upgrade::Upgraded, Box<Response<Body>>> {
+    match upgraded {
+        Some(Ok(u)) => Ok(u),
+        lost => {
+            if let Some(Err(e)) = lost {
+                tracing::debug!(error = %e, upgrade = %ty, "upstream connection lost after its 101");
+            }
+            Err(Box::new(fail(
+                ty,
+                HandshakeFailure::Refused,
+                StatusCode::BAD_GATEWAY,
+                "upstream closed after 101",
+            )))
+        }
+    }
+}
+
 /// Relays an answer that is not a `101` as an ordinary response: hop-by-hop headers (the
 /// upgrade pair included) removed, and the client's connection closed after it, because the
 /// client may already be sending tunnel bytes that must never be read as HTTP.
