@@ -3,8 +3,8 @@
 //!
 //! Modules, in the order a request meets them: [`cli`] (arguments), [`stack`] (config to
 //! tower stack), [`access_log`], [`filters`] (`http_filters` to tower layers), [`run`]
-//! (serve and drain), [`ready`] (the `--ready-file`), [`admin`], [`demo`] (the built-in echo
-//! upstream).
+//! (serve and drain, on [`signals`]), [`ready`] (the `--ready-file`), [`admin`], [`demo`]
+//! (the built-in echo upstream).
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ mod fatal;
 mod filters;
 mod ready;
 mod run;
+mod signals;
 mod stack;
 
 use std::future::Future;
