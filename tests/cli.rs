@@ -458,6 +458,7 @@ fn help_documents_every_mode() {
         "--check <FILE>",
         "--ready-file <PATH>",
         "switchback                 run the demo",
+        "switchback echo            run a WebSocket echo server",
         "SWITCHBACK_DEMO_LISTEN",
         "SIGTERM",
         "1001",
@@ -1107,6 +1108,94 @@ async fn the_demo_says_when_its_port_is_busy() {
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(
         stderr.contains("SWITCHBACK_DEMO_LISTEN=127.0.0.1:10001"),
+        "{stderr}"
+    );
+    drop(taken);
+}
+
+// === switchback echo, and the demo page ===
+
+/// Starts `switchback echo` listening on `n` ports of its choosing; returns it and the
+/// addresses it printed, in order.
+async fn start_echo(dir: &TempDir, n: usize) -> (Proxy, Vec<SocketAddr>) {
+    let mut args = vec!["echo"];
+    for _ in 0..n {
+        args.extend(["--listen", "127.0.0.1:0"]);
+    }
+    let mut echo = Proxy::start(dir, &args, &[]);
+    let addrs = within("switchback echo to print its addresses", async {
+        loop {
+            if let Some(status) = echo.child.try_wait().unwrap() {
+                panic!("switchback echo exited early ({status}):\n{}", echo.stderr());
+            }
+            let out = echo.stdout();
+            let addrs: Vec<SocketAddr> = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("switchback echo: listening on "))
+                .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            if addrs.len() == n {
+                return addrs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    (echo, addrs)
+}
+
+#[tokio::test]
+async fn echo_serves_websocket_its_page_and_text() {
+    let dir = TempDir::new("echo");
+    let (mut echo, addrs) = start_echo(&dir, 2).await;
+    assert_ne!(addrs[0], addrs[1]);
+    for addr in addrs {
+        assert_ne!(addr.port(), 0, "the bound port is printed");
+        let (mut ws, res) = ws_connect(format!("ws://{addr}/any/path")).await;
+        assert_eq!(res.status(), 101);
+        ws_roundtrip(&mut ws, Message::text("hello")).await;
+        ws_roundtrip(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
+        ws_close(ws).await;
+
+        let page = http(addr, "GET", "/", &[], b"").await;
+        assert_eq!(page.status, 200);
+        assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+        assert!(page.body.contains("<title>Switchback echo</title>"));
+        let about = http(addr, "GET", "/health", &[], b"").await;
+        assert_eq!(about.status, 200);
+        assert_eq!(about.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert!(about.body.contains("a WebSocket echo server"), "{}", about.body);
+        let post = http(addr, "POST", "/", &[], b"x").await;
+        assert_eq!(post.status, 405);
+        assert_eq!(post.header("allow"), Some("GET, HEAD"));
+        // An upgrade the echo can't accept is refused, not half-accepted.
+        let bad = http(
+            addr,
+            "GET",
+            "/",
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            b"",
+        )
+        .await;
+        assert_eq!(bad.status, 400);
+    }
+    echo.signal("TERM");
+    assert_eq!(echo.wait_exit().await.code(), Some(0), "{}", echo.stderr());
+}
+
+#[tokio::test]
+async fn echo_says_when_its_port_is_busy() {
+    let dir = TempDir::new("echo-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut echo = Proxy::start(&dir, &["echo", "--listen", &addr], &[]);
+    assert_eq!(echo.wait_exit().await.code(), Some(1));
+    let stderr = echo.stderr();
+    assert!(
+        stderr.contains(&format!(
+            "echo: cannot listen on {addr}: the address is already in use by another program; \
+             stop it or pick another --listen"
+        )),
         "{stderr}"
     );
     drop(taken);

@@ -1,23 +1,23 @@
-//! The demo (`switchback` without arguments): a built-in WebSocket echo upstream on an
-//! ephemeral loopback port, behind the proxy on `127.0.0.1:10000` (or
-//! `SWITCHBACK_DEMO_LISTEN`), configured by [`Config::demo`].
+//! The demo (`switchback` without arguments): the [`echo`] upstream on an ephemeral loopback
+//! port, behind the proxy on `127.0.0.1:10000` (or `SWITCHBACK_DEMO_LISTEN`), configured by
+//! [`Config::demo`]. The echo's page, on `/`, is then the proxy's page too.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use switchback_config::{Config, DEFAULT_LISTEN};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::DEMO_LISTEN_ENV;
+use crate::echo;
 use crate::fatal::Fatal;
 use crate::run::{self, Origin};
 
 /// Runs the demo until a signal drains it; `ready_file` as for a config file.
 pub(crate) async fn run(ready_file: Option<PathBuf>) -> Result<(), Fatal> {
     let listen = listen_addr(std::env::var(DEMO_LISTEN_ENV).ok().as_deref())?;
-    let upstream = start_echo().await?;
+    let upstream = echo::spawn(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .map_err(|e| Fatal::new(format!("demo: cannot start the echo upstream on 127.0.0.1: {e}")))?;
     tracing::info!(%upstream, "demo: WebSocket echo upstream started");
     let mut config = Config::demo(upstream);
     config.listen = listen;
@@ -63,46 +63,6 @@ pub(crate) fn banner(listen: SocketAddr) -> String {
          \n  or, with websocat installed:  websocat {url}\n\
          \n  Ctrl-C drains and stops. `switchback --help` shows how to run your own config.\n"
     )
-}
-
-/// Starts the echo upstream on `127.0.0.1` (ephemeral port) and returns its address.
-async fn start_echo() -> Result<SocketAddr, Fatal> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Fatal::new(format!("demo: cannot start the echo upstream on 127.0.0.1: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Fatal::new(format!("demo: echo upstream address: {e}")))?;
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(echo(stream));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "demo: echo upstream accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    Ok(addr)
-}
-
-/// Echoes text and binary messages; pings and closes are answered by tungstenite.
-async fn echo(stream: TcpStream) {
-    let mut ws = match tokio_tungstenite::accept_async(stream).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::debug!(error = %e, "demo: not a WebSocket handshake");
-            return;
-        }
-    };
-    while let Some(Ok(msg)) = ws.next().await {
-        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-            break;
-        }
-    }
 }
 
 #[cfg(test)]
