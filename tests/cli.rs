@@ -458,6 +458,7 @@ fn help_documents_every_mode() {
         "--check <FILE>",
         "--ready-file <PATH>",
         "switchback                 run the demo",
+        "http://127.0.0.1:10000/",
         "switchback echo            run a WebSocket echo server",
         "SWITCHBACK_DEMO_LISTEN",
         "SIGTERM",
@@ -1061,18 +1062,17 @@ async fn the_demo_runs_without_arguments() {
     let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut ws, Message::text("hello, switchback")).await;
     ws_close(ws).await;
+    // The echo's page comes through the proxy.
+    let page = http(listen, "GET", "/", &[], b"").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>Switchback echo</title>"));
 
-    let banner = within("the banner and the access log", async {
-        loop {
-            // The banner, then the access log (standard output by default) with the tunnel.
-            let out = proxy.stdout();
-            if out.contains("Ctrl-C") && out.contains(r#""event":"tunnel_close""#) {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await;
+    // The banner goes to standard error, standard output is all access log.
+    let banner = proxy.stderr();
+    assert!(
+        banner.contains(&format!("open in a browser:  http://{listen}/")),
+        "{banner}"
+    );
     assert!(
         banner.contains(&format!("connect to:  ws://{listen}/")),
         "{banner}"
@@ -1084,17 +1084,26 @@ async fn the_demo_runs_without_arguments() {
         )),
         "{banner}"
     );
-    let close: Value = banner
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .find(|l: &Value| l["event"] == "tunnel_close")
-        .unwrap();
+    let close = within("the tunnel's access log line", async {
+        loop {
+            let out = proxy.stdout();
+            let lines: Vec<Value> = out
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+                .collect();
+            if let Some(close) = lines.into_iter().find(|l| l["event"] == "tunnel_close") {
+                return close;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
     assert_eq!(close["upgrade"], "websocket");
     assert!(close["bytes_sent"].as_u64().unwrap() > 17);
 
     proxy.signal("INT");
     assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
+    assert!(!proxy.stdout().contains("Ctrl-C"), "no banner on stdout");
 }
 
 #[tokio::test]

@@ -19,7 +19,8 @@ Modes:
   switchback --check FILE    validate FILE: exit 0 when it is valid, otherwise print every
                              problem as `file:line:column: field.path: message` and exit 1
   switchback                 run the demo: a built-in WebSocket echo server behind the proxy
-                             on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it)
+                             on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it);
+                             open http://127.0.0.1:10000/ in a browser to try it
   switchback echo            run a WebSocket echo server on 127.0.0.1:9001 (--listen ADDR:PORT,
                              repeatable), an upstream to try a config with; GET / is the page
 
@@ -48,8 +49,8 @@ Access log:
   per request, and for each tunnel one line when it opens and one when it closes.
 
 Logs:
-  Diagnostics go to standard error; RUST_LOG sets the level and filters (default: info),
-  e.g. RUST_LOG=debug or RUST_LOG=switchback=debug,info.
+  Diagnostics, and the demo's banner, go to standard error; RUST_LOG sets the level and
+  filters (default: info), e.g. RUST_LOG=debug or RUST_LOG=switchback=debug,info.
 
 Exit status:
   0 after a clean run or drain, or a valid --check; 1 on an invalid config, an address already

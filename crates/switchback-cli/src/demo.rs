@@ -36,8 +36,8 @@ fn listen_addr(value: Option<&str>) -> Result<SocketAddr, Fatal> {
     }
 }
 
-/// What the demo prints once it listens: where to connect and a one-line way to try it
-/// that needs nothing but Python 3's standard library.
+/// What the demo prints once it listens: the page to open, where to connect, and a one-line
+/// way to try it that needs nothing but Python 3's standard library.
 pub(crate) fn banner(listen: SocketAddr) -> String {
     let (host, port) = (listen.ip(), listen.port());
     let try_it = format!(
@@ -52,12 +52,11 @@ pub(crate) fn banner(listen: SocketAddr) -> String {
         host = host,
         port = port
     );
-    let url = match listen {
-        SocketAddr::V4(_) => format!("ws://{listen}/"),
-        SocketAddr::V6(_) => format!("ws://[{host}]:{port}/"),
-    };
+    // `SocketAddr` prints an IPv6 host in brackets, as a URL wants it.
+    let (page, url) = (format!("http://{listen}/"), format!("ws://{listen}/"));
     format!(
         "Switchback demo: a WebSocket echo server behind the proxy.\n\
+         \n  open in a browser:  {page}\n\
          \n  connect to:  {url}\n\
          \n  try it (Python 3, nothing to install):\n    {try_it}\n\
          \n  or, with websocat installed:  websocat {url}\n\
@@ -87,7 +86,10 @@ mod tests {
     #[test]
     fn banner_names_the_url_and_a_one_liner() {
         let b = banner("127.0.0.1:10000".parse().unwrap());
-        assert!(b.contains("ws://127.0.0.1:10000/"));
+        assert!(b.contains("open in a browser:  http://127.0.0.1:10000/"));
+        assert!(b.contains("connect to:  ws://127.0.0.1:10000/"));
+        let v6 = banner("[::1]:10000".parse().unwrap());
+        assert!(v6.contains("http://[::1]:10000/") && v6.contains("ws://[::1]:10000/"));
         let one_liner = b
             .lines()
             .find(|l| l.trim_start().starts_with("python3 -c"))

@@ -69,7 +69,9 @@ pub(crate) async fn run(
     }
     tracing::info!(listen = %config.listen, workers = threads, "switchback is listening");
     if let Origin::Demo = origin {
-        crate::fatal::print_out(&demo::banner(config.listen));
+        // Standard error, with the diagnostics: standard output is the access log's, and
+        // the banner must neither get lost among its lines nor break a reader of them.
+        crate::fatal::print_err(&demo::banner(config.listen));
     }
     // Last: whoever waits for this file may connect to every listener at once.
     let _ready = match &ready_file {
