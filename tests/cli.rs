@@ -501,7 +501,7 @@ fn the_example_config_passes_check() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains("ok (4 routes, 2 clusters, listening on 127.0.0.1:10000)"),
+        stdout.contains("ok (5 routes, 2 clusters, listening on 127.0.0.1:10000)"),
         "{stdout}"
     );
 }
@@ -1208,4 +1208,69 @@ async fn echo_says_when_its_port_is_busy() {
         "{stderr}"
     );
     drop(taken);
+}
+
+/// The README's two terminals: `switchback echo` on every endpoint examples/switchback.yaml
+/// names, and the proxy from that file (its addresses moved to free ports). Every route to
+/// the echo works: the page on `/`, the WebSocket route it uses (`/ws`, weighted between the
+/// two clusters, three endpoints), and the plain `/health`.
+#[tokio::test]
+async fn the_example_config_runs_against_switchback_echo() {
+    let echo_dir = TempDir::new("example-echo");
+    let (_echo, echoes) = start_echo(&echo_dir, 3).await;
+    let example = include_str!("../examples/switchback.yaml");
+    let mut yaml = example
+        .replace("listen: 127.0.0.1:10000", "listen: 127.0.0.1:0")
+        .replace("admin: 127.0.0.1:9901", "admin: 127.0.0.1:0")
+        .replace(
+            "# access_log: /var/log/switchback.jsonl",
+            "access_log: ACCESS_LOG",
+        );
+    for (port, echo) in ["9001", "9002", "9003"].into_iter().zip(&echoes) {
+        let original = format!("127.0.0.1:{port}");
+        assert!(yaml.contains(&original), "the example names {original}");
+        yaml = yaml.replace(&original, &echo.to_string());
+    }
+    assert!(
+        yaml.contains("access_log: ACCESS_LOG"),
+        "the example's access_log line"
+    );
+    let dir = TempDir::new("example");
+    let log = dir.path("access.log");
+    let file = dir.write("example.yaml", &yaml.replace("ACCESS_LOG", log.to_str().unwrap()));
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+
+    let page = http(listen, "GET", "/", &[], b"").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<title>Switchback echo</title>"));
+    assert!(
+        page.body.contains("://${location.host}/ws`"),
+        "the page's WebSocket path"
+    );
+    // Tunnels until each endpoint has had one: echo's two take turns, canary gets a random
+    // 20% (200 tunnels all missing it: 0.8^200).
+    let tunnel_upstreams = || -> std::collections::HashSet<String> {
+        log_lines(&log)
+            .iter()
+            .filter(|l| l["event"] == "tunnel_close")
+            .map(|l| l["upstream"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for i in 0..200 {
+        let (mut ws, _) = ws_connect(format!("ws://{listen}/ws")).await;
+        ws_roundtrip(&mut ws, Message::text(format!("message {i}"))).await;
+        ws_close(ws).await;
+        if tunnel_upstreams().len() == echoes.len() {
+            break;
+        }
+    }
+    within("every endpoint to have had a tunnel", async {
+        while tunnel_upstreams().len() < echoes.len() {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    let health = http(listen, "GET", "/health", &[], b"").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.header("x-served-by"), Some("switchback"));
 }
