@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
 
 mod support;
+mod webdriver;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -1273,4 +1274,83 @@ async fn the_example_config_runs_against_switchback_echo() {
     let health = http(listen, "GET", "/health", &[], b"").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.header("x-served-by"), Some("switchback"));
+}
+
+/// The demo page in headless Chromium, loaded through the demo proxy: what a person types
+/// goes out on the page's WebSocket, comes back through the proxy, and the counters move.
+#[tokio::test]
+async fn the_demo_page_echoes_in_a_browser() {
+    use futures_util::FutureExt as _;
+
+    let dir = TempDir::new("demo-page");
+    let (mut proxy, bound) =
+        Proxy::start_ready(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", "127.0.0.1:0")]).await;
+    let listen = bound.listen;
+    let driver = webdriver::Chromedriver::start(&dir.0).await;
+    let browser = driver.session().await;
+    // Whatever happens in between, close the browser; then report what happened.
+    let outcome = std::panic::AssertUnwindSafe(async {
+        browser.goto(&format!("http://{listen}/")).await;
+        let ws_url = format!("ws://{listen}/ws");
+        browser
+            .wait_text("#status", "the page's WebSocket to open", |s| {
+                s == format!("connected to {ws_url}")
+            })
+            .await;
+
+        let input = browser.find("#message").await;
+        browser.send_keys(&input, "hello from chromium").await;
+        browser.click(&browser.find("#send").await).await;
+        browser.wait_text("#received", "the echo", |s| s == "1").await;
+        let echoed = browser.text("#log .received").await;
+        assert!(echoed.starts_with("hello from chromium "), "{echoed:?}");
+        assert!(echoed.ends_with(" ms"), "the round trip is shown: {echoed:?}");
+
+        // Enter sends too; bytes are UTF-8 bytes.
+        browser
+            .send_keys(&input, &format!("grüße{}", webdriver::ENTER))
+            .await;
+        browser
+            .wait_text("#received", "the second echo", |s| s == "2")
+            .await;
+        assert_eq!(browser.text("#sent").await, "2");
+        assert_eq!(browser.text("#bytes-sent").await, "26");
+        assert_eq!(browser.text("#bytes-received").await, "26");
+        assert!(browser.text("#log .received").await.starts_with("grüße "));
+        for rtt in ["#rtt-last", "#rtt-average"] {
+            let text = browser.text(rtt).await;
+            let ms: f64 = text
+                .strip_suffix(" ms")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{rtt} says {text:?}"));
+            assert!(ms >= 0.0, "{rtt} says {text:?}");
+        }
+    })
+    .catch_unwind()
+    .await;
+    browser.delete().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+
+    // The page and its WebSocket both came through the proxy.
+    let lines: Vec<Value> = proxy
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "request" && l["path"] == "/" && l["status"] == 200),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "tunnel_open" && l["path"] == "/ws" && l["upgrade"] == "websocket"),
+        "{lines:?}"
+    );
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
 }
