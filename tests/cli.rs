@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
 
 mod support;
+mod webdriver;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -458,6 +459,8 @@ fn help_documents_every_mode() {
         "--check <FILE>",
         "--ready-file <PATH>",
         "switchback                 run the demo",
+        "http://127.0.0.1:10000/",
+        "switchback echo            run a WebSocket echo server",
         "SWITCHBACK_DEMO_LISTEN",
         "SIGTERM",
         "1001",
@@ -499,7 +502,7 @@ fn the_example_config_passes_check() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains("ok (4 routes, 2 clusters, listening on 127.0.0.1:10000)"),
+        stdout.contains("ok (5 routes, 2 clusters, listening on 127.0.0.1:10000)"),
         "{stdout}"
     );
 }
@@ -1132,18 +1135,17 @@ async fn the_demo_runs_without_arguments() {
     let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut ws, Message::text("hello, switchback")).await;
     ws_close(ws).await;
+    // The echo's page comes through the proxy.
+    let page = http(listen, "GET", "/", &[], b"").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>Switchback echo</title>"));
 
-    let banner = within("the banner and the access log", async {
-        loop {
-            // The banner, then the access log (standard output by default) with the tunnel.
-            let out = proxy.stdout();
-            if out.contains("Ctrl-C") && out.contains(r#""event":"tunnel_close""#) {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await;
+    // The banner goes to standard error, standard output is all access log.
+    let banner = proxy.stderr();
+    assert!(
+        banner.contains(&format!("open in a browser:  http://{listen}/")),
+        "{banner}"
+    );
     assert!(
         banner.contains(&format!("connect to:  ws://{listen}/")),
         "{banner}"
@@ -1155,17 +1157,26 @@ async fn the_demo_runs_without_arguments() {
         )),
         "{banner}"
     );
-    let close: Value = banner
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .find(|l: &Value| l["event"] == "tunnel_close")
-        .unwrap();
+    let close = within("the tunnel's access log line", async {
+        loop {
+            let out = proxy.stdout();
+            let lines: Vec<Value> = out
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+                .collect();
+            if let Some(close) = lines.into_iter().find(|l| l["event"] == "tunnel_close") {
+                return close;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
     assert_eq!(close["upgrade"], "websocket");
     assert!(close["bytes_sent"].as_u64().unwrap() > 17);
 
     proxy.signal("INT");
     assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
+    assert!(!proxy.stdout().contains("Ctrl-C"), "no banner on stdout");
 }
 
 #[tokio::test]
@@ -1182,4 +1193,236 @@ async fn the_demo_says_when_its_port_is_busy() {
         "{stderr}"
     );
     drop(taken);
+}
+
+// === switchback echo, and the demo page ===
+
+/// Starts `switchback echo` listening on `n` ports of its choosing; returns it and the
+/// addresses it printed, in order.
+async fn start_echo(dir: &TempDir, n: usize) -> (Proxy, Vec<SocketAddr>) {
+    let mut args = vec!["echo"];
+    for _ in 0..n {
+        args.extend(["--listen", "127.0.0.1:0"]);
+    }
+    let mut echo = Proxy::start(dir, &args, &[]);
+    let addrs = within("switchback echo to print its addresses", async {
+        loop {
+            if let Some(status) = echo.child.try_wait().unwrap() {
+                panic!("switchback echo exited early ({status}):\n{}", echo.stderr());
+            }
+            let out = echo.stdout();
+            let addrs: Vec<SocketAddr> = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("switchback echo: listening on "))
+                .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            if addrs.len() == n {
+                return addrs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    (echo, addrs)
+}
+
+#[tokio::test]
+async fn echo_serves_websocket_its_page_and_text() {
+    let dir = TempDir::new("echo");
+    let (mut echo, addrs) = start_echo(&dir, 2).await;
+    assert_ne!(addrs[0], addrs[1]);
+    for addr in addrs {
+        assert_ne!(addr.port(), 0, "the bound port is printed");
+        let (mut ws, res) = ws_connect(format!("ws://{addr}/any/path")).await;
+        assert_eq!(res.status(), 101);
+        ws_roundtrip(&mut ws, Message::text("hello")).await;
+        ws_roundtrip(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
+        ws_close(ws).await;
+
+        let page = http(addr, "GET", "/", &[], b"").await;
+        assert_eq!(page.status, 200);
+        assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+        assert!(page.body.contains("<title>Switchback echo</title>"));
+        let about = http(addr, "GET", "/health", &[], b"").await;
+        assert_eq!(about.status, 200);
+        assert_eq!(about.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert!(about.body.contains("a WebSocket echo server"), "{}", about.body);
+        let post = http(addr, "POST", "/", &[], b"x").await;
+        assert_eq!(post.status, 405);
+        assert_eq!(post.header("allow"), Some("GET, HEAD"));
+        // An upgrade the echo can't accept is refused, not half-accepted.
+        let bad = http(
+            addr,
+            "GET",
+            "/",
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            b"",
+        )
+        .await;
+        assert_eq!(bad.status, 400);
+    }
+    echo.signal("TERM");
+    assert_eq!(echo.wait_exit().await.code(), Some(0), "{}", echo.stderr());
+}
+
+#[tokio::test]
+async fn echo_says_when_its_port_is_busy() {
+    let dir = TempDir::new("echo-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut echo = Proxy::start(&dir, &["echo", "--listen", &addr], &[]);
+    assert_eq!(echo.wait_exit().await.code(), Some(1));
+    let stderr = echo.stderr();
+    assert!(
+        stderr.contains(&format!(
+            "echo: cannot listen on {addr}: the address is already in use by another program; \
+             stop it or pick another --listen"
+        )),
+        "{stderr}"
+    );
+    drop(taken);
+}
+
+/// The README's two terminals: `switchback echo` on every endpoint examples/switchback.yaml
+/// names, and the proxy from that file (its addresses moved to free ports). Every route to
+/// the echo works: the page on `/`, the WebSocket route it uses (`/ws`, weighted between the
+/// two clusters, three endpoints), and the plain `/health`.
+#[tokio::test]
+async fn the_example_config_runs_against_switchback_echo() {
+    let echo_dir = TempDir::new("example-echo");
+    let (_echo, echoes) = start_echo(&echo_dir, 3).await;
+    let example = include_str!("../examples/switchback.yaml");
+    let mut yaml = example
+        .replace("listen: 127.0.0.1:10000", "listen: 127.0.0.1:0")
+        .replace("admin: 127.0.0.1:9901", "admin: 127.0.0.1:0")
+        .replace(
+            "# access_log: /var/log/switchback.jsonl",
+            "access_log: ACCESS_LOG",
+        );
+    for (port, echo) in ["9001", "9002", "9003"].into_iter().zip(&echoes) {
+        let original = format!("127.0.0.1:{port}");
+        assert!(yaml.contains(&original), "the example names {original}");
+        yaml = yaml.replace(&original, &echo.to_string());
+    }
+    assert!(
+        yaml.contains("access_log: ACCESS_LOG"),
+        "the example's access_log line"
+    );
+    let dir = TempDir::new("example");
+    let log = dir.path("access.log");
+    let file = dir.write("example.yaml", &yaml.replace("ACCESS_LOG", log.to_str().unwrap()));
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+
+    let page = http(listen, "GET", "/", &[], b"").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<title>Switchback echo</title>"));
+    assert!(
+        page.body.contains("://${location.host}/ws`"),
+        "the page's WebSocket path"
+    );
+    // Tunnels until each endpoint has had one: echo's two take turns, canary gets a random
+    // 20% (200 tunnels all missing it: 0.8^200).
+    let tunnel_upstreams = || -> std::collections::HashSet<String> {
+        log_lines(&log)
+            .iter()
+            .filter(|l| l["event"] == "tunnel_close")
+            .map(|l| l["upstream"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for i in 0..200 {
+        let (mut ws, _) = ws_connect(format!("ws://{listen}/ws")).await;
+        ws_roundtrip(&mut ws, Message::text(format!("message {i}"))).await;
+        ws_close(ws).await;
+        if tunnel_upstreams().len() == echoes.len() {
+            break;
+        }
+    }
+    within("every endpoint to have had a tunnel", async {
+        while tunnel_upstreams().len() < echoes.len() {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    let health = http(listen, "GET", "/health", &[], b"").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.header("x-served-by"), Some("switchback"));
+}
+
+/// The demo page in headless Chromium, loaded through the demo proxy: what a person types
+/// goes out on the page's WebSocket, comes back through the proxy, and the counters move.
+#[tokio::test]
+async fn the_demo_page_echoes_in_a_browser() {
+    use futures_util::FutureExt as _;
+
+    let dir = TempDir::new("demo-page");
+    let (mut proxy, bound) =
+        Proxy::start_ready(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", "127.0.0.1:0")]).await;
+    let listen = bound.listen;
+    let driver = webdriver::Chromedriver::start(&dir.0).await;
+    let browser = driver.session().await;
+    // Whatever happens in between, close the browser; then report what happened.
+    let outcome = std::panic::AssertUnwindSafe(async {
+        browser.goto(&format!("http://{listen}/")).await;
+        let ws_url = format!("ws://{listen}/ws");
+        browser
+            .wait_text("#status", "the page's WebSocket to open", |s| {
+                s == format!("connected to {ws_url}")
+            })
+            .await;
+
+        let input = browser.find("#message").await;
+        browser.send_keys(&input, "hello from chromium").await;
+        browser.click(&browser.find("#send").await).await;
+        browser.wait_text("#received", "the echo", |s| s == "1").await;
+        let echoed = browser.text("#log .received").await;
+        assert!(echoed.starts_with("hello from chromium "), "{echoed:?}");
+        assert!(echoed.ends_with(" ms"), "the round trip is shown: {echoed:?}");
+
+        // Enter sends too; bytes are UTF-8 bytes.
+        browser
+            .send_keys(&input, &format!("grüße{}", webdriver::ENTER))
+            .await;
+        browser
+            .wait_text("#received", "the second echo", |s| s == "2")
+            .await;
+        assert_eq!(browser.text("#sent").await, "2");
+        assert_eq!(browser.text("#bytes-sent").await, "26");
+        assert_eq!(browser.text("#bytes-received").await, "26");
+        assert!(browser.text("#log .received").await.starts_with("grüße "));
+        for rtt in ["#rtt-last", "#rtt-average"] {
+            let text = browser.text(rtt).await;
+            let ms: f64 = text
+                .strip_suffix(" ms")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{rtt} says {text:?}"));
+            assert!(ms >= 0.0, "{rtt} says {text:?}");
+        }
+    })
+    .catch_unwind()
+    .await;
+    browser.delete().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+
+    // The page and its WebSocket both came through the proxy.
+    let lines: Vec<Value> = proxy
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "request" && l["path"] == "/" && l["status"] == 200),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "tunnel_open" && l["path"] == "/ws" && l["upgrade"] == "websocket"),
+        "{lines:?}"
+    );
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
 }

@@ -1,8 +1,9 @@
-//! The command line: which of the three modes to run.
+//! The command line: which of the four modes to run.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Environment variable that moves the demo's listener off `127.0.0.1:10000`.
 pub(crate) const DEMO_LISTEN_ENV: &str = "SWITCHBACK_DEMO_LISTEN";
@@ -18,7 +19,10 @@ Modes:
   switchback --check FILE    validate FILE: exit 0 when it is valid, otherwise print every
                              problem as `file:line:column: field.path: message` and exit 1
   switchback                 run the demo: a built-in WebSocket echo server behind the proxy
-                             on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it)
+                             on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it);
+                             open http://127.0.0.1:10000/ in a browser to try it
+  switchback echo            run a WebSocket echo server on 127.0.0.1:9001 (--listen ADDR:PORT,
+                             repeatable), an upstream to try a config with; GET / is the page
 
 Ready file:
   --ready-file PATH: once every listener is bound, switchback writes the addresses it bound
@@ -45,8 +49,8 @@ Access log:
   per request, and for each tunnel one line when it opens and one when it closes.
 
 Logs:
-  Diagnostics go to standard error; RUST_LOG sets the level and filters (default: info),
-  e.g. RUST_LOG=debug or RUST_LOG=switchback=debug,info.
+  Diagnostics, and the demo's banner, go to standard error; RUST_LOG sets the level and
+  filters (default: info), e.g. RUST_LOG=debug or RUST_LOG=switchback=debug,info.
 
 Exit status:
   0 after a clean run or drain, or a valid --check; 1 on an invalid config, an address already
@@ -59,9 +63,15 @@ Exit status:
     version,
     about = "Envoy-style HTTP Upgrade / WebSocket proxy built on tower",
     long_about = LONG_ABOUT,
-    after_long_help = AFTER_LONG_HELP
+    after_long_help = AFTER_LONG_HELP,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 pub(crate) struct Args {
+    /// A mode of its own instead of the proxy.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Run the proxy from this YAML configuration file.
     #[arg(short, long, value_name = "FILE", conflicts_with = "check")]
     config: Option<PathBuf>,
@@ -75,6 +85,23 @@ pub(crate) struct Args {
     /// (`listen` and `admin`); removed on exit.
     #[arg(long, value_name = "PATH", conflicts_with = "check")]
     ready_file: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a WebSocket echo server: an upstream to try a configuration with.
+    ///
+    /// Every text and binary message on a WebSocket (any path) comes back; GET / is a page
+    /// that does that from a browser, with live counts; any other GET is a line of text.
+    /// Each bound address is printed on standard output (port 0: a free port). SIGTERM or
+    /// SIGINT (Ctrl-C) stops it.
+    Echo {
+        /// Listen on this address; repeat for several (the example config's endpoints are
+        /// 127.0.0.1:9001, :9002 and :9003).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9001")]
+        listen: Vec<SocketAddr>,
+    },
 }
 
 /// What to do.
@@ -94,11 +121,19 @@ pub(crate) enum Mode {
         /// Where to write the bound addresses.
         ready_file: Option<PathBuf>,
     },
+    /// `echo [--listen ADDR:PORT]...`.
+    Echo {
+        /// The addresses to serve on.
+        listen: Vec<SocketAddr>,
+    },
 }
 
 impl Args {
     /// The mode the arguments ask for.
     pub(crate) fn mode(self) -> Mode {
+        if let Some(Command::Echo { listen }) = self.command {
+            return Mode::Echo { listen };
+        }
         match (self.config, self.check) {
             (_, Some(check)) => Mode::Check(check),
             (Some(config), None) => Mode::Run {
@@ -147,6 +182,35 @@ mod tests {
             mode(&["switchback", "--check", "a.yaml"]).unwrap(),
             Mode::Check("a.yaml".into())
         );
+    }
+
+    #[test]
+    fn echo() {
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            mode(&["switchback", "echo"]).unwrap(),
+            Mode::Echo {
+                listen: vec![addr("127.0.0.1:9001")]
+            }
+        );
+        assert_eq!(
+            mode(&[
+                "switchback",
+                "echo",
+                "--listen",
+                "127.0.0.1:0",
+                "--listen",
+                "[::1]:9002"
+            ])
+            .unwrap(),
+            Mode::Echo {
+                listen: vec![addr("127.0.0.1:0"), addr("[::1]:9002")]
+            }
+        );
+        let err = mode(&["switchback", "echo", "--listen", "localhost:9001"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let err = mode(&["switchback", "--config", "a.yaml", "echo"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

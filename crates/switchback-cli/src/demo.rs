@@ -1,23 +1,23 @@
-//! The demo (`switchback` without arguments): a built-in WebSocket echo upstream on an
-//! ephemeral loopback port, behind the proxy on `127.0.0.1:10000` (or
-//! `SWITCHBACK_DEMO_LISTEN`), configured by [`Config::demo`].
+//! The demo (`switchback` without arguments): the [`echo`] upstream on an ephemeral loopback
+//! port, behind the proxy on `127.0.0.1:10000` (or `SWITCHBACK_DEMO_LISTEN`), configured by
+//! [`Config::demo`]. The echo's page, on `/`, is then the proxy's page too.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use switchback_config::{Config, DEFAULT_LISTEN};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::DEMO_LISTEN_ENV;
+use crate::echo;
 use crate::fatal::Fatal;
 use crate::run::{self, Origin};
 
 /// Runs the demo until a signal drains it; `ready_file` as for a config file.
 pub(crate) async fn run(ready_file: Option<PathBuf>) -> Result<(), Fatal> {
     let listen = listen_addr(std::env::var(DEMO_LISTEN_ENV).ok().as_deref())?;
-    let upstream = start_echo().await?;
+    let upstream = echo::spawn(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .map_err(|e| Fatal::new(format!("demo: cannot start the echo upstream on 127.0.0.1: {e}")))?;
     tracing::info!(%upstream, "demo: WebSocket echo upstream started");
     let mut config = Config::demo(upstream);
     config.listen = listen;
@@ -36,8 +36,8 @@ fn listen_addr(value: Option<&str>) -> Result<SocketAddr, Fatal> {
     }
 }
 
-/// What the demo prints once it listens: where to connect and a one-line way to try it
-/// that needs nothing but Python 3's standard library.
+/// What the demo prints once it listens: the page to open, where to connect, and a one-line
+/// way to try it that needs nothing but Python 3's standard library.
 pub(crate) fn banner(listen: SocketAddr) -> String {
     let (host, port) = (listen.ip(), listen.port());
     let try_it = format!(
@@ -52,57 +52,16 @@ pub(crate) fn banner(listen: SocketAddr) -> String {
         host = host,
         port = port
     );
-    let url = match listen {
-        SocketAddr::V4(_) => format!("ws://{listen}/"),
-        SocketAddr::V6(_) => format!("ws://[{host}]:{port}/"),
-    };
+    // `SocketAddr` prints an IPv6 host in brackets, as a URL wants it.
+    let (page, url) = (format!("http://{listen}/"), format!("ws://{listen}/"));
     format!(
         "Switchback demo: a WebSocket echo server behind the proxy.\n\
+         \n  open in a browser:  {page}\n\
          \n  connect to:  {url}\n\
          \n  try it (Python 3, nothing to install):\n    {try_it}\n\
          \n  or, with websocat installed:  websocat {url}\n\
          \n  Ctrl-C drains and stops. `switchback --help` shows how to run your own config.\n"
     )
-}
-
-/// Starts the echo upstream on `127.0.0.1` (ephemeral port) and returns its address.
-async fn start_echo() -> Result<SocketAddr, Fatal> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Fatal::new(format!("demo: cannot start the echo upstream on 127.0.0.1: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Fatal::new(format!("demo: echo upstream address: {e}")))?;
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(echo(stream));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "demo: echo upstream accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    Ok(addr)
-}
-
-/// Echoes text and binary messages; pings and closes are answered by tungstenite.
-async fn echo(stream: TcpStream) {
-    let mut ws = match tokio_tungstenite::accept_async(stream).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::debug!(error = %e, "demo: not a WebSocket handshake");
-            return;
-        }
-    };
-    while let Some(Ok(msg)) = ws.next().await {
-        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-            break;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -127,7 +86,10 @@ mod tests {
     #[test]
     fn banner_names_the_url_and_a_one_liner() {
         let b = banner("127.0.0.1:10000".parse().unwrap());
-        assert!(b.contains("ws://127.0.0.1:10000/"));
+        assert!(b.contains("open in a browser:  http://127.0.0.1:10000/"));
+        assert!(b.contains("connect to:  ws://127.0.0.1:10000/"));
+        let v6 = banner("[::1]:10000".parse().unwrap());
+        assert!(v6.contains("http://[::1]:10000/") && v6.contains("ws://[::1]:10000/"));
         let one_liner = b
             .lines()
             .find(|l| l.trim_start().starts_with("python3 -c"))

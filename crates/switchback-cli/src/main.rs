@@ -3,8 +3,8 @@
 //!
 //! Modules, in the order a request meets them: [`cli`] (arguments), [`stack`] (config to
 //! tower stack), [`access_log`], [`filters`] (`http_filters` to tower layers), [`run`]
-//! (serve and drain), [`ready`] (the `--ready-file`), [`admin`], [`demo`] (the built-in echo
-//! upstream).
+//! (serve and drain, on [`signals`]), [`ready`] (the `--ready-file`), [`admin`], [`demo`] and
+//! [`echo`] (the WebSocket echo upstream and its page, `switchback echo`).
 
 #![forbid(unsafe_code)]
 
@@ -12,10 +12,12 @@ mod access_log;
 mod admin;
 mod cli;
 mod demo;
+mod echo;
 mod fatal;
 mod filters;
 mod ready;
 mod run;
+mod signals;
 mod stack;
 
 use std::future::Future;
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
             }
         },
         Mode::Demo { ready_file } => block_on(demo::run(ready_file)),
+        Mode::Echo { listen } => block_on(echo::run(&listen)),
     }
 }
 

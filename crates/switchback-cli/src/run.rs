@@ -16,6 +16,7 @@ use crate::admin::{self, Admin};
 use crate::cli::DEMO_LISTEN_ENV;
 use crate::fatal::Fatal;
 use crate::ready::ReadyFile;
+use crate::signals::Signals;
 use crate::{demo, stack};
 
 /// Where the configuration came from: it decides how errors say to fix an address.
@@ -73,7 +74,9 @@ pub(crate) async fn run(
     }
     tracing::info!(listen = %config.listen, workers = threads, "switchback is listening");
     if let Origin::Demo = origin {
-        crate::fatal::print_out(&demo::banner(config.listen));
+        // Standard error, with the diagnostics: standard output is the access log's, and
+        // the banner must neither get lost among its lines nor break a reader of them.
+        crate::fatal::print_err(&demo::banner(config.listen));
     }
     // Last: whoever waits for this file may connect to every listener at once.
     let _ready = match &ready_file {
@@ -154,7 +157,15 @@ fn cannot_listen(addr: SocketAddr, field: &str, origin: &Origin, e: &io::Error) 
             format!("set {DEMO_LISTEN_ENV} to a free address, e.g. {DEMO_LISTEN_ENV}=127.0.0.1:10001")
         }
     };
-    let what = match e.kind() {
+    Fatal::new(format!(
+        "cannot listen on {addr} (`{field}`): {}",
+        why_not_listening(e, &fix)
+    ))
+}
+
+/// A bind error in words a person can act on, ending with `fix`.
+pub(crate) fn why_not_listening(e: &io::Error, fix: &str) -> String {
+    match e.kind() {
         io::ErrorKind::AddrInUse => {
             format!("the address is already in use by another program; stop it or {fix}")
         }
@@ -163,50 +174,5 @@ fn cannot_listen(addr: SocketAddr, field: &str, origin: &Origin, e: &io::Error) 
             format!("permission denied (ports below 1024 need privileges); {fix}")
         }
         _ => format!("{e}; {fix}"),
-    };
-    Fatal::new(format!("cannot listen on {addr} (`{field}`): {what}"))
-}
-
-/// SIGTERM and SIGINT (Ctrl-C elsewhere than Unix).
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    #[cfg(unix)]
-    fn new() -> Result<Self, Fatal> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let listen = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| Fatal::new(format!("cannot listen for {name}: {e}")))
-        };
-        Ok(Self {
-            term: listen(SignalKind::terminate(), "SIGTERM")?,
-            int: listen(SignalKind::interrupt(), "SIGINT")?,
-        })
-    }
-
-    #[cfg(not(unix))]
-    fn new() -> Result<Self, Fatal> {
-        Ok(Self {})
-    }
-
-    /// The next signal's name.
-    #[cfg(unix)]
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-
-    #[cfg(not(unix))]
-    async fn next(&mut self) -> &'static str {
-        match tokio::signal::ctrl_c().await {
-            Ok(()) => "Ctrl-C",
-            Err(_) => std::future::pending().await,
-        }
     }
 }
