@@ -489,3 +489,116 @@ async fn the_end_of_an_upgrade_body_survives_any_body_layer() {
         assert_eq!(read_n(&mut client, Vec::new(), 4).await, b"down", "{layer}");
     }
 }
+
+/// RFC 9112 §3.2: every HTTP/1.1 request has exactly one valid `Host`. Requests that break
+/// that, or a WebSocket handshake that gives its key or version twice, are refused with 400
+/// and the connection closes; nothing reaches the upstream. The exact bytes an attacker
+/// would send.
+#[tokio::test]
+async fn requests_with_a_missing_double_or_bad_host_are_refused() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let ws = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+    let cases = [
+        ("no Host".to_owned(), "GET / HTTP/1.1\r\n\r\n".to_owned()),
+        (
+            "no Host, upgrade".to_owned(),
+            format!("GET / HTTP/1.1\r\n{ws}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
+        ),
+        (
+            "two equal Hosts".to_owned(),
+            "GET / HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\n\r\n".to_owned(),
+        ),
+        (
+            "two Hosts".to_owned(),
+            "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n".to_owned(),
+        ),
+        (
+            "a Host list".to_owned(),
+            "GET / HTTP/1.1\r\nHost: a.example, b.example\r\n\r\n".to_owned(),
+        ),
+        (
+            "userinfo".to_owned(),
+            "GET / HTTP/1.1\r\nHost: user@a.example\r\n\r\n".to_owned(),
+        ),
+        (
+            "a path".to_owned(),
+            "GET / HTTP/1.1\r\nHost: a.example/x\r\n\r\n".to_owned(),
+        ),
+        (
+            "a bad port".to_owned(),
+            "GET / HTTP/1.1\r\nHost: a.example:99999\r\n\r\n".to_owned(),
+        ),
+        (
+            "userinfo in the target".to_owned(),
+            "GET http://user@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n".to_owned(),
+        ),
+        (
+            "two WebSocket keys".to_owned(),
+            format!(
+                "GET / HTTP/1.1\r\nHost: a.example\r\n{ws}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n"
+            ),
+        ),
+        (
+            "two WebSocket versions".to_owned(),
+            format!(
+                "GET / HTTP/1.1\r\nHost: a.example\r\n{ws}Sec-WebSocket-Version: 8\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
+        ),
+    ];
+    for (name, req) in cases {
+        // A second request behind the first must not be read either.
+        let bytes = format!("{req}GET /smuggled HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        let mut client = raw_client(proxy.addr, bytes.as_bytes()).await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 400, "{name}: {head}");
+        assert_eq!(header(&head, "connection"), Some("close"), "{name}");
+        read_to_eof(&mut client).await;
+        assert!(
+            raw.try_accept(Duration::from_millis(50)).await.is_none(),
+            "{name}: the upstream was contacted"
+        );
+    }
+}
+
+/// An absolute-form target (RFC 9112 §3.2.2): its authority becomes `Host`, whatever `Host`
+/// said, and the upstream gets the origin form.
+#[tokio::test]
+async fn an_absolute_form_target_replaces_host() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let mut client = raw_client(
+        proxy.addr,
+        b"GET http://target.example:8080/abs?q=1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(head.starts_with("GET /abs?q=1 HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header(&head, "host"), Some("target.example:8080"), "{head}");
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    assert_eq!(status(&read_head(&mut client).await.0), 200);
+}
+
+/// `101` exists only in HTTP/1.1: an upstream's `HTTP/1.0 101` is a 502, not a tunnel.
+#[tokio::test]
+async fn an_http_1_0_101_is_a_502() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let mut client = raw_client(proxy.addr, foo_upgrade("/old").as_bytes()).await;
+    let mut up = raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(b"HTTP/1.0 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 502, "{head}");
+    client.write_all(b"tunnel bytes").await.ok();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(100), up.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "client bytes reached the upstream: {rest:?}");
+}

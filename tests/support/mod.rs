@@ -163,6 +163,14 @@ impl RawUpstream {
     pub async fn accept(&self) -> TcpStream {
         within(self.listener.accept()).await.unwrap().0
     }
+
+    /// A connection if one comes within `wait`: for checking that nothing reached the upstream.
+    pub async fn try_accept(&self, wait: Duration) -> Option<TcpStream> {
+        tokio::time::timeout(wait, self.listener.accept())
+            .await
+            .ok()
+            .map(|r| r.unwrap().0)
+    }
 }
 
 /// Reads an HTTP head (through the blank line); returns it and any bytes read past it.

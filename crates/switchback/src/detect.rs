@@ -20,7 +20,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
 
-use crate::hop;
+use crate::{hop, host};
 
 /// The type of an upgrade: the `Upgrade` value of an HTTP/1.1 request, the `:protocol` of an
 /// HTTP/2 extended CONNECT, or `connect` for a plain CONNECT. Always lowercase, so types compare
@@ -128,6 +128,9 @@ pub(crate) enum Inspection {
     /// The request must be refused with 400: its `Connection` header nominates this protected
     /// header (`Host`, framing, or one the proxy adds).
     NominatesProtected(String),
+    /// The request must be refused with 400, for this reason (its `Host`, or a WebSocket
+    /// handshake header given twice).
+    Malformed(&'static str),
 }
 
 /// Classifies `req` and sanitises its headers in place.
@@ -146,6 +149,9 @@ pub(crate) fn inspect<B>(
 ) -> Inspection {
     if let Some(name) = hop::nominated_protected(req.headers(), protected) {
         return Inspection::NominatesProtected(name.to_owned());
+    }
+    if let Err(why) = host::normalise(req) {
+        return Inspection::Malformed(why);
     }
     let version = req.version();
     if version == Version::HTTP_2 || version == Version::HTTP_3 {
@@ -175,8 +181,17 @@ pub(crate) fn inspect<B>(
     let upgrade = wants.then(|| offered.join(", "));
     match upgrade.and_then(|u| HeaderValue::from_str(&u).ok().map(|v| (u, v))) {
         Some((text, value)) => {
+            let ty = UpgradeType::new(&text);
+            // Two keys or versions: which one would the upstream check the answer against?
+            if ty.is_websocket()
+                && ["sec-websocket-key", "sec-websocket-version"]
+                    .iter()
+                    .any(|name| req.headers().get_all(*name).iter().count() > 1)
+            {
+                return Inspection::Malformed("a WebSocket handshake header is given twice");
+            }
             hop::strip_keep_upgrade(req.headers_mut(), value);
-            Inspection::Upgrade(UpgradeType::new(&text))
+            Inspection::Upgrade(ty)
         }
         None => {
             hop::strip(req.headers_mut());
@@ -192,6 +207,7 @@ mod tests {
     #[test]
     fn a_connection_token_anywhere_makes_an_upgrade_and_the_headers_come_out_clean() {
         let mut req = Request::get("/chat")
+            .header("host", "chat.example")
             .header("connection", "keep-alive, Upgrade")
             .header("upgrade", "WebSocket")
             .body(())
@@ -204,7 +220,7 @@ mod tests {
     }
 
     fn req(version: Version, headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::get("/").version(version);
+        let mut b = Request::get("/").version(version).header("host", "a.example");
         for (k, v) in headers {
             b = b.header(*k, *v);
         }

@@ -61,6 +61,7 @@ mod ext;
 mod forward;
 mod handoff;
 mod hop;
+mod host;
 mod legacy;
 pub mod metrics;
 mod pool;

@@ -45,6 +45,8 @@ pub(crate) enum Failure {
     Handshake(hyper::Error),
     Timeout,
     Reset(hyper::Error),
+    /// A `101` in a response that isn't HTTP/1.1: `101` exists only there (RFC 9110 §15.2.2).
+    NotHttp11Switch,
 }
 
 impl Failure {
@@ -61,6 +63,11 @@ impl Failure {
             Self::Handshake(_) => (Connect, StatusCode::BAD_GATEWAY, "upstream handshake failed"),
             Self::Timeout => (Timeout, StatusCode::GATEWAY_TIMEOUT, "upstream response timeout"),
             Self::Reset(_) => (Refused, StatusCode::BAD_GATEWAY, "upstream reset before response"),
+            Self::NotHttp11Switch => (
+                HandshakeFailure::Bad101,
+                StatusCode::BAD_GATEWAY,
+                "the upstream answered 101 outside HTTP/1.1",
+            ),
         }
     }
 }
@@ -72,6 +79,7 @@ impl fmt::Display for Failure {
             Self::Handshake(e) => write!(f, "handshake failed: {e}"),
             Self::Timeout => f.write_str("no response head before the timeout"),
             Self::Reset(e) => write!(f, "failed before answering: {e}"),
+            Self::NotHttp11Switch => f.write_str("a 101 outside HTTP/1.1"),
         }
     }
 }
@@ -132,6 +140,9 @@ pub(crate) async fn exchange(
         Some(Err(e)) => return Err(Failure::Reset(e)),
         Some(Ok(res)) => res,
     };
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS && res.version() != Version::HTTP_11 {
+        return Err(Failure::NotHttp11Switch);
+    }
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upgrade = hyper::upgrade::on(&mut res);
         let (upgraded, ()) = tokio::join!(upgrade, async {

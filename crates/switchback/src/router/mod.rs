@@ -118,6 +118,9 @@ where
                 let chain = self.inner.clone();
                 return ResponseFuture::default_chain(chain.oneshot(req.map(Body::new)), None);
             }
+            Inspection::Malformed(why) => {
+                return ResponseFuture::ready(reply::local(StatusCode::BAD_REQUEST, why, Then::Close));
+            }
             Inspection::NominatesProtected(name) => {
                 let msg = format!("the Connection header may not nominate {name:?}");
                 return ResponseFuture::ready(reply::local(StatusCode::BAD_REQUEST, msg, Then::Close));

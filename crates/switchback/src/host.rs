@@ -1,0 +1,140 @@
+//! `Host` and the request target (RFC 9112 §3.2): one valid `Host` on every HTTP/1.1 request,
+//! and an absolute-form target's authority in place of whatever `Host` said.
+//!
+//! Refusing the ambiguous cases is what keeps a proxy and the upstream behind it from routing
+//! one request by two different hosts.
+
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Version};
+
+/// Checks `req`'s `Host`, and for an absolute-form target (`GET http://a.example/ HTTP/1.1`)
+/// replaces `Host` with the target's authority (RFC 9112 §3.2.2). The error says why the
+/// request is refused with 400.
+pub(crate) fn normalise<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    let version = req.version();
+    if version != Version::HTTP_10 && version != Version::HTTP_11 {
+        // HTTP/2's `:authority` is the framing's own; hyper checks it.
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(target) = req.uri().authority() {
+        if target.as_str().contains('@') {
+            return Err("the request target carries userinfo");
+        }
+        let host = HeaderValue::from_str(target.as_str())
+            .map_err(|_| "the request target's authority is not a valid host")?;
+        req.headers_mut().insert(header::HOST, host);
+        return Ok(());
+    }
+    match first {
+        None if version == Version::HTTP_11 => Err("an HTTP/1.1 request needs a Host header"),
+        None => Ok(()),
+        Some(host) if valid(&host) => Ok(()),
+        Some(_) => Err("the Host header is not a valid host[:port]"),
+    }
+}
+
+/// `host[:port]`: no userinfo, no path, no list, no whitespace, a port of digits only.
+fn valid(host: &HeaderValue) -> bool {
+    let Ok(text) = host.to_str() else {
+        return false;
+    };
+    if text.is_empty()
+        || text.contains(['@', ',', '/', '?', '#', ' ', '\t'])
+        || text.parse::<Authority>().is_err()
+    {
+        return false;
+    }
+    // `Authority` takes `a:`, `a:x` and a bare IPv6 address; a Host doesn't.
+    let port = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => match after {
+                "" => return true,
+                after => after.strip_prefix(':'),
+            },
+            _ => return false,
+        },
+        None => match text.split_once(':') {
+            Some((_, port)) => Some(port),
+            None => return true,
+        },
+    };
+    port.is_some_and(|p| {
+        !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::get(target).version(Version::HTTP_11);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn good_hosts_pass_untouched() {
+        for host in [
+            "a.example",
+            "a.example:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:443",
+            "xn--bcher-kva.example",
+        ] {
+            let mut r = req("/", &[host]);
+            assert_eq!(normalise(&mut r), Ok(()), "{host}");
+            assert_eq!(r.headers()[header::HOST], host);
+        }
+    }
+
+    #[test]
+    fn bad_hosts_are_refused() {
+        for host in [
+            "",
+            "user@a.example",
+            "a.example/path",
+            "a.example, b.example",
+            "a.example,b.example",
+            "a.example:",
+            "a.example:http",
+            "a.example:99999",
+            "a example",
+            "::1",
+        ] {
+            assert!(normalise(&mut req("/", &[host])).is_err(), "{host:?}");
+        }
+        assert_eq!(
+            normalise(&mut req("/", &[])),
+            Err("an HTTP/1.1 request needs a Host header")
+        );
+        assert_eq!(
+            normalise(&mut req("/", &["a.example", "a.example"])),
+            Err("more than one Host header")
+        );
+    }
+
+    #[test]
+    fn an_absolute_form_target_sets_host() {
+        let mut r = req("http://target.example:81/x?y", &["other.example"]);
+        assert_eq!(normalise(&mut r), Ok(()));
+        assert_eq!(r.headers()[header::HOST], "target.example:81");
+        let mut r = req("http://user@target.example/x", &["other.example"]);
+        assert!(normalise(&mut r).is_err());
+    }
+
+    #[test]
+    fn http_1_0_may_go_without_host() {
+        let mut r = Request::get("/").version(Version::HTTP_10).body(()).unwrap();
+        assert_eq!(normalise(&mut r), Ok(()));
+    }
+}
