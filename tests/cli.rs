@@ -530,7 +530,7 @@ fn check_reports_every_error_with_line_column_and_path() {
         "{stderr}"
     );
 
-    // Parse error: an unknown field, with a suggestion.
+    // An unknown field, with a suggestion; the rest of the file is still checked.
     let file = dir.write(
         "typo.yaml",
         "listen: 127.0.0.1:10000\nroutes:\n  - match: { prefx: / }\n    cluster: a\n",
@@ -538,7 +538,7 @@ fn check_reports_every_error_with_line_column_and_path() {
     let out = run(&["--check", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
     let f = file.display();
     assert!(
         stderr.starts_with(&format!("{f}:3:14: routes[0].match")),
