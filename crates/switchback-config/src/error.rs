@@ -7,8 +7,8 @@ use crate::tree::Pos;
 /// One problem with a config file: where it is and what to do about it.
 ///
 /// Displays as `file:line:column: path: message`, e.g.
-/// `config.yaml:12:14: routes[0].cluster: unknown cluster "ech"; define it under `clusters`
-/// or fix the name (known: echo)`. Parts that are unknown are left out (an unreadable file has no
+/// `config.yaml:12:14: routes[0].cluster: unknown cluster "ech"; did you mean `echo`?
+/// (known: echo, other)`. Parts that are unknown are left out (an unreadable file has no
 /// line, a problem with the whole document has an empty path). A syntax error ends with a
 /// line of its own saying that it is the only error shown.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! [serde-saphyr](https://docs.rs/serde-saphyr)'s parser, fills in every default and checks
 //! the result, reporting **all** problems at once as [`ConfigError`]s that carry the file,
 //! line, column and field path, e.g.
-//! `config.yaml:12:14: routes[0].cluster: unknown cluster "ech"; define it under `clusters` or fix the name (known: echo)`.
+//! `config.yaml:12:14: routes[0].cluster: unknown cluster "ech"; did you mean `echo`? (known: echo, other)`.
 //!
 //! ```
 //! use std::time::Duration;

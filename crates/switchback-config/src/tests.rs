@@ -580,7 +580,7 @@ fn route_names_a_missing_cluster() {
     check(&e, "routes[0].cluster", 8, "");
     assert_eq!(
         e.to_string(),
-        "config.yaml:8:14: routes[0].cluster: unknown cluster \"ech\"; define it under `clusters` or fix the name (known: echo, other)"
+        "config.yaml:8:14: routes[0].cluster: unknown cluster \"ech\"; did you mean `echo`? (known: echo, other)"
     );
 }
 
@@ -1349,7 +1349,7 @@ fn workers_default_to_one_per_cpu_and_must_be_sensible() {
 
 #[test]
 fn every_error_is_reported_in_one_run() {
-    // Wrong types, invalid values, an unknown field and unknown cluster names, in several
+    // Wrong types, invalid values, an unknown field and misspelt cluster names, in several
     // places: each is reported, in file order, with its location, field path and fix.
     let yaml = "\
 workers: two
@@ -1372,11 +1372,11 @@ clusters:
     let expected = "\
 config.yaml:1:10: workers: expected a whole number from 1 to 1024 here, found \"two\"
 config.yaml:2:9: listen: \"nowhere\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000
-config.yaml:5:14: routes[0].cluster: unknown cluster \"chta\"; define it under `clusters` or fix the name (known: chat, feed)
+config.yaml:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat, feed)
 config.yaml:6:14: routes[0].timeout: invalid duration \"soon\": expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h; 0s turns a timeout off where allowed)
 config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, upgrade_configs, use_websocket, websocket_config
 config.yaml:10:31: routes[1].weighted_clusters[0].weight: expected a whole number from 0 to 4294967295 here, found \"lots\"
-config.yaml:11:17: routes[1].weighted_clusters[1].name: unknown cluster \"feeds\"; define it under `clusters` or fix the name (known: chat, feed)
+config.yaml:11:17: routes[1].weighted_clusters[1].name: unknown cluster \"feeds\"; did you mean `feed`? (known: chat, feed)
 config.yaml:16:33: clusters[1].endpoints[1]: expected an endpoint: a string host:port or a mapping {address, hostname}; found \"9003\"";
     assert_eq!(render(&errors(yaml)), expected);
 }

@@ -23,6 +23,7 @@ use crate::raw::{
     RawUpgradeConfig, WEIGHT, WORKERS,
 };
 use crate::read::{Field, List, Pairs, S};
+use crate::suggest;
 
 /// Whether a zero duration is acceptable for a field.
 #[derive(Clone, Copy)]
@@ -480,6 +481,11 @@ impl Ctx<'_> {
         if known.contains(&name.value) {
             return;
         }
+        let names: Vec<&str> = known.iter().map(String::as_str).collect();
+        let fix = match suggest::closest(&name.value, &names) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => "define it under `clusters` or fix the name".to_owned(),
+        };
         let listed = if known.is_empty() {
             "no clusters are defined".to_owned()
         } else {
@@ -488,10 +494,7 @@ impl Ctx<'_> {
         self.error(
             name.at,
             path,
-            format!(
-                "unknown cluster \"{}\"; define it under `clusters` or fix the name ({listed})",
-                name.value
-            ),
+            format!("unknown cluster \"{}\"; {fix} ({listed})", name.value),
         );
     }
 
