@@ -9,8 +9,9 @@ use crate::tree::Pos;
 /// Displays as `file:line:column: path: message`, e.g.
 /// `config.yaml:12:14: routes[0].cluster: unknown cluster "ech"; did you mean `echo`?
 /// (known: echo, other)`. Parts that are unknown are left out (an unreadable file has no
-/// line, a problem with the whole document has an empty path). A syntax error ends with a
-/// line of its own saying that it is the only error shown.
+/// line, a problem with the whole document has an empty path). A hint, when there is one,
+/// follows on a line of its own (`  hint: ...`), and a syntax error ends with a line saying
+/// that it is the only error shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file name as given to [`Config::from_yaml_str`](crate::Config::from_yaml_str) or
@@ -25,6 +26,9 @@ pub struct ConfigError {
     pub path: String,
     /// What is wrong and how to fix it.
     pub message: String,
+    /// More help where the message alone may not lead to the fix, e.g. which line's
+    /// indentation to check.
+    pub hint: Option<String>,
     /// Whether this is a YAML syntax error. The file cannot be read past one, so it is the
     /// only error reported and nothing after it has been checked.
     pub syntax: bool,
@@ -44,6 +48,9 @@ impl fmt::Display for ConfigError {
             write!(f, "{}: ", self.path)?;
         }
         f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
         if self.syntax {
             f.write_str(
                 "\n  note: only the first syntax error can be shown: the file cannot be read past it, so nothing after it was checked",
@@ -72,12 +79,24 @@ impl<'a> Ctx<'a> {
 
     /// An error at `at` in the field at `path`.
     pub(crate) fn error(&mut self, at: Pos, path: &str, message: impl Into<String>) {
+        self.error_with_hint(at, path, message, None);
+    }
+
+    /// An error with a hint line.
+    pub(crate) fn error_with_hint(
+        &mut self,
+        at: Pos,
+        path: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.errors.push(ConfigError {
             file: self.file.to_owned(),
             line: Some(at.line),
             column: Some(at.column),
             path: path.to_owned(),
             message: message.into(),
+            hint,
             syntax: false,
         });
     }

@@ -99,10 +99,23 @@
 //! not be read is not told its cluster is unknown).
 //!
 //! A YAML syntax error is the exception: the file cannot be read past it, so it is the only
-//! error reported ([`ConfigError::syntax`]).
+//! error reported ([`ConfigError::syntax`]). For the common indentation mistakes it comes
+//! with a hint naming the line to fix and the column to start it in:
+//!
+//! ```
+//! use switchback_config::Config;
+//!
+//! let yaml = "listen: 127.0.0.1:10000\n  admin: 127.0.0.1:9901\n";
+//! let errors = Config::from_yaml_str(yaml, "config.yaml").unwrap_err();
+//! assert_eq!(
+//!     errors[0].hint.as_deref(),
+//!     Some("check the indentation of line 2: `admin:` is further in than `listen:` (line 1), which already has a value, so YAML reads `admin:` as more of that value; start it in column 1, like `listen:`")
+//! );
+//! ```
 
 mod duration;
 mod error;
+mod hint;
 mod locate;
 mod model;
 mod parsed;
@@ -145,12 +158,14 @@ impl Config {
         let mut ctx = Ctx::new(file_name);
         let raw = RawConfig::read(&mut ctx, root.as_ref());
         let config = ctx.build(&raw);
-        let errors = ctx.into_errors();
+        let mut errors = ctx.into_errors();
         if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors)
+            return Ok(config);
         }
+        if let Some(root) = &root {
+            hint::add_run_on_values(&mut errors, root, text);
+        }
+        Err(errors)
     }
 
     /// Reads, parses and validates the YAML file at `path`.
@@ -169,6 +184,7 @@ impl Config {
                 column: None,
                 path: String::new(),
                 message: format!("cannot read the config file: {e}"),
+                hint: None,
                 syntax: false,
             }]),
         }
@@ -218,9 +234,9 @@ impl Config {
 }
 
 /// Converts an error that stops the reading of the document into a [`ConfigError`], with the
-/// field path of its position.
+/// field path of its position and, for the common indentation mistakes, a hint.
 fn syntax_error(error: &ParseError, text: &str, file: &str) -> ConfigError {
-    let (at, message) = match error {
+    let (at, message, hint) = match error {
         ParseError::Syntax(e) => {
             let at = Pos {
                 line: e.marker().line(),
@@ -232,23 +248,27 @@ fn syntax_error(error: &ParseError, text: &str, file: &str) -> ConfigError {
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
-            (at, format!("YAML syntax error: {info}"))
+            (at, format!("YAML syntax error: {info}"), hint::for_syntax_error(text, e))
         }
         ParseError::SecondDocument(at) => (
             *at,
             "a second YAML document starts here; the configuration is a single document, so remove this `---` or move what follows it into the first".to_owned(),
+            None,
         ),
         ParseError::TooLarge(at) => (
             *at,
             "aliases expand this file to more than a million nodes; write the repeated parts out, or alias less deeply nested parts".to_owned(),
+            None,
         ),
         ParseError::BadMerge(at) => (
             *at,
             "a merge key (`<<`) takes a mapping or a list of mappings, e.g. `<<: *defaults`".to_owned(),
+            None,
         ),
         ParseError::RecursiveAlias(at) => (
             *at,
             "this alias refers to a node that contains it; an alias can only repeat a node that is complete before it".to_owned(),
+            None,
         ),
     };
     ConfigError {
@@ -257,6 +277,7 @@ fn syntax_error(error: &ParseError, text: &str, file: &str) -> ConfigError {
         column: Some(at.column),
         path: locate::path_at(text, at),
         message,
+        hint,
         syntax: true,
     }
 }

@@ -1,11 +1,11 @@
 //! An outline of a document that may not parse: the path and position of every node up to
 //! the first syntax error, so a syntax error can name the field it is in
-//! (`routes[0].match.prefix`).
+//! (`routes[0].match.prefix`) and its hint can name the fields around it.
 //!
 //! It walks the events of serde-saphyr's own parser (`granit_parser`), which reports
 //! everything it read before an error.
 
-use serde_saphyr::granit_parser::{Event, Parser, Span};
+use serde_saphyr::granit_parser::{Event, Parser, Span, StructureStyle};
 
 use crate::tree::Pos;
 
@@ -16,8 +16,10 @@ pub(crate) enum Kind {
     Key,
     /// A scalar value (or alias).
     Scalar,
-    /// A mapping or list value.
-    Container,
+    /// A mapping value; `block` unless written in braces.
+    Map { block: bool },
+    /// A list value; `block` unless written in brackets.
+    Seq { block: bool },
 }
 
 /// A node of the outline.
@@ -32,7 +34,7 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn is_container(&self) -> bool {
-        self.kind == Kind::Container
+        matches!(self.kind, Kind::Map { .. } | Kind::Seq { .. })
     }
 }
 
@@ -85,8 +87,12 @@ pub(crate) fn outline(text: &str) -> Vec<Node> {
     for item in Parser::new_from_str(text) {
         let Ok((event, span)) = item else { break };
         let container = match &event {
-            Event::MappingStart(..) => Some(true),
-            Event::SequenceStart(..) => Some(false),
+            Event::MappingStart(style, ..) => Some(Kind::Map {
+                block: *style == StructureStyle::Block,
+            }),
+            Event::SequenceStart(style, ..) => Some(Kind::Seq {
+                block: *style == StructureStyle::Block,
+            }),
             _ => None,
         };
         let is_leaf = matches!(event, Event::Scalar(..) | Event::Alias(..));
@@ -107,9 +113,9 @@ pub(crate) fn outline(text: &str) -> Vec<Node> {
                     start: start(&span),
                     end: None,
                 });
-                if let Some(map) = container {
+                if let Some(kind) = container {
                     // A complex key: walk it, attributing its insides to the key.
-                    stack.push(new_frame(map, key_path, nodes.len() - 1));
+                    stack.push(new_frame(kind, key_path, nodes.len() - 1));
                 }
                 continue;
             }
@@ -126,16 +132,12 @@ pub(crate) fn outline(text: &str) -> Vec<Node> {
             };
             nodes.push(Node {
                 path: path.clone(),
-                kind: if container.is_some() {
-                    Kind::Container
-                } else {
-                    Kind::Scalar
-                },
+                kind: container.unwrap_or(Kind::Scalar),
                 start: start(&span),
                 end: None,
             });
-            if let Some(map) = container {
-                stack.push(new_frame(map, path, nodes.len() - 1));
+            if let Some(kind) = container {
+                stack.push(new_frame(kind, path, nodes.len() - 1));
             }
         } else if matches!(event, Event::MappingEnd | Event::SequenceEnd) {
             if let Some(Frame::Map { node, .. } | Frame::Seq { node, .. }) = stack.pop()
@@ -150,8 +152,8 @@ pub(crate) fn outline(text: &str) -> Vec<Node> {
     nodes
 }
 
-fn new_frame(map: bool, path: String, node: usize) -> Frame {
-    if map {
+fn new_frame(kind: Kind, path: String, node: usize) -> Frame {
+    if matches!(kind, Kind::Map { .. }) {
         Frame::Map {
             node,
             path,
@@ -162,12 +164,35 @@ fn new_frame(map: bool, path: String, node: usize) -> Frame {
     }
 }
 
+/// The block mappings and lists open at the end of the line before `line`, outermost
+/// first, with their index in `nodes`. Those the dedent of `line` itself closed count as
+/// open: a syntax error on `line` is about where it belongs among them.
+pub(crate) fn open_blocks(nodes: &[Node], line: usize) -> impl Iterator<Item = (usize, &Node)> {
+    nodes.iter().enumerate().filter(move |(_, n)| {
+        matches!(n.kind, Kind::Map { block: true } | Kind::Seq { block: true })
+            && n.start.line < line
+            && n.end.is_none_or(|end| end.line >= line)
+    })
+}
+
 /// The path of the node of `text` at `at`, preferring a value to a key that starts there.
-/// Falls back to the innermost closed container holding the position, then to the last
-/// node before it; empty when nothing fits (e.g. the root).
+/// Where no node starts, at the start of a line (an indentation error) it is the innermost
+/// block open there that starts at or before that column; elsewhere the innermost closed
+/// container holding the position, then the last node before it. Empty when nothing fits
+/// (e.g. the root).
 pub(crate) fn path_at(text: &str, at: Pos) -> String {
     let nodes = outline(text);
     let exact = |want: fn(&Node) -> bool| nodes.iter().rev().find(|n| want(n) && n.start == at);
+    let line_start = text
+        .lines()
+        .nth(at.line.saturating_sub(1))
+        .is_some_and(|line| line.chars().take_while(|c| *c == ' ').count() + 1 == at.column);
+    let block_at_line_start = || {
+        open_blocks(&nodes, at.line)
+            .map(|(_, n)| n)
+            .filter(|n| line_start && n.start.column <= at.column)
+            .last()
+    };
     let enclosing = || {
         // The innermost (latest-starting) container whose span holds the position.
         nodes
@@ -178,6 +203,7 @@ pub(crate) fn path_at(text: &str, at: Pos) -> String {
     exact(|n| n.kind == Kind::Scalar)
         .or_else(|| exact(Node::is_container))
         .or_else(|| exact(|n| n.kind == Kind::Key))
+        .or_else(block_at_line_start)
         .or_else(enclosing)
         .or_else(|| nodes.iter().rev().find(|n| n.start <= at))
         .map(|n| n.path.clone())
@@ -220,6 +246,16 @@ routes:
         assert_eq!(path(6, 5), "routes[1]");
         assert_eq!(path(6, 32), "routes[1].match.path");
         assert_eq!(path(6, 26), "routes[1].match.path");
+    }
+
+    #[test]
+    fn at_a_line_start_the_block_it_is_in() {
+        let text = "routes:\n  - match: { prefix: / }\n      cluster: echo\n";
+        assert_eq!(path_at(text, Pos { line: 3, column: 7 }), "routes[0]");
+        assert_eq!(
+            path_at(text, Pos { line: 3, column: 14 }),
+            "routes[0].match.prefix"
+        );
     }
 
     #[test]

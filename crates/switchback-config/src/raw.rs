@@ -5,7 +5,7 @@
 use crate::error::Ctx;
 use crate::locate::join_key;
 use crate::model::{Filter, MAX_WORKERS};
-use crate::read::{Field, List, Pairs, S, Whole, known_names, parse_whole};
+use crate::read::{Field, Keys, List, Pairs, S, Whole, known_names, parse_whole};
 use crate::tree::{Content, Node};
 
 /// `workers`: a `NonZeroUsize` of at most [`MAX_WORKERS`].
@@ -440,5 +440,37 @@ impl RawEndpoint {
             }
         };
         Some(S { value, at: node.at })
+    }
+}
+
+/// The keys the mapping at `path` (a field path, e.g. `routes[2].match`) accepts, for
+/// hints about where a misplaced field belongs.
+pub(crate) fn keys_at(path: &str) -> Keys {
+    // The path without list indices: `routes[2].match` is `routes.match`.
+    let mut shape = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            c if !in_index => shape.push(c),
+            _ => {}
+        }
+    }
+    match shape.as_str() {
+        "" => Keys::Fields(RawConfig::FIELDS),
+        "upgrade_configs" | "routes.upgrade_configs" => Keys::Fields(RawUpgradeConfig::FIELDS),
+        "http_filters" | "upgrade_configs.filters" => Keys::Fields(Filter::NAMES),
+        "routes" => Keys::Fields(RawRoute::FIELDS),
+        "routes.match" => Keys::Fields(RawMatch::FIELDS),
+        "routes.match.headers" => Keys::Fields(RawHeaderMatcher::FIELDS),
+        "routes.match.runtime_fraction" => Keys::Fields(RawRuntimeFraction::FIELDS),
+        "routes.weighted_clusters" => Keys::Fields(RawWeightedCluster::FIELDS),
+        "routes.websocket_config" => Keys::Fields(RawWebSocketConfig::FIELDS),
+        "clusters" => Keys::Fields(RawCluster::FIELDS),
+        "clusters.endpoints" => Keys::Fields(RawEndpoint::FIELDS),
+        "runtime" => Keys::Any,
+        s if s.ends_with("request_headers_to_add") || s.ends_with("response_headers_to_add") => Keys::Any,
+        _ => Keys::Unknown,
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 
 use crate::error::Ctx;
 use crate::locate::{join_index, join_key};
+use crate::raw;
 use crate::suggest;
 use crate::tree::{Content, Node, Pos};
 
@@ -95,6 +96,27 @@ impl fmt::Display for Whole {
             write!(f, "a whole number that is {} or more", self.min)
         } else {
             write!(f, "a whole number from {} to {}", self.min, self.max)
+        }
+    }
+}
+
+/// The names a mapping accepts as keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Keys {
+    /// The fields of a struct, or the filter names.
+    Fields(&'static [&'static str]),
+    /// Names of the user's choosing.
+    Any,
+    /// Not a mapping of the schema.
+    Unknown,
+}
+
+impl Keys {
+    pub(crate) fn accepts(self, key: &str) -> bool {
+        match self {
+            Keys::Fields(fields) => fields.contains(&key),
+            Keys::Any => true,
+            Keys::Unknown => false,
         }
     }
 }
@@ -373,7 +395,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// A mapping read as a struct with the fields `known`; unknown fields are reported, with
-    /// the closest known name.
+    /// the closest known name or, when the field belongs under an earlier field left empty,
+    /// a hint to indent it.
     pub(crate) fn fields<'n>(
         &mut self,
         node: &'n Node,
@@ -390,7 +413,8 @@ impl<'a> Ctx<'a> {
                 continue;
             }
             misspelt.extend(suggest::closest(e.key, known));
-            self.error(
+            let hint = under_empty_field(&entries[..i], path, e);
+            self.error_with_hint(
                 e.key_at,
                 &join_key(path, e.key),
                 format!(
@@ -398,6 +422,7 @@ impl<'a> Ctx<'a> {
                     e.key,
                     known_names(e.key, known, "fields")
                 ),
+                hint,
             );
             entries.remove(i);
         }
@@ -408,6 +433,20 @@ impl<'a> Ctx<'a> {
             misspelt,
         })
     }
+}
+
+/// When `unknown` is a field of an earlier field of the same mapping that was left empty:
+/// what indenting a nested field too little looks like.
+fn under_empty_field(earlier: &[Entry<'_>], path: &str, unknown: &Entry<'_>) -> Option<String> {
+    earlier.iter().rev().find_map(|e| {
+        let empty = matches!(&e.value.content, Content::Scalar(s) if s.null && s.end == e.value.at);
+        (empty && raw::keys_at(&join_key(path, e.key)).accepts(unknown.key)).then(|| {
+            format!(
+                "check the indentation of line {}: `{}` is a field of `{}` (line {}), which is left empty; indent `{}:` further than `{}:` to put it inside",
+                unknown.key_at.line, unknown.key, e.key, e.key_at.line, unknown.key, e.key
+            )
+        })
+    })
 }
 
 #[cfg(test)]

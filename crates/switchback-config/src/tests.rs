@@ -1172,6 +1172,7 @@ fn display_without_location_or_path() {
         column: None,
         path: String::new(),
         message: "broken".into(),
+        hint: None,
         syntax: false,
     };
     assert_eq!(e.to_string(), "a.yaml: broken");
@@ -1560,4 +1561,193 @@ fn what_stops_the_reading_is_the_only_error() {
         "config.yaml:2:9: listen: YAML syntax error: unclosed quote
   note: only the first syntax error can be shown: the file cannot be read past it, so nothing after it was checked"
     );
+}
+
+// ---------------------------------------------------------------- indentation hints
+
+/// The note under every syntax error.
+const SYNTAX_NOTE: &str = "\n  note: only the first syntax error can be shown: the file cannot be read past it, so nothing after it was checked";
+
+#[test]
+fn a_field_indented_under_a_field_with_a_value() {
+    for (yaml, expected) in [
+        (
+            "listen: 127.0.0.1:10000\n  admin: 127.0.0.1:9901\n",
+            "config.yaml:2:8: listen: YAML syntax error: mapping values are not allowed in this context
+  hint: check the indentation of line 2: `admin:` is further in than `listen:` (line 1), which already has a value, so YAML reads `admin:` as more of that value; start it in column 1, like `listen:`",
+        ),
+        (
+            "clusters:\n- name: echo\n    endpoints: [127.0.0.1:9001]\n",
+            "config.yaml:3:14: clusters[0].name: YAML syntax error: mapping values are not allowed in this context
+  hint: check the indentation of line 3: `endpoints:` is further in than `name:` (line 2), which already has a value, so YAML reads `endpoints:` as more of that value; start it in column 3, like `name:`",
+        ),
+        (
+            "runtime:\n  canary: 10\n   stable: 90\n",
+            "config.yaml:3:10: runtime.canary: YAML syntax error: mapping values are not allowed in this context
+  hint: check the indentation of line 3: `stable:` is further in than `canary:` (line 2), which already has a value, so YAML reads `stable:` as more of that value; start it in column 3, like `canary:`",
+        ),
+    ] {
+        let e = one(yaml);
+        assert!(e.syntax);
+        assert_eq!(e.to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+#[test]
+fn a_field_out_of_line_with_its_neighbours() {
+    for (yaml, expected) in [
+        // Between the `- ` of its item and the item's fields.
+        (
+            "routes:\n  - match: { prefix: / }\n   cluster: echo\n",
+            "config.yaml:3:4: routes: YAML syntax error: while parsing a block collection, did not find expected '-' indicator
+  hint: check the indentation of line 3: `cluster` is a field of `routes[0]`, whose fields start in column 5 (like `match:` on line 2); start `cluster:` in column 5 too",
+        ),
+        // In line with the `- ` instead of the item's fields.
+        (
+            "clusters:\n  - name: echo\n  endpoints: [127.0.0.1:9001]\n",
+            "config.yaml:3:3: clusters: YAML syntax error: while parsing a block collection, did not find expected '-' indicator
+  hint: check the indentation of line 3: `endpoints` is a field of `clusters[0]`, whose fields start in column 5 (like `name:` on line 2); start `endpoints:` in column 5 too",
+        ),
+        // Further in than its neighbours.
+        (
+            "routes:\n  - match: { prefix: / }\n      cluster: echo\n",
+            "config.yaml:3:7: routes[0]: YAML syntax error: while parsing a block mapping, did not find expected key
+  hint: check the indentation of line 3: `cluster` is a field of `routes[0]`, whose fields start in column 5 (like `match:` on line 2); start `cluster:` in column 5 too",
+        ),
+        // Between two levels: the field's name says which one it belongs to.
+        (
+            "routes:\n  - match:\n      prefix: /\n     headers: [{ name: x-canary }]\n    cluster: echo\n",
+            "config.yaml:4:6: routes[0]: YAML syntax error: while parsing a block mapping, did not find expected key
+  hint: check the indentation of line 4: `headers` is a field of `routes[0].match`, whose fields start in column 7 (like `prefix:` on line 3); start `headers:` in column 7 too",
+        ),
+    ] {
+        assert_eq!(one(yaml).to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+#[test]
+fn a_list_item_out_of_line_with_the_others() {
+    for (yaml, expected) in [
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster: echo\n - match: { prefix: /a }\n   cluster: echo\n",
+            "config.yaml:4:2: YAML syntax error: while parsing a block mapping, did not find expected key
+  hint: check the indentation of line 4: the items of `routes` start with `- ` in column 3 (line 2), but this one starts in column 2; line up the `- ` of every item",
+        ),
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster: echo\n   - match: { prefix: /a }\n",
+            "config.yaml:4:4: routes: YAML syntax error: while parsing a block collection, did not find expected '-' indicator
+  hint: check the indentation of line 4: the items of `routes` start with `- ` in column 3 (line 2), but this one starts in column 4; line up the `- ` of every item",
+        ),
+    ] {
+        assert_eq!(one(yaml).to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+#[test]
+fn tabs_colons_and_items_on_the_key_line() {
+    for (yaml, expected) in [
+        (
+            "routes:\n  - match: { prefix: / }\n\tcluster: echo\n",
+            "config.yaml:3:2: routes[0].match.prefix: YAML syntax error: tabs disallowed within this context (block indentation)
+  hint: check the indentation of line 3: it starts with a tab, and YAML indents with spaces only; replace the tab with spaces",
+        ),
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster echo\n",
+            "config.yaml:3:5: routes[0]: YAML syntax error: simple key expected ':'
+  hint: check line 3: `cluster echo` has no colon; a field is written `name: value`, e.g. `cluster: echo`",
+        ),
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster:echo\n",
+            "config.yaml:3:5: routes[0]: YAML syntax error: simple key expected ':'
+  hint: check line 3: a field name is followed by a colon and a space; write `cluster: echo`",
+        ),
+        (
+            "access_log: logs: /var/log\n",
+            "config.yaml:1:17: access_log: YAML syntax error: mapping values are not allowed in this context
+  hint: a value cannot contain \": \" (a colon and a space) unless it is quoted; if `logs: /var/log` is one value, write it in quotes: \"logs: /var/log\"",
+        ),
+        (
+            "ignore_upgrades: - tls/*\n",
+            "config.yaml:1:18: ignore_upgrades: YAML syntax error: block sequence entries are not allowed in this context
+  hint: check line 1: a list item (`- `) cannot follow `ignore_upgrades:` on the same line; put `- tls/*` on the next line, further in than `ignore_upgrades:`, or write the list in brackets: `ignore_upgrades: [tls/*]`",
+        ),
+    ] {
+        assert_eq!(one(yaml).to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+/// Indentation mistakes that are valid YAML, but not what was meant.
+#[test]
+fn indentation_that_parses_into_something_else() {
+    // A list item further in than the one above continues its value.
+    let e = one("clusters:\n  - name: echo\n    endpoints:\n    - 127.0.0.1:9001\n      - 127.0.0.1:9002\n");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:4:7: clusters[0].endpoints[0]: endpoint address \"127.0.0.1:9001 - 127.0.0.1:9002\" is not a valid IPv6 socket address; IPv6 addresses need brackets, e.g. [::1]:9001
+  hint: check the indentation of line 5: its `- ` is further in than the one on line 4, so YAML reads it as more of that item's value; start it in column 5, like the item above"
+    );
+    let e = one("ignore_upgrades: tls/*\n  - foo\n");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:1:18: ignore_upgrades: expected a list here, found \"tls/* - foo\"
+  hint: check the indentation of line 2: YAML reads it as more of the value of `ignore_upgrades` on line 1; for a list, leave nothing after `ignore_upgrades:` and put each item on a line of its own"
+    );
+
+    // A field meant to be nested, in line with the field it belongs under.
+    let found = errors(&with_clusters(
+        "routes:\n  - match:\n    prefix: /\n    cluster: echo\n",
+    ));
+    assert_eq!(
+        render(&found),
+        "config.yaml:7:10: routes[0].match: expected a mapping (key: value) here, found nothing
+config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, upgrade_configs, use_websocket, websocket_config
+  hint: check the indentation of line 8: `prefix` is a field of `match` (line 7), which is left empty; indent `prefix:` further than `match:` to put it inside"
+    );
+}
+
+/// The table of which mapping takes which keys, used by the hints, agrees with the reader:
+/// every key of the documented example is accepted where it is.
+#[test]
+fn hint_schema_matches_the_reader() {
+    use crate::read::Keys;
+    use crate::tree::{Content, Node};
+
+    fn walk(node: &Node, path: &str) {
+        match &node.content {
+            Content::Scalar(_) => {}
+            Content::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"));
+                }
+            }
+            Content::Map(entries) => {
+                let keys = crate::raw::keys_at(path);
+                for (key, value) in entries {
+                    let Content::Scalar(key) = &key.content else {
+                        panic!("{path}: a complex key")
+                    };
+                    // Endpoint mappings and filter entries are where they are expected.
+                    assert!(
+                        keys.accepts(&key.text),
+                        "{path} should accept {} ({keys:?})",
+                        key.text
+                    );
+                    let child = if path.is_empty() {
+                        key.text.clone()
+                    } else {
+                        format!("{path}.{}", key.text)
+                    };
+                    walk(value, &child);
+                }
+            }
+        }
+    }
+
+    let root = crate::tree::parse(FULL).unwrap().unwrap();
+    walk(&root, "");
+    assert!(matches!(
+        crate::raw::keys_at("routes[3].request_headers_to_add"),
+        Keys::Any
+    ));
+    assert!(matches!(crate::raw::keys_at("routes[0].cluster"), Keys::Unknown));
 }

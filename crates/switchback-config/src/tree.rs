@@ -28,6 +28,13 @@ impl Pos {
             column: span.start.col() + 1,
         }
     }
+
+    fn end_of(span: &Span) -> Self {
+        Pos {
+            line: span.end.line(),
+            column: span.end.col() + 1,
+        }
+    }
 }
 
 /// A node of the document and where it starts (for an alias: where the alias is).
@@ -52,10 +59,12 @@ pub(crate) enum Content {
 pub(crate) struct Scalar {
     pub(crate) text: String,
     /// Plain (unquoted, not a block scalar): only plain scalars can be null, numbers or
-    /// booleans.
+    /// booleans, and only they fold lines silently.
     pub(crate) plain: bool,
     /// YAML null: nothing, `~` or `null` written plain (or tagged `!!null`).
     pub(crate) null: bool,
+    /// Where the scalar ends; for a null, at its start when nothing at all was written.
+    pub(crate) end: Pos,
 }
 
 impl Node {
@@ -68,6 +77,17 @@ impl Node {
             Content::Seq(_) => "a list".to_owned(),
             Content::Map(entries) if entries.is_empty() => "an empty mapping".to_owned(),
             Content::Map(_) => "a mapping".to_owned(),
+        }
+    }
+
+    /// The scalar that starts at `at`, searching keys, values and items.
+    pub(crate) fn scalar_at(&self, at: Pos) -> Option<&Scalar> {
+        match &self.content {
+            Content::Scalar(s) => (self.at == at).then_some(s),
+            Content::Seq(items) => items.iter().find_map(|item| item.scalar_at(at)),
+            Content::Map(entries) => entries
+                .iter()
+                .find_map(|(key, value)| key.scalar_at(at).or_else(|| value.scalar_at(at))),
         }
     }
 
@@ -146,7 +166,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, ParseError> {
             Event::Scalar(text, style, anchor, tag) => {
                 let node = Node {
                     at,
-                    content: Content::Scalar(scalar(text.into_owned(), style, tag.as_deref())),
+                    content: Content::Scalar(scalar(text.into_owned(), style, tag.as_deref(), &span)),
                 };
                 Some((node, anchor))
             }
@@ -216,13 +236,18 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, ParseError> {
     Ok(root)
 }
 
-fn scalar(text: String, style: ScalarStyle, tag: Option<&Tag>) -> Scalar {
+fn scalar(text: String, style: ScalarStyle, tag: Option<&Tag>, span: &Span) -> Scalar {
     let plain = style == ScalarStyle::Plain;
     let null = match tag {
         Some(tag) => tag.is_yaml_core_schema_tag("null"),
         None => plain && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"),
     };
-    Scalar { text, plain, null }
+    Scalar {
+        text,
+        plain,
+        null,
+        end: Pos::end_of(span),
+    }
 }
 
 /// Resolves merge keys: the entries of each mapping merged in (`<<: *base` or
@@ -282,6 +307,7 @@ mod tests {
         let x = &entries[1].1;
         assert_eq!(keys(x), [("b", "3"), ("c", "<container>"), ("a", "1")]);
         // An alias is located where it is used.
+        assert_eq!(x.scalar_at(Pos { line: 4, column: 6 }).unwrap().text, "3");
         let Content::Map(x_entries) = &x.content else {
             panic!()
         };
