@@ -533,7 +533,7 @@ fn check_reports_every_error_with_line_column_and_path() {
         "{stderr}"
     );
 
-    // Parse error: an unknown field, with a suggestion.
+    // An unknown field, with a suggestion; the rest of the file is still checked.
     let file = dir.write(
         "typo.yaml",
         "listen: 127.0.0.1:10000\nroutes:\n  - match: { prefx: / }\n    cluster: a\n",
@@ -541,7 +541,7 @@ fn check_reports_every_error_with_line_column_and_path() {
     let out = run(&["--check", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
     let f = file.display();
     assert!(
         stderr.starts_with(&format!("{f}:3:14: routes[0].match")),
@@ -560,6 +560,57 @@ fn check_reports_every_error_with_line_column_and_path() {
     assert!(
         stderr.contains("missing.yaml: cannot read the config file"),
         "{stderr}"
+    );
+}
+
+/// Type errors, invalid values and unknown fields in different places are all reported in
+/// one run, each on its own line with file:line:column, field path and fix.
+#[test]
+fn check_reports_errors_of_every_kind_in_one_run() {
+    let dir = TempDir::new("check-many");
+    let file = dir.write(
+        "many.yaml",
+        "workers: two\nlisten: nowhere\nroutes:\n  - match: { prefix: /chat }\n    cluster: chta\n    retries: 3\n\
+         clusters:\n  - name: chat\n    endpoints: [127.0.0.1:9001]\n",
+    );
+    let out = run(&["--check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let f = file.display();
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!(
+            "{f}:1:10: workers: expected a whole number from 1 to 1024 here, found \"two\"\n\
+             {f}:2:9: listen: \"nowhere\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000\n\
+             {f}:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat)\n\
+             {f}:6:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, \
+             weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, \
+             request_headers_to_remove, timeout, idle_timeout, upgrade_configs, use_websocket, websocket_config\n"
+        )
+    );
+}
+
+/// A syntax error is the only error shown, says so, and gets a hint for the indentation
+/// mistake behind it.
+#[test]
+fn check_explains_a_syntax_error() {
+    let dir = TempDir::new("check-syntax");
+    let file = dir.write(
+        "indent.yaml",
+        "routes:\n  - match: { prefix: / }\n    cluster: echo\n - match: { prefix: /a }\n",
+    );
+    let out = run(&["--check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let f = file.display();
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!(
+            "{f}:4:2: YAML syntax error: while parsing a block mapping, did not find expected key\n\
+             \x20 hint: check the indentation of line 4: the items of `routes` start with `- ` in column 3 (line 2), \
+             but this one starts in column 2; line up the `- ` of every item\n\
+             \x20 note: only the first syntax error can be shown: the file cannot be read past it, so nothing after it \
+             was checked\n"
+        )
     );
 }
 

@@ -17,7 +17,9 @@ filter chain of `http_filters`, the forwarder) driven by a YAML file.
 Modes:
   switchback --config FILE   run the proxy described by FILE
   switchback --check FILE    validate FILE: exit 0 when it is valid, otherwise print every
-                             problem as `file:line:column: field.path: message` and exit 1
+                             problem as `file:line:column: field.path: message` (and a
+                             `hint:` line where one helps) and exit 1; after a YAML syntax
+                             error the file cannot be read further, so it is shown alone
   switchback                 run the demo: a built-in WebSocket echo server behind the proxy
                              on 127.0.0.1:10000 (set SWITCHBACK_DEMO_LISTEN=ADDR:PORT to move it);
                              open http://127.0.0.1:10000/ in a browser to try it

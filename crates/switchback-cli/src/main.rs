@@ -104,7 +104,8 @@ fn count(n: usize, what: &str) -> String {
     }
 }
 
-/// Every config error, one per line: `file:line:column: path: message`.
+/// Every config error: `file:line:column: path: message`, then its `hint:` and `note:` lines
+/// if it has any.
 fn report(errors: &[ConfigError]) {
     for e in errors {
         fatal::print_err(&e.to_string());

@@ -2,10 +2,10 @@
 //! and its validation.
 //!
 //! [`Config::from_yaml_str`] (or [`Config::load`] for a file) parses a document with
-//! [serde-saphyr](https://docs.rs/serde-saphyr), fills in every default and checks the
-//! result, reporting **all** problems at once as [`ConfigError`]s that carry the file, line,
-//! column and field path, e.g.
-//! `config.yaml:12:14: routes[0].cluster: unknown cluster "ech"; define it under `clusters` or fix the name (known: echo)`.
+//! [serde-saphyr](https://docs.rs/serde-saphyr)'s parser, fills in every default and checks
+//! the result, reporting **all** problems at once as [`ConfigError`]s that carry the file,
+//! line, column and field path, e.g.
+//! `config.yaml:12:14: routes[0].cluster: unknown cluster "ech"; did you mean `echo`? (known: echo, other)`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -91,26 +91,42 @@
 //!
 //! # Errors and their locations
 //!
-//! Parse errors (bad YAML, wrong types, unknown fields, missing required fields) stop the
-//! parse, so at most one of them is reported; the document is then checked no further.
-//! Once the document parses, every validation problem is reported. Both kinds carry line,
-//! column (from serde-saphyr's [`Spanned`](serde_saphyr::Spanned) values and error
-//! locations) and the field path.
+//! The document is read into a tree of located nodes first, then field by field: a value of
+//! the wrong type, an unknown field, a duplicate key or a missing required field is
+//! reported and left out, and everything else is still read and validated. So one run
+//! reports every problem it can reach, each with line, column and field path, and no
+//! problem caused only by another (a route whose cluster is defined by an entry that could
+//! not be read is not told its cluster is unknown).
+//!
+//! A YAML syntax error is the exception: the file cannot be read past it, so it is the only
+//! error reported ([`ConfigError::syntax`]). For the common indentation mistakes it comes
+//! with a hint naming the line to fix and the column to start it in:
+//!
+//! ```
+//! use switchback_config::Config;
+//!
+//! let yaml = "listen: 127.0.0.1:10000\n  admin: 127.0.0.1:9901\n";
+//! let errors = Config::from_yaml_str(yaml, "config.yaml").unwrap_err();
+//! assert_eq!(
+//!     errors[0].hint.as_deref(),
+//!     Some("check the indentation of line 2: `admin:` is further in than `listen:` (line 1), which already has a value, so YAML reads `admin:` as more of that value; start it in column 1, like `listen:`")
+//! );
+//! ```
 
 mod duration;
 mod error;
+mod hint;
 mod locate;
 mod model;
 mod parsed;
 mod raw;
+mod read;
 mod suggest;
+mod tree;
 mod validate;
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::Path;
-
-use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
 pub use crate::duration::{format_duration, parse_duration};
 pub use crate::error::ConfigError;
@@ -122,32 +138,34 @@ pub use crate::model::{
 };
 pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 
-use crate::locate::Want;
+use crate::error::Ctx;
 use crate::raw::RawConfig;
-use crate::validate::{Ctx, line_column};
+use crate::tree::{ParseError, Pos};
 
 impl Config {
     /// Parses and validates a YAML document. `file_name` is only used in the errors.
     ///
     /// # Errors
     ///
-    /// Every problem found, sorted by position: one parse error if the document is not
-    /// valid YAML of the right shape, otherwise all validation errors.
+    /// Every problem found, sorted by position: the first syntax error if the document is
+    /// not valid YAML (nothing after it can be read), otherwise every wrong type, unknown or
+    /// missing field and invalid value.
     pub fn from_yaml_str(text: &str, file_name: &str) -> Result<Config, Vec<ConfigError>> {
-        let options = serde_saphyr::options! { with_snippet: false };
-        let raw: RawConfig = match serde_saphyr::from_str_with_options(text, options) {
-            Ok(raw) => raw,
-            Err(e) => return Err(vec![parse_error(&e, text, file_name)]),
+        let root = match tree::parse(text) {
+            Ok(root) => root,
+            Err(e) => return Err(vec![syntax_error(&e, text, file_name)]),
         };
         let mut ctx = Ctx::new(file_name);
+        let raw = RawConfig::read(&mut ctx, root.as_ref());
         let config = ctx.build(&raw);
-        if ctx.errors.is_empty() {
-            Ok(config)
-        } else {
-            let mut errors = ctx.errors;
-            errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
-            Err(errors)
+        let mut errors = ctx.into_errors();
+        if errors.is_empty() {
+            return Ok(config);
         }
+        if let Some(root) = &root {
+            hint::add_run_on_values(&mut errors, root, text);
+        }
+        Err(errors)
     }
 
     /// Reads, parses and validates the YAML file at `path`.
@@ -166,6 +184,8 @@ impl Config {
                 column: None,
                 path: String::new(),
                 message: format!("cannot read the config file: {e}"),
+                hint: None,
+                syntax: false,
             }]),
         }
     }
@@ -213,112 +233,52 @@ impl Config {
     }
 }
 
-/// The innermost real error (serde-saphyr wraps errors met through aliases or with
-/// snippets).
-fn original_error(mut error: &serde_saphyr::Error) -> &serde_saphyr::Error {
-    loop {
-        match error {
-            serde_saphyr::Error::WithSnippet { error: inner, .. }
-            | serde_saphyr::Error::AliasError { error: inner, .. } => error = inner,
-            _ => return error,
-        }
-    }
-}
-
-/// A "did you mean" and the list of valid names.
-fn known_names(wrong: &str, expected: &[&str], what: &str) -> String {
-    let list = expected.join(", ");
-    match suggest::closest(wrong, expected) {
-        Some(close) => format!("did you mean `{close}`? (known {what}: {list})"),
-        None => format!("remove it or use one of the known {what}: {list}"),
-    }
-}
-
-/// Converts a serde-saphyr error into a [`ConfigError`], finding the field path of its
-/// location and rewording the common cases for operators.
-fn parse_error(error: &serde_saphyr::Error, text: &str, file: &str) -> ConfigError {
-    use serde_saphyr::Error as E;
-    let inner = original_error(error);
-    let (want, message): (Want, Cow<'_, str>) = match inner {
-        E::SerdeUnknownField {
-            field, expected, ..
-        } => (
-            Want::Key,
-            format!(
-                "unknown field `{field}`; {}",
-                known_names(field, expected, "fields")
-            )
-            .into(),
-        ),
-        E::SerdeUnknownVariant {
-            variant, expected, ..
-        } => {
-            let what = if expected == Filter::NAMES {
-                "filter"
-            } else {
-                "name"
+/// Converts an error that stops the reading of the document into a [`ConfigError`], with the
+/// field path of its position and, for the common indentation mistakes, a hint.
+fn syntax_error(error: &ParseError, text: &str, file: &str) -> ConfigError {
+    let (at, message, hint) = match error {
+        ParseError::Syntax(e) => {
+            let at = Pos {
+                line: e.marker().line(),
+                column: e.marker().col() + 1,
             };
-            (
-                Want::Key,
-                format!(
-                    "unknown {what} `{variant}`; {}",
-                    known_names(variant, expected, &format!("{what}s"))
-                )
-                .into(),
-            )
+            // Messages are one line: the parser's may hold a control character it quotes.
+            let info: String = e
+                .info()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            (at, format!("YAML syntax error: {info}"), hint::for_syntax_error(text, e))
         }
-        E::SerdeMissingField { field, .. } => (
-            Want::EnclosingMapping,
-            format!("missing required field `{field}`; add it").into(),
+        ParseError::SecondDocument(at) => (
+            *at,
+            "a second YAML document starts here; the configuration is a single document, so remove this `---` or move what follows it into the first".to_owned(),
+            None,
         ),
-        E::DuplicateMappingKey { key, .. } => (
-            Want::Key,
-            match key {
-                Some(key) => format!(
-                    "duplicate key `{key}`; a key may appear only once in a mapping, remove one"
-                )
-                .into(),
-                None => "duplicate key; a key may appear only once in a mapping, remove one".into(),
-            },
+        ParseError::TooLarge(at) => (
+            *at,
+            "aliases expand this file to more than a million nodes; write the repeated parts out, or alias less deeply nested parts".to_owned(),
+            None,
         ),
-        E::ExpectedMappingEndAfterEnumVariantValue { .. } => (
-            Want::Key,
-            "a filter entry is a mapping with exactly one key, e.g. `- request_body_limit: 1024`; put each filter in its own list item"
-                .into(),
+        ParseError::BadMerge(at) => (
+            *at,
+            "a merge key (`<<`) takes a mapping or a list of mappings, e.g. `<<: *defaults`".to_owned(),
+            None,
         ),
-        E::Unexpected { expected, .. } => (
-            Want::Value,
-            match *expected {
-                "sequence start" => "expected a list here".into(),
-                "mapping start" => "expected a mapping (key: value) here".into(),
-                "string scalar" => "expected a single value (a string) here".into(),
-                other => format!("expected {other} here").into(),
-            },
+        ParseError::RecursiveAlias(at) => (
+            *at,
+            "this alias refers to a node that contains it; an alias can only repeat a node that is complete before it".to_owned(),
+            None,
         ),
-        E::InvalidScalar { ty, .. } if ty.starts_with('u') => (
-            Want::Value,
-            "expected a whole number that is 0 or more here".into(),
-        ),
-        E::InvalidScalar { ty, .. } if ty.starts_with("bool") => {
-            (Want::Value, "expected true or false here".into())
-        }
-        other => (Want::Value, UserMessageFormatter.format_message(other)),
-    };
-    let message: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let (line, column) = error.location().map_or((None, None), |at| line_column(&at));
-    let path = match (line, column) {
-        (Some(line), Some(column)) => locate::path_at(text, line, column, want),
-        _ => String::new(),
     };
     ConfigError {
         file: file.to_owned(),
-        line,
-        column,
-        path,
+        line: Some(at.line),
+        column: Some(at.column),
+        path: locate::path_at(text, at),
         message,
+        hint,
+        syntax: true,
     }
 }
 

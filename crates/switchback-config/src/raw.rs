@@ -1,58 +1,140 @@
-//! The file as written: what serde-saphyr deserializes, with source locations
-//! ([`Spanned`]) on every value that validation looks at. Only structure and scalar types are
-//! checked here; everything else is checked (collecting all errors) in `validate`.
+//! The file as written: the document tree read into the schema's shape, each value with its
+//! location. Only structure and scalar types are checked here (every problem reported, see
+//! [`read`](crate::read)); everything else is checked in `validate`.
 
-use std::fmt;
-use std::marker::PhantomData;
+use crate::error::Ctx;
+use crate::locate::join_key;
+use crate::model::{Filter, MAX_WORKERS};
+use crate::read::{Field, Keys, List, Pairs, S, Whole, known_names, parse_whole};
+use crate::tree::{Content, Node};
 
-use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde_saphyr::Spanned;
+/// `workers`: a `NonZeroUsize` of at most [`MAX_WORKERS`].
+pub(crate) const WORKERS: Whole = Whole {
+    min: 1,
+    max: MAX_WORKERS as u64,
+};
+/// `request_body_limit`, in bytes; 0 allows only empty bodies.
+pub(crate) const BODY_LIMIT: Whole = Whole::at_least(0);
+/// `concurrency_limit`: a `NonZeroUsize`.
+pub(crate) const CONCURRENCY_LIMIT: Whole = Whole::at_least(1);
+/// `runtime` values and `runtime_fraction.default`.
+pub(crate) const PERCENTAGE: Whole = Whole { min: 0, max: 100 };
+/// A weighted cluster's `weight`: a `u32`.
+pub(crate) const WEIGHT: Whole = Whole {
+    min: 0,
+    max: u32::MAX as u64,
+};
+/// `max_connect_attempts`: a `NonZeroU32`.
+pub(crate) const CONNECT_ATTEMPTS: Whole = Whole {
+    min: 1,
+    max: u32::MAX as u64,
+};
 
-/// A value together with where it is in the file.
-pub(crate) type S<T> = Spanned<T>;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub(crate) struct RawConfig {
-    #[serde(default)]
     pub(crate) listen: Option<S<String>>,
-    #[serde(default)]
     pub(crate) admin: Option<S<String>>,
-    #[serde(default)]
     pub(crate) workers: Option<S<u64>>,
-    #[serde(default)]
     pub(crate) drain_timeout: Option<S<String>>,
-    #[serde(default)]
     pub(crate) stream_idle_timeout: Option<S<String>>,
-    #[serde(default)]
-    pub(crate) upgrade_configs: Vec<S<RawUpgradeConfig>>,
-    #[serde(default)]
-    pub(crate) ignore_upgrades: Option<Vec<S<String>>>,
-    #[serde(default)]
-    pub(crate) http_filters: Vec<S<RawFilter>>,
-    #[serde(default)]
+    pub(crate) upgrade_configs: List<RawUpgradeConfig>,
+    pub(crate) ignore_upgrades: Option<S<List<String>>>,
+    pub(crate) http_filters: List<RawFilter>,
     pub(crate) runtime: Pairs<u64>,
-    #[serde(default)]
-    pub(crate) routes: Vec<S<RawRoute>>,
-    #[serde(default)]
-    pub(crate) clusters: Vec<S<RawCluster>>,
-    #[serde(default)]
+    pub(crate) routes: List<RawRoute>,
+    /// `Invalid` when `clusters` is not a list: then no cluster name is known for sure.
+    pub(crate) clusters: Field<S<List<RawCluster>>>,
     pub(crate) access_log: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawUpgradeConfig {
-    pub(crate) upgrade_type: S<String>,
-    #[serde(default)]
-    pub(crate) enabled: Option<bool>,
-    #[serde(default)]
-    pub(crate) filters: Option<S<Vec<S<RawFilter>>>>,
+impl RawConfig {
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "listen",
+        "admin",
+        "workers",
+        "drain_timeout",
+        "stream_idle_timeout",
+        "upgrade_configs",
+        "ignore_upgrades",
+        "http_filters",
+        "runtime",
+        "routes",
+        "clusters",
+        "access_log",
+    ];
+
+    /// Reads the document's root; an empty document is all defaults.
+    pub(crate) fn read(ctx: &mut Ctx<'_>, root: Option<&Node>) -> RawConfig {
+        let Some(f) = root.and_then(|root| ctx.fields(root, "", Self::FIELDS)) else {
+            return RawConfig::default();
+        };
+        RawConfig {
+            listen: f.optional(ctx, "listen", Ctx::string).ok(),
+            admin: f.optional(ctx, "admin", Ctx::string).ok(),
+            workers: f
+                .optional(ctx, "workers", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                    ctx.whole(node, path, WORKERS)
+                })
+                .ok(),
+            drain_timeout: f.optional(ctx, "drain_timeout", Ctx::string).ok(),
+            stream_idle_timeout: f.optional(ctx, "stream_idle_timeout", Ctx::string).ok(),
+            upgrade_configs: f.list(ctx, "upgrade_configs", RawUpgradeConfig::read).items(),
+            ignore_upgrades: f
+                .optional(
+                    ctx,
+                    "ignore_upgrades",
+                    |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.list(node, path, Ctx::string),
+                )
+                .ok(),
+            http_filters: f.list(ctx, "http_filters", RawFilter::read).items(),
+            runtime: f
+                .value(ctx, "runtime", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                    ctx.pairs(node, path, percentage)
+                })
+                .ok()
+                .unwrap_or_default(),
+            routes: f.list(ctx, "routes", RawRoute::read).items(),
+            clusters: f.list(ctx, "clusters", RawCluster::read),
+            access_log: f.optional(ctx, "access_log", Ctx::string).ok(),
+        }
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
+fn percentage(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<u64>> {
+    ctx.whole(node, path, PERCENTAGE)
+}
+
+fn headers(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Pairs<String>> {
+    ctx.pairs(node, path, Ctx::string)
+}
+
+#[derive(Debug)]
+pub(crate) struct RawUpgradeConfig {
+    pub(crate) upgrade_type: Option<S<String>>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) filters: Option<S<List<RawFilter>>>,
+}
+
+impl RawUpgradeConfig {
+    pub(crate) const FIELDS: &'static [&'static str] = &["upgrade_type", "enabled", "filters"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(
+            f.at(RawUpgradeConfig {
+                upgrade_type: f.required(ctx, "upgrade_type", Ctx::string),
+                enabled: f.optional(ctx, "enabled", Ctx::boolean).ok().map(|b| b.value),
+                filters: f
+                    .optional(ctx, "filters", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                        ctx.list(node, path, RawFilter::read)
+                    })
+                    .ok(),
+            }),
+        )
+    }
+}
+
+#[derive(Debug)]
 pub(crate) enum RawFilter {
     RequestBodyLimit(S<u64>),
     RequestHeadersToAdd(Pairs<String>),
@@ -61,91 +143,259 @@ pub(crate) enum RawFilter {
     Timeout(S<String>),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawFilter {
+    /// The shape of a filter entry, for the errors about it.
+    const SHAPE: &'static str =
+        "a filter entry is a mapping with exactly one key, e.g. `- request_body_limit: 1024`";
+
+    /// A filter entry: a mapping with a single key, the filter's name.
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        if !matches!(&node.content, Content::Map(entries) if !entries.is_empty()) {
+            ctx.error(
+                node.at,
+                path,
+                format!("{}; found {}", Self::SHAPE, node.describe()),
+            );
+            return None;
+        }
+        let entries = ctx.entries(node, path)?;
+        for extra in entries.iter().skip(1) {
+            ctx.error(
+                extra.key_at,
+                &join_key(path, extra.key),
+                format!("{}; put each filter in its own list item", Self::SHAPE),
+            );
+        }
+        let e = entries.first()?;
+        let value_path = join_key(path, e.key);
+        let filter = match e.key {
+            "request_body_limit" => {
+                RawFilter::RequestBodyLimit(ctx.whole(e.value, &value_path, BODY_LIMIT)?)
+            }
+            "request_headers_to_add" => RawFilter::RequestHeadersToAdd(headers(ctx, e.value, &value_path)?),
+            "response_headers_to_add" => RawFilter::ResponseHeadersToAdd(headers(ctx, e.value, &value_path)?),
+            "concurrency_limit" => {
+                RawFilter::ConcurrencyLimit(ctx.whole(e.value, &value_path, CONCURRENCY_LIMIT)?)
+            }
+            "timeout" => RawFilter::Timeout(ctx.string(e.value, &value_path)?),
+            unknown => {
+                ctx.error(
+                    e.key_at,
+                    &value_path,
+                    format!(
+                        "unknown filter `{unknown}`; {}",
+                        known_names(unknown, Filter::NAMES, "filters")
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(S {
+            value: filter,
+            at: node.at,
+        })
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct RawRoute {
-    #[serde(rename = "match")]
-    pub(crate) matcher: S<RawMatch>,
-    #[serde(default)]
-    pub(crate) cluster: Option<S<String>>,
-    #[serde(default)]
-    pub(crate) weighted_clusters: Option<S<Vec<S<RawWeightedCluster>>>>,
-    #[serde(default)]
+    pub(crate) matcher: Option<S<RawMatch>>,
+    pub(crate) cluster: Field<S<String>>,
+    pub(crate) weighted_clusters: Field<S<List<RawWeightedCluster>>>,
     pub(crate) prefix_rewrite: Option<S<String>>,
-    #[serde(default)]
     pub(crate) host_rewrite_literal: Option<S<String>>,
-    #[serde(default)]
     pub(crate) auto_host_rewrite: Option<S<bool>>,
-    #[serde(default)]
     pub(crate) request_headers_to_add: Pairs<String>,
-    #[serde(default)]
-    pub(crate) request_headers_to_remove: Vec<S<String>>,
-    #[serde(default)]
+    pub(crate) request_headers_to_remove: List<String>,
     pub(crate) timeout: Option<S<String>>,
-    #[serde(default)]
     pub(crate) idle_timeout: Option<S<String>>,
-    #[serde(default)]
-    pub(crate) upgrade_configs: Vec<S<RawUpgradeConfig>>,
-    #[serde(default)]
+    pub(crate) upgrade_configs: List<RawUpgradeConfig>,
     pub(crate) use_websocket: bool,
-    #[serde(default)]
     pub(crate) websocket_config: Option<S<RawWebSocketConfig>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawRoute {
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "match",
+        "cluster",
+        "weighted_clusters",
+        "prefix_rewrite",
+        "host_rewrite_literal",
+        "auto_host_rewrite",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "timeout",
+        "idle_timeout",
+        "upgrade_configs",
+        "use_websocket",
+        "websocket_config",
+    ];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(
+            f.at(RawRoute {
+                matcher: f.required(ctx, "match", RawMatch::read),
+                cluster: f.optional(ctx, "cluster", Ctx::string),
+                weighted_clusters: f.optional(
+                    ctx,
+                    "weighted_clusters",
+                    |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                        ctx.list(node, path, RawWeightedCluster::read)
+                    },
+                ),
+                prefix_rewrite: f.optional(ctx, "prefix_rewrite", Ctx::string).ok(),
+                host_rewrite_literal: f.optional(ctx, "host_rewrite_literal", Ctx::string).ok(),
+                auto_host_rewrite: f.optional(ctx, "auto_host_rewrite", Ctx::boolean).ok(),
+                request_headers_to_add: f
+                    .value(ctx, "request_headers_to_add", headers)
+                    .ok()
+                    .unwrap_or_default(),
+                request_headers_to_remove: f.list(ctx, "request_headers_to_remove", Ctx::string).items(),
+                timeout: f.optional(ctx, "timeout", Ctx::string).ok(),
+                idle_timeout: f.optional(ctx, "idle_timeout", Ctx::string).ok(),
+                upgrade_configs: f.list(ctx, "upgrade_configs", RawUpgradeConfig::read).items(),
+                use_websocket: f
+                    .value(ctx, "use_websocket", Ctx::boolean)
+                    .ok()
+                    .is_some_and(|b| b.value),
+                websocket_config: f.optional(ctx, "websocket_config", RawWebSocketConfig::read).ok(),
+            }),
+        )
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct RawMatch {
-    #[serde(default)]
-    pub(crate) prefix: Option<S<String>>,
-    #[serde(default)]
-    pub(crate) path: Option<S<String>>,
-    #[serde(default)]
-    pub(crate) regex: Option<S<String>>,
-    #[serde(default)]
-    pub(crate) headers: Vec<S<RawHeaderMatcher>>,
-    #[serde(default)]
+    pub(crate) prefix: Field<S<String>>,
+    pub(crate) path: Field<S<String>>,
+    pub(crate) regex: Field<S<String>>,
+    pub(crate) headers: List<RawHeaderMatcher>,
     pub(crate) runtime_fraction: Option<S<RawRuntimeFraction>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawMatch {
+    pub(crate) const FIELDS: &'static [&'static str] =
+        &["prefix", "path", "regex", "headers", "runtime_fraction"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(f.at(RawMatch {
+            prefix: f.optional(ctx, "prefix", Ctx::string),
+            path: f.optional(ctx, "path", Ctx::string),
+            regex: f.optional(ctx, "regex", Ctx::string),
+            headers: f.list(ctx, "headers", RawHeaderMatcher::read).items(),
+            runtime_fraction: f.optional(ctx, "runtime_fraction", RawRuntimeFraction::read).ok(),
+        }))
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct RawHeaderMatcher {
-    pub(crate) name: S<String>,
-    #[serde(default)]
+    pub(crate) name: Option<S<String>>,
     pub(crate) exact: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawHeaderMatcher {
+    pub(crate) const FIELDS: &'static [&'static str] = &["name", "exact"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(f.at(RawHeaderMatcher {
+            name: f.required(ctx, "name", Ctx::string),
+            exact: f.optional(ctx, "exact", Ctx::string).ok(),
+        }))
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct RawRuntimeFraction {
-    pub(crate) runtime_key: S<String>,
-    pub(crate) default: S<u64>,
+    pub(crate) runtime_key: Option<S<String>>,
+    pub(crate) default: Option<S<u64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawRuntimeFraction {
+    pub(crate) const FIELDS: &'static [&'static str] = &["runtime_key", "default"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(f.at(RawRuntimeFraction {
+            runtime_key: f.required(ctx, "runtime_key", Ctx::string),
+            default: f.required(ctx, "default", percentage),
+        }))
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct RawWeightedCluster {
-    pub(crate) name: S<String>,
-    pub(crate) weight: S<u64>,
+    pub(crate) name: Option<S<String>>,
+    pub(crate) weight: Option<S<u64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawWeightedCluster {
+    pub(crate) const FIELDS: &'static [&'static str] = &["name", "weight"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(f.at(RawWeightedCluster {
+            name: f.required(ctx, "name", Ctx::string),
+            weight: f.required(ctx, "weight", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                ctx.whole(node, path, WEIGHT)
+            }),
+        }))
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct RawWebSocketConfig {
-    #[serde(default)]
     pub(crate) idle_timeout: Option<S<String>>,
-    #[serde(default)]
     pub(crate) max_connect_attempts: Option<S<u64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawWebSocketConfig {
+    pub(crate) const FIELDS: &'static [&'static str] = &["idle_timeout", "max_connect_attempts"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(
+            f.at(RawWebSocketConfig {
+                idle_timeout: f.optional(ctx, "idle_timeout", Ctx::string).ok(),
+                max_connect_attempts: f
+                    .optional(
+                        ctx,
+                        "max_connect_attempts",
+                        |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, CONNECT_ATTEMPTS),
+                    )
+                    .ok(),
+            }),
+        )
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct RawCluster {
-    pub(crate) name: S<String>,
-    #[serde(default)]
+    pub(crate) name: Option<S<String>>,
     pub(crate) connect_timeout: Option<S<String>>,
-    #[serde(default)]
-    pub(crate) endpoints: Option<S<Vec<S<RawEndpoint>>>>,
+    pub(crate) endpoints: Option<S<List<RawEndpoint>>>,
+}
+
+impl RawCluster {
+    pub(crate) const FIELDS: &'static [&'static str] = &["name", "connect_timeout", "endpoints"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(
+            f.at(RawCluster {
+                name: f.required(ctx, "name", Ctx::string),
+                connect_timeout: f.optional(ctx, "connect_timeout", Ctx::string).ok(),
+                endpoints: f
+                    .optional(ctx, "endpoints", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                        ctx.list(node, path, RawEndpoint::read)
+                    })
+                    .ok(),
+            }),
+        )
+    }
 }
 
 /// An endpoint: `host:port` or `{ address, hostname }`.
@@ -155,70 +405,72 @@ pub(crate) enum RawEndpoint {
     Long(RawEndpointLong),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub(crate) struct RawEndpointLong {
-    pub(crate) address: S<String>,
-    #[serde(default)]
+    pub(crate) address: Option<S<String>>,
     pub(crate) hostname: Option<S<String>>,
 }
 
-impl<'de> Deserialize<'de> for RawEndpoint {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EndpointVisitor;
+impl RawEndpoint {
+    pub(crate) const FIELDS: &'static [&'static str] = &["address", "hostname"];
 
-        impl<'de> Visitor<'de> for EndpointVisitor {
-            type Value = RawEndpoint;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an endpoint: a string host:port or a mapping {address, hostname}")
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let value = match &node.content {
+            Content::Map(_) => {
+                let f = ctx.fields(node, path, Self::FIELDS)?;
+                RawEndpoint::Long(RawEndpointLong {
+                    address: f.required(ctx, "address", Ctx::string),
+                    hostname: f.optional(ctx, "hostname", Ctx::string).ok(),
+                })
             }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
-                Ok(RawEndpoint::Short(v.to_owned()))
+            // A number is not an address: most likely a port without its host.
+            Content::Scalar(s) if !(s.null || (s.plain && parse_whole(&s.text).is_some())) => {
+                RawEndpoint::Short(s.text.clone())
             }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEndpoint, A::Error> {
-                RawEndpointLong::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawEndpoint::Long)
+            _ => {
+                ctx.error(
+                    node.at,
+                    path,
+                    format!(
+                        "expected an endpoint: a string host:port or a mapping {{address, hostname}}; found {}",
+                        node.describe()
+                    ),
+                );
+                return None;
             }
-        }
-
-        deserializer.deserialize_any(EndpointVisitor)
+        };
+        Some(S { value, at: node.at })
     }
 }
 
-/// The entries of a YAML mapping in file order, keys and values with their locations.
-#[derive(Debug)]
-pub(crate) struct Pairs<V>(pub(crate) Vec<(S<String>, S<V>)>);
-
-impl<V> Default for Pairs<V> {
-    fn default() -> Self {
-        Pairs(Vec::new())
-    }
-}
-
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PairsVisitor<V>(PhantomData<V>);
-
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for PairsVisitor<V> {
-            type Value = Pairs<V>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of name: value")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<V>, A::Error> {
-                let mut pairs = Vec::new();
-                while let Some(key) = map.next_key()? {
-                    let value = map.next_value()?;
-                    pairs.push((key, value));
-                }
-                Ok(Pairs(pairs))
-            }
+/// The keys the mapping at `path` (a field path, e.g. `routes[2].match`) accepts, for
+/// hints about where a misplaced field belongs.
+pub(crate) fn keys_at(path: &str) -> Keys {
+    // The path without list indices: `routes[2].match` is `routes.match`.
+    let mut shape = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            c if !in_index => shape.push(c),
+            _ => {}
         }
-
-        deserializer.deserialize_map(PairsVisitor(PhantomData))
+    }
+    match shape.as_str() {
+        "" => Keys::Fields(RawConfig::FIELDS),
+        "upgrade_configs" | "routes.upgrade_configs" => Keys::Fields(RawUpgradeConfig::FIELDS),
+        "http_filters" | "upgrade_configs.filters" => Keys::Fields(Filter::NAMES),
+        "routes" => Keys::Fields(RawRoute::FIELDS),
+        "routes.match" => Keys::Fields(RawMatch::FIELDS),
+        "routes.match.headers" => Keys::Fields(RawHeaderMatcher::FIELDS),
+        "routes.match.runtime_fraction" => Keys::Fields(RawRuntimeFraction::FIELDS),
+        "routes.weighted_clusters" => Keys::Fields(RawWeightedCluster::FIELDS),
+        "routes.websocket_config" => Keys::Fields(RawWebSocketConfig::FIELDS),
+        "clusters" => Keys::Fields(RawCluster::FIELDS),
+        "clusters.endpoints" => Keys::Fields(RawEndpoint::FIELDS),
+        "runtime" => Keys::Any,
+        s if s.ends_with("request_headers_to_add") || s.ends_with("response_headers_to_add") => Keys::Any,
+        _ => Keys::Unknown,
     }
 }

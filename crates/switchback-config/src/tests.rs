@@ -580,7 +580,7 @@ fn route_names_a_missing_cluster() {
     check(&e, "routes[0].cluster", 8, "");
     assert_eq!(
         e.to_string(),
-        "config.yaml:8:14: routes[0].cluster: unknown cluster \"ech\"; define it under `clusters` or fix the name (known: echo, other)"
+        "config.yaml:8:14: routes[0].cluster: unknown cluster \"ech\"; did you mean `echo`? (known: echo, other)"
     );
 }
 
@@ -1104,8 +1104,11 @@ fn other_parse_errors_carry_path_and_line() {
         "missing required field `upgrade_type`; add it",
     );
 
-    let e = one("routes:\n  - cluster: echo\n");
-    check(&e, "routes[0]", 2, "missing required field `match`");
+    let found = errors("routes:\n  - cluster: echo\n");
+    assert_eq!(found.len(), 2, "{}", render(&found));
+    check(&found[0], "routes[0]", 2, "missing required field `match`");
+    // The rest of the route is still checked.
+    check(&found[1], "routes[0].cluster", 2, "unknown cluster \"echo\"");
 
     let e = one("http_filters:\n  - request_body_limit: lots\n");
     check(
@@ -1126,17 +1129,37 @@ fn other_parse_errors_carry_path_and_line() {
         "an endpoint: a string host:port or a mapping {address, hostname}",
     );
 
-    let e = one("listen: a\nlisten: b\n");
-    check(&e, "listen", 2, "duplicate key `listen`");
+    // The first value is the one checked.
+    let found = errors("listen: a\nlisten: b\n");
+    assert_eq!(found.len(), 2, "{}", render(&found));
+    check(&found[0], "listen", 1, "\"a\" is not a socket address");
+    check(&found[1], "listen", 2, "duplicate key `listen`");
 
-    let e = one("routes:\n  - match: { prefix: / }\n    use_websocket: maybe\n");
-    check(&e, "routes[0].use_websocket", 3, "expected true or false here");
+    let found = errors("routes:\n  - match: { prefix: / }\n    use_websocket: maybe\n");
+    assert_eq!(found.len(), 2, "{}", render(&found));
+    check(&found[0], "routes[0]", 2, "a route needs a target");
+    check(
+        &found[1],
+        "routes[0].use_websocket",
+        3,
+        "expected true or false here",
+    );
 
     let e = one("listen: 'unclosed\n");
     check(&e, "listen", 1, "unclosed quote");
 
+    let e = one("listen: [a]\n");
+    check(
+        &e,
+        "listen",
+        1,
+        "expected a single value (a string) here, found a list",
+    );
+
+    // An unclosed bracket is a syntax error: the rest of the file cannot be read.
     let e = one("listen: [a\n");
-    check(&e, "listen", 1, "expected a single value (a string) here");
+    check(&e, "listen", 1, "YAML syntax error: unclosed bracket '['");
+    assert!(e.syntax);
 }
 
 // ---------------------------------------------------------------- display, load, demo, serialize
@@ -1149,6 +1172,8 @@ fn display_without_location_or_path() {
         column: None,
         path: String::new(),
         message: "broken".into(),
+        hint: None,
+        syntax: false,
     };
     assert_eq!(e.to_string(), "a.yaml: broken");
     let e = ConfigError {
@@ -1319,4 +1344,410 @@ fn workers_default_to_one_per_cpu_and_must_be_sensible() {
     check(&e, "workers", 1, "workers is too large: at most 1024");
     let e = one("workers: two\n");
     assert_eq!(e.path, "workers", "{e}");
+}
+
+// ---------------------------------------------------------------- every error in one run
+
+#[test]
+fn every_error_is_reported_in_one_run() {
+    // Wrong types, invalid values, an unknown field and misspelt cluster names, in several
+    // places: each is reported, in file order, with its location, field path and fix.
+    let yaml = "\
+workers: two
+listen: nowhere
+routes:
+  - match: { prefix: /chat }
+    cluster: chta
+    timeout: soon
+    retries: 3
+  - match: { path: /feed }
+    weighted_clusters:
+      - { name: chat, weight: lots }
+      - { name: feeds, weight: 1 }
+clusters:
+  - name: chat
+    endpoints: [127.0.0.1:9001]
+  - name: feed
+    endpoints: [127.0.0.1:9002, 9003]
+";
+    let expected = "\
+config.yaml:1:10: workers: expected a whole number from 1 to 1024 here, found \"two\"
+config.yaml:2:9: listen: \"nowhere\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000
+config.yaml:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat, feed)
+config.yaml:6:14: routes[0].timeout: invalid duration \"soon\": expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h; 0s turns a timeout off where allowed)
+config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, upgrade_configs, use_websocket, websocket_config
+config.yaml:10:31: routes[1].weighted_clusters[0].weight: expected a whole number from 0 to 4294967295 here, found \"lots\"
+config.yaml:11:17: routes[1].weighted_clusters[1].name: unknown cluster \"feeds\"; did you mean `feed`? (known: chat, feed)
+config.yaml:16:33: clusters[1].endpoints[1]: expected an endpoint: a string host:port or a mapping {address, hostname}; found \"9003\"";
+    assert_eq!(render(&errors(yaml)), expected);
+}
+
+#[test]
+fn type_errors_say_what_they_found() {
+    for (yaml, expected) in [
+        (
+            "routes: {}\n",
+            "config.yaml:1:9: routes: expected a list here, found an empty mapping",
+        ),
+        (
+            "clusters:\n  - name:\n    endpoints: [a:1]\n",
+            "config.yaml:2:9: clusters[0].name: expected a single value (a string) here, found nothing",
+        ),
+        (
+            "runtime: [canary]\n",
+            "config.yaml:1:10: runtime: expected a mapping (key: value) here, found a list",
+        ),
+        (
+            "http_filters:\n  - timeout\n",
+            "config.yaml:2:5: http_filters[0]: a filter entry is a mapping with exactly one key, e.g. `- request_body_limit: 1024`; found \"timeout\"",
+        ),
+        (
+            "admin: { host: a }\n",
+            "config.yaml:1:8: admin: expected a single value (a string) here, found a mapping",
+        ),
+    ] {
+        assert_eq!(one(yaml).to_string(), expected);
+    }
+}
+
+/// A number's type error names the range its check enforces, so `workers: two` and
+/// `workers: 0` are told the same thing.
+#[test]
+fn number_type_errors_name_the_range_the_checks_enforce() {
+    let two = one("workers: two\n");
+    let zero = one("workers: 0\n");
+    let many = one("workers: 2000\n");
+    assert_eq!(
+        two.message,
+        "expected a whole number from 1 to 1024 here, found \"two\""
+    );
+    assert_eq!(
+        zero.message,
+        "workers must be at least 1 (leave it out for one per CPU)"
+    );
+    assert_eq!(
+        many.message,
+        "workers is too large: at most 1024 (leave it out for one per CPU)"
+    );
+    assert_eq!(
+        one("workers: -1\n").message,
+        "expected a whole number from 1 to 1024 here, found \"-1\""
+    );
+
+    for (yaml, expected) in [
+        (
+            "http_filters:\n  - request_body_limit: lots\n",
+            "expected a whole number that is 0 or more here, found \"lots\"",
+        ),
+        (
+            "http_filters:\n  - concurrency_limit: many\n",
+            "expected a whole number that is 1 or more here, found \"many\"",
+        ),
+        (
+            "runtime:\n  canary: half\n",
+            "expected a whole number from 0 to 100 here, found \"half\"",
+        ),
+        (
+            "runtime:\n  canary: 101\n",
+            "runtime value 101 is not a percentage; use a whole number from 0 to 100",
+        ),
+    ] {
+        assert_eq!(one(yaml).message, expected, "{yaml}");
+    }
+    let e = one(&with_clusters(
+        "routes:\n  - match: { prefix: / }\n    cluster: echo\n    websocket_config: { max_connect_attempts: -1 }\n",
+    ));
+    assert_eq!(
+        e.message,
+        "expected a whole number from 1 to 4294967295 here, found \"-1\""
+    );
+    // The forms YAML has for whole numbers are accepted, as before.
+    assert_eq!(parse("workers: 0x4\n").workers.get(), 4);
+    assert_eq!(parse("workers: \"+2\"\n").workers.get(), 2);
+}
+
+#[test]
+fn a_misspelt_field_is_not_also_missing() {
+    let e = one("upgrade_configs:\n  - upgrade_typ: websocket\n");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:2:5: upgrade_configs[0].upgrade_typ: unknown field `upgrade_typ`; did you mean `upgrade_type`? (known fields: upgrade_type, enabled, filters)"
+    );
+    // A misspelt target is not also "no target".
+    let e = one(&with_clusters(
+        "routes:\n  - match: { prefix: / }\n    clustr: echo\n",
+    ));
+    check(&e, "routes[0].clustr", 8, "did you mean `cluster`?");
+}
+
+#[test]
+fn no_error_is_caused_only_by_another() {
+    // A cluster whose name cannot be read may be the one the route names.
+    let e = one(
+        "routes:\n  - match: { prefix: / }\n    cluster: echo\nclusters:\n  - name: [echo]\n    endpoints: [a:1]\n",
+    );
+    check(
+        &e,
+        "clusters[0].name",
+        5,
+        "expected a single value (a string) here, found a list",
+    );
+    let e = one("routes:\n  - match: { prefix: / }\n    cluster: echo\nclusters: echo\n");
+    check(&e, "clusters", 4, "expected a list here, found \"echo\"");
+
+    // A target of the wrong type is not also a missing target; a weight that cannot be read
+    // may be the one above 0.
+    let found = errors(&with_clusters(
+        "\
+routes:
+  - match: { prefix: / }
+    cluster: [echo]
+  - match: { path: [/a] }
+    weighted_clusters: [{ name: echo, weight: 0 }, { name: other, weight: x }]
+",
+    ));
+    let rendered = render(&found);
+    assert_eq!(found.len(), 3, "{rendered}");
+    check(
+        &found[0],
+        "routes[0].cluster",
+        8,
+        "expected a single value (a string) here",
+    );
+    check(
+        &found[1],
+        "routes[1].match.path",
+        9,
+        "expected a single value (a string) here",
+    );
+    check(
+        &found[2],
+        "routes[1].weighted_clusters[1].weight",
+        10,
+        "expected a whole number from 0 to 4294967295 here",
+    );
+}
+
+#[test]
+fn aliases_and_merge_keys_are_read_as_before() {
+    let c = parse(
+        "\
+clusters:
+  - &echo { name: echo, endpoints: [127.0.0.1:9001], connect_timeout: 2s }
+  - <<: *echo
+    name: other
+routes:
+  - match: { prefix: / }
+    cluster: other
+",
+    );
+    assert_eq!(c.clusters[1].name, "other");
+    assert_eq!(c.clusters[1].connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.clusters[1].endpoints, c.clusters[0].endpoints);
+}
+
+#[test]
+fn what_stops_the_reading_is_the_only_error() {
+    let e = one("listen: 127.0.0.1:10000\n---\nlisten: 127.0.0.1:10001\n");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:2:1: a second YAML document starts here; the configuration is a single document, so remove this `---` or move what follows it into the first
+  note: only the first syntax error can be shown: the file cannot be read past it, so nothing after it was checked"
+    );
+    // Nothing after a syntax error is checked, even what comes before it on other lines.
+    let e = one("workers: two\nlisten: 'unclosed\n");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:2:9: listen: YAML syntax error: unclosed quote
+  note: only the first syntax error can be shown: the file cannot be read past it, so nothing after it was checked"
+    );
+}
+
+// ---------------------------------------------------------------- indentation hints
+
+/// The note under every syntax error.
+const SYNTAX_NOTE: &str = "\n  note: only the first syntax error can be shown: the file cannot be read past it, so nothing after it was checked";
+
+#[test]
+fn a_field_indented_under_a_field_with_a_value() {
+    for (yaml, expected) in [
+        (
+            "listen: 127.0.0.1:10000\n  admin: 127.0.0.1:9901\n",
+            "config.yaml:2:8: listen: YAML syntax error: mapping values are not allowed in this context
+  hint: check the indentation of line 2: `admin:` is further in than `listen:` (line 1), which already has a value, so YAML reads `admin:` as more of that value; start it in column 1, like `listen:`",
+        ),
+        (
+            "clusters:\n- name: echo\n    endpoints: [127.0.0.1:9001]\n",
+            "config.yaml:3:14: clusters[0].name: YAML syntax error: mapping values are not allowed in this context
+  hint: check the indentation of line 3: `endpoints:` is further in than `name:` (line 2), which already has a value, so YAML reads `endpoints:` as more of that value; start it in column 3, like `name:`",
+        ),
+        (
+            "runtime:\n  canary: 10\n   stable: 90\n",
+            "config.yaml:3:10: runtime.canary: YAML syntax error: mapping values are not allowed in this context
+  hint: check the indentation of line 3: `stable:` is further in than `canary:` (line 2), which already has a value, so YAML reads `stable:` as more of that value; start it in column 3, like `canary:`",
+        ),
+    ] {
+        let e = one(yaml);
+        assert!(e.syntax);
+        assert_eq!(e.to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+#[test]
+fn a_field_out_of_line_with_its_neighbours() {
+    for (yaml, expected) in [
+        // Between the `- ` of its item and the item's fields.
+        (
+            "routes:\n  - match: { prefix: / }\n   cluster: echo\n",
+            "config.yaml:3:4: routes: YAML syntax error: while parsing a block collection, did not find expected '-' indicator
+  hint: check the indentation of line 3: `cluster` is a field of `routes[0]`, whose fields start in column 5 (like `match:` on line 2); start `cluster:` in column 5 too",
+        ),
+        // In line with the `- ` instead of the item's fields.
+        (
+            "clusters:\n  - name: echo\n  endpoints: [127.0.0.1:9001]\n",
+            "config.yaml:3:3: clusters: YAML syntax error: while parsing a block collection, did not find expected '-' indicator
+  hint: check the indentation of line 3: `endpoints` is a field of `clusters[0]`, whose fields start in column 5 (like `name:` on line 2); start `endpoints:` in column 5 too",
+        ),
+        // Further in than its neighbours.
+        (
+            "routes:\n  - match: { prefix: / }\n      cluster: echo\n",
+            "config.yaml:3:7: routes[0]: YAML syntax error: while parsing a block mapping, did not find expected key
+  hint: check the indentation of line 3: `cluster` is a field of `routes[0]`, whose fields start in column 5 (like `match:` on line 2); start `cluster:` in column 5 too",
+        ),
+        // Between two levels: the field's name says which one it belongs to.
+        (
+            "routes:\n  - match:\n      prefix: /\n     headers: [{ name: x-canary }]\n    cluster: echo\n",
+            "config.yaml:4:6: routes[0]: YAML syntax error: while parsing a block mapping, did not find expected key
+  hint: check the indentation of line 4: `headers` is a field of `routes[0].match`, whose fields start in column 7 (like `prefix:` on line 3); start `headers:` in column 7 too",
+        ),
+    ] {
+        assert_eq!(one(yaml).to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+#[test]
+fn a_list_item_out_of_line_with_the_others() {
+    for (yaml, expected) in [
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster: echo\n - match: { prefix: /a }\n   cluster: echo\n",
+            "config.yaml:4:2: YAML syntax error: while parsing a block mapping, did not find expected key
+  hint: check the indentation of line 4: the items of `routes` start with `- ` in column 3 (line 2), but this one starts in column 2; line up the `- ` of every item",
+        ),
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster: echo\n   - match: { prefix: /a }\n",
+            "config.yaml:4:4: routes: YAML syntax error: while parsing a block collection, did not find expected '-' indicator
+  hint: check the indentation of line 4: the items of `routes` start with `- ` in column 3 (line 2), but this one starts in column 4; line up the `- ` of every item",
+        ),
+    ] {
+        assert_eq!(one(yaml).to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+#[test]
+fn tabs_colons_and_items_on_the_key_line() {
+    for (yaml, expected) in [
+        (
+            "routes:\n  - match: { prefix: / }\n\tcluster: echo\n",
+            "config.yaml:3:2: routes[0].match.prefix: YAML syntax error: tabs disallowed within this context (block indentation)
+  hint: check the indentation of line 3: it starts with a tab, and YAML indents with spaces only; replace the tab with spaces",
+        ),
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster echo\n",
+            "config.yaml:3:5: routes[0]: YAML syntax error: simple key expected ':'
+  hint: check line 3: `cluster echo` has no colon; a field is written `name: value`, e.g. `cluster: echo`",
+        ),
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster:echo\n",
+            "config.yaml:3:5: routes[0]: YAML syntax error: simple key expected ':'
+  hint: check line 3: a field name is followed by a colon and a space; write `cluster: echo`",
+        ),
+        (
+            "access_log: logs: /var/log\n",
+            "config.yaml:1:17: access_log: YAML syntax error: mapping values are not allowed in this context
+  hint: a value cannot contain \": \" (a colon and a space) unless it is quoted; if `logs: /var/log` is one value, write it in quotes: \"logs: /var/log\"",
+        ),
+        (
+            "ignore_upgrades: - tls/*\n",
+            "config.yaml:1:18: ignore_upgrades: YAML syntax error: block sequence entries are not allowed in this context
+  hint: check line 1: a list item (`- `) cannot follow `ignore_upgrades:` on the same line; put `- tls/*` on the next line, further in than `ignore_upgrades:`, or write the list in brackets: `ignore_upgrades: [tls/*]`",
+        ),
+    ] {
+        assert_eq!(one(yaml).to_string(), format!("{expected}{SYNTAX_NOTE}"));
+    }
+}
+
+/// Indentation mistakes that are valid YAML, but not what was meant.
+#[test]
+fn indentation_that_parses_into_something_else() {
+    // A list item further in than the one above continues its value.
+    let e = one("clusters:\n  - name: echo\n    endpoints:\n    - 127.0.0.1:9001\n      - 127.0.0.1:9002\n");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:4:7: clusters[0].endpoints[0]: endpoint address \"127.0.0.1:9001 - 127.0.0.1:9002\" is not a valid IPv6 socket address; IPv6 addresses need brackets, e.g. [::1]:9001
+  hint: check the indentation of line 5: its `- ` is further in than the one on line 4, so YAML reads it as more of that item's value; start it in column 5, like the item above"
+    );
+    let e = one("ignore_upgrades: tls/*\n  - foo\n");
+    assert_eq!(
+        e.to_string(),
+        "config.yaml:1:18: ignore_upgrades: expected a list here, found \"tls/* - foo\"
+  hint: check the indentation of line 2: YAML reads it as more of the value of `ignore_upgrades` on line 1; for a list, leave nothing after `ignore_upgrades:` and put each item on a line of its own"
+    );
+
+    // A field meant to be nested, in line with the field it belongs under.
+    let found = errors(&with_clusters(
+        "routes:\n  - match:\n    prefix: /\n    cluster: echo\n",
+    ));
+    assert_eq!(
+        render(&found),
+        "config.yaml:7:10: routes[0].match: expected a mapping (key: value) here, found nothing
+config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, upgrade_configs, use_websocket, websocket_config
+  hint: check the indentation of line 8: `prefix` is a field of `match` (line 7), which is left empty; indent `prefix:` further than `match:` to put it inside"
+    );
+}
+
+/// The table of which mapping takes which keys, used by the hints, agrees with the reader:
+/// every key of the documented example is accepted where it is.
+#[test]
+fn hint_schema_matches_the_reader() {
+    use crate::read::Keys;
+    use crate::tree::{Content, Node};
+
+    fn walk(node: &Node, path: &str) {
+        match &node.content {
+            Content::Scalar(_) => {}
+            Content::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"));
+                }
+            }
+            Content::Map(entries) => {
+                let keys = crate::raw::keys_at(path);
+                for (key, value) in entries {
+                    let Content::Scalar(key) = &key.content else {
+                        panic!("{path}: a complex key")
+                    };
+                    // Endpoint mappings and filter entries are where they are expected.
+                    assert!(
+                        keys.accepts(&key.text),
+                        "{path} should accept {} ({keys:?})",
+                        key.text
+                    );
+                    let child = if path.is_empty() {
+                        key.text.clone()
+                    } else {
+                        format!("{path}.{}", key.text)
+                    };
+                    walk(value, &child);
+                }
+            }
+        }
+    }
+
+    let root = crate::tree::parse(FULL).unwrap().unwrap();
+    walk(&root, "");
+    assert!(matches!(
+        crate::raw::keys_at("routes[3].request_headers_to_add"),
+        Keys::Any
+    ));
+    assert!(matches!(crate::raw::keys_at("routes[0].cluster"), Keys::Unknown));
 }

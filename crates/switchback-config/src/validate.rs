@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use serde_saphyr::Location;
 
 use crate::duration::parse_duration;
-use crate::error::ConfigError;
+use crate::error::Ctx;
 use crate::locate::{join_index, join_key};
 use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, Endpoint, Filter,
@@ -20,8 +19,11 @@ use crate::model::{
 };
 use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
-    Pairs, RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawRoute, RawUpgradeConfig, S,
+    CONNECT_ATTEMPTS, PERCENTAGE, RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawRoute,
+    RawUpgradeConfig, WEIGHT, WORKERS,
 };
+use crate::read::{Field, List, Pairs, S};
+use crate::suggest;
 
 /// Whether a zero duration is acceptable for a field.
 #[derive(Clone, Copy)]
@@ -35,45 +37,13 @@ enum Zero {
 /// The characters allowed in a header name, for messages.
 const HEADER_NAME_RULE: &str = "header names are non-empty and use only letters, digits and !#$%&'*+-.^_`|~";
 
-/// Collects errors for one file.
-pub(crate) struct Ctx<'a> {
-    file: &'a str,
-    pub(crate) errors: Vec<ConfigError>,
-}
-
-/// Line and column of a location, `None` when serde-saphyr did not know it.
-pub(crate) fn line_column(at: &Location) -> (Option<usize>, Option<usize>) {
-    if at.line() == 0 {
-        return (None, None);
-    }
-    (usize::try_from(at.line()).ok(), usize::try_from(at.column()).ok())
-}
-
-impl<'a> Ctx<'a> {
-    pub(crate) fn new(file: &'a str) -> Self {
-        Ctx {
-            file,
-            errors: Vec::new(),
-        }
-    }
-
-    fn error(&mut self, at: &Location, path: &str, message: impl Into<String>) {
-        let (line, column) = line_column(at);
-        self.errors.push(ConfigError {
-            file: self.file.to_owned(),
-            line,
-            column,
-            path: path.to_owned(),
-            message: message.into(),
-        });
-    }
-
+impl Ctx<'_> {
     fn socket_addr(&mut self, value: &S<String>, path: &str, example: &str) -> Option<SocketAddr> {
         match value.value.trim().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
                 self.error(
-                    &value.referenced,
+                    value.at,
                     path,
                     format!(
                         "\"{}\" is not a socket address; write ip:port, e.g. {example} or [::1]:{}",
@@ -91,13 +61,13 @@ impl<'a> Ctx<'a> {
             Ok(d) if d.is_zero() => match zero {
                 Zero::Allowed => Some(d),
                 Zero::Rejected(why) => {
-                    self.error(&value.referenced, path, why);
+                    self.error(value.at, path, why);
                     None
                 }
             },
             Ok(d) => Some(d),
             Err(message) => {
-                self.error(&value.referenced, path, message);
+                self.error(value.at, path, message);
                 None
             }
         }
@@ -115,7 +85,7 @@ impl<'a> Ctx<'a> {
                 value.value
             ),
         };
-        self.error(&value.referenced, path, message);
+        self.error(value.at, path, message);
         None
     }
 
@@ -123,7 +93,7 @@ impl<'a> Ctx<'a> {
         let parsed = HeaderName::from_bytes(name.value.as_bytes()).ok();
         if parsed.is_none() {
             self.error(
-                &name.referenced,
+                name.at,
                 path,
                 format!("invalid header name \"{}\": {HEADER_NAME_RULE}", name.value),
             );
@@ -135,7 +105,7 @@ impl<'a> Ctx<'a> {
         let parsed = HeaderValue::from_str(&value.value).ok();
         if parsed.is_none() {
             self.error(
-                &value.referenced,
+                value.at,
                 path,
                 format!(
                     "invalid value for header \"{header}\": header values may not contain control characters such as line breaks"
@@ -147,14 +117,14 @@ impl<'a> Ctx<'a> {
 
     fn headers_to_add(&mut self, pairs: &Pairs<String>, path: &str) -> HeadersToAdd {
         let mut out = Vec::new();
-        let mut seen: Vec<(HeaderName, u64)> = Vec::new();
+        let mut seen: Vec<(HeaderName, usize)> = Vec::new();
         for (name, value) in &pairs.0 {
             let entry_path = join_key(path, &name.value);
             let mut parsed_name = self.header_name(name, &entry_path);
             if let Some(parsed) = &parsed_name {
                 if let Some((_, line)) = seen.iter().find(|(n, _)| n == parsed) {
                     self.error(
-                        &name.referenced,
+                        name.at,
                         &entry_path,
                         format!(
                             "header \"{}\" is already set at line {line} (header names are case-insensitive); keep one",
@@ -163,7 +133,7 @@ impl<'a> Ctx<'a> {
                     );
                     parsed_name = None;
                 } else {
-                    seen.push((parsed.clone(), name.referenced.line()));
+                    seen.push((parsed.clone(), name.at.line));
                 }
             }
             let parsed_value = self.header_value(value, &entry_path, &name.value);
@@ -172,9 +142,10 @@ impl<'a> Ctx<'a> {
         out.into_iter().collect()
     }
 
-    fn filters(&mut self, raw: &[S<RawFilter>], path: &str) -> Vec<Filter> {
+    fn filters(&mut self, raw: &List<RawFilter>, path: &str) -> Vec<Filter> {
         let mut out = Vec::new();
         for (i, filter) in raw.iter().enumerate() {
+            let Some(filter) = filter else { continue };
             let entry = join_index(path, i);
             let built = match &filter.value {
                 RawFilter::RequestBodyLimit(limit) => Some(Filter::RequestBodyLimit(limit.value)),
@@ -189,7 +160,7 @@ impl<'a> Ctx<'a> {
                     match usize::try_from(limit.value).map(NonZeroUsize::new) {
                         Ok(None) => {
                             self.error(
-                                &limit.referenced,
+                                limit.at,
                                 &p,
                                 "concurrency_limit 0 would refuse every request; use at least 1, or remove the filter for no limit",
                             );
@@ -197,7 +168,7 @@ impl<'a> Ctx<'a> {
                         }
                         Ok(Some(n)) => Some(Filter::ConcurrencyLimit(n)),
                         Err(_) => {
-                            self.error(&limit.referenced, &p, "concurrency_limit is too large");
+                            self.error(limit.at, &p, "concurrency_limit is too large");
                             None
                         }
                     }
@@ -219,13 +190,14 @@ impl<'a> Ctx<'a> {
 
     fn upgrade_configs(
         &mut self,
-        raw: &[S<RawUpgradeConfig>],
+        raw: &List<RawUpgradeConfig>,
         path: &str,
         route_level: bool,
     ) -> Vec<UpgradeConfig> {
         let mut out = Vec::new();
-        let mut seen: Vec<(UpgradeToken, String, u64)> = Vec::new();
+        let mut seen: Vec<(UpgradeToken, String, usize)> = Vec::new();
         for (i, entry) in raw.iter().enumerate() {
+            let Some(entry) = entry else { continue };
             let entry_path = join_index(path, i);
             let RawUpgradeConfig {
                 upgrade_type,
@@ -233,8 +205,12 @@ impl<'a> Ctx<'a> {
                 filters,
             } = &entry.value;
             let type_path = join_key(&entry_path, "upgrade_type");
-            let token = self.token(upgrade_type, &type_path, "upgrade_type");
-            if let Some(token) = &token {
+            let token = upgrade_type
+                .as_ref()
+                .and_then(|t| self.token(t, &type_path, "upgrade_type"));
+            if let Some(token) = &token
+                && let Some(upgrade_type) = upgrade_type
+            {
                 if let Some((_, first, line)) = seen.iter().find(|(t, _, _)| t == token) {
                     let scope = if route_level {
                         "in this route's upgrade_configs"
@@ -242,7 +218,7 @@ impl<'a> Ctx<'a> {
                         "in upgrade_configs"
                     };
                     self.error(
-                        &upgrade_type.referenced,
+                        upgrade_type.at,
                         &type_path,
                         format!(
                             "duplicate upgrade_type \"{}\": \"{first}\" is already configured at line {line} {scope} (upgrade types are case-insensitive); keep one entry",
@@ -250,22 +226,20 @@ impl<'a> Ctx<'a> {
                         ),
                     );
                 } else {
-                    seen.push((
-                        token.clone(),
-                        upgrade_type.value.clone(),
-                        upgrade_type.referenced.line(),
-                    ));
+                    seen.push((token.clone(), upgrade_type.value.clone(), upgrade_type.at.line));
                 }
             }
             let filters = match filters {
                 None => None,
                 Some(list) if route_level => {
+                    let entry_name = upgrade_type
+                        .as_ref()
+                        .map_or_else(|| "this type".to_owned(), |t| format!("\"{}\"", t.value));
                     self.error(
-                        &list.referenced,
+                        list.at,
                         &join_key(&entry_path, "filters"),
                         format!(
-                            "`filters` is not allowed in a route's upgrade_configs: a type's chain belongs at listener level; move it to the top-level upgrade_configs entry for \"{}\" and keep only `enabled` here",
-                            upgrade_type.value
+                            "`filters` is not allowed in a route's upgrade_configs: a type's chain belongs at listener level; move it to the top-level upgrade_configs entry for {entry_name} and keep only `enabled` here"
                         ),
                     );
                     None
@@ -284,7 +258,10 @@ impl<'a> Ctx<'a> {
     fn endpoint(&mut self, raw: &S<RawEndpoint>, path: &str) -> Option<Endpoint> {
         let (address, address_path, hostname) = match &raw.value {
             RawEndpoint::Short(address) => (
-                S::new(address.clone(), raw.referenced, raw.defined),
+                Some(S {
+                    value: address.clone(),
+                    at: raw.at,
+                }),
                 path.to_owned(),
                 None,
             ),
@@ -294,18 +271,20 @@ impl<'a> Ctx<'a> {
                 long.hostname.as_ref(),
             ),
         };
-        let port = match endpoint_port(&address.value) {
-            Ok(port) => Some(port),
-            Err(message) => {
-                self.error(&address.referenced, &address_path, message);
-                None
-            }
-        };
+        let port = address
+            .as_ref()
+            .and_then(|address| match endpoint_port(&address.value) {
+                Ok(port) => Some(port),
+                Err(message) => {
+                    self.error(address.at, &address_path, message);
+                    None
+                }
+            });
         if let Some(hostname) = hostname
             && (hostname.value.is_empty() || hostname.value.chars().any(char::is_whitespace))
         {
             self.error(
-                &hostname.referenced,
+                hostname.at,
                 &join_key(path, "hostname"),
                 format!(
                     "hostname \"{}\" must be a non-empty name without spaces, e.g. echo.internal",
@@ -314,7 +293,7 @@ impl<'a> Ctx<'a> {
             );
         }
         Some(Endpoint {
-            address: address.value,
+            address: address?.value,
             port: port?,
             hostname: hostname.map(|h| h.value.clone()),
         })
@@ -343,23 +322,27 @@ impl<'a> Ctx<'a> {
         match endpoints {
             Some(list) if !list.value.is_empty() => {
                 for (i, endpoint) in list.value.iter().enumerate() {
+                    let Some(endpoint) = endpoint else { continue };
                     built.extend(self.endpoint(endpoint, &join_index(&endpoints_path, i)));
                 }
             }
             _ => {
-                let at = endpoints.as_ref().map_or(&raw.referenced, |e| &e.referenced);
+                let at = endpoints.as_ref().map_or(raw.at, |e| e.at);
+                let cluster = name.as_ref().map_or_else(
+                    || "this cluster".to_owned(),
+                    |n| format!("cluster \"{}\"", n.value),
+                );
                 self.error(
                     at,
                     &endpoints_path,
                     format!(
-                        "cluster \"{}\" has no endpoints; add at least one under `endpoints`, e.g. `- 127.0.0.1:9001`",
-                        name.value
+                        "{cluster} has no endpoints; add at least one under `endpoints`, e.g. `- 127.0.0.1:9001`"
                     ),
                 );
             }
         }
         Cluster {
-            name: name.value.clone(),
+            name: name.as_ref().map(|n| n.value.clone()).unwrap_or_default(),
             connect_timeout,
             endpoints: built,
         }
@@ -372,21 +355,26 @@ impl<'a> Ctx<'a> {
             regex,
             ..
         } = &m.value;
-        let present: Vec<(&str, &S<String>)> = [("prefix", prefix), ("path", exact), ("regex", regex)]
-            .into_iter()
-            .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
-            .collect();
-        let Some(&(kind, value)) = present.first() else {
+        let written = [("prefix", prefix), ("path", exact), ("regex", regex)];
+        if !written.iter().any(|(_, field)| field.is_written()) {
             self.error(
-                &m.referenced,
+                m.at,
                 path,
                 "a match needs exactly one of `prefix`, `path` or `regex`; add one, e.g. `prefix: /`",
             );
             return PathMatch::Prefix("/".to_owned());
+        }
+        let present: Vec<(&str, &S<String>)> = written
+            .into_iter()
+            .filter_map(|(name, field)| field.valid().map(|v| (name, v)))
+            .collect();
+        // Written, but of the wrong type: that is reported already.
+        let Some(&(kind, value)) = present.first() else {
+            return PathMatch::Prefix("/".to_owned());
         };
         for (other, other_value) in present.iter().skip(1) {
             self.error(
-                &other_value.referenced,
+                other_value.at,
                 &join_key(path, other),
                 format!(
                     "`{kind}` and `{other}` are both set; a match takes exactly one of `prefix`, `path` or `regex`, remove one"
@@ -399,7 +387,7 @@ impl<'a> Ctx<'a> {
                 Ok(regex) => PathMatch::Regex(regex),
                 Err(e) => {
                     self.error(
-                        &value.referenced,
+                        value.at,
                         &value_path,
                         format!("invalid regex \"{}\": {}", value.value, regex_error_summary(&e)),
                     );
@@ -409,7 +397,7 @@ impl<'a> Ctx<'a> {
             _ => {
                 if !value.value.starts_with('/') {
                     self.error(
-                        &value.referenced,
+                        value.at,
                         &value_path,
                         format!(
                             "{kind} \"{}\" must start with \"/\" (request paths always do), e.g. /{}",
@@ -431,10 +419,14 @@ impl<'a> Ctx<'a> {
         let path_match = self.path_match(m, path);
         let mut headers = Vec::new();
         for (i, header) in m.value.headers.iter().enumerate() {
+            let Some(header) = header else { continue };
             let entry = join_index(&join_key(path, "headers"), i);
-            let name = self.header_name(&header.value.name, &join_key(&entry, "name"));
+            let Some(header_name) = &header.value.name else {
+                continue;
+            };
+            let name = self.header_name(header_name, &join_key(&entry, "name"));
             if let Some(exact) = &header.value.exact {
-                self.header_value(exact, &join_key(&entry, "exact"), &header.value.name.value);
+                self.header_value(exact, &join_key(&entry, "exact"), &header_name.value);
             }
             headers.extend(name.map(|name| HeaderMatcher {
                 name,
@@ -443,18 +435,22 @@ impl<'a> Ctx<'a> {
         }
         let runtime_fraction = m.value.runtime_fraction.as_ref().map(|fraction| {
             let fraction_path = join_key(path, "runtime_fraction");
-            let key = &fraction.value.runtime_key;
-            if key.value.is_empty() {
+            let key = fraction.value.runtime_key.as_ref();
+            if let Some(key) = key
+                && key.value.is_empty()
+            {
                 self.error(
-                    &key.referenced,
+                    key.at,
                     &join_key(&fraction_path, "runtime_key"),
                     "runtime_key is empty; name a key of `runtime`, e.g. routing.traffic_shift.canary",
                 );
             }
-            let default = &fraction.value.default;
+            let default = fraction.value.default.as_ref().map_or(100, |default| {
+                self.percentage(default, &join_key(&fraction_path, "default"), "default")
+            });
             RuntimeFraction {
-                runtime_key: key.value.clone(),
-                default: self.percentage(default, &join_key(&fraction_path, "default"), "default"),
+                runtime_key: key.map(|k| k.value.clone()).unwrap_or_default(),
+                default,
             }
         });
         RouteMatch {
@@ -469,76 +465,90 @@ impl<'a> Ctx<'a> {
             Ok(p) if p <= 100 => p,
             _ => {
                 self.error(
-                    &value.referenced,
+                    value.at,
                     path,
-                    format!(
-                        "{what} {} is not a percentage; use a whole number from 0 to 100",
-                        value.value
-                    ),
+                    format!("{what} {} is not a percentage; use {PERCENTAGE}", value.value),
                 );
                 100
             }
         }
     }
 
-    fn cluster_ref(&mut self, name: &S<String>, path: &str, known: &[String]) {
+    /// Checks that a route names a defined cluster. `known` is `None` when some cluster's
+    /// name could not be read: an unknown name may then be that one, so it is not reported.
+    fn cluster_ref(&mut self, name: &S<String>, path: &str, known: Option<&[String]>) {
+        let Some(known) = known else { return };
         if known.contains(&name.value) {
             return;
         }
-        let hint = if known.is_empty() {
+        let names: Vec<&str> = known.iter().map(String::as_str).collect();
+        let fix = match suggest::closest(&name.value, &names) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => "define it under `clusters` or fix the name".to_owned(),
+        };
+        let listed = if known.is_empty() {
             "no clusters are defined".to_owned()
         } else {
             format!("known: {}", known.join(", "))
         };
         self.error(
-            &name.referenced,
+            name.at,
             path,
-            format!(
-                "unknown cluster \"{}\"; define it under `clusters` or fix the name ({hint})",
-                name.value
-            ),
+            format!("unknown cluster \"{}\"; {fix} ({listed})", name.value),
         );
     }
 
-    fn target(&mut self, route: &S<RawRoute>, path: &str, known: &[String]) -> RouteTarget {
+    fn target(&mut self, route: &S<RawRoute>, path: &str, known: Option<&[String]>) -> RouteTarget {
         let r = &route.value;
-        if let Some(cluster) = &r.cluster {
+        if let Some(cluster) = r.cluster.valid() {
             self.cluster_ref(cluster, &join_key(path, "cluster"), known);
         }
-        let weighted = r.weighted_clusters.as_ref().map(|list| {
+        let weighted = r.weighted_clusters.valid().map(|list| {
             let list_path = join_key(path, "weighted_clusters");
             let mut total: u64 = 0;
+            // An entry that could not be read may carry weight: the total is unknown then.
+            let mut complete = true;
             let mut out = Vec::new();
             for (i, entry) in list.value.iter().enumerate() {
                 let entry_path = join_index(&list_path, i);
-                self.cluster_ref(&entry.value.name, &join_key(&entry_path, "name"), known);
-                let weight = u32::try_from(entry.value.weight.value).unwrap_or_else(|_| {
+                let Some(entry) = entry else {
+                    complete = false;
+                    continue;
+                };
+                if let Some(name) = &entry.value.name {
+                    self.cluster_ref(name, &join_key(&entry_path, "name"), known);
+                }
+                let Some(weight) = &entry.value.weight else {
+                    complete = false;
+                    continue;
+                };
+                let weight = u32::try_from(weight.value).unwrap_or_else(|_| {
                     self.error(
-                        &entry.value.weight.referenced,
+                        weight.at,
                         &join_key(&entry_path, "weight"),
-                        format!("weight is too large; use at most {}", u32::MAX),
+                        format!("weight is too large; use at most {}", WEIGHT.max),
                     );
                     0
                 });
                 total += u64::from(weight);
-                out.push(WeightedCluster {
-                    name: entry.value.name.value.clone(),
+                out.extend(entry.value.name.as_ref().map(|name| WeightedCluster {
+                    name: name.value.clone(),
                     weight,
-                });
+                }));
             }
-            if total == 0 {
+            if complete && total == 0 {
                 self.error(
-                    &list.referenced,
+                    list.at,
                     &list_path,
                     "the weights of weighted_clusters total 0; list at least one cluster with a weight above 0",
                 );
             }
             (list, out)
         });
-        match (&r.cluster, weighted) {
+        match (r.cluster.valid(), weighted) {
             (Some(cluster), Some((list, _))) => {
                 self.error(
-                    &list.referenced,
+                    list.at,
                     &join_key(path, "weighted_clusters"),
                     "a route takes either `cluster` or `weighted_clusters`, not both; remove one",
                 );
@@ -547,11 +557,14 @@ impl<'a> Ctx<'a> {
             (Some(cluster), None) => RouteTarget::Cluster(cluster.value.clone()),
             (None, Some((_, list))) => RouteTarget::WeightedClusters(list),
             (None, None) => {
-                self.error(
-                    &route.referenced,
-                    path,
-                    "a route needs a target: add `cluster: <name>` or `weighted_clusters: [{ name, weight }]`",
-                );
+                // A target written with the wrong type is reported already.
+                if !r.cluster.is_written() && !r.weighted_clusters.is_written() {
+                    self.error(
+                        route.at,
+                        path,
+                        "a route needs a target: add `cluster: <name>` or `weighted_clusters: [{ name, weight }]`",
+                    );
+                }
                 RouteTarget::Cluster(String::new())
             }
         }
@@ -561,11 +574,19 @@ impl<'a> Ctx<'a> {
         &mut self,
         route: &S<RawRoute>,
         path: &str,
-        known: &[String],
+        known: Option<&[String]>,
         stream_idle_timeout: Duration,
     ) -> Route {
         let r = &route.value;
-        let matcher = self.route_match(&r.matcher, &join_key(path, "match"));
+        let matcher = match &r.matcher {
+            Some(m) => self.route_match(m, &join_key(path, "match")),
+            // Reported while reading; this stands in so the rest is still checked.
+            None => RouteMatch {
+                path: PathMatch::Prefix("/".to_owned()),
+                headers: Vec::new(),
+                runtime_fraction: None,
+            },
+        };
         let target = self.target(route, path, known);
 
         let auto_host_rewrite = r.auto_host_rewrite.as_ref().is_some_and(|a| a.value);
@@ -573,7 +594,7 @@ impl<'a> Ctx<'a> {
             let literal_path = join_key(path, "host_rewrite_literal");
             if literal.value.is_empty() {
                 self.error(
-                    &literal.referenced,
+                    literal.at,
                     &literal_path,
                     "host_rewrite_literal is empty; write a host name, e.g. echo.internal",
                 );
@@ -582,7 +603,7 @@ impl<'a> Ctx<'a> {
             }
             if let Some(auto) = r.auto_host_rewrite.as_ref().filter(|a| a.value) {
                 self.error(
-                    &auto.referenced,
+                    auto.at,
                     &join_key(path, "auto_host_rewrite"),
                     "`host_rewrite_literal` and `auto_host_rewrite: true` are mutually exclusive; keep one",
                 );
@@ -598,7 +619,7 @@ impl<'a> Ctx<'a> {
             .request_headers_to_remove
             .iter()
             .enumerate()
-            .filter_map(|(i, name)| self.header_name(name, &join_index(&remove_path, i)))
+            .filter_map(|(i, name)| self.header_name(name.as_ref()?, &join_index(&remove_path, i)))
             .collect();
 
         let timeout = match &r.timeout {
@@ -629,15 +650,18 @@ impl<'a> Ctx<'a> {
             if let Some(attempts) = &ws.value.max_connect_attempts {
                 match u32::try_from(attempts.value).map(NonZeroU32::new) {
                     Ok(None) => self.error(
-                        &attempts.referenced,
+                        attempts.at,
                         &join_key(&ws_path, "max_connect_attempts"),
                         "max_connect_attempts must be at least 1 (1 = a single attempt, no retry)",
                     ),
                     Ok(Some(n)) => websocket_config.max_connect_attempts = n,
                     Err(_) => self.error(
-                        &attempts.referenced,
+                        attempts.at,
                         &join_key(&ws_path, "max_connect_attempts"),
-                        "max_connect_attempts is too large",
+                        format!(
+                            "max_connect_attempts is too large; use at most {}",
+                            CONNECT_ATTEMPTS.max
+                        ),
                     ),
                 }
             }
@@ -672,17 +696,24 @@ impl<'a> Ctx<'a> {
             config.admin = self.socket_addr(admin, "admin", "127.0.0.1:9901");
         }
         if let Some(workers) = &raw.workers {
+            // The bounds of WORKERS, which the type error names too.
             match usize::try_from(workers.value).map(NonZeroUsize::new) {
                 Ok(None) => self.error(
-                    &workers.referenced,
+                    workers.at,
                     "workers",
-                    "workers must be at least 1 (leave it out for one per CPU)",
+                    format!(
+                        "workers must be at least {} (leave it out for one per CPU)",
+                        WORKERS.min
+                    ),
                 ),
                 Ok(Some(n)) if n.get() <= MAX_WORKERS => config.workers = n,
                 _ => self.error(
-                    &workers.referenced,
+                    workers.at,
                     "workers",
-                    format!("workers is too large: at most {MAX_WORKERS} (leave it out for one per CPU)"),
+                    format!(
+                        "workers is too large: at most {} (leave it out for one per CPU)",
+                        WORKERS.max
+                    ),
                 ),
             }
         }
@@ -701,7 +732,8 @@ impl<'a> Ctx<'a> {
 
         if let Some(tokens) = &raw.ignore_upgrades {
             config.ignore_upgrades = Vec::new();
-            for (i, token) in tokens.iter().enumerate() {
+            for (i, token) in tokens.value.iter().enumerate() {
+                let Some(token) = token else { continue };
                 let token = self.token(token, &join_index("ignore_upgrades", i), "ignore_upgrades entry");
                 config.ignore_upgrades.extend(token);
             }
@@ -717,22 +749,33 @@ impl<'a> Ctx<'a> {
         config.runtime = runtime;
 
         // Every name written under `clusters`, even of clusters with other problems, so a
-        // broken cluster does not also produce "unknown cluster" errors on its routes.
+        // broken cluster does not also produce "unknown cluster" errors on its routes; and
+        // when a name could not be read at all, no route's cluster is called unknown.
         let mut known: Vec<String> = Vec::new();
-        let mut first_line: BTreeMap<&str, u64> = BTreeMap::new();
-        for (i, cluster) in raw.clusters.iter().enumerate() {
+        let mut all_known = !matches!(raw.clusters, Field::Invalid);
+        let mut first_line: BTreeMap<&str, usize> = BTreeMap::new();
+        let clusters = raw.clusters.valid().map_or(&[][..], |list| &list.value[..]);
+        for (i, cluster) in clusters.iter().enumerate() {
+            let Some(cluster) = cluster else {
+                all_known = false;
+                continue;
+            };
             let path = join_index("clusters", i);
-            let name = &cluster.value.name;
             let name_path = join_key(&path, "name");
+            let Some(name) = &cluster.value.name else {
+                all_known = false;
+                config.clusters.push(self.cluster(cluster, &path));
+                continue;
+            };
             if name.value.trim().is_empty() {
                 self.error(
-                    &name.referenced,
+                    name.at,
                     &name_path,
                     "cluster name is empty; give the cluster a name routes can refer to",
                 );
             } else if let Some(line) = first_line.get(name.value.as_str()) {
                 self.error(
-                    &name.referenced,
+                    name.at,
                     &name_path,
                     format!(
                         "duplicate cluster name \"{}\" (first defined at line {line}); cluster names must be unique, rename or merge one",
@@ -740,20 +783,17 @@ impl<'a> Ctx<'a> {
                     ),
                 );
             } else {
-                first_line.insert(&name.value, name.referenced.line());
+                first_line.insert(&name.value, name.at.line);
                 known.push(name.value.clone());
             }
             let built = self.cluster(cluster, &path);
             config.clusters.push(built);
         }
 
+        let known = all_known.then_some(&known[..]);
         for (i, route) in raw.routes.iter().enumerate() {
-            let built = self.route(
-                route,
-                &join_index("routes", i),
-                &known,
-                config.stream_idle_timeout,
-            );
+            let Some(route) = route else { continue };
+            let built = self.route(route, &join_index("routes", i), known, config.stream_idle_timeout);
             config.routes.push(built);
         }
 
@@ -762,7 +802,7 @@ impl<'a> Ctx<'a> {
                 "-" => AccessLog::Stdout,
                 "" => {
                     self.error(
-                        &log.referenced,
+                        log.at,
                         "access_log",
                         "access_log is empty; write a file path, or \"-\" for standard output",
                     );
