@@ -1134,6 +1134,36 @@ async fn admin_lists_live_tunnels_and_closes_one() {
     );
 }
 
+/// The binary bounds silent clients and large heads as the config says.
+#[tokio::test]
+async fn client_limits_from_the_config() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new("limits");
+    let echo = ws_echo().await.addr;
+    let file = dir.write(
+        "limits.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nrequest_headers_timeout: 300ms\nmax_request_headers_kb: 8\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n"
+        ),
+    );
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut got = Vec::new();
+    let _ = within("the silent connection to close", silent.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A 9 KiB header over an 8 KiB limit.
+    let reply = http(listen, "GET", "/", &[("x-big", &"a".repeat(9 * 1024))], b"").await;
+    assert_eq!(reply.status, 431);
+}
+
 /// A second signal ends the drain at once: with an hour of drain_timeout, a live tunnel and
 /// a request waiting for an upstream that never answers (and no route timeout), the process
 /// still exits promptly.

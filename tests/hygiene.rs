@@ -602,3 +602,84 @@ async fn an_http_1_0_101_is_a_502() {
     let _ = tokio::time::timeout(Duration::from_millis(100), up.read_to_end(&mut rest)).await;
     assert!(rest.is_empty(), "client bytes reached the upstream: {rest:?}");
 }
+
+/// A client that sends nothing, or trickles its head, is closed once the request headers
+/// timeout passes (counted from accept), and never reaches the upstream.
+#[tokio::test]
+async fn silent_and_trickling_clients_are_closed_in_time() {
+    let raw = RawUpstream::bind().await;
+    let limits = switchback::ClientLimits::new().request_headers_timeout(Duration::from_millis(300));
+    let stack = ServiceBuilder::new()
+        .layer(foo_router())
+        .service(Forward::new(cluster(raw.addr)));
+    let proxy = start_with(stack, limits).await;
+
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut trickling = raw_client(proxy.addr, b"GET / HTTP/1.1\r\nHost: a.example\r\n").await;
+    let trickle = async {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if trickling.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    };
+    let (silent_end, ()) = tokio::join!(read_to_eof(&mut silent), trickle);
+    assert!(silent_end.is_empty(), "the silent client got {silent_end:?}");
+    read_to_eof(&mut trickling).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(
+        raw.try_accept(Duration::from_millis(50)).await.is_none(),
+        "the upstream was contacted"
+    );
+}
+
+/// A request head past the size limit (60 KiB by default), or with more than 100 header
+/// lines, is answered 431 and the connection closed; one within the limits goes through.
+#[tokio::test]
+async fn oversized_heads_are_refused_with_431() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.example\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: a.example\r\n{many}\r\n");
+    for (name, req) in [("64 KiB head", big), ("102 header lines", many)] {
+        let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 431, "{name}: {head}");
+        read_to_eof(&mut client).await;
+        assert!(
+            raw.try_accept(Duration::from_millis(50)).await.is_none(),
+            "{name}: the upstream was contacted"
+        );
+    }
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: a.example\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(50 * 1024)
+    );
+    let mut client = raw_client(proxy.addr, fits.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert_eq!(header(&head, "x-big").map(str::len), Some(50 * 1024));
+    up.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+    assert_eq!(status(&read_head(&mut client).await.0), 204);
+}
+
+/// A request line past the limit: 414.
+#[tokio::test]
+async fn an_oversized_request_line_is_a_414() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req = format!(
+        "GET /{} HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 414, "{head}");
+}

@@ -42,12 +42,34 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<switchback::BoxError>,
 {
+    start_with(service, switchback::ClientLimits::default()).await
+}
+
+/// [`start`] with these limits on clients.
+pub async fn start_with<S, B>(service: S, limits: switchback::ClientLimits) -> Proxy
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<switchback::BoxError>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(switchback::serve(listener, service, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(switchback::serve_with(
+        listener,
+        service,
+        async {
+            let _ = stopped.await;
+        },
+        limits,
+    ));
     Proxy { addr, _stop: stop }
 }
 

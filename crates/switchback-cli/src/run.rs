@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use switchback::Workers;
+use switchback::{ClientLimits, Workers};
 use switchback::{Drain, Runtime};
 use switchback_config::Config;
 use tokio::net::TcpListener;
@@ -56,7 +56,11 @@ pub(crate) async fn run(
     let stack = stack::build(&config, &drain, &runtime, &log)?;
 
     let threads = config.workers;
-    let mut workers = Workers::start(config.listen, threads, stack)
+    let limits = ClientLimits::new()
+        .request_headers_timeout(config.request_headers_timeout)
+        .max_request_headers(config.max_request_headers_kb as usize * 1024)
+        .max_headers(config.max_headers_count as usize);
+    let mut workers = Workers::start_with(config.listen, threads, limits, stack)
         .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?;
     // From here on the config says what is bound (port 0 resolved), for `GET /config` too.
     config.listen = workers.local_addr();

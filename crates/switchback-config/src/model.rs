@@ -53,6 +53,16 @@ pub struct Config {
     /// Routes inherit it unless they set `idle_timeout`.
     #[serde(serialize_with = "duration::serialize")]
     pub stream_idle_timeout: Duration,
+    /// How long a client has to send a whole request head, counted from accept (a connection
+    /// that sends nothing is closed then) or from the end of the previous response on a
+    /// kept-alive connection. Default `10s` (Envoy's edge recommendation); `0s` is refused.
+    #[serde(serialize_with = "duration::serialize")]
+    pub request_headers_timeout: Duration,
+    /// The largest request head, in KiB (Envoy's name): a larger one is answered `431` and
+    /// the connection closed. Default 60, from 8 to 8192.
+    pub max_request_headers_kb: u32,
+    /// The most header lines a request may have; more is answered `431`. Default 100.
+    pub max_headers_count: u32,
     /// Listener-level upgrade types (YAML `upgrade_configs`), in file order. Default: empty,
     /// i.e. no upgrade type is allowed unless a route enables it. Upgrade types are unique
     /// (case-insensitive).
@@ -85,6 +95,9 @@ impl Default for Config {
             workers: default_workers(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            request_headers_timeout: Duration::from_secs(10),
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
             upgrade_configs: Vec::new(),
             ignore_upgrades: DEFAULT_IGNORE_UPGRADES.to_vec(),
             http_filters: Vec::new(),

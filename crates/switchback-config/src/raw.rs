@@ -13,6 +13,10 @@ pub(crate) const WORKERS: Whole = Whole {
     min: 1,
     max: MAX_WORKERS as u64,
 };
+/// `max_request_headers_kb`: 8 KiB (hyper's smallest read buffer) to 8 MiB.
+pub(crate) const HEADERS_KB: Whole = Whole { min: 8, max: 8192 };
+/// `max_headers_count`.
+pub(crate) const HEADERS_COUNT: Whole = Whole { min: 1, max: 10_000 };
 /// `request_body_limit`, in bytes; 0 allows only empty bodies.
 pub(crate) const BODY_LIMIT: Whole = Whole::at_least(0);
 /// `concurrency_limit`: a `NonZeroUsize`.
@@ -37,6 +41,9 @@ pub(crate) struct RawConfig {
     pub(crate) workers: Option<S<u64>>,
     pub(crate) drain_timeout: Option<S<String>>,
     pub(crate) stream_idle_timeout: Option<S<String>>,
+    pub(crate) request_headers_timeout: Option<S<String>>,
+    pub(crate) max_request_headers_kb: Option<S<u64>>,
+    pub(crate) max_headers_count: Option<S<u64>>,
     pub(crate) upgrade_configs: List<RawUpgradeConfig>,
     pub(crate) ignore_upgrades: Option<S<List<String>>>,
     pub(crate) http_filters: List<RawFilter>,
@@ -54,6 +61,9 @@ impl RawConfig {
         "workers",
         "drain_timeout",
         "stream_idle_timeout",
+        "request_headers_timeout",
+        "max_request_headers_kb",
+        "max_headers_count",
         "upgrade_configs",
         "ignore_upgrades",
         "http_filters",
@@ -78,6 +88,21 @@ impl RawConfig {
                 .ok(),
             drain_timeout: f.optional(ctx, "drain_timeout", Ctx::string).ok(),
             stream_idle_timeout: f.optional(ctx, "stream_idle_timeout", Ctx::string).ok(),
+            request_headers_timeout: f.optional(ctx, "request_headers_timeout", Ctx::string).ok(),
+            max_request_headers_kb: f
+                .optional(
+                    ctx,
+                    "max_request_headers_kb",
+                    |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, HEADERS_KB),
+                )
+                .ok(),
+            max_headers_count: f
+                .optional(
+                    ctx,
+                    "max_headers_count",
+                    |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, HEADERS_COUNT),
+                )
+                .ok(),
             upgrade_configs: f.list(ctx, "upgrade_configs", RawUpgradeConfig::read).items(),
             ignore_upgrades: f
                 .optional(

@@ -1751,3 +1751,19 @@ fn hint_schema_matches_the_reader() {
     ));
     assert!(matches!(crate::raw::keys_at("routes[0].cluster"), Keys::Unknown));
 }
+
+#[test]
+fn client_limits_have_edge_defaults_and_are_checked() {
+    let c = parse("listen: 127.0.0.1:1\n");
+    assert_eq!(c.request_headers_timeout, Duration::from_secs(10));
+    assert_eq!((c.max_request_headers_kb, c.max_headers_count), (60, 100));
+    let c = parse("request_headers_timeout: 2s\nmax_request_headers_kb: 16\nmax_headers_count: 40\n");
+    assert_eq!(c.request_headers_timeout, Duration::from_secs(2));
+    assert_eq!((c.max_request_headers_kb, c.max_headers_count), (16, 40));
+    let e = one("request_headers_timeout: 0s\n");
+    assert!(e.to_string().contains("request_headers_timeout"), "{e}");
+    let e = one("max_request_headers_kb: 4\n");
+    assert!(e.to_string().contains("from 8 to 8192"), "{e}");
+    let e = one("max_headers_count: many\n");
+    assert!(e.to_string().contains("max_headers_count"), "{e}");
+}

@@ -19,8 +19,8 @@ use crate::model::{
 };
 use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
-    CONNECT_ATTEMPTS, PERCENTAGE, RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawRoute,
-    RawUpgradeConfig, WEIGHT, WORKERS,
+    CONNECT_ATTEMPTS, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RawCluster, RawConfig, RawEndpoint, RawFilter,
+    RawMatch, RawRoute, RawUpgradeConfig, WEIGHT, WORKERS,
 };
 use crate::read::{Field, List, Pairs, S};
 use crate::suggest;
@@ -726,6 +726,44 @@ impl Ctx<'_> {
             && let Some(d) = self.duration(d, "stream_idle_timeout", Zero::Allowed)
         {
             config.stream_idle_timeout = d;
+        }
+        if let Some(d) = &raw.request_headers_timeout
+            && let Some(d) = self.duration(
+                d,
+                "request_headers_timeout",
+                Zero::Rejected(
+                    "a client needs some time to send its request head; 10s is Envoy's edge advice",
+                ),
+            )
+        {
+            config.request_headers_timeout = d;
+        }
+        for (field, value, range, slot) in [
+            (
+                "max_request_headers_kb",
+                &raw.max_request_headers_kb,
+                HEADERS_KB,
+                &mut config.max_request_headers_kb,
+            ),
+            (
+                "max_headers_count",
+                &raw.max_headers_count,
+                HEADERS_COUNT,
+                &mut config.max_headers_count,
+            ),
+        ] {
+            let Some(v) = value else { continue };
+            match u32::try_from(v.value) {
+                Ok(n) if (range.min..=range.max).contains(&v.value) => *slot = n,
+                _ => self.error(
+                    v.at,
+                    field,
+                    format!(
+                        "{field} must be a whole number from {} to {}",
+                        range.min, range.max
+                    ),
+                ),
+            }
         }
 
         config.upgrade_configs = self.upgrade_configs(&raw.upgrade_configs, "upgrade_configs", false);

@@ -95,7 +95,7 @@ pub use router::{
     UpgradeRouterLayer,
 };
 #[doc(inline)]
-pub use server::{Workers, serve};
+pub use server::{ClientLimits, Workers, serve, serve_with};
 #[doc(inline)]
 pub use tunnel::{
     TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,

@@ -19,6 +19,9 @@ use tower::{Service, ServiceExt};
 
 use crate::BoxError;
 use crate::ext::ClientAddr;
+use crate::reply::{self, Then};
+use http::StatusCode;
+use http_body_util::Either;
 
 mod workers;
 
@@ -31,7 +34,88 @@ const GRACE: Duration = Duration::from_secs(30);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Accepts connections on `listener` and serves `service` on each until `shutdown` resolves,
+/// What a client may make a server wait for, or hold, while it sends a request head: the
+/// bounds a proxy at the edge needs against slow, silent and oversized clients. The defaults
+/// are Envoy's edge recommendations: 10 s for the whole head, 60 KiB, 100 header lines.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchback::ClientLimits;
+///
+/// let limits = ClientLimits::new()
+///     .request_headers_timeout(Duration::from_secs(5))
+///     .max_request_headers(32 * 1024)
+///     .max_headers(50);
+/// # let _ = limits;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    request_headers_timeout: Duration,
+    max_request_headers: usize,
+    max_headers: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            request_headers_timeout: Duration::from_secs(10),
+            max_request_headers: 60 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The defaults: 10 s, 60 KiB, 100 lines.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a client has to send a whole request head, counted from accept (a
+    /// connection that sends nothing is closed then) or, on a kept-alive connection, from the
+    /// end of the previous response.
+    pub fn request_headers_timeout(mut self, timeout: Duration) -> Self {
+        self.request_headers_timeout = timeout;
+        self
+    }
+
+    /// The largest request head, in bytes (at least 8 KiB). A longer one is answered `431`
+    /// and the connection closed; while a head is read, a connection holds no more than this.
+    pub fn max_request_headers(mut self, bytes: usize) -> Self {
+        self.max_request_headers = bytes.max(MIN_HEAD);
+        self
+    }
+
+    /// The most header lines a request may have; more is answered `431`.
+    pub fn max_headers(mut self, lines: usize) -> Self {
+        self.max_headers = lines.max(1);
+        self
+    }
+}
+
+/// The size of an HTTP/1 request head as it came on the wire (request line, header lines,
+/// blank line); HTTP/2 heads are bounded by their own framing.
+fn head_len<B>(req: &Request<B>) -> usize {
+    if req.version() == http::Version::HTTP_2 {
+        return 0;
+    }
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| "https://".len() + a.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum();
+    line + headers + 2
+}
+
+/// hyper's smallest read buffer.
+const MIN_HEAD: usize = 8 * 1024;
+
+/// Accepts connections on `listener` and serves `service` on each (within the default
+/// [`ClientLimits`]; [`serve_with`] takes others) until `shutdown` resolves,
 /// then stops accepting and lets in-flight requests finish (up to 30 s): HTTP/1.1 (with
 /// upgrades) and HTTP/2 prior knowledge on one port, on the caller's runtime. [`Workers`]
 /// runs the same on one single-threaded runtime per CPU, as the `switchback` binary does.
@@ -63,6 +147,22 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    serve_with(listener, service, shutdown, ClientLimits::default()).await
+}
+
+/// [`serve`] with these [`ClientLimits`].
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    limits: ClientLimits,
+) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -81,14 +181,30 @@ where
         let _ = stream.set_nodelay(true);
         let svc = service.clone();
         let svc = tower::service_fn(move |mut req: Request<Incoming>| {
+            // hyper's read buffer bounds the memory a head can take, to within one read; the
+            // exact limit is checked here.
+            let refused = (head_len(&req) > limits.max_request_headers).then(|| {
+                reply::local(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "the request head is too large",
+                    Then::Close,
+                )
+            });
             req.extensions_mut().insert(ClientAddr(addr));
-            svc.clone().oneshot(req)
+            let served = refused.is_none().then(|| svc.clone().oneshot(req));
+            async move {
+                match (served, refused) {
+                    (Some(served), _) => served.await.map(|res| res.map(Either::Left)),
+                    (None, refused) => Ok(refused.unwrap_or_default().map(Either::Right)),
+                }
+            }
         });
         tokio::spawn(connection(
             stream,
             addr,
             TowerToHyperService::new(svc),
             stopping.clone(),
+            limits,
         ));
     }
     drop(listener);
@@ -99,8 +215,13 @@ where
 }
 
 /// Serves one connection until it ends, shutting it down gracefully when `stopping` flips.
-async fn connection<S, B>(stream: TcpStream, addr: SocketAddr, svc: S, mut stopping: watch::Receiver<bool>)
-where
+async fn connection<S, B>(
+    stream: TcpStream,
+    addr: SocketAddr,
+    svc: S,
+    mut stopping: watch::Receiver<bool>,
+    limits: ClientLimits,
+) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -108,19 +229,31 @@ where
     B::Error: Into<BoxError>,
 {
     let io = TokioIo::new(stream);
-    let result = if is_h2(io.inner()).await {
+    // A client that sends nothing at all never gets past the preface peek: the head's time
+    // limit starts at accept.
+    let Ok(h2) = tokio::time::timeout(limits.request_headers_timeout, is_h2(io.inner())).await else {
+        tracing::debug!(client = %addr, "closing a connection that sent nothing in time");
+        return;
+    };
+    let result = if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .auto_date_header(false)
             .enable_connect_protocol()
+            .max_header_list_size(u32::try_from(limits.max_request_headers).unwrap_or(u32::MAX))
             .timer(TokioTimer::new());
         let conn = builder.serve_connection(io, svc);
         drive(conn, &mut stopping, |c| c.graceful_shutdown()).await
     } else {
         let mut builder = http1::Builder::new();
         // A proxy relays the upstream's head; it does not invent a `Date` the upstream didn't
-        // send. The timer bounds how long a client may take to send a request head.
-        builder.auto_date_header(false).timer(TokioTimer::new());
+        // send. The read buffer bounds a head's size (hyper answers 431 past it).
+        builder
+            .auto_date_header(false)
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.request_headers_timeout)
+            .max_buf_size(limits.max_request_headers)
+            .max_headers(limits.max_headers);
         let conn = builder.serve_connection(io, svc).with_upgrades();
         drive(conn, &mut stopping, |c| c.graceful_shutdown()).await
     };

@@ -11,6 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
+
+use super::ClientLimits;
 use tower::Service;
 
 use crate::BoxError;
@@ -71,6 +73,22 @@ impl Workers {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        Self::start_with(addr, threads, ClientLimits::default(), service)
+    }
+
+    /// [`Workers::start`] with these [`ClientLimits`].
+    pub fn start_with<S, B>(
+        addr: SocketAddr,
+        threads: NonZeroUsize,
+        limits: ClientLimits,
+        service: S,
+    ) -> io::Result<Self>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         #[cfg(not(unix))]
         let threads = NonZeroUsize::MIN;
         if addr.port() != 0 {
@@ -92,7 +110,7 @@ impl Workers {
             let addr = workers.addr;
             let thread = std::thread::Builder::new()
                 .name(format!("switchback-worker-{i}"))
-                .spawn(move || worker(addr, service, phase, bound, done))?;
+                .spawn(move || worker(addr, service, limits, phase, bound, done))?;
             workers.threads.push(thread);
             match ready.recv() {
                 Ok(Ok(local)) => workers.addr = local,
@@ -159,6 +177,7 @@ fn advance(phase: &mut Phase, to: Phase) -> bool {
 fn worker<S, B>(
     addr: SocketAddr,
     service: S,
+    limits: ClientLimits,
     phase: watch::Receiver<Phase>,
     bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
     done: mpsc::UnboundedSender<io::Result<()>>,
@@ -185,7 +204,8 @@ fn worker<S, B>(
         };
         let _ = bound.send(listener.local_addr());
         let serving = async {
-            let served = super::serve(listener, service, reached(phase.clone(), Phase::Stopping)).await;
+            let stopping = reached(phase.clone(), Phase::Stopping);
+            let served = super::serve_with(listener, service, stopping, limits).await;
             let _ = done.send(served);
             // Tunnels live on this runtime: keep it until told to exit.
             std::future::pending::<()>().await;
