@@ -692,3 +692,49 @@ async fn a_listing_drain_lists_live_tunnels_and_closes_one() {
     assert_eq!(drain.tunnels()[0].info.id, live[1].info.id);
     assert!(Drain::new().tunnels().is_empty(), "a plain drain lists nothing");
 }
+
+/// A tunnel older than its longest life (Envoy's `max_stream_duration`) closes as on a drain:
+/// a WebSocket gets `1001` each way, between frames.
+#[tokio::test]
+async fn a_tunnel_closes_at_its_longest_life() {
+    for path in PATHS {
+        let s = setup(
+            path,
+            TunnelConfig::new().max_stream_duration(Duration::from_millis(300)),
+        )
+        .await;
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            loop {
+                match within(ws.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(m @ Message::Text(_))) => ws.send(m).await.unwrap(),
+                    Some(Ok(_)) => continue,
+                    other => panic!("{path:?}: upstream expected a close frame, got {other:?}"),
+                }
+            }
+        };
+        let client = async {
+            let url = format!("ws://{}/old", s.proxy.addr);
+            let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+            ws.send(Message::text("young")).await.unwrap();
+            assert_eq!(within(ws.next()).await.unwrap().unwrap(), Message::text("young"));
+            loop {
+                match within(ws.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(_)) => continue,
+                    other => panic!("{path:?}: client expected a close frame, got {other:?}"),
+                }
+            }
+        };
+        let (up_code, client_code) = tokio::join!(upstream, client);
+        assert_eq!((up_code, client_code), (1001, 1001), "{path:?}");
+        let (mode, stats) = s.events.closed(1).await;
+        assert_eq!(
+            (mode, stats.end),
+            (path.mode(), TunnelEnd::MaxDuration),
+            "{path:?}"
+        );
+    }
+}

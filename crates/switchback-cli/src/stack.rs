@@ -176,6 +176,9 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
             Some(t) => route.idle_timeout(t),
             None => route.no_idle_timeout(),
         };
+        if let Some(longest) = r.max_stream_duration {
+            route = route.max_stream_duration(longest);
+        }
         for u in &r.upgrade_configs {
             route = route.upgrade(u.upgrade_type.as_str(), u.enabled);
         }

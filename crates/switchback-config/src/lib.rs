@@ -216,6 +216,7 @@ impl Config {
                 request_headers_to_remove: Vec::new(),
                 timeout: Some(DEFAULT_ROUTE_TIMEOUT),
                 idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+                max_stream_duration: None,
                 upgrade_configs: Vec::new(),
                 use_websocket: false,
                 websocket_config: WebSocketConfig {

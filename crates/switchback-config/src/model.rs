@@ -234,6 +234,13 @@ pub struct Route {
     /// `stream_idle_timeout` (already filled in here); [`Duration::ZERO`] (`0s`) = off.
     #[serde(serialize_with = "duration::serialize")]
     pub idle_timeout: Duration,
+    /// The longest an upgraded stream on this route may live (Envoy's name); then it closes
+    /// as on a drain (WebSocket: `1001` each way, between frames). Absent or `0s`: no limit.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_opt"
+    )]
+    pub max_stream_duration: Option<Duration>,
     /// Per-route overrides of upgrade types (`enabled` only; no `filters`). Upgrade types
     /// are unique within a route (case-insensitive). Default: empty (listener settings
     /// apply).

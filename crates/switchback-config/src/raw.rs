@@ -234,6 +234,7 @@ pub(crate) struct RawRoute {
     pub(crate) request_headers_to_remove: List<String>,
     pub(crate) timeout: Option<S<String>>,
     pub(crate) idle_timeout: Option<S<String>>,
+    pub(crate) max_stream_duration: Option<S<String>>,
     pub(crate) upgrade_configs: List<RawUpgradeConfig>,
     pub(crate) use_websocket: bool,
     pub(crate) websocket_config: Option<S<RawWebSocketConfig>>,
@@ -251,6 +252,7 @@ impl RawRoute {
         "request_headers_to_remove",
         "timeout",
         "idle_timeout",
+        "max_stream_duration",
         "upgrade_configs",
         "use_websocket",
         "websocket_config",
@@ -279,6 +281,7 @@ impl RawRoute {
                 request_headers_to_remove: f.list(ctx, "request_headers_to_remove", Ctx::string).items(),
                 timeout: f.optional(ctx, "timeout", Ctx::string).ok(),
                 idle_timeout: f.optional(ctx, "idle_timeout", Ctx::string).ok(),
+                max_stream_duration: f.optional(ctx, "max_stream_duration", Ctx::string).ok(),
                 upgrade_configs: f.list(ctx, "upgrade_configs", RawUpgradeConfig::read).items(),
                 use_websocket: f
                     .value(ctx, "use_websocket", Ctx::boolean)

@@ -1375,7 +1375,7 @@ config.yaml:1:10: workers: expected a whole number from 1 to 1024 here, found \"
 config.yaml:2:9: listen: \"nowhere\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000
 config.yaml:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat, feed)
 config.yaml:6:14: routes[0].timeout: invalid duration \"soon\": expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h; 0s turns a timeout off where allowed)
-config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, upgrade_configs, use_websocket, websocket_config
+config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, upgrade_configs, use_websocket, websocket_config
 config.yaml:10:31: routes[1].weighted_clusters[0].weight: expected a whole number from 0 to 4294967295 here, found \"lots\"
 config.yaml:11:17: routes[1].weighted_clusters[1].name: unknown cluster \"feeds\"; did you mean `feed`? (known: chat, feed)
 config.yaml:16:33: clusters[1].endpoints[1]: expected an endpoint: a string host:port or a mapping {address, hostname}; found \"9003\"";
@@ -1700,7 +1700,7 @@ fn indentation_that_parses_into_something_else() {
     assert_eq!(
         render(&found),
         "config.yaml:7:10: routes[0].match: expected a mapping (key: value) here, found nothing
-config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, upgrade_configs, use_websocket, websocket_config
+config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, upgrade_configs, use_websocket, websocket_config
   hint: check the indentation of line 8: `prefix` is a field of `match` (line 7), which is left empty; indent `prefix:` further than `match:` to put it inside"
     );
 }
@@ -1766,4 +1766,24 @@ fn client_limits_have_edge_defaults_and_are_checked() {
     assert!(e.to_string().contains("from 8 to 8192"), "{e}");
     let e = one("max_headers_count: many\n");
     assert!(e.to_string().contains("max_headers_count"), "{e}");
+}
+
+#[test]
+fn a_routes_max_stream_duration() {
+    let route = |extra: &str| {
+        let c = parse(&format!(
+            "routes:\n  - match: {{ prefix: / }}\n    cluster: c\n{extra}clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n"
+        ));
+        c.routes[0].max_stream_duration
+    };
+    assert_eq!(route(""), None);
+    assert_eq!(
+        route("    max_stream_duration: 2h\n"),
+        Some(Duration::from_secs(7200))
+    );
+    assert_eq!(route("    max_stream_duration: 0s\n"), None, "0s: no limit");
+    let e = one(
+        "routes:\n  - match: { prefix: / }\n    cluster: c\n    max_stream_duration: long\nclusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
+    );
+    assert!(e.to_string().contains("routes[0].max_stream_duration"), "{e}");
 }

@@ -633,6 +633,11 @@ impl Ctx<'_> {
             .as_ref()
             .and_then(|t| self.duration(t, &join_key(path, "idle_timeout"), Zero::Allowed))
             .unwrap_or(stream_idle_timeout);
+        let max_stream_duration = r
+            .max_stream_duration
+            .as_ref()
+            .and_then(|t| self.duration(t, &join_key(path, "max_stream_duration"), Zero::Allowed))
+            .filter(|t| !t.is_zero());
         let upgrade_configs =
             self.upgrade_configs(&r.upgrade_configs, &join_key(path, "upgrade_configs"), true);
 
@@ -677,6 +682,7 @@ impl Ctx<'_> {
             request_headers_to_remove,
             timeout,
             idle_timeout,
+            max_stream_duration,
             upgrade_configs,
             use_websocket: r.use_websocket,
             websocket_config,

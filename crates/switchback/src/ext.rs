@@ -34,6 +34,11 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdleTimeout(pub Option<Duration>);
 
+/// The longest a tunnel opened by this request may live (Envoy's route
+/// `max_stream_duration`); then it closes as on a drain. Routes set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxStreamDuration(pub Duration);
+
 /// Per-request override of how long the upstream may take to send its response head (or
 /// `101`). Routes set it; `ResponseTimeout(None)` disables the timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

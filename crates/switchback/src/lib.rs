@@ -82,7 +82,9 @@ pub use detect::{IgnoreUpgrades, UpgradeType};
 #[doc(inline)]
 pub use drain::{Drain, DrainOutcome, LiveTunnel};
 #[doc(inline)]
-pub use ext::{AutoHostRewrite, ClientAddr, IdleTimeout, MatchedRoute, ResponseTimeout, UpstreamAddr};
+pub use ext::{
+    AutoHostRewrite, ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, ResponseTimeout, UpstreamAddr,
+};
 #[doc(inline)]
 pub use forward::Forward;
 #[doc(inline)]

@@ -10,7 +10,7 @@ use http::{Request, StatusCode};
 
 use super::MatchedRoute;
 use super::runtime;
-use crate::ext::{AutoHostRewrite, IdleTimeout, ResponseTimeout};
+use crate::ext::{AutoHostRewrite, IdleTimeout, MaxStreamDuration, ResponseTimeout};
 use crate::legacy::LegacyConfig;
 use crate::router::{DuplicateUpgradeType, RouteUpgrades};
 use crate::{Cluster, UpgradeType};
@@ -149,6 +149,7 @@ pub(super) struct Action {
     pub(super) headers_to_remove: Vec<HeaderName>,
     pub(super) timeout: Option<ResponseTimeout>,
     pub(super) idle_timeout: Option<IdleTimeout>,
+    pub(super) max_stream_duration: Option<MaxStreamDuration>,
     pub(super) upgrades: Vec<(UpgradeType, bool)>,
     /// Built from `upgrades` when the route table is built, so a request only clones an `Arc`.
     pub(super) route_upgrades: Option<RouteUpgrades>,
@@ -219,6 +220,9 @@ impl Action {
             ext.insert(c);
         }
         if let Some(t) = self.timeout {
+            ext.insert(t);
+        }
+        if let Some(t) = self.max_stream_duration {
             ext.insert(t);
         }
         if let Some(t) = self.idle_timeout {

@@ -13,9 +13,9 @@ use http::{HeaderName, HeaderValue};
 pub use runtime::Runtime;
 pub use service::{ResponseFuture, RouteLayer, RouteService};
 
-use crate::ext::IdleTimeout;
 pub(crate) use crate::ext::MatchedRoute;
 use crate::ext::ResponseTimeout;
+use crate::ext::{IdleTimeout, MaxStreamDuration};
 use crate::legacy::LegacyConfig;
 use crate::{Cluster, UpgradeType};
 use action::{Action, HostRewrite, Target};
@@ -175,6 +175,14 @@ impl Route {
     /// [`TunnelConfig`](crate::TunnelConfig).
     pub fn idle_timeout(mut self, t: Duration) -> Self {
         self.action.idle_timeout = Some(IdleTimeout(Some(t)));
+        self
+    }
+
+    /// The longest a tunnel this route opens may live (Envoy's `max_stream_duration`); then
+    /// it closes as on a drain (WebSocket: `1001` each way at frame boundaries). Overrides
+    /// the router's [`TunnelConfig::max_stream_duration`](crate::TunnelConfig::max_stream_duration).
+    pub fn max_stream_duration(mut self, longest: Duration) -> Self {
+        self.action.max_stream_duration = Some(MaxStreamDuration(longest));
         self
     }
 

@@ -19,7 +19,7 @@ pub use future::ResponseFuture;
 
 use crate::body::PreBodyEnd;
 use crate::detect::{Inspection, inspect};
-use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, Upgrading};
+use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, Upgrading};
 use crate::handoff::TunnelRead;
 use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
@@ -154,7 +154,8 @@ where
             .extensions()
             .get::<IdleTimeout>()
             .map_or(cfg.tunnel.idle_timeout, |t| t.0);
-        let settings = cfg.tunnel.settings(idle, ty.is_websocket());
+        let longest = req.extensions().get::<MaxStreamDuration>().map(|m| m.0);
+        let settings = cfg.tunnel.settings(idle, longest, ty.is_websocket());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pending = self.pending(&mut req, ty.clone(), TunnelMode::Joined, settings, tx);
         let pre_body_end = PreBodyEnd::default();
@@ -195,7 +196,8 @@ impl<S> UpgradeRouter<S> {
             .cloned()
             .unwrap_or_default()
             .tunnel_idle_timeout(route_idle, cfg.tunnel.idle_timeout);
-        let settings = cfg.tunnel.settings(idle, true);
+        let longest = req.extensions().get::<MaxStreamDuration>().map(|m| m.0);
+        let settings = cfg.tunnel.settings(idle, longest, true);
         // Nothing reads a legacy client as a body: the connections are always joined.
         let no_reader = tokio::sync::oneshot::channel().0;
         let pending = self.pending(

@@ -4,6 +4,7 @@
 //! - Half-close: a direction whose source ends shuts its sink down (a FIN one way) while the
 //!   other keeps flowing, for at most [`Settings::half_close_timeout`].
 //! - Idle timeout: no byte moved either way for [`Settings::idle_timeout`].
+//! - Longest life: a tunnel older than [`Settings::max_duration`] closes as on a drain.
 //! - Drain: each WebSocket direction finishes the frame in flight, sends a `1001` close frame,
 //!   shuts down and reads until the peer's reply (a close with unread bytes would reset the
 //!   connection and could destroy the close frame); an opaque direction shuts down at once.
@@ -42,6 +43,8 @@ const SPLICE_MIN: u64 = 16 * 1024;
 pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) half_close_timeout: Option<Duration>,
+    /// The longest a tunnel may live (Envoy's `max_stream_duration`).
+    pub(crate) max_duration: Option<Duration>,
     pub(crate) buffer_size: usize,
     /// Follow WebSocket frames (drain puts close frames between them).
     pub(crate) websocket: bool,
@@ -68,20 +71,25 @@ pin_project! {
         last_activity: Instant,
         half_closed_at: Option<Instant>,
         first_close: Option<TunnelEnd>,
-        drain: Drain,
+        life: Life,
         down_first: bool,
         #[pin]
         timer: Sleep,
     }
 }
 
-/// Where a tunnel stands with respect to a drain.
+/// Where a tunnel stands: running (until `expires`, its longest life, if it has one), or
+/// closing.
 #[derive(Debug, Clone, Copy)]
-enum Drain {
-    Running,
-    /// Closing since the drain deadline; ends at `deadline` whatever is left.
+enum Life {
+    Running {
+        expires: Option<Instant>,
+    },
+    /// Closing for `why` (a drain, or the longest life reached); ends at `deadline` whatever
+    /// is left.
     Closing {
         deadline: Instant,
+        why: TunnelEnd,
     },
 }
 
@@ -98,7 +106,9 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             last_activity: now,
             half_closed_at: None,
             first_close: None,
-            drain: Drain::Running,
+            life: Life::Running {
+                expires: settings.max_duration.map(|d| now + d),
+            },
             down_first: false,
             timer: tokio::time::sleep_until(now + Duration::from_secs(3600)),
         }
@@ -106,12 +116,7 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
 
     /// Starts closing the tunnel for a drain (see the module docs).
     pub(crate) fn start_drain(self: Pin<&mut Self>) {
-        let this = self.project();
-        if let Drain::Running = this.drain {
-            *this.drain = Drain::Closing {
-                deadline: Instant::now() + CLOSE_GRACE,
-            };
-        }
+        self.project().life.close(TunnelEnd::Drain);
     }
 
     /// Bytes relayed so far: from the client, to the client.
@@ -135,14 +140,11 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             .half_closed_at
             .zip(self.half_close_timeout)
             .map(|(at, t)| (at + t, TunnelEnd::HalfCloseTimeout));
-        let drain = match self.drain {
-            Drain::Running => None,
-            Drain::Closing { deadline } => Some((deadline, TunnelEnd::Drain)),
+        let life = match self.life {
+            Life::Running { expires } => expires.map(|at| (at, TunnelEnd::MaxDuration)),
+            Life::Closing { deadline, why } => Some((deadline, why)),
         };
-        [idle, half, drain]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(at, _)| *at)
+        [idle, half, life].into_iter().flatten().min_by_key(|(at, _)| *at)
     }
 }
 
@@ -152,7 +154,7 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
         let mut moved = false;
         let this = self.as_mut().project();
-        let draining = matches!(this.drain, Drain::Closing { .. });
+        let draining = matches!(this.life, Life::Closing { .. });
         // Each direction goes first every other time: one that always has bytes (a flood)
         // would otherwise use up the task's I/O budget on every poll and starve the other.
         *this.down_first = !*this.down_first;
@@ -194,10 +196,9 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         }
         match (up.is_ready(), down.is_ready()) {
             (true, true) => {
-                let end = if draining {
-                    TunnelEnd::Drain
-                } else {
-                    this.first_close.unwrap_or(TunnelEnd::ClientClosed)
+                let end = match this.life {
+                    Life::Closing { why, .. } => *why,
+                    Life::Running { .. } => this.first_close.unwrap_or(TunnelEnd::ClientClosed),
                 };
                 return Poll::Ready(self.stats(end));
             }
@@ -213,6 +214,14 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             };
             // Read the clock on every turn: a timer that fired means time has moved on.
             if deadline <= Instant::now() {
+                let life = self.as_mut().project().life;
+                if let (TunnelEnd::MaxDuration, Life::Running { .. }) = (end, *life) {
+                    // The longest life closes the tunnel as a drain does, frames kept whole:
+                    // poll again, closing.
+                    life.close(TunnelEnd::MaxDuration);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 return Poll::Ready(self.stats(end));
             }
             let mut timer = self.as_mut().project().timer;
@@ -225,6 +234,17 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             if timer.poll(cx).is_pending() {
                 return Poll::Pending;
             }
+        }
+    }
+}
+
+impl Life {
+    fn close(&mut self, why: TunnelEnd) {
+        if let Life::Running { .. } = self {
+            *self = Life::Closing {
+                deadline: Instant::now() + CLOSE_GRACE,
+                why,
+            };
         }
     }
 }

@@ -41,6 +41,7 @@ pub(crate) use task::next_id;
 pub struct TunnelConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) half_close_timeout: Option<Duration>,
+    pub(crate) max_stream_duration: Option<Duration>,
     pub(crate) buffer_size: usize,
     pub(crate) splice: bool,
 }
@@ -50,6 +51,7 @@ impl Default for TunnelConfig {
         Self {
             idle_timeout: Some(Duration::from_secs(300)),
             half_close_timeout: Some(Duration::from_secs(30)),
+            max_stream_duration: None,
             buffer_size: 16 * 1024,
             splice: cfg!(target_os = "linux"),
         }
@@ -87,6 +89,14 @@ impl TunnelConfig {
         self
     }
 
+    /// The longest a tunnel may live (Envoy's `max_stream_duration`); then it closes as on a
+    /// drain (WebSocket: `1001` each way at frame boundaries). Default: no limit; a route's
+    /// [`Route::max_stream_duration`](crate::Route::max_stream_duration) overrides it.
+    pub fn max_stream_duration(mut self, longest: Duration) -> Self {
+        self.max_stream_duration = Some(longest);
+        self
+    }
+
     /// Whether joined tunnels between two plain TCP sockets move bytes with `splice(2)`
     /// (Linux; default on there). Off, they are copied through a buffer.
     pub fn splice(mut self, on: bool) -> Self {
@@ -102,11 +112,17 @@ impl TunnelConfig {
     }
 
     /// The settings of one tunnel: `idle` is the request's idle timeout (a route's, or this
-    /// config's own).
-    pub(crate) fn settings(&self, idle: Option<Duration>, websocket: bool) -> Settings {
+    /// config's own); `longest` a route's longest life, if it set one.
+    pub(crate) fn settings(
+        &self,
+        idle: Option<Duration>,
+        longest: Option<Duration>,
+        websocket: bool,
+    ) -> Settings {
         Settings {
             idle_timeout: idle,
             half_close_timeout: self.half_close_timeout,
+            max_duration: longest.or(self.max_stream_duration),
             buffer_size: self.buffer_size,
             websocket,
             splice: self.splice,
@@ -125,8 +141,10 @@ pub enum TunnelEnd {
     IdleTimeout,
     /// One side stayed half-closed longer than allowed.
     HalfCloseTimeout,
-    /// The drain deadline passed.
+    /// The drain deadline passed, or the tunnel was closed on request.
     Drain,
+    /// The tunnel reached its longest life (a route's `max_stream_duration`).
+    MaxDuration,
     /// A read or write failed, or a layer's body failed (e.g. a body limit).
     Error,
 }
@@ -140,6 +158,7 @@ impl TunnelEnd {
             Self::IdleTimeout => "idle_timeout",
             Self::HalfCloseTimeout => "half_close_timeout",
             Self::Drain => "drain",
+            Self::MaxDuration => "max_stream_duration",
             Self::Error => "error",
         }
     }
