@@ -683,3 +683,33 @@ async fn an_oversized_request_line_is_a_414() {
     let (head, _) = read_head(&mut client).await;
     assert_eq!(status(&head), 414, "{head}");
 }
+
+/// An HTTP/2 connection whose first request never completes (a HEADERS frame without
+/// END_HEADERS, and no CONTINUATION) is sent away once the request headers timeout passes.
+#[tokio::test]
+async fn an_http2_request_that_never_completes_its_headers_is_closed_in_time() {
+    let raw = RawUpstream::bind().await;
+    let limits = switchback::ClientLimits::new().request_headers_timeout(Duration::from_millis(300));
+    let stack = ServiceBuilder::new()
+        .layer(foo_router())
+        .service(Forward::new(cluster(raw.addr)));
+    let proxy = start_with(stack, limits).await;
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS, empty.
+    bytes.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    // HEADERS on stream 1: END_STREAM but not END_HEADERS; one HPACK byte (:method GET).
+    bytes.extend_from_slice(&[0, 0, 1, 0x1, 0x1, 0, 0, 0, 1, 0x82]);
+    let started = tokio::time::Instant::now();
+    let mut client = raw_client(proxy.addr, &bytes).await;
+    read_to_eof(&mut client).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed before the timeout: {took:?}"
+    );
+    assert!(
+        raw.try_accept(Duration::from_millis(50)).await.is_none(),
+        "the upstream was contacted"
+    );
+}

@@ -13,8 +13,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tower::{Service, ServiceExt};
 
 use crate::BoxError;
@@ -242,8 +243,26 @@ async fn connection<S, B>(
             .enable_connect_protocol()
             .max_header_list_size(u32::try_from(limits.max_request_headers).unwrap_or(u32::MAX))
             .timer(TokioTimer::new());
+        // hyper has no head timer for HTTP/2: a connection whose first request never
+        // completes (a HEADERS block left without its end) is sent away (GOAWAY) when the
+        // request headers timeout passes.
+        let first = Arc::new(Notify::new());
+        let seen = first.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            seen.notify_one();
+            hyper::service::Service::call(&svc, req)
+        });
+        let give_up = async move {
+            if tokio::time::timeout(limits.request_headers_timeout, first.notified())
+                .await
+                .is_ok()
+            {
+                std::future::pending::<()>().await;
+            }
+            tracing::debug!(client = %addr, "closing an HTTP/2 connection with no complete request in time");
+        };
         let conn = builder.serve_connection(io, svc);
-        drive(conn, &mut stopping, |c| c.graceful_shutdown()).await
+        drive(conn, &mut stopping, give_up, |c| c.graceful_shutdown()).await
     } else {
         let mut builder = http1::Builder::new();
         // A proxy relays the upstream's head; it does not invent a `Date` the upstream didn't
@@ -255,7 +274,10 @@ async fn connection<S, B>(
             .max_buf_size(limits.max_request_headers)
             .max_headers(limits.max_headers);
         let conn = builder.serve_connection(io, svc).with_upgrades();
-        drive(conn, &mut stopping, |c| c.graceful_shutdown()).await
+        drive(conn, &mut stopping, std::future::pending(), |c| {
+            c.graceful_shutdown()
+        })
+        .await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");
@@ -263,20 +285,31 @@ async fn connection<S, B>(
 }
 
 /// Polls a connection to its end; on shutdown asks it to finish what is in flight first.
+/// When `give_up` resolves the connection is asked to finish too, and gets a second at most.
 async fn drive<C, E>(
     conn: C,
     stopping: &mut watch::Receiver<bool>,
+    give_up: impl Future<Output = ()>,
     graceful: fn(Pin<&mut C>),
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
-    tokio::select! {
+    let gave_up = tokio::select! {
         result = conn.as_mut() => return result,
-        _ = stopping.wait_for(|s| *s) => graceful(conn.as_mut()),
+        _ = stopping.wait_for(|s| *s) => false,
+        () = give_up => true,
+    };
+    graceful(conn.as_mut());
+    if !gave_up {
+        return conn.await;
     }
-    conn.await
+    // A client that never finished its first request has nothing in flight worth waiting
+    // for.
+    tokio::time::timeout(Duration::from_secs(1), conn)
+        .await
+        .unwrap_or(Ok(()))
 }
 
 /// Whether the client opens with the HTTP/2 preface (prior knowledge).
