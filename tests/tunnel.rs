@@ -119,6 +119,21 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
     }
 }
 
+/// Reads past any data messages to the close frame, and returns its code.
+async fn close_code<S, E>(ws: &mut S, who: &str) -> u16
+where
+    S: futures_util::Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("{who} expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 /// Opens a tunnel; returns the client and upstream ends, both past the 101.
 async fn open(s: &Setup) -> (TcpStream, TcpStream) {
     let mut client = raw_client(s.proxy.addr, s.path.upgrade_request("/t").as_bytes()).await;
@@ -275,13 +290,7 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
             let first = within(ws.next()).await.unwrap().unwrap();
             ws.send(first).await.unwrap();
             // The next thing from the proxy must be the 1001 close.
-            loop {
-                match within(ws.next()).await {
-                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                    Some(Ok(_)) => continue,
-                    other => panic!("upstream expected a close frame, got {other:?}"),
-                }
-            }
+            close_code(&mut ws, "upstream").await
         };
         let client = async {
             let url = format!("ws://{}/live", s.proxy.addr);
@@ -290,13 +299,7 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
             assert_eq!(within(ws.next()).await.unwrap().unwrap(), Message::text("hi"));
             let outcome = s.drain.drain(Duration::from_millis(200)).await;
             assert_eq!((outcome.finished, outcome.closed), (0, 1));
-            let code = loop {
-                match within(ws.next()).await {
-                    Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
-                    Some(Ok(_)) => continue,
-                    other => panic!("client expected a close frame, got {other:?}"),
-                }
-            };
+            let code = close_code(&mut ws, "client").await;
             // A new upgrade during drain: 503.
             let mut late = raw_client(s.proxy.addr, path.upgrade_request("/late").as_bytes()).await;
             let (head, _) = read_head(&mut late).await;
@@ -669,14 +672,10 @@ async fn a_listing_drain_lists_live_tunnels_and_closes_one() {
     }
     assert!(drain.close(live[0].info.id));
     assert!(!drain.close(u64::MAX), "no such tunnel");
-    let code = loop {
-        match within(clients[0].next()).await {
-            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(code, 1001);
+    assert_eq!(
+        close_code(&mut clients[0], "the closed tunnel's client").await,
+        1001
+    );
     // The other tunnel is untouched, and soon the closed one is no longer listed.
     clients[1].send(Message::text("still here")).await.unwrap();
     assert_eq!(
@@ -720,13 +719,7 @@ async fn a_tunnel_closes_at_its_longest_life() {
             let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
             ws.send(Message::text("young")).await.unwrap();
             assert_eq!(within(ws.next()).await.unwrap().unwrap(), Message::text("young"));
-            loop {
-                match within(ws.next()).await {
-                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                    Some(Ok(_)) => continue,
-                    other => panic!("{path:?}: client expected a close frame, got {other:?}"),
-                }
-            }
+            close_code(&mut ws, &format!("{path:?}: client")).await
         };
         let (up_code, client_code) = tokio::join!(upstream, client);
         assert_eq!((up_code, client_code), (1001, 1001), "{path:?}");

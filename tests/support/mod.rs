@@ -186,12 +186,11 @@ impl RawUpstream {
         within(self.listener.accept()).await.unwrap().0
     }
 
-    /// A connection if one comes within `wait`: for checking that nothing reached the upstream.
-    pub async fn try_accept(&self, wait: Duration) -> Option<TcpStream> {
-        tokio::time::timeout(wait, self.listener.accept())
-            .await
-            .ok()
-            .map(|r| r.unwrap().0)
+    /// Fails the test (naming `case`) if a connection comes within 50 ms: for checking that
+    /// a refused request never reached the upstream.
+    pub async fn assert_untouched(&self, case: &str) {
+        let contacted = tokio::time::timeout(Duration::from_millis(50), self.listener.accept()).await;
+        assert!(contacted.is_err(), "{case}: the upstream was contacted");
     }
 }
 
