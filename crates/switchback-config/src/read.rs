@@ -156,16 +156,11 @@ impl<'n> Fields<'n> {
         &self,
         ctx: &mut Ctx<'a>,
         name: &str,
-        mut read: impl Reader<'a, T>,
+        read: impl Reader<'a, T>,
     ) -> Field<T> {
         match self.get(name) {
-            None if self.misspelt.contains(&name) => Field::Invalid,
-            None => Field::Absent,
             Some(e) if matches!(&e.value.content, Content::Scalar(s) if s.null) => Field::Absent,
-            Some(e) => match read(ctx, e.value, &join_key(&self.path, name)) {
-                Some(value) => Field::Valid(value),
-                None => Field::Invalid,
-            },
+            _ => self.value(ctx, name, read),
         }
     }
 
