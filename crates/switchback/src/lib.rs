@@ -54,6 +54,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod cap;
 mod cluster;
 mod detect;
 mod drain;

@@ -16,6 +16,10 @@ pub const TUNNELS_OPENED: &str = "switchback_tunnels_opened_total";
 pub const TUNNEL_BYTES: &str = "switchback_tunnel_bytes_total";
 /// Histogram: tunnel lifetimes in seconds (`type`, `end`).
 pub const TUNNEL_DURATION: &str = "switchback_tunnel_duration_seconds";
+/// Counter: connections closed to make room for a newcomer when a listener was full.
+pub const CONNECTIONS_EVICTED: &str = "switchback_connections_evicted_total";
+/// Counter: connections answered `503` because a listener was full of busy ones.
+pub const CONNECTIONS_REFUSED: &str = "switchback_connections_refused_total";
 /// Counter: responses by status class and code (`status`).
 pub const REQUESTS: &str = "switchback_requests_total";
 

@@ -150,6 +150,7 @@ pub(super) struct Action {
     pub(super) timeout: Option<ResponseTimeout>,
     pub(super) idle_timeout: Option<IdleTimeout>,
     pub(super) max_stream_duration: Option<MaxStreamDuration>,
+    pub(super) max_tunnels: Option<crate::cap::TunnelCap>,
     pub(super) upgrades: Vec<(UpgradeType, bool)>,
     /// Built from `upgrades` when the route table is built, so a request only clones an `Arc`.
     pub(super) route_upgrades: Option<RouteUpgrades>,
@@ -227,6 +228,9 @@ impl Action {
         }
         if let Some(t) = self.idle_timeout {
             ext.insert(t);
+        }
+        if let Some(cap) = &self.max_tunnels {
+            ext.insert(cap.clone());
         }
         if let Some(u) = &self.route_upgrades {
             ext.insert(u.clone());

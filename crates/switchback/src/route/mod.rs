@@ -186,6 +186,14 @@ impl Route {
         self
     }
 
+    /// The most tunnels this route keeps open at once (handshakes in flight included); past
+    /// it an upgrade is answered `503` before any upstream is contacted. Clones of the route
+    /// share the count.
+    pub fn max_tunnels(mut self, max: usize) -> Self {
+        self.action.max_tunnels = Some(crate::cap::TunnelCap::new(max));
+        self
+    }
+
     /// Tunnels this route opens never end for being idle.
     pub fn no_idle_timeout(mut self) -> Self {
         self.action.idle_timeout = Some(IdleTimeout(None));

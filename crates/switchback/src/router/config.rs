@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
+use crate::cap::TunnelCap;
 use crate::detect::{IgnoreUpgrades, UpgradeType};
 use crate::drain::Drain;
 use crate::reply::{self, Then};
@@ -165,6 +166,8 @@ pub(crate) enum Rejection {
     DisabledOnRoute,
     /// A drain has begun: no new tunnels.
     Draining,
+    /// The router's or the route's `max_tunnels` are open already.
+    TooManyTunnels,
 }
 
 impl Rejection {
@@ -175,6 +178,7 @@ impl Rejection {
             Self::DisabledOnListener => "disabled",
             Self::DisabledOnRoute => "disabled_on_route",
             Self::Draining => "draining",
+            Self::TooManyTunnels => "max_tunnels",
         }
     }
 
@@ -197,6 +201,10 @@ impl Rejection {
                 format!("upgrade type {:?} is disabled on this route", ty.as_str()),
             ),
             Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned()),
+            Self::TooManyTunnels => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many tunnels are open; try again later".to_owned(),
+            ),
         };
         reply::local(status, msg, Then::Close)
     }
@@ -220,6 +228,7 @@ pub(crate) struct RouterConfig {
     pub(crate) tunnel: TunnelConfig,
     pub(crate) drain: Drain,
     pub(crate) observer: Option<TunnelObserver>,
+    pub(crate) max_tunnels: Option<TunnelCap>,
 }
 
 impl RouterConfig {
@@ -237,6 +246,7 @@ pub struct UpgradeRouterBuilder {
     tunnel: TunnelConfig,
     drain: Drain,
     observer: Option<TunnelObserver>,
+    max_tunnels: Option<TunnelCap>,
 }
 
 impl UpgradeRouterBuilder {
@@ -275,6 +285,14 @@ impl UpgradeRouterBuilder {
         self
     }
 
+    /// The most tunnels this router keeps open at once (handshakes in flight included). Past
+    /// it an upgrade is answered `503` before any upstream is contacted. Default: no limit
+    /// (the listener's `max_connections` still bounds them).
+    pub fn max_tunnels(mut self, max: usize) -> Self {
+        self.max_tunnels = Some(TunnelCap::new(max));
+        self
+    }
+
     /// Tells `observer` of every tunnel opening and closing.
     pub fn observer(mut self, observer: TunnelObserver) -> Self {
         self.observer = Some(observer);
@@ -292,6 +310,7 @@ impl UpgradeRouterBuilder {
                 tunnel: self.tunnel,
                 drain: self.drain,
                 observer: self.observer,
+                max_tunnels: self.max_tunnels,
             }),
         })
     }

@@ -18,6 +18,8 @@ use config::{Rejection, decide};
 pub use future::ResponseFuture;
 
 use crate::body::PreBodyEnd;
+use crate::cap::{Holds, TunnelCap};
+use crate::server::ClientConn;
 use crate::detect::{Inspection, inspect};
 use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, Upgrading};
 use crate::handoff::TunnelRead;
@@ -139,6 +141,9 @@ where
         if cfg.drain.is_draining() {
             return ResponseFuture::ready(Rejection::Draining.reply(&ty));
         }
+        let Some(holds) = self.places(&req) else {
+            return ResponseFuture::ready(Rejection::TooManyTunnels.reply(&ty));
+        };
         // A CONNECT tunnel (no `:protocol`) opens on a 2xx to an authority-form target and needs
         // forwarding of its own; until then it is refused plainly rather than half-handled.
         // HTTP/2 extended CONNECT (RFC 8441) is proxied as an HTTP/1.1 upgrade.
@@ -157,7 +162,7 @@ where
         let longest = req.extensions().get::<MaxStreamDuration>().map(|m| m.0);
         let settings = cfg.tunnel.settings(idle, longest, ty.is_websocket());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let pending = self.pending(&mut req, ty.clone(), TunnelMode::Joined, settings, tx);
+        let pending = self.pending(&mut req, ty.clone(), TunnelMode::Joined, settings, tx, holds);
         let pre_body_end = PreBodyEnd::default();
         let mut req = req.map(|b| Body::downstream(has_body.then(|| Body::new(b)), pre_body_end.clone(), rx));
         req.extensions_mut().insert(Upgrading {
@@ -184,6 +189,9 @@ impl<S> UpgradeRouter<S> {
         if cfg.drain.is_draining() {
             return ResponseFuture::ready(Rejection::Draining.reply(&UpgradeType::new("websocket")));
         }
+        let Some(holds) = self.places(&req) else {
+            return ResponseFuture::ready(Rejection::TooManyTunnels.reply(&UpgradeType::new("websocket")));
+        };
         if req.version() != http::Version::HTTP_11 {
             let msg = "legacy WebSocket routes serve HTTP/1.1 clients only";
             return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::KeepAlive));
@@ -206,6 +214,7 @@ impl<S> UpgradeRouter<S> {
             TunnelMode::Legacy,
             settings,
             no_reader,
+            holds,
         );
         ResponseFuture::legacy(legacy::proxy(req, has_body, idle), pending)
     }
@@ -218,8 +227,11 @@ impl<S> UpgradeRouter<S> {
         mode: TunnelMode,
         settings: Settings,
         client_reader: oneshot::Sender<TunnelRead>,
+        mut holds: Holds,
     ) -> Pending {
         let cfg = &self.config;
+        // The tunnel keeps its client connection's place in the listener.
+        holds.conn = req.extensions().get::<ClientConn>().map(|c| c.0.begin(false));
         Pending {
             info: TunnelInfo {
                 id: 0,
@@ -236,6 +248,29 @@ impl<S> UpgradeRouter<S> {
             client_reader,
             settings,
             drain: cfg.drain.clone(),
+            holds,
+        }
+    }
+
+    /// Places for one more tunnel under the router's and the route's `max_tunnels`, or
+    /// `None` when either is full.
+    fn places<B>(&self, req: &Request<B>) -> Option<Holds> {
+        let take = |cap: Option<&TunnelCap>| match cap {
+            Some(cap) => cap.take().map(Some).ok_or(cap.max()),
+            None => Ok(None),
+        };
+        let router = take(self.config.max_tunnels.as_ref());
+        let route = take(req.extensions().get::<TunnelCap>());
+        match (router, route) {
+            (Ok(router), Ok(route)) => Some(Holds {
+                router,
+                route,
+                conn: None,
+            }),
+            (Err(max), _) | (_, Err(max)) => {
+                tracing::warn!(max, path = req.uri().path(), "upgrade refused: max_tunnels reached");
+                None
+            }
         }
     }
 }

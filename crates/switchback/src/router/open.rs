@@ -5,6 +5,7 @@ use http::{Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::oneshot;
 
+use crate::cap::Holds;
 use crate::drain::Drain;
 use crate::ext::UpstreamAddr;
 use crate::handoff::{Ends, Handoff, TunnelRead};
@@ -24,6 +25,8 @@ pub(crate) struct Pending {
     pub(crate) client_reader: oneshot::Sender<TunnelRead>,
     pub(crate) settings: Settings,
     pub(crate) drain: Drain,
+    /// The tunnel's places under the caps; given back if no tunnel opens.
+    pub(crate) holds: Holds,
 }
 
 impl Pending {
@@ -70,6 +73,7 @@ impl Pending {
             info: self.info,
             settings: self.settings,
             observer: self.observer,
+            holds: self.holds,
         };
         let handle = tunnel::open(self.on_upgrade, ends, opening);
         parts.extensions.insert(handle);

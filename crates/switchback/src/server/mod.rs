@@ -4,7 +4,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,21 +13,29 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::BoxError;
+use crate::{Body, BoxError};
 use crate::ext::ClientAddr;
 use crate::reply::{self, Then};
 use http::StatusCode;
 use http_body_util::Either;
 
+mod client_io;
+pub(crate) mod conns;
+mod tracked;
 mod workers;
 
+pub(crate) use client_io::ClientIo;
 pub use workers::Workers;
+
+use client_io::ClientIo as Io;
+use conns::{Admission, Conns, Slot};
+use tracked::Tracked;
 
 /// How long [`serve`] waits for in-flight HTTP exchanges after shutdown starts. Upgraded
 /// tunnels are not counted here: drain them with a [`Drain`](crate::Drain).
@@ -35,9 +44,10 @@ const GRACE: Duration = Duration::from_secs(30);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What a client may make a server wait for, or hold, while it sends a request head: the
-/// bounds a proxy at the edge needs against slow, silent and oversized clients. The defaults
-/// are Envoy's edge recommendations: 10 s for the whole head, 60 KiB, 100 header lines.
+/// What a client may make a server wait for, or hold: the bounds a proxy at the edge needs
+/// against slow, silent, idle and oversized clients, and how many connections a listener
+/// keeps. The defaults are Envoy's edge recommendations: 10 s for the whole head, an hour
+/// idle, 60 KiB, 100 header lines; and as many connections as the descriptor limit allows.
 ///
 /// ```
 /// use std::time::Duration;
@@ -45,38 +55,63 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 ///
 /// let limits = ClientLimits::new()
 ///     .request_headers_timeout(Duration::from_secs(5))
+///     .connection_idle_timeout(Duration::from_secs(300))
 ///     .max_request_headers(32 * 1024)
-///     .max_headers(50);
+///     .max_headers(50)
+///     .max_connections(10_000);
 /// # let _ = limits;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientLimits {
     request_headers_timeout: Duration,
+    connection_idle_timeout: Duration,
     max_request_headers: usize,
     max_headers: usize,
+    max_connections: Option<usize>,
 }
 
 impl Default for ClientLimits {
     fn default() -> Self {
         Self {
             request_headers_timeout: Duration::from_secs(10),
+            connection_idle_timeout: Duration::from_secs(3600),
             max_request_headers: 60 * 1024,
             max_headers: 100,
+            max_connections: None,
         }
     }
 }
 
 impl ClientLimits {
-    /// The defaults: 10 s, 60 KiB, 100 lines.
+    /// The defaults: 10 s, 1 h, 60 KiB, 100 lines, connections by the descriptor limit.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// How long a client has to send a whole request head, counted from accept (a
-    /// connection that sends nothing is closed then) or, on a kept-alive connection, from the
-    /// end of the previous response.
+    /// How long a client has to send a whole request head: counted from accept (a
+    /// connection that sends nothing is closed then), or on a kept-alive connection from the
+    /// head's first byte. On HTTP/2 it bounds the first request, counted from accept, and
+    /// every later HEADERS block, counted from its first frame (GOAWAY, then close).
     pub fn request_headers_timeout(mut self, timeout: Duration) -> Self {
         self.request_headers_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may sit idle between requests, with nothing in flight, before
+    /// it is closed (HTTP/2: GOAWAY, then close). Tunnels are not idle connections: their own
+    /// idle timeout applies.
+    pub fn connection_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_idle_timeout = timeout;
+        self
+    }
+
+    /// The most connections a listener keeps open, tunnels included (at least 1). Past it, a
+    /// newcomer takes the place of the connection that has waited longest for a request head
+    /// or sat idle longest, which is closed; when every connection is busy, the newcomer is
+    /// answered `503` and closed. The default is half the process's descriptor limit, less a
+    /// reserve: each client connection may need an upstream one.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = Some(connections.max(1));
         self
     }
 
@@ -164,6 +199,23 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    serve_on(listener, service, shutdown, limits, Conns::new(&limits)).await
+}
+
+/// [`serve_with`], counting connections in `conns` (which [`Workers`] share).
+async fn serve_on<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    limits: ClientLimits,
+    conns: Arc<Conns>,
+) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -179,34 +231,17 @@ where
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let svc = service.clone();
-        let svc = tower::service_fn(move |mut req: Request<Incoming>| {
-            // hyper's read buffer bounds the memory a head can take, to within one read; the
-            // exact limit is checked here.
-            let refused = (head_len(&req) > limits.max_request_headers).then(|| {
-                reply::local(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "the request head is too large",
-                    Then::Close,
-                )
-            });
-            req.extensions_mut().insert(ClientAddr(addr));
-            let served = refused.is_none().then(|| svc.clone().oneshot(req));
-            async move {
-                match (served, refused) {
-                    (Some(served), _) => served.await.map(|res| res.map(Either::Left)),
-                    (None, refused) => Ok(refused.unwrap_or_default().map(Either::Right)),
-                }
+        let slot = match conns.admit() {
+            Admission::Admitted(slot) => slot,
+            Admission::Full => {
+                tracing::warn!(client = %addr, "listener full of busy connections: refusing one");
+                tokio::spawn(refuse(stream));
+                continue;
             }
-        });
-        tokio::spawn(connection(
-            stream,
-            addr,
-            TowerToHyperService::new(svc),
-            stopping.clone(),
-            limits,
-        ));
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = exchange_service(service.clone(), addr, slot.clone(), limits);
+        tokio::spawn(connection(stream, addr, slot, svc, stopping.clone(), limits));
     }
     drop(listener);
     drop(stopping);
@@ -215,10 +250,78 @@ where
     Ok(())
 }
 
+/// The per-connection service: checks the head's exact size, tells the request where it came
+/// from, and keeps the connection busy until the response is sent.
+fn exchange_service<S, B>(
+    svc: S,
+    addr: SocketAddr,
+    slot: Arc<Slot>,
+    limits: ClientLimits,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked<Either<B, Body>>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Tracked<Either<B, Body>>>, Infallible>> + Send,
+> + Send
++ 'static
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let exchange = slot.begin(req.version() != http::Version::HTTP_2);
+        // hyper's read buffer bounds the memory a head can take, to within one read; the
+        // exact limit is checked here.
+        let refused = (head_len(&req) > limits.max_request_headers).then(|| {
+            reply::local(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request head is too large",
+                Then::Close,
+            )
+        });
+        req.extensions_mut().insert(ClientAddr(addr));
+        req.extensions_mut().insert(ClientConn(slot.clone()));
+        let served = refused.is_none().then(|| svc.clone().oneshot(req));
+        async move {
+            let res = match (served, refused) {
+                (Some(served), _) => served.await.map(|res| res.map(Either::Left)),
+                (None, refused) => Ok(refused.unwrap_or_default().map(Either::Right)),
+            };
+            res.map(|res| res.map(|body| Tracked::new(body, exchange)))
+        }
+    })
+}
+
+/// The client connection a request came on, for a tunnel to keep its place in the
+/// listener's count.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientConn(pub(crate) Arc<Slot>);
+
+/// Answers a connection the full listener can't take: `503`, then close once the client
+/// has read it (or after a second).
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+        content-length: 30\r\nconnection: close\r\n\r\nthe proxy is at its connection cap\n";
+    let linger = async {
+        stream.write_all(FULL).await?;
+        stream.shutdown().await?;
+        // Reading what the client sent lets the close be a FIN, not a reset that could
+        // destroy the 503 before the client reads it.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+}
+
 /// Serves one connection until it ends, shutting it down gracefully when `stopping` flips.
 async fn connection<S, B>(
     stream: TcpStream,
     addr: SocketAddr,
+    slot: Arc<Slot>,
     svc: S,
     mut stopping: watch::Receiver<bool>,
     limits: ClientLimits,
@@ -229,10 +332,9 @@ async fn connection<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let io = TokioIo::new(stream);
     // A client that sends nothing at all never gets past the preface peek: the head's time
     // limit starts at accept.
-    let Ok(h2) = tokio::time::timeout(limits.request_headers_timeout, is_h2(io.inner())).await else {
+    let Ok(h2) = tokio::time::timeout(limits.request_headers_timeout, is_h2(&stream)).await else {
         tracing::debug!(client = %addr, "closing a connection that sent nothing in time");
         return;
     };
@@ -243,73 +345,100 @@ async fn connection<S, B>(
             .enable_connect_protocol()
             .max_header_list_size(u32::try_from(limits.max_request_headers).unwrap_or(u32::MAX))
             .timer(TokioTimer::new());
-        // hyper has no head timer for HTTP/2: a connection whose first request never
-        // completes (a HEADERS block left without its end) is sent away (GOAWAY) when the
-        // request headers timeout passes.
-        let first = Arc::new(Notify::new());
-        let seen = first.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            seen.notify_one();
-            hyper::service::Service::call(&svc, req)
-        });
-        let give_up = async move {
-            if tokio::time::timeout(limits.request_headers_timeout, first.notified())
-                .await
-                .is_ok()
-            {
-                std::future::pending::<()>().await;
-            }
-            tracing::debug!(client = %addr, "closing an HTTP/2 connection with no complete request in time");
-        };
+        let io = TokioIo::new(Io::http2(stream, slot.clone()));
         let conn = builder.serve_connection(io, svc);
-        drive(conn, &mut stopping, give_up, |c| c.graceful_shutdown()).await
+        drive(conn, &slot, &limits, &mut stopping, |c| c.graceful_shutdown(), true).await
     } else {
         let mut builder = http1::Builder::new();
         // A proxy relays the upstream's head; it does not invent a `Date` the upstream didn't
-        // send. The read buffer bounds a head's size (hyper answers 431 past it).
+        // send. The read buffer bounds a head's size (hyper answers 431 past it). The head's
+        // time limit is ours: hyper's would also close a connection idle between requests.
         builder
             .auto_date_header(false)
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.request_headers_timeout)
+            .header_read_timeout(None)
             .max_buf_size(limits.max_request_headers)
             .max_headers(limits.max_headers);
+        let io = TokioIo::new(Io::http1(stream, slot.clone()));
         let conn = builder.serve_connection(io, svc).with_upgrades();
-        drive(conn, &mut stopping, std::future::pending(), |c| {
-            c.graceful_shutdown()
-        })
-        .await
+        drive(conn, &slot, &limits, &mut stopping, |c| c.graceful_shutdown(), false).await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");
     }
 }
 
-/// Polls a connection to its end; on shutdown asks it to finish what is in flight first.
-/// When `give_up` resolves the connection is asked to finish too, and gets a second at most.
+/// Why a connection's driver stopped polling it as usual.
+enum Interrupted {
+    Stopping,
+    /// Its head or idle timer expired.
+    TimedOut,
+    /// A newcomer took its place.
+    Evicted,
+}
+
+/// Polls a connection to its end, under its head and idle timers. On shutdown it is asked to
+/// finish what is in flight first. When a timer expires or the listener evicts it, an HTTP/2
+/// connection is sent away (GOAWAY) and gets a second; an HTTP/1 one (with nothing in flight)
+/// is closed.
 async fn drive<C, E>(
     conn: C,
+    slot: &Slot,
+    limits: &ClientLimits,
     stopping: &mut watch::Receiver<bool>,
-    give_up: impl Future<Output = ()>,
     graceful: fn(Pin<&mut C>),
+    goaway: bool,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    tokio::pin!(conn);
-    let gave_up = tokio::select! {
-        result = conn.as_mut() => return result,
-        _ = stopping.wait_for(|s| *s) => false,
-        () = give_up => true,
+    let mut conn = pin!(conn);
+    let mut stop = pin!(stopping.wait_for(|s| *s));
+    let mut evicted = pin!(slot.evicted());
+    let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut timer = pin!(tokio::time::sleep_until(far()));
+    let interrupted = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Err(result));
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(Interrupted::Stopping));
+        }
+        if evicted.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(Interrupted::Evicted));
+        }
+        // The state may have changed while the connection was polled: re-arm first.
+        let deadline = slot.deadline(limits).unwrap_or_else(far);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(Interrupted::TimedOut));
+        }
+        Poll::Pending
+    })
+    .await;
+    let why = match interrupted {
+        Err(result) => return result,
+        Ok(why) => why,
     };
     graceful(conn.as_mut());
-    if !gave_up {
-        return conn.await;
+    match why {
+        Interrupted::Stopping => conn.await,
+        Interrupted::TimedOut | Interrupted::Evicted => {
+            tracing::debug!(
+                evicted = matches!(why, Interrupted::Evicted),
+                "closing a connection that waited too long for a head or sat idle"
+            );
+            if !goaway {
+                return Ok(());
+            }
+            // Nothing in flight is worth waiting for beyond the GOAWAY's delivery.
+            tokio::time::timeout(Duration::from_secs(1), conn)
+                .await
+                .unwrap_or(Ok(()))
+        }
     }
-    // A client that never finished its first request has nothing in flight worth waiting
-    // for.
-    tokio::time::timeout(Duration::from_secs(1), conn)
-        .await
-        .unwrap_or(Ok(()))
 }
 
 /// Whether the client opens with the HTTP/2 preface (prior knowledge).

@@ -13,6 +13,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 
 use super::ClientLimits;
+use super::conns::Conns;
+use std::sync::Arc;
 use tower::Service;
 
 use crate::BoxError;
@@ -96,6 +98,8 @@ impl Workers {
             drop(std::net::TcpListener::bind(addr)?);
         }
         let (phase, _) = watch::channel(Phase::Serving);
+        // One listener, whatever the number of sockets: `max_connections` counts them all.
+        let conns = Conns::new(&limits);
         let (done, served) = mpsc::unbounded_channel();
         let mut workers = Self {
             addr,
@@ -107,10 +111,10 @@ impl Workers {
         for i in 0..threads.get() {
             let (bound, ready) = std::sync::mpsc::channel();
             let (service, phase, done) = (service.clone(), workers.phase.subscribe(), done.clone());
-            let addr = workers.addr;
+            let (addr, conns) = (workers.addr, conns.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("switchback-worker-{i}"))
-                .spawn(move || worker(addr, service, limits, phase, bound, done))?;
+                .spawn(move || worker(addr, service, (limits, conns), phase, bound, done))?;
             workers.threads.push(thread);
             match ready.recv() {
                 Ok(Ok(local)) => workers.addr = local,
@@ -177,7 +181,7 @@ fn advance(phase: &mut Phase, to: Phase) -> bool {
 fn worker<S, B>(
     addr: SocketAddr,
     service: S,
-    limits: ClientLimits,
+    (limits, conns): (ClientLimits, Arc<Conns>),
     phase: watch::Receiver<Phase>,
     bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
     done: mpsc::UnboundedSender<io::Result<()>>,
@@ -205,7 +209,7 @@ fn worker<S, B>(
         let _ = bound.send(listener.local_addr());
         let serving = async {
             let stopping = reached(phase.clone(), Phase::Stopping);
-            let served = super::serve_with(listener, service, stopping, limits).await;
+            let served = super::serve_on(listener, service, stopping, limits, conns).await;
             let _ = done.send(served);
             // Tunnels live on this runtime: keep it until told to exit.
             std::future::pending::<()>().await;

@@ -5,6 +5,7 @@
 //! frames as they are. The engine (`engine`) knows only this trait, so every rule it applies
 //! holds for joined and pumped tunnels alike.
 
+use crate::server::ClientIo;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -120,9 +121,12 @@ impl AsyncWrite for Prefixed {
 /// Recovers the socket behind an upgraded connection made on a bare `TcpStream` (Switchback's
 /// own server and forwarder do that); anything else stays as it is.
 pub(crate) fn unwrap_socket(upgraded: Upgraded) -> Result<Prefixed, Upgraded> {
-    upgraded
-        .downcast::<TokioIo<TcpStream>>()
-        .map(|parts| Prefixed::new(parts.read_buf, parts.io.into_inner()))
+    match upgraded.downcast::<TokioIo<ClientIo>>() {
+        Ok(parts) => Ok(Prefixed::new(parts.read_buf, parts.io.into_inner().into_inner())),
+        Err(upgraded) => upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map(|parts| Prefixed::new(parts.read_buf, parts.io.into_inner())),
+    }
 }
 
 /// An end of a pumped tunnel: its bytes are read as the data frames of a body (a layer's

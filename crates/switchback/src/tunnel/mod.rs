@@ -281,6 +281,8 @@ pub(crate) struct Opening {
     pub(crate) settings: Settings,
     pub(crate) observer: Option<TunnelObserver>,
     pub(crate) guard: TunnelGuard,
+    /// Places under the tunnel caps and the listener's connection cap, kept for its life.
+    pub(crate) holds: crate::cap::Holds,
 }
 
 /// Starts a tunnel: the one place tunnels are born. Its task waits for the client's connection

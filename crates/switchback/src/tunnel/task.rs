@@ -180,6 +180,8 @@ pin_project! {
         #[pin]
         guard: TunnelGuard,
         report: Report,
+        // Places under the caps, given back when the task (and its sockets) go.
+        holds: crate::cap::Holds,
     }
 }
 
@@ -214,6 +216,7 @@ impl TunnelTask {
                 ends: Some((ends, opening.settings)),
             },
             guard: opening.guard,
+            holds: opening.holds,
             report: Report::Waiting {
                 info: opening.info,
                 observer: opening.observer,

@@ -1,0 +1,144 @@
+//! [`ClientIo`]: a client's socket, watched for where request heads begin (and, on HTTP/2,
+//! end), which is what the request headers timeout counts.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::conns::Slot;
+
+/// A client connection's socket as hyper serves it. Upgraded connections are unwrapped back
+/// to the bare socket (see `tunnel::leg::unwrap_socket`), so this costs nothing in a tunnel.
+#[derive(Debug)]
+pub(crate) struct ClientIo {
+    stream: TcpStream,
+    slot: Arc<Slot>,
+    /// HTTP/2 only: where the frames are.
+    frames: Option<Frames>,
+}
+
+impl ClientIo {
+    pub(crate) fn http1(stream: TcpStream, slot: Arc<Slot>) -> Self {
+        Self {
+            stream,
+            slot,
+            frames: None,
+        }
+    }
+
+    pub(crate) fn http2(stream: TcpStream, slot: Arc<Slot>) -> Self {
+        Self {
+            stream,
+            slot,
+            frames: Some(Frames::default()),
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> TcpStream {
+        self.stream
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        match &mut self.frames {
+            // An HTTP/1 head begins with the first byte that arrives while nothing is in
+            // flight (bytes while busy are a body's, or a pipelined head hyper reads next).
+            None => {
+                if !bytes.is_empty() && self.slot.is_idle() {
+                    self.slot.head_started();
+                }
+            }
+            Some(frames) => frames.scan(bytes, &self.slot),
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        let this = &mut *self;
+        this.observe(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The HTTP/2 frame layout of a client's byte stream (RFC 9113 §4.1), followed just far
+/// enough to see HEADERS blocks begin and end: hyper can't say when a HEADERS frame came
+/// without END_HEADERS and its CONTINUATION never followed.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Preface bytes still to pass.
+    preface_seen: usize,
+    header: [u8; 9],
+    header_len: usize,
+    /// Payload bytes of the current frame still to pass.
+    payload_left: usize,
+}
+
+const PREFACE_LEN: usize = 24;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+
+impl Frames {
+    fn scan(&mut self, mut bytes: &[u8], slot: &Slot) {
+        while !bytes.is_empty() {
+            if self.preface_seen < PREFACE_LEN {
+                let n = bytes.len().min(PREFACE_LEN - self.preface_seen);
+                self.preface_seen += n;
+                bytes = &bytes[n..];
+            } else if self.payload_left > 0 {
+                let n = bytes.len().min(self.payload_left);
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = bytes.len().min(9 - self.header_len);
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len == 9 {
+                    self.header_len = 0;
+                    let [l0, l1, l2, kind, flags, ..] = self.header;
+                    self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+                    if kind == HEADERS || kind == CONTINUATION {
+                        if flags & END_HEADERS != 0 {
+                            slot.head_ended();
+                        } else {
+                            slot.head_started();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The connections of one listener: what each is doing, which of its timers runs, and which
+//! one gives way when the listener is full.
+//!
+//! A connection is in one of three states, read from two clocks and a count:
+//! - **reading a head** (since accept, or since the first byte after an idle spell): the
+//!   request headers timeout runs; the connection may be evicted;
+//! - **busy** (requests being answered, or a tunnel): no timer of ours runs;
+//! - **idle** between requests: the connection idle timeout runs; it may be evicted.
+//!
+//! A tunnel keeps its client connection's place (its descriptor is still open) through an
+//! [`Exchange`] of its own, so that tunnels count against `max_connections` and are never
+//! evicted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use tokio::time::Instant;
+
+use super::ClientLimits;
+
+/// Descriptors kept back from the default `max_connections` for the admin endpoint, log
+/// files, DNS and the like.
+const RESERVED_FDS: u64 = 64;
+
+/// The default `max_connections` for a process allowed `descriptors` open files: every client
+/// connection may need an upstream one (a tunnel's other leg), after a reserve.
+pub(crate) fn default_max_connections(descriptors: Option<u64>) -> usize {
+    let fds = descriptors.unwrap_or(2 * 1024 * 1024);
+    usize::try_from((fds.saturating_sub(RESERVED_FDS) / 2).max(1)).unwrap_or(usize::MAX)
+}
+
+/// The process's current (soft) descriptor limit, `None` when unlimited or unknown.
+#[cfg(target_os = "linux")]
+pub(crate) fn descriptor_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn descriptor_limit() -> Option<u64> {
+    None
+}
+
+/// Every connection of one listener (on all of its workers).
+#[derive(Debug)]
+pub(crate) struct Conns {
+    max: usize,
+    epoch: Instant,
+    live: Mutex<Live>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    next: u64,
+    conns: HashMap<u64, Arc<ConnState>>,
+    /// Connections told to go that haven't gone yet: their places are already promised.
+    leaving: usize,
+}
+
+/// What happened to a connection the listener was asked to take.
+pub(crate) enum Admission {
+    Admitted(Arc<Slot>),
+    /// The listener is full of busy connections: the newcomer gets a `503`.
+    Full,
+}
+
+impl Conns {
+    pub(crate) fn new(limits: &ClientLimits) -> Arc<Self> {
+        Arc::new(Self {
+            max: limits
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(descriptor_limit())),
+            epoch: Instant::now(),
+            live: Mutex::default(),
+        })
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a new connection. When the listener is full, the connection that has waited
+    /// longest for a head, or sat idle longest, is told to go and the newcomer takes its
+    /// place; when every connection is busy, the newcomer is refused.
+    pub(crate) fn admit(self: &Arc<Self>) -> Admission {
+        let now = self.millis(Instant::now());
+        let mut live = self.live();
+        if live.conns.len() - live.leaving >= self.max {
+            let victim = live
+                .conns
+                .values()
+                .filter(|c| c.evictable())
+                .min_by_key(|c| c.waiting_since());
+            let Some(victim) = victim else {
+                ::metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+                return Admission::Full;
+            };
+            victim.leaving.store(true, Relaxed);
+            victim.evict.notify_one();
+            live.leaving += 1;
+            ::metrics::counter!(crate::metrics::CONNECTIONS_EVICTED).increment(1);
+        }
+        let key = live.next;
+        live.next += 1;
+        let state = Arc::new(ConnState {
+            busy: AtomicU32::new(0),
+            head: AtomicU64::new(now),
+            idle: AtomicU64::new(now),
+            leaving: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        live.conns.insert(key, state.clone());
+        Admission::Admitted(Arc::new(Slot {
+            conns: self.clone(),
+            key,
+            state,
+        }))
+    }
+
+    /// Connections open now (tunnels included).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.live().conns.len()
+    }
+
+    /// A time as milliseconds since this listener began, plus one: zero means "not set".
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn instant(&self, millis: u64) -> Instant {
+        self.epoch + Duration::from_millis(millis.saturating_sub(1))
+    }
+}
+
+/// One connection's state, shared by its driver, its requests and its tunnel.
+#[derive(Debug)]
+struct ConnState {
+    /// Requests being answered and tunnels open.
+    busy: AtomicU32,
+    /// When the head being read began (see [`Conns::millis`]), or zero.
+    head: AtomicU64,
+    /// When the connection last fell idle.
+    idle: AtomicU64,
+    leaving: AtomicBool,
+    evict: Notify,
+}
+
+impl ConnState {
+    fn evictable(&self) -> bool {
+        !self.leaving.load(Relaxed) && self.busy.load(Relaxed) == 0
+    }
+
+    fn waiting_since(&self) -> u64 {
+        match self.head.load(Relaxed) {
+            0 => self.idle.load(Relaxed),
+            head => head,
+        }
+    }
+}
+
+/// A connection's place in its listener, held by its driver, each request's extensions and
+/// its tunnel; the place is free again once all have let go.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    conns: Arc<Conns>,
+    key: u64,
+    state: Arc<ConnState>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut live = self.conns.live();
+        live.conns.remove(&self.key);
+        if self.state.leaving.load(Relaxed) {
+            live.leaving -= 1;
+        }
+    }
+}
+
+impl Slot {
+    /// The first byte of a head arrived (HTTP/1 after an idle spell; an HTTP/2 HEADERS
+    /// frame without its end): the request headers timeout starts, unless it runs already.
+    pub(crate) fn head_started(&self) {
+        if self.state.head.load(Relaxed) == 0 {
+            let now = self.conns.millis(Instant::now());
+            self.state.head.store(now, Relaxed);
+        }
+    }
+
+    /// An HTTP/2 HEADERS block ended.
+    pub(crate) fn head_ended(&self) {
+        self.state.head.store(0, Relaxed);
+    }
+
+    /// Whether the connection has nothing in flight: bytes that arrive now begin a head.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state.busy.load(Relaxed) == 0
+    }
+
+    /// A request came in (its head is complete, for HTTP/1) or a tunnel opened: the
+    /// connection is busy until the returned token is dropped.
+    pub(crate) fn begin(self: &Arc<Self>, head_complete: bool) -> Exchange {
+        if head_complete {
+            self.state.head.store(0, Relaxed);
+        }
+        self.state.busy.fetch_add(1, Relaxed);
+        Exchange(self.clone())
+    }
+
+    /// When the connection's running timer expires: the head's, else (when nothing is in
+    /// flight) the idle one's; `None` while busy.
+    pub(crate) fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
+        let conns = &self.conns;
+        match self.state.head.load(Relaxed) {
+            0 if self.state.busy.load(Relaxed) > 0 => None,
+            0 => Some(conns.instant(self.state.idle.load(Relaxed)) + limits.connection_idle_timeout),
+            head => Some(conns.instant(head) + limits.request_headers_timeout),
+        }
+    }
+
+    /// Resolves once the listener tells this connection to make room for a newcomer.
+    pub(crate) fn evicted(&self) -> Notified<'_> {
+        self.state.evict.notified()
+    }
+}
+
+/// A request or tunnel in flight on a connection.
+#[derive(Debug)]
+pub(crate) struct Exchange(Arc<Slot>);
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let state = &self.0.state;
+        if state.busy.fetch_sub(1, Relaxed) == 1 {
+            let now = self.0.conns.millis(Instant::now());
+            state.idle.store(now, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conns(max: usize) -> Arc<Conns> {
+        Conns::new(&ClientLimits::new().max_connections(max))
+    }
+
+    fn admitted(a: Admission) -> Arc<Slot> {
+        match a {
+            Admission::Admitted(slot) => slot,
+            Admission::Full => panic!("refused"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_listener_evicts_the_longest_waiting_and_spares_busy_ones() {
+        let conns = conns(2);
+        let busy = admitted(conns.admit());
+        let _exchange = busy.begin(true);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let waiting = admitted(conns.admit());
+        tokio::time::advance(Duration::from_secs(1)).await;
+
+        let newcomer = admitted(conns.admit());
+        // The waiting connection was told to go; the busy one was not.
+        tokio::time::timeout(Duration::from_millis(1), waiting.evicted())
+            .await
+            .expect("the head-less connection is evicted");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), busy.evicted())
+                .await
+                .is_err()
+        );
+        // Until it has gone, its place is promised: a second newcomer finds only busy or
+        // leaving connections, and the newcomer itself (now waiting for a head).
+        drop(waiting);
+        assert_eq!(conns.len(), 2);
+        let _newcomer_exchange = newcomer.begin(true);
+        assert!(matches!(conns.admit(), Admission::Full));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_the_state() {
+        let limits = ClientLimits::new()
+            .request_headers_timeout(Duration::from_secs(10))
+            .connection_idle_timeout(Duration::from_secs(100));
+        let conns = Conns::new(&limits);
+        let start = Instant::now();
+        let slot = admitted(conns.admit());
+        assert_eq!(slot.deadline(&limits), Some(start + Duration::from_secs(10)));
+        let exchange = slot.begin(true);
+        assert_eq!(slot.deadline(&limits), None);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        drop(exchange);
+        assert_eq!(slot.deadline(&limits), Some(start + Duration::from_secs(103)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        slot.head_started();
+        assert_eq!(slot.deadline(&limits), Some(start + Duration::from_secs(18)));
+    }
+
+    #[test]
+    fn the_default_cap_leaves_room_for_upstream_legs() {
+        assert_eq!(default_max_connections(Some(1024)), 480);
+        assert_eq!(default_max_connections(Some(10)), 1);
+        assert!(default_max_connections(None) > 1_000_000);
+    }
+}
