@@ -333,8 +333,12 @@ async fn connection<S, B>(
     B::Error: Into<BoxError>,
 {
     // A client that sends nothing at all never gets past the preface peek: the head's time
-    // limit starts at accept.
-    let Ok(h2) = tokio::time::timeout(limits.request_headers_timeout, is_h2(&stream)).await else {
+    // limit starts at accept, and a full listener may close it here.
+    let h2 = tokio::select! {
+        peeked = tokio::time::timeout(limits.request_headers_timeout, is_h2(&stream)) => peeked,
+        () = slot.evicted() => return,
+    };
+    let Ok(h2) = h2 else {
         tracing::debug!(client = %addr, "closing a connection that sent nothing in time");
         return;
     };
