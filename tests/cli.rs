@@ -585,7 +585,7 @@ fn check_reports_errors_of_every_kind_in_one_run() {
              {f}:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat)\n\
              {f}:6:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, \
              weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, \
-             request_headers_to_remove, timeout, idle_timeout, max_stream_duration, upgrade_configs, use_websocket, websocket_config\n"
+             request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, upgrade_configs, use_websocket, websocket_config\n"
         )
     );
 }
@@ -1144,7 +1144,10 @@ async fn client_limits_from_the_config() {
         "limits.yaml",
         &format!(
             "listen: 127.0.0.1:0\nrequest_headers_timeout: 300ms\nmax_request_headers_kb: 8\n\
-             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             connection_idle_timeout: 0s\nmax_connections: 50\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: /one }}\n    cluster: echo\n    max_tunnels: 1\n\
+             \x20 - match: {{ prefix: / }}\n    cluster: echo\n\
              clusters:\n  - name: echo\n    endpoints: [{echo}]\n"
         ),
     );
@@ -1162,6 +1165,78 @@ async fn client_limits_from_the_config() {
     // A 9 KiB header over an 8 KiB limit.
     let reply = http(listen, "GET", "/", &[("x-big", &"a".repeat(9 * 1024))], b"").await;
     assert_eq!(reply.status, 431);
+    // The route's max_tunnels: a second tunnel on it gets 503; elsewhere tunnels still open.
+    let (mut first, _) = ws_connect(format!("ws://{listen}/one")).await;
+    let second = tokio_tungstenite::connect_async(format!("ws://{listen}/one")).await;
+    match second {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("a second tunnel on /one: {other:?}"),
+    }
+    let (mut other, _) = ws_connect(format!("ws://{listen}/two")).await;
+    ws_roundtrip(&mut first, Message::text("one")).await;
+    ws_roundtrip(&mut other, Message::text("two")).await;
+}
+
+/// CPU time (user + system, in clock ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th
+    // and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of descriptors, the proxy backs off instead of spinning on accept, and serves again
+/// once descriptors are free. The limit is lowered on the running process (`prlimit`), to
+/// a few more than it has open.
+#[tokio::test]
+async fn running_out_of_descriptors_never_busy_loops() {
+    let dir = TempDir::new("descriptors");
+    let echo = ws_echo().await.addr;
+    let file = dir.write(
+        "fds.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\naccess_log: /dev/null\nworkers: 1\nmax_connections: 100000\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n"
+        ),
+    );
+    let (proxy, listen) = Proxy::serve(&dir, &file).await;
+    let pid = proxy.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = format!("--nofile={0}:{0}", open + 4);
+    let lowered = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .expect("prlimit (util-linux) lowers the running proxy's descriptor limit");
+    assert!(lowered.success());
+
+    // More connections than descriptors: the rest wait in the accept queue.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(TcpStream::connect(listen).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    // A spinning accept loop burns a whole core: 100 ticks a second.
+    assert!(used < 25, "{used} ticks of CPU in one second out of descriptors");
+
+    drop(held);
+    let (mut ws, _) = within(
+        "a tunnel once descriptors are free",
+        ws_connect(format!("ws://{listen}/")),
+    )
+    .await;
+    ws_roundtrip(&mut ws, Message::text("served again")).await;
+    assert!(
+        proxy.stderr().contains("accept failed"),
+        "the proxy never ran out: {}",
+        proxy.stderr()
+    );
 }
 
 /// A second signal ends the drain at once: with an hour of drain_timeout, a live tunnel and

@@ -56,10 +56,18 @@ pub(crate) async fn run(
     let stack = stack::build(&config, &drain, &runtime, &log)?;
 
     let threads = config.workers;
-    let limits = ClientLimits::new()
+    raise_descriptor_limit();
+    let mut limits = ClientLimits::new()
         .request_headers_timeout(config.request_headers_timeout)
         .max_request_headers(config.max_request_headers_kb as usize * 1024)
         .max_headers(config.max_headers_count as usize);
+    limits = match config.connection_idle_timeout {
+        idle if idle.is_zero() => limits.no_connection_idle_timeout(),
+        idle => limits.connection_idle_timeout(idle),
+    };
+    if let Some(max) = config.max_connections {
+        limits = limits.max_connections(usize::try_from(max).unwrap_or(usize::MAX));
+    }
     let mut workers = Workers::start_with(config.listen, threads, limits, stack)
         .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?;
     // From here on the config says what is bound (port 0 resolved), for `GET /config` too.
@@ -180,3 +188,25 @@ pub(crate) fn why_not_listening(e: &io::Error, fix: &str) -> String {
         _ => format!("{e}; {fix}"),
     }
 }
+
+/// Raises the soft descriptor limit to the hard one, as HAProxy does: every tunnel takes two
+/// descriptors, and the default `max_connections` is derived from the limit.
+#[cfg(target_os = "linux")]
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the descriptor limit"),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_descriptor_limit() {}

@@ -63,6 +63,9 @@ fn router(config: &Config, drain: &Drain, log: &AccessLog) -> Result<UpgradeRout
         })
         .drain(drain.clone())
         .observer(log.observer());
+    if let Some(max) = config.max_tunnels {
+        builder = builder.max_tunnels(usize::try_from(max).unwrap_or(usize::MAX));
+    }
     for u in &config.upgrade_configs {
         let mut entry = UpgradeConfig::new(u.upgrade_type.as_str()).enabled(u.enabled);
         if let Some(filters) = &u.filters {
@@ -178,6 +181,9 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
         };
         if let Some(longest) = r.max_stream_duration {
             route = route.max_stream_duration(longest);
+        }
+        if let Some(max) = r.max_tunnels {
+            route = route.max_tunnels(usize::try_from(max).unwrap_or(usize::MAX));
         }
         for u in &r.upgrade_configs {
             route = route.upgrade(u.upgrade_type.as_str(), u.enabled);

@@ -217,6 +217,7 @@ impl Config {
                 timeout: Some(DEFAULT_ROUTE_TIMEOUT),
                 idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
                 max_stream_duration: None,
+                max_tunnels: None,
                 upgrade_configs: Vec::new(),
                 use_websocket: false,
                 websocket_config: WebSocketConfig {

@@ -54,8 +54,9 @@ pub struct Config {
     #[serde(serialize_with = "duration::serialize")]
     pub stream_idle_timeout: Duration,
     /// How long a client has to send a whole request head, counted from accept (a connection
-    /// that sends nothing is closed then) or from the end of the previous response on a
-    /// kept-alive connection. Default `10s` (Envoy's edge recommendation); `0s` is refused.
+    /// that sends nothing is closed then) or from the head's first byte on a kept-alive
+    /// connection; on HTTP/2, every HEADERS block from its first frame. Default `10s`
+    /// (Envoy's edge recommendation); `0s` is refused.
     #[serde(serialize_with = "duration::serialize")]
     pub request_headers_timeout: Duration,
     /// The largest request head, in KiB (Envoy's name): a larger one is answered `431` and
@@ -63,6 +64,20 @@ pub struct Config {
     pub max_request_headers_kb: u32,
     /// The most header lines a request may have; more is answered `431`. Default 100.
     pub max_headers_count: u32,
+    /// How long a client connection may sit idle between requests before it is closed
+    /// (HTTP/2: GOAWAY first). Envoy's `idle_timeout`; default `1h`; `0s` = never.
+    #[serde(serialize_with = "duration::serialize")]
+    pub connection_idle_timeout: Duration,
+    /// The most client connections open at once, tunnels included. When full, a newcomer
+    /// takes the place of the connection that waited longest for a request head or sat idle
+    /// longest; when all are busy it gets `503`. Absent: half the descriptor limit, less a
+    /// reserve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    /// The most tunnels open at once (handshakes in flight included); past it an upgrade
+    /// gets `503` before any upstream contact. Absent: no cap of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tunnels: Option<u64>,
     /// Listener-level upgrade types (YAML `upgrade_configs`), in file order. Default: empty,
     /// i.e. no upgrade type is allowed unless a route enables it. Upgrade types are unique
     /// (case-insensitive).
@@ -98,6 +113,9 @@ impl Default for Config {
             request_headers_timeout: Duration::from_secs(10),
             max_request_headers_kb: 60,
             max_headers_count: 100,
+            connection_idle_timeout: Duration::from_secs(3600),
+            max_connections: None,
+            max_tunnels: None,
             upgrade_configs: Vec::new(),
             ignore_upgrades: DEFAULT_IGNORE_UPGRADES.to_vec(),
             http_filters: Vec::new(),
@@ -241,6 +259,10 @@ pub struct Route {
         serialize_with = "duration::serialize_opt"
     )]
     pub max_stream_duration: Option<Duration>,
+    /// The most tunnels this route keeps open at once; past it an upgrade gets `503` before
+    /// any upstream contact. Absent: no cap of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tunnels: Option<u64>,
     /// Per-route overrides of upgrade types (`enabled` only; no `filters`). Upgrade types
     /// are unique within a route (case-insensitive). Default: empty (listener settings
     /// apply).

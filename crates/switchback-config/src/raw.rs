@@ -19,6 +19,8 @@ pub(crate) const HEADERS_KB: Whole = Whole { min: 8, max: 8192 };
 pub(crate) const HEADERS_COUNT: Whole = Whole { min: 1, max: 10_000 };
 /// `request_body_limit`, in bytes; 0 allows only empty bodies.
 pub(crate) const BODY_LIMIT: Whole = Whole::at_least(0);
+/// `max_connections` and `max_tunnels`: at least one.
+pub(crate) const COUNT: Whole = Whole::at_least(1);
 /// `concurrency_limit`: a `NonZeroUsize`.
 pub(crate) const CONCURRENCY_LIMIT: Whole = Whole::at_least(1);
 /// `runtime` values and `runtime_fraction.default`.
@@ -44,6 +46,9 @@ pub(crate) struct RawConfig {
     pub(crate) request_headers_timeout: Option<S<String>>,
     pub(crate) max_request_headers_kb: Option<S<u64>>,
     pub(crate) max_headers_count: Option<S<u64>>,
+    pub(crate) connection_idle_timeout: Option<S<String>>,
+    pub(crate) max_connections: Option<S<u64>>,
+    pub(crate) max_tunnels: Option<S<u64>>,
     pub(crate) upgrade_configs: List<RawUpgradeConfig>,
     pub(crate) ignore_upgrades: Option<S<List<String>>>,
     pub(crate) http_filters: List<RawFilter>,
@@ -64,6 +69,9 @@ impl RawConfig {
         "request_headers_timeout",
         "max_request_headers_kb",
         "max_headers_count",
+        "connection_idle_timeout",
+        "max_connections",
+        "max_tunnels",
         "upgrade_configs",
         "ignore_upgrades",
         "http_filters",
@@ -103,6 +111,9 @@ impl RawConfig {
                     |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, HEADERS_COUNT),
                 )
                 .ok(),
+            connection_idle_timeout: f.optional(ctx, "connection_idle_timeout", Ctx::string).ok(),
+            max_connections: f.optional(ctx, "max_connections", count).ok(),
+            max_tunnels: f.optional(ctx, "max_tunnels", count).ok(),
             upgrade_configs: f.list(ctx, "upgrade_configs", RawUpgradeConfig::read).items(),
             ignore_upgrades: f
                 .optional(
@@ -235,6 +246,7 @@ pub(crate) struct RawRoute {
     pub(crate) timeout: Option<S<String>>,
     pub(crate) idle_timeout: Option<S<String>>,
     pub(crate) max_stream_duration: Option<S<String>>,
+    pub(crate) max_tunnels: Option<S<u64>>,
     pub(crate) upgrade_configs: List<RawUpgradeConfig>,
     pub(crate) use_websocket: bool,
     pub(crate) websocket_config: Option<S<RawWebSocketConfig>>,
@@ -253,6 +265,7 @@ impl RawRoute {
         "timeout",
         "idle_timeout",
         "max_stream_duration",
+        "max_tunnels",
         "upgrade_configs",
         "use_websocket",
         "websocket_config",
@@ -282,6 +295,7 @@ impl RawRoute {
                 timeout: f.optional(ctx, "timeout", Ctx::string).ok(),
                 idle_timeout: f.optional(ctx, "idle_timeout", Ctx::string).ok(),
                 max_stream_duration: f.optional(ctx, "max_stream_duration", Ctx::string).ok(),
+                max_tunnels: f.optional(ctx, "max_tunnels", count).ok(),
                 upgrade_configs: f.list(ctx, "upgrade_configs", RawUpgradeConfig::read).items(),
                 use_websocket: f
                     .value(ctx, "use_websocket", Ctx::boolean)
@@ -501,4 +515,9 @@ pub(crate) fn keys_at(path: &str) -> Keys {
         s if s.ends_with("request_headers_to_add") || s.ends_with("response_headers_to_add") => Keys::Any,
         _ => Keys::Unknown,
     }
+}
+
+/// A count with a floor of one (`max_connections`, `max_tunnels`).
+fn count(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<u64>> {
+    ctx.whole(node, path, COUNT)
 }

@@ -1375,7 +1375,7 @@ config.yaml:1:10: workers: expected a whole number from 1 to 1024 here, found \"
 config.yaml:2:9: listen: \"nowhere\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000
 config.yaml:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat, feed)
 config.yaml:6:14: routes[0].timeout: invalid duration \"soon\": expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h; 0s turns a timeout off where allowed)
-config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, upgrade_configs, use_websocket, websocket_config
+config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, upgrade_configs, use_websocket, websocket_config
 config.yaml:10:31: routes[1].weighted_clusters[0].weight: expected a whole number from 0 to 4294967295 here, found \"lots\"
 config.yaml:11:17: routes[1].weighted_clusters[1].name: unknown cluster \"feeds\"; did you mean `feed`? (known: chat, feed)
 config.yaml:16:33: clusters[1].endpoints[1]: expected an endpoint: a string host:port or a mapping {address, hostname}; found \"9003\"";
@@ -1700,7 +1700,7 @@ fn indentation_that_parses_into_something_else() {
     assert_eq!(
         render(&found),
         "config.yaml:7:10: routes[0].match: expected a mapping (key: value) here, found nothing
-config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, upgrade_configs, use_websocket, websocket_config
+config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, upgrade_configs, use_websocket, websocket_config
   hint: check the indentation of line 8: `prefix` is a field of `match` (line 7), which is left empty; indent `prefix:` further than `match:` to put it inside"
     );
 }
@@ -1766,6 +1766,34 @@ fn client_limits_have_edge_defaults_and_are_checked() {
     assert!(e.to_string().contains("from 8 to 8192"), "{e}");
     let e = one("max_headers_count: many\n");
     assert!(e.to_string().contains("max_headers_count"), "{e}");
+}
+
+#[test]
+fn connection_and_tunnel_caps() {
+    let c = parse("listen: 127.0.0.1:1\n");
+    assert_eq!(c.connection_idle_timeout, Duration::from_secs(3600));
+    assert_eq!((c.max_connections, c.max_tunnels), (None, None));
+    let c = parse(
+        "connection_idle_timeout: 0s\nmax_connections: 5000\nmax_tunnels: 4000\n\
+         routes:\n  - match: { prefix: / }\n    cluster: c\n    max_tunnels: 10\n\
+         clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
+    );
+    assert_eq!(c.connection_idle_timeout, Duration::ZERO);
+    assert_eq!((c.max_connections, c.max_tunnels), (Some(5000), Some(4000)));
+    assert_eq!(c.routes[0].max_tunnels, Some(10));
+    let e = one("max_connections: 0\n");
+    assert!(
+        e.to_string().contains("max_connections must be at least 1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("descriptor limit"), "{e}");
+    let e = one(
+        "routes:\n  - match: { prefix: / }\n    cluster: c\n    max_tunnels: 0\n\
+         clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
+    );
+    assert!(e.to_string().contains("routes[0].max_tunnels"), "{e}");
+    let e = one("max_tunnels: lots\n");
+    assert!(e.to_string().contains("max_tunnels"), "{e}");
 }
 
 #[test]

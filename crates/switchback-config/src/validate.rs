@@ -12,6 +12,9 @@ use http::{HeaderName, HeaderValue};
 use crate::duration::parse_duration;
 use crate::error::Ctx;
 use crate::locate::{join_index, join_key};
+/// What leaving a tunnel cap out means.
+const NO_CAP: &str = "leave it out for no cap of its own";
+
 use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, Endpoint, Filter,
     HeaderMatcher, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig,
@@ -71,6 +74,17 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+
+    /// A cap (`max_connections`, `max_tunnels`): at least one.
+    fn count(&mut self, value: &Option<S<u64>>, path: &str, absent: &str) -> Option<u64> {
+        let v = value.as_ref()?;
+        if v.value == 0 {
+            let field = path.rsplit('.').next().unwrap_or(path);
+            self.error(v.at, path, format!("{field} must be at least 1; {absent}"));
+            return None;
+        }
+        Some(v.value)
     }
 
     /// An upgrade token (`upgrade_type`, `ignore_upgrades` entries): non-empty, one word.
@@ -683,6 +697,7 @@ impl Ctx<'_> {
             timeout,
             idle_timeout,
             max_stream_duration,
+            max_tunnels: self.count(&r.max_tunnels, &join_key(path, "max_tunnels"), NO_CAP),
             upgrade_configs,
             use_websocket: r.use_websocket,
             websocket_config,
@@ -771,6 +786,18 @@ impl Ctx<'_> {
                 ),
             }
         }
+
+        if let Some(d) = &raw.connection_idle_timeout
+            && let Some(d) = self.duration(d, "connection_idle_timeout", Zero::Allowed)
+        {
+            config.connection_idle_timeout = d;
+        }
+        config.max_connections = self.count(
+            &raw.max_connections,
+            "max_connections",
+            "leave it out to derive it from the descriptor limit",
+        );
+        config.max_tunnels = self.count(&raw.max_tunnels, "max_tunnels", NO_CAP);
 
         config.upgrade_configs = self.upgrade_configs(&raw.upgrade_configs, "upgrade_configs", false);
 

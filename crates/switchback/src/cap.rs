@@ -28,7 +28,9 @@ impl TunnelCap {
         let count = &self.0;
         count
             .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < count.max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < count.max).then_some(n + 1)
+            })
             .ok()
             .map(|_| CapPlace(self.0.clone()))
     }

@@ -19,12 +19,12 @@ pub use future::ResponseFuture;
 
 use crate::body::PreBodyEnd;
 use crate::cap::{Holds, TunnelCap};
-use crate::server::ClientConn;
 use crate::detect::{Inspection, inspect};
 use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, Upgrading};
 use crate::handoff::TunnelRead;
 use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
+use crate::server::ClientConn;
 use crate::tunnel::{Settings, TunnelInfo, TunnelMode};
 use crate::{Body, BoxError, UpgradeType, metrics, reply};
 use config::RouterConfig;
@@ -268,7 +268,11 @@ impl<S> UpgradeRouter<S> {
                 conn: None,
             }),
             (Err(max), _) | (_, Err(max)) => {
-                tracing::warn!(max, path = req.uri().path(), "upgrade refused: max_tunnels reached");
+                tracing::warn!(
+                    max,
+                    path = req.uri().path(),
+                    "upgrade refused: max_tunnels reached"
+                );
                 None
             }
         }

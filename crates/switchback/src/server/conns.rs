@@ -217,8 +217,10 @@ impl Slot {
         let conns = &self.conns;
         match self.state.head.load(Relaxed) {
             0 if self.state.busy.load(Relaxed) > 0 => None,
-            0 => Some(conns.instant(self.state.idle.load(Relaxed)) + limits.connection_idle_timeout),
-            head => Some(conns.instant(head) + limits.request_headers_timeout),
+            0 => conns
+                .instant(self.state.idle.load(Relaxed))
+                .checked_add(limits.connection_idle_timeout?),
+            head => conns.instant(head).checked_add(limits.request_headers_timeout),
         }
     }
 
@@ -301,6 +303,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         slot.head_started();
         assert_eq!(slot.deadline(&limits), Some(start + Duration::from_secs(18)));
+        slot.head_ended();
+        assert_eq!(slot.deadline(&limits.no_connection_idle_timeout()), None);
     }
 
     #[test]

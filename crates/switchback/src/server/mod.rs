@@ -19,9 +19,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::{Body, BoxError};
 use crate::ext::ClientAddr;
 use crate::reply::{self, Then};
+use crate::{Body, BoxError};
 use http::StatusCode;
 use http_body_util::Either;
 
@@ -64,7 +64,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientLimits {
     request_headers_timeout: Duration,
-    connection_idle_timeout: Duration,
+    connection_idle_timeout: Option<Duration>,
     max_request_headers: usize,
     max_headers: usize,
     max_connections: Option<usize>,
@@ -74,7 +74,7 @@ impl Default for ClientLimits {
     fn default() -> Self {
         Self {
             request_headers_timeout: Duration::from_secs(10),
-            connection_idle_timeout: Duration::from_secs(3600),
+            connection_idle_timeout: Some(Duration::from_secs(3600)),
             max_request_headers: 60 * 1024,
             max_headers: 100,
             max_connections: None,
@@ -101,7 +101,14 @@ impl ClientLimits {
     /// it is closed (HTTP/2: GOAWAY, then close). Tunnels are not idle connections: their own
     /// idle timeout applies.
     pub fn connection_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.connection_idle_timeout = timeout;
+        self.connection_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Connections idle between requests stay open until the client closes them (or a full
+    /// listener needs their place).
+    pub fn no_connection_idle_timeout(mut self) -> Self {
+        self.connection_idle_timeout = None;
         self
     }
 
@@ -250,6 +257,9 @@ where
     Ok(())
 }
 
+/// A response as the server sends it: the stack's, or a refusal of its own, tracked.
+type Served<B> = Response<Tracked<Either<B, Body>>>;
+
 /// The per-connection service: checks the head's exact size, tells the request where it came
 /// from, and keeps the connection busy until the response is sent.
 fn exchange_service<S, B>(
@@ -259,9 +269,9 @@ fn exchange_service<S, B>(
     limits: ClientLimits,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Tracked<Either<B, Body>>>,
+    Response = Served<B>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Tracked<Either<B, Body>>>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Served<B>, Infallible>> + Send,
 > + Send
 + 'static
 where
@@ -351,7 +361,15 @@ async fn connection<S, B>(
             .timer(TokioTimer::new());
         let io = TokioIo::new(Io::http2(stream, slot.clone()));
         let conn = builder.serve_connection(io, svc);
-        drive(conn, &slot, &limits, &mut stopping, |c| c.graceful_shutdown(), true).await
+        drive(
+            conn,
+            &slot,
+            &limits,
+            &mut stopping,
+            |c| c.graceful_shutdown(),
+            true,
+        )
+        .await
     } else {
         let mut builder = http1::Builder::new();
         // A proxy relays the upstream's head; it does not invent a `Date` the upstream didn't
@@ -365,7 +383,15 @@ async fn connection<S, B>(
             .max_headers(limits.max_headers);
         let io = TokioIo::new(Io::http1(stream, slot.clone()));
         let conn = builder.serve_connection(io, svc).with_upgrades();
-        drive(conn, &slot, &limits, &mut stopping, |c| c.graceful_shutdown(), false).await
+        drive(
+            conn,
+            &slot,
+            &limits,
+            &mut stopping,
+            |c| c.graceful_shutdown(),
+            false,
+        )
+        .await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");
