@@ -335,6 +335,80 @@ async fn an_upgrade_request_body_is_sent_with_the_head() {
     assert_eq!(read_n(&mut up, Vec::new(), 5).await, b"after");
 }
 
+/// A `Content-Length` body still on its way does not hold the upstream's `101` back (Envoy
+/// relays it at once): the client gets the `101`, the rest of the body reaches the upstream
+/// next, and only then the tunnel bytes. On the joined path and the pumped one.
+#[tokio::test]
+async fn an_unfinished_upgrade_body_does_not_hold_the_101_back() {
+    for layered in [false, true] {
+        let raw = RawUpstream::bind().await;
+        let proxy = if layered {
+            start(
+                ServiceBuilder::new()
+                    .layer(foo_router())
+                    .service(touch_bodies(Forward::new(cluster(raw.addr)))),
+            )
+            .await
+        } else {
+            proxy_to(raw.addr, foo_router()).await
+        };
+        let req = "GET /b HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\nContent-Length: 10\r\n\r\nabcd";
+        let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+        let mut up = raw.accept().await;
+        let (head, extra) = read_head(&mut up).await;
+        assert_eq!(header(&head, "content-length"), Some("10"), "{head}");
+        assert_eq!(read_n(&mut up, extra, 4).await, b"abcd");
+        up.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\nfirst")
+            .await
+            .unwrap();
+        let (head, rest) = within(read_head(&mut client)).await;
+        assert_eq!(status(&head), 101, "layered: {layered}: {head}");
+
+        client.write_all(b"efghijTUNNEL").await.unwrap();
+        assert_eq!(
+            read_n(&mut up, Vec::new(), 12).await,
+            b"efghijTUNNEL",
+            "layered: {layered}"
+        );
+        up.write_all(b"-down").await.unwrap();
+        assert_eq!(
+            read_n(&mut client, rest, 10).await,
+            b"first-down",
+            "layered: {layered}"
+        );
+    }
+}
+
+/// An upgrade body that never finishes after the `101` is bounded: both connections close
+/// at the tunnel's idle timeout, and the upstream never gets a tunnel byte.
+#[tokio::test]
+async fn an_upgrade_body_that_never_ends_is_bounded() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("foo")
+        .tunnel(switchback::TunnelConfig::new().idle_timeout(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    let req =
+        "GET /b HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\nContent-Length: 10\r\n\r\nabcd";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (_, extra) = read_head(&mut up).await;
+    assert_eq!(read_n(&mut up, extra, 4).await, b"abcd");
+    up.write_all(FOO_101).await.unwrap();
+    let (head, _) = within(read_head(&mut client)).await;
+    assert_eq!(status(&head), 101, "{head}");
+    let started = tokio::time::Instant::now();
+    within(read_to_eof(&mut client)).await;
+    assert!(within(read_to_eof(&mut up)).await.is_empty());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
+
 /// CONNECT is not proxied (yet): a clear 501, never a half-made tunnel.
 #[tokio::test]
 async fn connect_is_refused_plainly() {

@@ -10,10 +10,11 @@
 //! byte sources, and the connections' write halves the sinks. Whichever reads or writes the
 //! upstream first splits it.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -25,6 +26,45 @@ use crate::Body;
 /// The read half of an upgraded connection, read as body data on the pumped path.
 pub(crate) type TunnelRead = ReadHalf<TokioIo<Upgraded>>;
 type TunnelWrite = WriteHalf<TokioIo<Upgraded>>;
+
+/// An upstream connection that has answered `101` but may still be sending the upgrade
+/// request's body: hyper hands the connection over only once the body is sent. The `101`
+/// goes to the client at once (the client may still be sending that body); the tunnel
+/// waits for the switch before it relays a byte.
+pub(crate) enum Switch {
+    Done(Upgraded),
+    Switching(Switching),
+}
+
+/// Sends the rest of the request body, then yields the switched connection.
+pub(crate) type Switching = Pin<Box<dyn Future<Output = hyper::Result<Upgraded>> + Send>>;
+
+impl Switch {
+    /// Drives the switch; ready once the connection is handed over (or failed).
+    pub(crate) fn poll_switched(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        if let Self::Switching(switching) = self {
+            *self = Self::Done(ready!(switching.as_mut().poll(cx))?);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The connection, once switched.
+    pub(crate) fn switched(self) -> Option<Upgraded> {
+        match self {
+            Self::Done(upgraded) => Some(upgraded),
+            Self::Switching(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Switch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Done(upgraded) => f.debug_tuple("Done").field(upgraded).finish(),
+            Self::Switching(_) => f.write_str("Switching"),
+        }
+    }
+}
 
 /// The upstream half of an upgrade, in the `101`'s response extensions.
 #[derive(Clone, Debug)]
@@ -42,7 +82,7 @@ struct Shared {
 
 #[derive(Debug)]
 enum Upstream {
-    Whole(Upgraded),
+    Whole(Switch),
     Split {
         read: Option<TunnelRead>,
         write: Option<TunnelWrite>,
@@ -52,7 +92,7 @@ enum Upstream {
 impl Handoff {
     /// `client` is the body that carries the client's tunnel bytes; `client_untouched` says
     /// it is still Switchback's own (no layer wrapped it).
-    pub(crate) fn new(upstream: Upgraded, client: Body, client_untouched: bool) -> Self {
+    pub(crate) fn new(upstream: Switch, client: Body, client_untouched: bool) -> Self {
         Self(Arc::new(Shared {
             upstream: Mutex::new(Upstream::Whole(upstream)),
             client: Mutex::new(Some(client)),
@@ -64,8 +104,16 @@ impl Handoff {
         self.0.upstream.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Drives the upstream's switch, when it is still whole and switching.
+    fn poll_switched(&self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        match &mut *self.upstream() {
+            Upstream::Whole(switch) => switch.poll_switched(cx),
+            Upstream::Split { .. } => Poll::Ready(Ok(())),
+        }
+    }
+
     /// The upstream connection, if nobody has read or written it yet.
-    fn take_whole(&self) -> Option<Upgraded> {
+    fn take_whole(&self) -> Option<Switch> {
         let mut upstream = self.upstream();
         match std::mem::replace(
             &mut *upstream,
@@ -82,11 +130,13 @@ impl Handoff {
         }
     }
 
+    /// Splits a switched connection (one still switching stays whole: nothing reads or
+    /// writes it before the tunnel has waited for the switch).
     fn split(upstream: &mut Upstream) {
-        if let Upstream::Split { .. } = upstream {
+        if let Upstream::Split { .. } | Upstream::Whole(Switch::Switching(_)) = upstream {
             return;
         }
-        if let Upstream::Whole(u) = std::mem::replace(
+        if let Upstream::Whole(Switch::Done(u)) = std::mem::replace(
             upstream,
             Upstream::Split {
                 read: None,
@@ -153,9 +203,20 @@ impl UpstreamTunnel {
 /// The two ends of a tunnel about to open.
 pub(crate) enum Ends {
     /// Neither body was touched: relay between the two upgraded connections.
-    Joined { upstream: Upgraded },
+    Joined { upstream: Switch },
     /// A layer touched a body: relay between the bodies as the layers left them.
     Pumped(Box<PumpedEnds>),
+}
+
+impl Ends {
+    /// Ready once the upstream connection has switched: the rest of the upgrade request's
+    /// body is sent first.
+    pub(crate) fn poll_switched(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        match self {
+            Self::Joined { upstream } => upstream.poll_switched(cx),
+            Self::Pumped(ends) => ends.upstream.handoff.poll_switched(cx),
+        }
+    }
 }
 
 /// The ends of a pumped tunnel.

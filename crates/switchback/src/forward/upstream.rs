@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::{auto_host_rewrite, keep_authority_as_host, origin_form, with_timeout};
 use crate::cluster::{Cluster, ConnectError, Endpoint};
 use crate::ext::UpstreamAddr;
+use crate::handoff::{Switch, Switching};
 use crate::metrics::HandshakeFailure;
 use crate::reply::{self, Then};
 use crate::{Body, UpgradeType, hop};
@@ -29,8 +30,8 @@ pub(crate) struct Answer {
     /// The head as sent, for checking a `101` against it.
     pub(crate) request_headers: HeaderMap,
     /// For a `101`: the upstream's upgraded connection (the bytes that came with the `101`
-    /// included).
-    pub(crate) upgraded: Option<hyper::Result<hyper::upgrade::Upgraded>>,
+    /// included), or its switch still under way while the request body is sent.
+    pub(crate) upgraded: Option<hyper::Result<Switch>>,
     /// For anything else: the connection, still to be driven while the body is read.
     conn: Option<Pin<Box<Conn>>>,
 }
@@ -145,11 +146,21 @@ pub(crate) async fn exchange(
     }
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upgrade = hyper::upgrade::on(&mut res);
-        let (upgraded, ()) = tokio::join!(upgrade, async {
-            if let Some(c) = conn.take() {
+        let conn = conn.take();
+        let mut switching: Switching = Box::pin(async move {
+            if let Some(c) = conn {
                 let _ = c.await;
             }
+            upgrade.await
         });
+        // Without a request body still to send (nearly always), the connection has switched
+        // already; otherwise the 101 goes on at once and the tunnel finishes the switch
+        // (Envoy relays the 101 at once too).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let upgraded = match switching.as_mut().poll(&mut cx) {
+            Poll::Ready(upgraded) => upgraded.map(Switch::Done),
+            Poll::Pending => Ok(Switch::Switching(switching)),
+        };
         return Ok(Answer {
             res,
             endpoint,
@@ -182,9 +193,9 @@ pub(crate) fn fail(
 
 /// The upstream's upgraded connection after its `101`, or the `502` for one lost right after.
 pub(crate) fn switched_connection(
-    upgraded: Option<hyper::Result<hyper::upgrade::Upgraded>>,
+    upgraded: Option<hyper::Result<Switch>>,
     ty: &UpgradeType,
-) -> Result<hyper::upgrade::Upgraded, Box<Response<Body>>> {
+) -> Result<Switch, Box<Response<Body>>> {
     match upgraded {
         Some(Ok(u)) => Ok(u),
         lost => {

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::io::WriteHalf;
 use tokio::sync::SetOnce;
+use tokio::time::Sleep;
 
 use super::engine::{Duplex, Settings};
 use super::leg::{self, BodyLeg, Prefixed};
@@ -108,9 +109,10 @@ pin_project! {
 }
 
 impl Relay {
-    fn new(client: Upgraded, ends: Ends, settings: Settings) -> Self {
+    /// `None` if the upstream had not switched (the caller waits for that first).
+    fn new(client: Upgraded, ends: Ends, settings: Settings) -> Option<Self> {
         let upstream = match ends {
-            Ends::Joined { upstream } => upstream,
+            Ends::Joined { upstream } => upstream.switched()?,
             Ends::Pumped(ends) => {
                 let (read, write) = tokio::io::split(TokioIo::new(client));
                 // The request body may be gone (a layer dropped it): then nothing reads the
@@ -118,12 +120,12 @@ impl Relay {
                 let _ = ends.client_reader.send(read);
                 let client = BodyLeg::new(ends.client_body, write);
                 let upstream = BodyLeg::new(ends.upstream_body, ends.upstream);
-                return Self::Pumped {
+                return Some(Self::Pumped {
                     duplex: Box::pin(Duplex::new(client, upstream, settings)),
-                };
+                });
             }
         };
-        match leg::unwrap_socket(client) {
+        Some(match leg::unwrap_socket(client) {
             Ok(client) => match leg::unwrap_socket(upstream) {
                 Ok(upstream) => Self::Sockets {
                     duplex: Duplex::new(client, upstream, settings),
@@ -135,7 +137,7 @@ impl Relay {
             Err(client) => Self::Wrapped {
                 duplex: Duplex::new(TokioIo::new(client), TokioIo::new(upstream), settings),
             },
-        }
+        })
     }
 
     /// Bytes relayed so far: from the client, to the client.
@@ -188,7 +190,14 @@ pin_project! {
 pin_project! {
     #[project = StageProj]
     enum Stage {
-        Upgrading { client: OnUpgrade, ends: Option<(Ends, Settings)> },
+        Upgrading {
+            client: OnUpgrade,
+            ends: Option<(Ends, Settings)>,
+            // The client's connection, once upgraded, while the upstream's switch goes on.
+            upgraded: Option<Upgraded>,
+            // Set while an upgrade request's body is still on its way (rare: boxed).
+            deadline: Option<Pin<Box<Sleep>>>,
+        },
         Relaying { #[pin] relay: Relay },
         Ended,
     }
@@ -214,6 +223,8 @@ impl TunnelTask {
             stage: Stage::Upgrading {
                 client,
                 ends: Some((ends, opening.settings)),
+                upgraded: None,
+                deadline: None,
             },
             guard: opening.guard,
             holds: opening.holds,
@@ -232,23 +243,35 @@ impl Future for TunnelTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        if let StageProj::Upgrading { client, ends } = this.stage.as_mut().project() {
-            let upgraded = ready!(Pin::new(client).poll(cx));
-            let Some((ends, settings)) = ends.take() else {
+        if let StageProj::Upgrading {
+            client,
+            ends,
+            upgraded,
+            deadline,
+        } = this.stage.as_mut().project()
+        {
+            let Some((switching, settings)) = ends else {
                 this.stage.set(Stage::Ended);
                 return Poll::Ready(());
             };
-            let client = match upgraded {
-                Ok(client) => client,
-                Err(e) => {
-                    tracing::debug!(error = %e, "client connection did not upgrade");
+            match upgrading(client, upgraded, switching, settings, deadline, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(why)) => {
+                    tracing::debug!(%why, "the tunnel did not open");
                     this.stage.set(Stage::Ended);
                     return Poll::Ready(());
                 }
+                Poll::Ready(Ok(())) => {}
+            }
+            let (Some(client), Some((ends, settings))) = (upgraded.take(), ends.take()) else {
+                this.stage.set(Stage::Ended);
+                return Poll::Ready(());
             };
-            this.stage.set(Stage::Relaying {
-                relay: Relay::new(client, ends, settings),
-            });
+            let Some(relay) = Relay::new(client, ends, settings) else {
+                this.stage.set(Stage::Ended);
+                return Poll::Ready(());
+            };
+            this.stage.set(Stage::Relaying { relay });
             this.report.open();
         }
         let StageProj::Relaying { mut relay } = this.stage.as_mut().project() else {
@@ -265,6 +288,45 @@ impl Future for TunnelTask {
         this.report.finish(stats);
         Poll::Ready(())
     }
+}
+
+/// How long an upgrade request's body may take to arrive in full after the `101`, when the
+/// tunnel has no idle timeout to bound it (Envoy's default stream idle timeout).
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Waits for both connections to switch: the client's once the server has written the
+/// `101` and read the request body; the upstream's once its connection has sent that body.
+/// An upgrade body that never ends is bounded by the tunnel's idle timeout.
+fn upgrading(
+    client: &mut OnUpgrade,
+    upgraded: &mut Option<Upgraded>,
+    ends: &mut Ends,
+    settings: &Settings,
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), String>> {
+    let upstream = ends.poll_switched(cx);
+    if upgraded.is_none() {
+        match Pin::new(client).poll(cx) {
+            Poll::Ready(Ok(client)) => *upgraded = Some(client),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("the client did not upgrade: {e}"))),
+            Poll::Pending => {}
+        }
+    }
+    match upstream {
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("the upstream did not switch: {e}"))),
+        Poll::Ready(Ok(())) if upgraded.is_some() => return Poll::Ready(Ok(())),
+        // Waiting for the server to write the `101`: no timer needed.
+        Poll::Ready(Ok(())) => return Poll::Pending,
+        // An upgrade whose request body is still on its way: bounded.
+        Poll::Pending => {}
+    }
+    let limit = settings.idle_timeout.unwrap_or(BODY_DEADLINE);
+    let sleep = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+    ready!(sleep.as_mut().poll(cx));
+    Poll::Ready(Err(format!(
+        "the upgrade request's body did not arrive within {limit:?}"
+    )))
 }
 
 impl Report {
