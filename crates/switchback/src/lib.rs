@@ -56,6 +56,7 @@
 mod body;
 mod cap;
 mod cluster;
+mod conn;
 mod detect;
 mod drain;
 mod ext;

@@ -24,7 +24,7 @@ use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, Upgra
 use crate::handoff::TunnelRead;
 use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
-use crate::server::ClientConn;
+use crate::conn::ClientConn;
 use crate::tunnel::{Settings, TunnelInfo, TunnelMode};
 use crate::{Body, BoxError, UpgradeType, metrics, reply};
 use config::RouterConfig;

@@ -25,16 +25,12 @@ use crate::{Body, BoxError};
 use http::StatusCode;
 use http_body_util::Either;
 
-mod client_io;
-pub(crate) mod conns;
 mod tracked;
 mod workers;
 
-pub(crate) use client_io::ClientIo;
 pub use workers::Workers;
 
-use client_io::ClientIo as Io;
-use conns::{Admission, Conns, Slot};
+use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Slot};
 use tracked::Tracked;
 
 /// How long [`serve`] waits for in-flight HTTP exchanges after shutdown starts. Upgraded
@@ -206,7 +202,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_on(listener, service, shutdown, limits, Conns::new(&limits)).await
+    serve_on(listener, service, shutdown, limits, Conns::new(limits.max_connections)).await
 }
 
 /// [`serve_with`], counting connections in `conns` (which [`Workers`] share).
@@ -303,11 +299,6 @@ where
         }
     })
 }
-
-/// The client connection a request came on, for a tunnel to keep its place in the
-/// listener's count.
-#[derive(Debug, Clone)]
-pub(crate) struct ClientConn(pub(crate) Arc<Slot>);
 
 /// Answers a connection the full listener can't take: `503`, then close once the client
 /// has read it (or after a second).
@@ -438,7 +429,9 @@ where
             return Poll::Ready(Ok(Interrupted::Evicted));
         }
         // The state may have changed while the connection was polled: re-arm first.
-        let deadline = slot.deadline(limits).unwrap_or_else(far);
+        let deadline = slot
+            .deadline(limits.request_headers_timeout, limits.connection_idle_timeout)
+            .unwrap_or_else(far);
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }

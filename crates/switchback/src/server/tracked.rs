@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::conns::Exchange;
+use crate::conn::Exchange;
 
 pin_project! {
     /// A response body holding its request's [`Exchange`]: hyper drops the body once it

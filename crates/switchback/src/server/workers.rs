@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 
 use super::ClientLimits;
-use super::conns::Conns;
+use crate::conn::Conns;
 use std::sync::Arc;
 use tower::Service;
 
@@ -99,7 +99,7 @@ impl Workers {
         }
         let (phase, _) = watch::channel(Phase::Serving);
         // One listener, whatever the number of sockets: `max_connections` counts them all.
-        let conns = Conns::new(&limits);
+        let conns = Conns::new(limits.max_connections);
         let (done, served) = mpsc::unbounded_channel();
         let mut workers = Self {
             addr,

@@ -5,7 +5,7 @@
 //! frames as they are. The engine (`engine`) knows only this trait, so every rule it applies
 //! holds for joined and pumped tunnels alike.
 
-use crate::server::ClientIo;
+use crate::conn::ClientIo;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};

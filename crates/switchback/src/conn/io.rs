@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::conns::Slot;
+use super::Slot;
 
 /// A client connection's socket as hyper serves it. Upgraded connections are unwrapped back
 /// to the bare socket (see `tunnel::leg::unwrap_socket`), so this costs nothing in a tunnel.

@@ -1,5 +1,7 @@
-//! The connections of one listener: what each is doing, which of its timers runs, and which
-//! one gives way when the listener is full.
+//! Client connections as their listener counts them: what each is doing, which of its timers
+//! runs, and which one gives way when the listener is full. Neutral: the server admits and
+//! times connections, the router lets a tunnel keep its connection's place, and the tunnel
+//! unwraps a connection's socket ([`ClientIo`]).
 //!
 //! A connection is in one of three states, read from two clocks and a count:
 //! - **reading a head** (since accept, or since the first byte after an idle spell): the
@@ -20,7 +22,10 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
-use super::ClientLimits;
+mod io;
+
+pub(crate) use io::ClientIo;
+
 
 /// Descriptors kept back from the default `max_connections` for the admin endpoint, log
 /// files, DNS and the like.
@@ -68,11 +73,10 @@ pub(crate) enum Admission {
 }
 
 impl Conns {
-    pub(crate) fn new(limits: &ClientLimits) -> Arc<Self> {
+    /// A listener's count; `max: None` derives the cap from the descriptor limit.
+    pub(crate) fn new(max: Option<usize>) -> Arc<Self> {
         Arc::new(Self {
-            max: limits
-                .max_connections
-                .unwrap_or_else(|| default_max_connections(descriptor_limit())),
+            max: max.unwrap_or_else(|| default_max_connections(descriptor_limit())),
             epoch: Instant::now(),
             live: Mutex::default(),
         })
@@ -211,16 +215,14 @@ impl Slot {
         Exchange(self.clone())
     }
 
-    /// When the connection's running timer expires: the head's, else (when nothing is in
-    /// flight) the idle one's; `None` while busy.
-    pub(crate) fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
+    /// When the connection's running timer expires: the head's (`head` after it began),
+    /// else, when nothing is in flight, the idle one's; `None` while busy.
+    pub(crate) fn deadline(&self, head: Duration, idle: Option<Duration>) -> Option<Instant> {
         let conns = &self.conns;
         match self.state.head.load(Relaxed) {
             0 if self.state.busy.load(Relaxed) > 0 => None,
-            0 => conns
-                .instant(self.state.idle.load(Relaxed))
-                .checked_add(limits.connection_idle_timeout?),
-            head => conns.instant(head).checked_add(limits.request_headers_timeout),
+            0 => conns.instant(self.state.idle.load(Relaxed)).checked_add(idle?),
+            began => conns.instant(began).checked_add(head),
         }
     }
 
@@ -229,6 +231,11 @@ impl Slot {
         self.state.evict.notified()
     }
 }
+
+/// The client connection a request came on (a request extension), for a tunnel to keep its
+/// place in the listener's count.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientConn(pub(crate) Arc<Slot>);
 
 /// A request or tunnel in flight on a connection.
 #[derive(Debug)]
@@ -249,7 +256,7 @@ mod tests {
     use super::*;
 
     fn conns(max: usize) -> Arc<Conns> {
-        Conns::new(&ClientLimits::new().max_connections(max))
+        Conns::new(Some(max))
     }
 
     fn admitted(a: Admission) -> Arc<Slot> {
@@ -288,23 +295,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_follow_the_state() {
-        let limits = ClientLimits::new()
-            .request_headers_timeout(Duration::from_secs(10))
-            .connection_idle_timeout(Duration::from_secs(100));
-        let conns = Conns::new(&limits);
+        let (head, idle) = (Duration::from_secs(10), Some(Duration::from_secs(100)));
+        let conns = Conns::new(None);
         let start = Instant::now();
         let slot = admitted(conns.admit());
-        assert_eq!(slot.deadline(&limits), Some(start + Duration::from_secs(10)));
+        assert_eq!(slot.deadline(head, idle), Some(start + Duration::from_secs(10)));
         let exchange = slot.begin(true);
-        assert_eq!(slot.deadline(&limits), None);
+        assert_eq!(slot.deadline(head, idle), None);
         tokio::time::advance(Duration::from_secs(3)).await;
         drop(exchange);
-        assert_eq!(slot.deadline(&limits), Some(start + Duration::from_secs(103)));
+        assert_eq!(slot.deadline(head, idle), Some(start + Duration::from_secs(103)));
         tokio::time::advance(Duration::from_secs(5)).await;
         slot.head_started();
-        assert_eq!(slot.deadline(&limits), Some(start + Duration::from_secs(18)));
+        assert_eq!(slot.deadline(head, idle), Some(start + Duration::from_secs(18)));
         slot.head_ended();
-        assert_eq!(slot.deadline(&limits.no_connection_idle_timeout()), None);
+        assert_eq!(slot.deadline(head, None), None);
     }
 
     #[test]
