@@ -57,7 +57,7 @@ impl Drop for CapPlace {
 pub(crate) struct Holds {
     pub(crate) router: Option<CapPlace>,
     pub(crate) route: Option<CapPlace>,
-    pub(crate) conn: Option<crate::conn::Exchange>,
+    pub(crate) conn: Option<crate::conn::Hold>,
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@
 //! - **busy** (requests being answered, or a tunnel): no timer of ours runs;
 //! - **idle** between requests: the connection idle timeout runs; it may be evicted.
 //!
-//! A tunnel keeps its client connection's place (its descriptor is still open) through an
-//! [`Exchange`] of its own, so that tunnels count against `max_connections` and are never
-//! evicted.
+//! A tunnel keeps its client connection's place (its descriptor is still open), so that
+//! tunnels count against `max_connections` and are never evicted: an HTTP/1.1 tunnel, whose
+//! connection's HTTP life is over, through a [`Seat`] (a count, no state of its own); an
+//! HTTP/2 one, a stream among others, through an [`Exchange`] that keeps its connection busy.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub(crate) struct Conns {
     max: usize,
     epoch: Instant,
     live: Mutex<Live>,
+    /// HTTP/1.1 tunnels open (their connections have left `live`).
+    tunnels: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +82,7 @@ impl Conns {
             max: max.unwrap_or_else(|| default_max_connections(descriptor_limit())),
             epoch: Instant::now(),
             live: Mutex::default(),
+            tunnels: AtomicUsize::new(0),
         })
     }
 
@@ -92,7 +96,7 @@ impl Conns {
     pub(crate) fn admit(self: &Arc<Self>) -> Admission {
         let now = self.millis(Instant::now());
         let mut live = self.live();
-        if live.conns.len() - live.leaving >= self.max {
+        if live.conns.len() + self.tunnels.load(Relaxed) - live.leaving >= self.max {
             let victim = live
                 .conns
                 .values()
@@ -127,7 +131,7 @@ impl Conns {
     /// Connections open now (tunnels included).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.live().conns.len()
+        self.live().conns.len() + self.tunnels.load(Relaxed)
     }
 
     /// A time as milliseconds since this listener began, plus one: zero means "not set".
@@ -226,6 +230,17 @@ impl Slot {
         }
     }
 
+    /// A tunnel's hold on this connection's place: an HTTP/1.1 tunnel outlives the
+    /// connection's HTTP life, and only needs to be counted; an HTTP/2 one keeps the
+    /// connection busy.
+    pub(crate) fn hold(self: &Arc<Self>, version: http::Version) -> Hold {
+        if version == http::Version::HTTP_2 {
+            return Hold::Stream(self.begin(false));
+        }
+        self.conns.tunnels.fetch_add(1, Relaxed);
+        Hold::Seat(Seat(self.conns.clone()))
+    }
+
     /// Resolves once the listener tells this connection to make room for a newcomer.
     pub(crate) fn evicted(&self) -> Notified<'_> {
         self.state.evict.notified()
@@ -236,6 +251,24 @@ impl Slot {
 /// place in the listener's count.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientConn(pub(crate) Arc<Slot>);
+
+/// A tunnel's hold on its client connection's place (see [`Slot::hold`]).
+#[derive(Debug)]
+#[expect(dead_code, reason = "held for what their drops give back")]
+pub(crate) enum Hold {
+    Seat(Seat),
+    Stream(Exchange),
+}
+
+/// An HTTP/1.1 tunnel's place in its listener's count.
+#[derive(Debug)]
+pub(crate) struct Seat(Arc<Conns>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Relaxed);
+    }
+}
 
 /// A request or tunnel in flight on a connection.
 #[derive(Debug)]
@@ -310,6 +343,19 @@ mod tests {
         assert_eq!(slot.deadline(head, idle), Some(start + Duration::from_secs(18)));
         slot.head_ended();
         assert_eq!(slot.deadline(head, None), None);
+    }
+
+    #[tokio::test]
+    async fn an_http1_tunnel_keeps_its_place_after_its_connection_left() {
+        let conns = conns(1);
+        let slot = admitted(conns.admit());
+        let exchange = slot.begin(true);
+        let seat = slot.hold(http::Version::HTTP_11);
+        drop((exchange, slot));
+        assert_eq!(conns.len(), 1);
+        assert!(matches!(conns.admit(), Admission::Full));
+        drop(seat);
+        assert!(matches!(conns.admit(), Admission::Admitted(_)));
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl<S> UpgradeRouter<S> {
     ) -> Pending {
         let cfg = &self.config;
         // The tunnel keeps its client connection's place in the listener.
-        holds.conn = req.extensions().get::<ClientConn>().map(|c| c.0.begin(false));
+        holds.conn = req.extensions().get::<ClientConn>().map(|c| c.0.hold(req.version()));
         Pending {
             info: TunnelInfo {
                 id: 0,
