@@ -329,3 +329,41 @@ fn poll_read_chunk<R: AsyncRead + Unpin>(
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A body that keeps `held` until it is dropped: a count that must last while the body is
+    /// sent (the connection's exchange in flight, the upstream endpoint's active request).
+    /// hyper drops a body once it has written it.
+    #[derive(Debug)]
+    pub(crate) struct Holding<B, T> {
+        #[pin]
+        body: B,
+        held: T,
+    }
+}
+
+impl<B, T> Holding<B, T> {
+    pub(crate) fn new(body: B, held: T) -> Self {
+        Self { body, held }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>, T> http_body::Body for Holding<B, T> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -58,6 +58,8 @@ pub(crate) struct Holds {
     pub(crate) router: Option<CapPlace>,
     pub(crate) route: Option<CapPlace>,
     pub(crate) conn: Option<crate::conn::Hold>,
+    /// The upstream endpoint's count (least-request balancing sees the tunnel).
+    pub(crate) upstream: Option<crate::cluster::Active>,
 }
 
 #[cfg(test)]

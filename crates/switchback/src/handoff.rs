@@ -22,6 +22,7 @@ use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
 use crate::Body;
+use crate::cluster::Active;
 
 /// The read half of an upgraded connection, read as body data on the pumped path.
 pub(crate) type TunnelRead = ReadHalf<TokioIo<Upgraded>>;
@@ -78,6 +79,8 @@ struct Shared {
     client: Mutex<Option<Body>>,
     /// No layer wrapped the request body: it is Switchback's own.
     client_untouched: bool,
+    /// The upstream endpoint's count of tunnels and requests, for the tunnel to keep.
+    active: Mutex<Option<Active>>,
 }
 
 #[derive(Debug)]
@@ -92,12 +95,18 @@ enum Upstream {
 impl Handoff {
     /// `client` is the body that carries the client's tunnel bytes; `client_untouched` says
     /// it is still Switchback's own (no layer wrapped it).
-    pub(crate) fn new(upstream: Switch, client: Body, client_untouched: bool) -> Self {
+    pub(crate) fn new(upstream: Switch, client: Body, client_untouched: bool, active: Active) -> Self {
         Self(Arc::new(Shared {
             upstream: Mutex::new(Upstream::Whole(upstream)),
             client: Mutex::new(Some(client)),
             client_untouched,
+            active: Mutex::new(Some(active)),
         }))
+    }
+
+    /// The upstream endpoint's count, for the tunnel to hold while it lives.
+    pub(crate) fn take_active(&self) -> Option<Active> {
+        self.0.active.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     fn upstream(&self) -> MutexGuard<'_, Upstream> {

@@ -166,7 +166,7 @@ where
     let body = if has_body { Body::new(body) } else { Body::empty() };
     // The route `timeout` doesn't apply to legacy tunnels (as in Envoy's old mode); the idle
     // timeout bounds the wait for the answer instead.
-    let answer = match upstream::exchange(&cluster, attempts, parts, body, idle).await {
+    let answer = match upstream::exchange(&cluster, &mut Vec::new(), attempts, parts, body, idle).await {
         Ok(answer) => answer,
         Err(failure) => {
             tracing::debug!(error = %failure, cluster = cluster.name(), "legacy websocket: no answer from upstream");
@@ -181,6 +181,7 @@ where
         res,
         endpoint,
         upgraded,
+        active,
         ..
     } = answer;
     let upstream = match upstream::switched_connection(upgraded, &UpgradeType::new("websocket")) {
@@ -192,7 +193,7 @@ where
     // No layer sees a legacy tunnel: the router joins the connections. Its task waits for the
     // server to write the 101, so bytes the client sent after its request go upstream only
     // then.
-    let handoff = Handoff::new(upstream, Body::empty(), true);
+    let handoff = Handoff::new(upstream, Body::empty(), true, active);
     parts.extensions.insert(handoff.clone());
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }

@@ -68,6 +68,7 @@ mod legacy;
 pub mod metrics;
 mod pool;
 mod reply;
+mod retry;
 mod route;
 mod router;
 mod server;
@@ -78,7 +79,7 @@ pub mod websocket;
 #[doc(inline)]
 pub use body::Body;
 #[doc(inline)]
-pub use cluster::{Cluster, ConnectError, Endpoint};
+pub use cluster::{Cluster, ConnectError, Endpoint, EndpointStats, LbPolicy, OutlierDetection};
 #[doc(inline)]
 pub use detect::{IgnoreUpgrades, UpgradeType};
 #[doc(inline)]
@@ -91,6 +92,7 @@ pub use ext::{
 pub use forward::Forward;
 #[doc(inline)]
 pub use legacy::LegacyConfig;
+pub use retry::{RetryOn, RetryPolicy, UnknownRetryOn};
 #[doc(inline)]
 pub use route::{Route, RouteLayer, RouteService, Runtime};
 #[doc(inline)]

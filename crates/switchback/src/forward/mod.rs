@@ -19,11 +19,13 @@ use http::{Request, Response, StatusCode, Version};
 use tokio::sync::oneshot;
 use tower::Service;
 
-use crate::cluster::{Cluster, Endpoint};
+use crate::body::Holding;
+use crate::cluster::{Active, Cluster, Endpoint, Outcome};
 use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
 use crate::handoff::Handoff;
 use crate::metrics::HandshakeFailure;
 use crate::reply::Then;
+use crate::retry::RetryPolicy;
 use crate::{Body, BoxError, hop, reply};
 use pre_body::PreBody;
 
@@ -56,39 +58,51 @@ pub struct Forward {
 struct Inner {
     cluster: Option<Cluster>,
     response_timeout: Option<Duration>,
+    retry: RetryPolicy,
 }
 
 impl Forward {
     /// Forwards to `cluster` unless a request names its own. The response timeout is 15 s, as
     /// Envoy's default route timeout.
     pub fn new(cluster: Cluster) -> Self {
-        Self::build(Some(cluster), Some(Duration::from_secs(15)))
+        Self::build(
+            Some(cluster),
+            Some(Duration::from_secs(15)),
+            RetryPolicy::default(),
+        )
     }
 
     /// Forwards only requests that carry a [`Cluster`] extension (set by route matching);
     /// others get `503`.
     pub fn routed() -> Self {
-        Self::build(None, Some(Duration::from_secs(15)))
+        Self::build(None, Some(Duration::from_secs(15)), RetryPolicy::default())
     }
 
-    fn build(cluster: Option<Cluster>, response_timeout: Option<Duration>) -> Self {
+    fn build(cluster: Option<Cluster>, response_timeout: Option<Duration>, retry: RetryPolicy) -> Self {
         Self {
             inner: Arc::new(Inner {
                 cluster,
                 response_timeout,
+                retry,
             }),
         }
     }
 
-    /// How long the upstream may take to answer with its response head (15 s by default).
-    /// On expiry the client gets `504`.
+    /// How long the upstream may take to answer with its response head (15 s by default),
+    /// retries included. On expiry the client gets `504`.
     pub fn response_timeout(self, timeout: Duration) -> Self {
-        Self::build(self.inner.cluster.clone(), Some(timeout))
+        Self::build(self.inner.cluster.clone(), Some(timeout), self.inner.retry)
     }
 
     /// No limit on how long the upstream may take to answer.
     pub fn no_response_timeout(self) -> Self {
-        Self::build(self.inner.cluster.clone(), None)
+        Self::build(self.inner.cluster.clone(), None, self.inner.retry)
+    }
+
+    /// The retry policy of requests that carry none of their own (default: connect failures,
+    /// twice, each time on another endpoint).
+    pub fn retry_policy(self, policy: RetryPolicy) -> Self {
+        Self::build(self.inner.cluster.clone(), self.inner.response_timeout, policy)
     }
 }
 
@@ -162,72 +176,126 @@ where
         .extensions()
         .get::<ResponseTimeout>()
         .map_or(inner.response_timeout, |t| t.0);
+    let retry = req
+        .extensions()
+        .get::<RetryPolicy>()
+        .copied()
+        .unwrap_or(inner.retry);
+    let attempt = Attempts::new(timeout, retry);
     match req.extensions_mut().remove::<Upgrading>() {
-        Some(upgrading) => upgrade(&cluster, req, upgrading, timeout).await,
-        None => plain(&cluster, req, timeout).await,
+        Some(upgrading) => upgrade(&cluster, req, upgrading, attempt).await,
+        None => plain(&cluster, req, attempt).await,
     }
 }
 
-/// A plain request, through the cluster's pool.
-async fn plain<B>(cluster: &Cluster, req: Request<B>, timeout: Option<Duration>) -> Response<Body>
+/// A plain request, through the cluster's pool, retried as its policy says on endpoints not
+/// tried yet. A request with a body is sent once: the body can't be replayed.
+async fn plain<B>(cluster: &Cluster, req: Request<B>, mut attempt: Attempts) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let Some(endpoint) = cluster.pick().cloned() else {
-        return reply::local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            Then::KeepAlive,
-        );
-    };
     let (mut parts, body) = req.into_parts();
     keep_authority_as_host(&mut parts);
-    auto_host_rewrite(&mut parts, &endpoint);
+    parts.version = Version::HTTP_11;
+    let replayable = body.is_end_stream();
+    // A reused pooled connection the upstream closed meanwhile fails before any response
+    // byte: an idempotent request without a body is tried once more, whatever the policy.
+    attempt.stale_retry = replayable && parts.method.is_idempotent();
+    let mut body = Some(Body::new(body));
+    let mut tried = Vec::new();
+    loop {
+        let Some((i, endpoint, active)) = cluster.choose(&tried).or_else(|| cluster.choose(&[])) else {
+            return reply::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                Then::KeepAlive,
+            );
+        };
+        tried.push(i);
+        let req = match upstream_request(&parts, &endpoint, body.take().unwrap_or_default()) {
+            Ok(req) => req,
+            Err(res) => return res,
+        };
+        let sent = with_timeout(attempt.per_try(), cluster.client().request(req)).await;
+        let failure = match sent {
+            Some(Ok(res)) => {
+                let gateway = matches!(res.status().as_u16(), 502..=504);
+                cluster.report(
+                    i,
+                    if gateway {
+                        Outcome::GatewayFailure
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if replayable && attempt.retry_status(res.status()) {
+                    continue;
+                }
+                return relayed(res, &endpoint, active);
+            }
+            Some(Err(e)) if e.is_connect() => {
+                tracing::debug!(error = %e, cluster = cluster.name(), "upstream connect failed");
+                cluster.report(i, Outcome::ConnectFailure);
+                Failed::Connect
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, cluster = cluster.name(), "upstream request failed");
+                cluster.report(i, Outcome::GatewayFailure);
+                Failed::Reset
+            }
+            None => {
+                cluster.report(i, Outcome::GatewayFailure);
+                Failed::Timeout
+            }
+        };
+        if replayable && attempt.retry(failure) {
+            continue;
+        }
+        let (status, message) = match failure {
+            Failed::Connect => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
+            Failed::Reset => (StatusCode::BAD_GATEWAY, "upstream reset before response"),
+            Failed::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream response timeout"),
+        };
+        return reply::local(status, message, Then::KeepAlive);
+    }
+}
+
+/// The request to send to `endpoint`: absolute form for the pool, HTTP/1.1.
+fn upstream_request(
+    parts: &http::request::Parts,
+    endpoint: &Endpoint,
+    body: Body,
+) -> Result<Request<Body>, Response<Body>> {
+    let mut parts = clone_parts(parts);
+    auto_host_rewrite(&mut parts, endpoint);
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match Uri::builder()
+    parts.uri = Uri::builder()
         .scheme("http")
         .authority(endpoint.address())
         .path_and_query(path)
         .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => return reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", Then::KeepAlive),
-    };
-    parts.version = Version::HTTP_11;
-    let send = cluster
-        .client()
-        .request(Request::from_parts(parts, Body::new(body)));
-    let res = match with_timeout(timeout, send).await {
-        None => {
-            return reply::local(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream response timeout",
-                Then::KeepAlive,
-            );
-        }
-        Some(Err(e)) if e.is_connect() => {
-            tracing::debug!(error = %e, cluster = cluster.name(), "upstream connect failed");
-            return reply::local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error",
-                Then::KeepAlive,
-            );
-        }
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, cluster = cluster.name(), "upstream request failed");
-            return reply::local(
-                StatusCode::BAD_GATEWAY,
-                "upstream reset before response",
-                Then::KeepAlive,
-            );
-        }
-        Some(Ok(res)) => res,
-    };
+        .map_err(|_| reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", Then::KeepAlive))?;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// A request head to send again.
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req.into_parts().0
+}
+
+/// The upstream's answer to a plain request, as the client gets it.
+fn relayed(res: Response<hyper::body::Incoming>, endpoint: &Endpoint, active: Active) -> Response<Body> {
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         return reply::local(
             StatusCode::BAD_GATEWAY,
@@ -240,14 +308,96 @@ where
     parts
         .extensions
         .insert(UpstreamAddr(endpoint.address().to_owned()));
-    Response::from_parts(parts, Body::new(body))
+    // The endpoint counts the request as active until its response body is sent.
+    Response::from_parts(parts, Body::new(Holding::new(body, active)))
+}
+
+/// How an attempt failed before any response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+/// The retries left to a request and its time.
+#[derive(Debug)]
+struct Attempts {
+    policy: RetryPolicy,
+    retries: u32,
+    /// When the route's timeout ends, for all attempts together.
+    deadline: Option<tokio::time::Instant>,
+    /// One retry of a reset, outside the policy (see [`plain`]).
+    stale_retry: bool,
+}
+
+impl Attempts {
+    fn new(timeout: Option<Duration>, policy: RetryPolicy) -> Self {
+        Self {
+            policy,
+            retries: policy.num_retries,
+            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+            stale_retry: false,
+        }
+    }
+
+    /// This attempt's time: the per-try timeout, within what is left of the route's.
+    fn per_try(&self) -> Option<Duration> {
+        let left = self
+            .deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        match (left, self.policy.per_try_timeout) {
+            (Some(left), Some(per_try)) => Some(left.min(per_try)),
+            (left, per_try) => left.or(per_try),
+        }
+    }
+
+    fn time_left(&self) -> bool {
+        self.deadline.is_none_or(|d| tokio::time::Instant::now() < d)
+    }
+
+    /// Whether to try again after `failure` (using up a retry).
+    fn retry(&mut self, failure: Failed) -> bool {
+        let on = self.policy.retry_on;
+        let wanted = match failure {
+            Failed::Connect => on.connect_failure(),
+            Failed::Reset | Failed::Timeout => on.reset(),
+        };
+        if wanted && self.retries > 0 && self.time_left() {
+            self.retries -= 1;
+            return true;
+        }
+        if failure == Failed::Reset && std::mem::take(&mut self.stale_retry) {
+            return self.time_left();
+        }
+        false
+    }
+
+    /// Whether to try again after an answer with `status` (using up a retry).
+    fn retry_status(&mut self, status: StatusCode) -> bool {
+        if self.policy.retry_on.status(status) && self.retries > 0 && self.time_left() {
+            self.retries -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// How many endpoints a connect may try: this one, and the retries left if connect
+    /// failures are retried (those use the retries up).
+    fn connects(&self) -> usize {
+        if self.policy.retry_on.connect_failure() {
+            self.retries as usize + 1
+        } else {
+            1
+        }
+    }
 }
 
 async fn upgrade<B>(
     cluster: &Cluster,
     req: Request<B>,
     upgrading: Upgrading,
-    timeout: Option<Duration>,
+    mut attempt: Attempts,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -274,10 +424,42 @@ where
     if parts.version == Version::HTTP_2 {
         h2_to_h1_upgrade(&mut parts, &ty);
     }
-    let answer = match upstream::exchange(cluster, 1, parts, upstream_body, timeout).await {
-        Ok(answer) => answer,
-        Err(failure) => {
-            tracing::debug!(error = %failure, cluster = cluster.name(), "upgrade: no answer from upstream");
+    // Retried only before the 101, so before any tunnel byte; after a connection that got
+    // the request, only when there is no body to replay.
+    let replayable = !upgrading.has_body;
+    let mut upstream_body = Some(upstream_body);
+    let mut tried = Vec::new();
+    let answer = loop {
+        let body = upstream_body.take().unwrap_or_default();
+        let before = tried.len();
+        let per_try = attempt.per_try();
+        let connects = attempt.connects();
+        let result =
+            upstream::exchange(cluster, &mut tried, connects, clone_parts(&parts), body, per_try).await;
+        // Each endpoint tried after the first used up a retry.
+        let extra = u32::try_from((tried.len() - before).saturating_sub(1)).unwrap_or(u32::MAX);
+        attempt.retries = attempt.retries.saturating_sub(extra);
+        let failure = match result {
+            Ok(answer)
+                if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS
+                    && replayable
+                    && attempt.retry_status(answer.res.status()) =>
+            {
+                tracing::debug!(status = %answer.res.status(), "upgrade: retrying after the upstream's answer");
+                continue;
+            }
+            Ok(answer) => break answer,
+            Err(failure) => failure,
+        };
+        let retried = match &failure {
+            upstream::Failure::Reset(_) | upstream::Failure::Handshake(_) => {
+                replayable && attempt.retry(Failed::Reset)
+            }
+            upstream::Failure::Timeout => replayable && attempt.retry(Failed::Timeout),
+            _ => false,
+        };
+        tracing::debug!(error = %failure, cluster = cluster.name(), retried, "upgrade: no answer from upstream");
+        if !retried {
             let (reason, status, message) = failure.reply(StatusCode::SERVICE_UNAVAILABLE);
             return fail(reason, status, message);
         }
@@ -288,6 +470,7 @@ where
     let upstream::Answer {
         res,
         endpoint,
+        active,
         request_headers,
         upgraded,
         ..
@@ -308,7 +491,7 @@ where
     upstream::switched_head(&mut parts, &endpoint);
 
     // The tunnel is the router's to open: hand the upstream half back with the `101`.
-    let handoff = Handoff::new(upgraded, client, client_untouched);
+    let handoff = Handoff::new(upgraded, client, client_untouched, active);
     parts.extensions.insert(handoff.clone());
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }

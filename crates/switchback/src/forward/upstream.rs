@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::{auto_host_rewrite, keep_authority_as_host, origin_form, with_timeout};
-use crate::cluster::{Cluster, ConnectError, Endpoint};
+use crate::cluster::{Active, Cluster, ConnectError, Endpoint, Outcome};
 use crate::ext::UpstreamAddr;
 use crate::handoff::{Switch, Switching};
 use crate::metrics::HandshakeFailure;
@@ -27,6 +27,8 @@ use crate::{Body, UpgradeType, hop};
 pub(crate) struct Answer {
     pub(crate) res: Response<Incoming>,
     pub(crate) endpoint: Endpoint,
+    /// The endpoint's count of what is in flight there, for its tunnel to keep.
+    pub(crate) active: Active,
     /// The head as sent, for checking a `101` against it.
     pub(crate) request_headers: HeaderMap,
     /// For a `101`: the upstream's upgraded connection (the bytes that came with the `101`
@@ -90,12 +92,36 @@ impl fmt::Display for Failure {
 /// `timeout` for the response head.
 pub(crate) async fn exchange(
     cluster: &Cluster,
+    tried: &mut Vec<usize>,
     attempts: usize,
+    parts: http::request::Parts,
+    body: Body,
+    timeout: Option<Duration>,
+) -> Result<Answer, Failure> {
+    let (tcp, index, endpoint, active) = cluster
+        .connect_next(tried, attempts)
+        .await
+        .map_err(Failure::Connect)?;
+    let answer = send(tcp, endpoint, active, parts, body, timeout).await;
+    // What outlier detection counts: an answer other than a gateway error is a success.
+    let outcome = match &answer {
+        Ok(a) if matches!(a.res.status().as_u16(), 502..=504) => Outcome::GatewayFailure,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::GatewayFailure,
+    };
+    cluster.report(index, outcome);
+    answer
+}
+
+/// One attempt on a connected endpoint.
+async fn send(
+    tcp: tokio::net::TcpStream,
+    endpoint: Endpoint,
+    active: Active,
     mut parts: http::request::Parts,
     body: Body,
     timeout: Option<Duration>,
 ) -> Result<Answer, Failure> {
-    let (tcp, endpoint) = cluster.connect_any(attempts).await.map_err(Failure::Connect)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(Failure::Handshake)?;
@@ -164,6 +190,7 @@ pub(crate) async fn exchange(
         return Ok(Answer {
             res,
             endpoint,
+            active,
             request_headers,
             upgraded: Some(upgraded),
             conn: None,
@@ -174,6 +201,7 @@ pub(crate) async fn exchange(
     Ok(Answer {
         res,
         endpoint,
+        active,
         request_headers,
         upgraded: None,
         conn,

@@ -42,6 +42,7 @@ impl Pending {
             return Response::from_parts(parts, body);
         }
         let handoff = parts.extensions.remove::<Handoff>();
+        self.holds.upstream = handoff.as_ref().and_then(Handoff::take_active);
         let Some(ends) = Ends::new(body, handoff, self.client_reader) else {
             tracing::warn!(
                 upgrade = %self.info.upgrade,

@@ -25,13 +25,12 @@ use crate::{Body, BoxError};
 use http::StatusCode;
 use http_body_util::Either;
 
-mod tracked;
 mod workers;
 
 pub use workers::Workers;
 
-use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Slot};
-use tracked::Tracked;
+use crate::body::Holding;
+use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Exchange, Slot};
 
 /// How long [`serve`] waits for in-flight HTTP exchanges after shutdown starts. Upgraded
 /// tunnels are not counted here: drain them with a [`Drain`](crate::Drain).
@@ -202,7 +201,14 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_on(listener, service, shutdown, limits, Conns::new(limits.max_connections)).await
+    serve_on(
+        listener,
+        service,
+        shutdown,
+        limits,
+        Conns::new(limits.max_connections),
+    )
+    .await
 }
 
 /// [`serve_with`], counting connections in `conns` (which [`Workers`] share).
@@ -254,7 +260,7 @@ where
 }
 
 /// A response as the server sends it: the stack's, or a refusal of its own, tracked.
-type Served<B> = Response<Tracked<Either<B, Body>>>;
+type Served<B> = Response<Holding<Either<B, Body>, Exchange>>;
 
 /// The per-connection service: checks the head's exact size, tells the request where it came
 /// from, and keeps the connection busy until the response is sent.
@@ -295,7 +301,7 @@ where
                 (Some(served), _) => served.await.map(|res| res.map(Either::Left)),
                 (None, refused) => Ok(refused.unwrap_or_default().map(Either::Right)),
             };
-            res.map(|res| res.map(|body| Tracked::new(body, exchange)))
+            res.map(|res| res.map(|body| Holding::new(body, exchange)))
         }
     })
 }

@@ -1,4 +1,5 @@
-//! Upstream clusters: named sets of endpoints, picked round robin.
+//! Upstream clusters: named sets of endpoints, picked by a load-balancing policy, with
+//! outlier ejection.
 //!
 //! ```
 //! use std::time::Duration;
@@ -16,7 +17,6 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
@@ -25,6 +25,12 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 
 use crate::Body;
+
+mod balance;
+
+use balance::Balancer;
+pub(crate) use balance::{Active, Outcome};
+pub use balance::{EndpointStats, LbPolicy, OutlierDetection};
 
 /// One upstream address, with the hostname used by automatic host rewriting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +80,7 @@ pub struct Cluster {
 struct Inner {
     name: Arc<str>,
     endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+    balancer: Balancer,
     connect_timeout: Duration,
     client: Client<HttpConnector, Body>,
 }
@@ -103,34 +109,67 @@ impl fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 impl Cluster {
-    /// A cluster with a 5 s connect timeout.
+    /// A cluster with a 5 s connect timeout, round robin, and no outlier ejection.
     pub fn new(name: impl Into<String>, endpoints: impl IntoIterator<Item = Endpoint>) -> Self {
-        Self::build(
-            name.into().into(),
-            endpoints.into_iter().collect(),
-            Duration::from_secs(5),
-        )
+        Self::build(Settings {
+            name: name.into().into(),
+            endpoints: endpoints.into_iter().collect(),
+            connect_timeout: Duration::from_secs(5),
+            policy: LbPolicy::RoundRobin,
+            outlier: None,
+        })
     }
 
-    fn build(name: Arc<str>, endpoints: Vec<Endpoint>, connect_timeout: Duration) -> Self {
+    fn build(s: Settings) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_connect_timeout(Some(s.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             inner: Arc::new(Inner {
-                name,
-                endpoints,
-                next: AtomicUsize::new(0),
-                connect_timeout,
+                balancer: Balancer::new(s.endpoints.len(), s.policy, s.outlier),
+                name: s.name,
+                endpoints: s.endpoints,
+                connect_timeout: s.connect_timeout,
                 client,
             }),
         }
     }
 
+    /// The settings this cluster was built with, to build a changed one.
+    fn settings(&self) -> Settings {
+        let inner = &self.inner;
+        Settings {
+            name: inner.name.clone(),
+            endpoints: inner.endpoints.clone(),
+            connect_timeout: inner.connect_timeout,
+            policy: inner.balancer.policy,
+            outlier: inner.balancer.outlier,
+        }
+    }
+
     /// Sets how long a TCP connect may take.
     pub fn connect_timeout(self, timeout: Duration) -> Self {
-        Self::build(self.inner.name.clone(), self.inner.endpoints.clone(), timeout)
+        Self::build(Settings {
+            connect_timeout: timeout,
+            ..self.settings()
+        })
+    }
+
+    /// Sets how endpoints are picked (default: round robin).
+    pub fn lb_policy(self, policy: LbPolicy) -> Self {
+        Self::build(Settings {
+            policy,
+            ..self.settings()
+        })
+    }
+
+    /// Ejects endpoints that keep failing (default: off).
+    pub fn outlier_detection(self, outlier: OutlierDetection) -> Self {
+        Self::build(Settings {
+            outlier: Some(outlier),
+            ..self.settings()
+        })
     }
 
     /// The cluster's name.
@@ -143,14 +182,37 @@ impl Cluster {
         &self.inner.endpoints
     }
 
-    /// The next endpoint, round robin.
+    /// The next endpoint by the cluster's policy, skipping ejected ones while others are
+    /// left.
     pub fn pick(&self) -> Option<&Endpoint> {
-        let eps = &self.inner.endpoints;
-        if eps.is_empty() {
-            return None;
+        let i = self.inner.balancer.pick(&[])?;
+        Some(&self.inner.endpoints[i])
+    }
+
+    /// Each endpoint's counters now: active requests and tunnels, ejection, failures.
+    pub fn stats(&self) -> Vec<EndpointStats> {
+        let inner = &self.inner;
+        (0..inner.endpoints.len())
+            .map(|i| inner.balancer.stats(i, inner.endpoints[i].address()))
+            .collect()
+    }
+
+    /// The next endpoint not in `tried` (indices), counted active until the guard drops.
+    pub(crate) fn choose(&self, tried: &[usize]) -> Option<(usize, Endpoint, Active)> {
+        let inner = &self.inner;
+        let i = inner.balancer.pick(tried)?;
+        Some((i, inner.endpoints[i].clone(), inner.balancer.activate(i)))
+    }
+
+    /// Records how an attempt at endpoint `i` went, for outlier ejection.
+    pub(crate) fn report(&self, i: usize, outcome: Outcome) {
+        if self.inner.balancer.report(i, outcome) {
+            tracing::warn!(
+                cluster = %self.name(),
+                endpoint = self.inner.endpoints[i].address(),
+                "outlier detection ejected an endpoint"
+            );
         }
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % eps.len();
-        Some(&eps[i])
     }
 
     /// Opens a fresh TCP connection to `endpoint`, within the connect timeout.
@@ -165,17 +227,33 @@ impl Cluster {
         Ok(stream)
     }
 
-    /// Picks endpoints round robin and connects, trying up to `attempts` of them.
+    /// Picks endpoints by the cluster's policy and connects, trying up to `attempts`
+    /// different ones.
     pub async fn connect_any(&self, attempts: usize) -> Result<(TcpStream, Endpoint), ConnectError> {
+        let mut tried = Vec::new();
+        self.connect_next(&mut tried, attempts)
+            .await
+            .map(|(stream, _, endpoint, _)| (stream, endpoint))
+    }
+
+    /// Connects to endpoints not in `tried` (adding each one tried), up to `attempts` of
+    /// them; connect failures count toward outlier ejection.
+    pub(crate) async fn connect_next(
+        &self,
+        tried: &mut Vec<usize>,
+        attempts: usize,
+    ) -> Result<(TcpStream, usize, Endpoint, Active), ConnectError> {
         let mut last = ConnectError::NoEndpoint;
         for _ in 0..attempts.max(1) {
-            let Some(endpoint) = self.pick().cloned() else {
+            let Some((i, endpoint, active)) = self.choose(tried) else {
                 break;
             };
+            tried.push(i);
             match self.connect(&endpoint).await {
-                Ok(s) => return Ok((s, endpoint)),
+                Ok(s) => return Ok((s, i, endpoint, active)),
                 Err(e) => {
                     tracing::debug!(cluster = %self.name(), endpoint = endpoint.address(), error = %e, "connect failed");
+                    self.report(i, Outcome::ConnectFailure);
                     last = e;
                 }
             }
@@ -186,6 +264,15 @@ impl Cluster {
     pub(crate) fn client(&self) -> &Client<HttpConnector, Body> {
         &self.inner.client
     }
+}
+
+/// What a cluster is built from.
+struct Settings {
+    name: Arc<str>,
+    endpoints: Vec<Endpoint>,
+    connect_timeout: Duration,
+    policy: LbPolicy,
+    outlier: Option<OutlierDetection>,
 }
 
 impl fmt::Debug for Cluster {
