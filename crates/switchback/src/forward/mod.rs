@@ -213,9 +213,8 @@ where
             );
         };
         tried.push(i);
-        let req = match upstream_request(&parts, &endpoint, body.take().unwrap_or_default()) {
-            Ok(req) => req,
-            Err(res) => return res,
+        let Ok(req) = upstream_request(&parts, &endpoint, body.take().unwrap_or_default()) else {
+            return reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", Then::KeepAlive);
         };
         let sent = with_timeout(attempt.per_try(), cluster.client().request(req)).await;
         let failure = match sent {
@@ -266,7 +265,7 @@ fn upstream_request(
     parts: &http::request::Parts,
     endpoint: &Endpoint,
     body: Body,
-) -> Result<Request<Body>, Response<Body>> {
+) -> Result<Request<Body>, http::Error> {
     let mut parts = clone_parts(parts);
     auto_host_rewrite(&mut parts, endpoint);
     let path = parts
@@ -278,8 +277,7 @@ fn upstream_request(
         .scheme("http")
         .authority(endpoint.address())
         .path_and_query(path)
-        .build()
-        .map_err(|_| reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", Then::KeepAlive))?;
+        .build()?;
     Ok(Request::from_parts(parts, body))
 }
 
