@@ -585,7 +585,7 @@ fn check_reports_errors_of_every_kind_in_one_run() {
              {f}:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat)\n\
              {f}:6:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, \
              weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, \
-             request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, upgrade_configs, use_websocket, websocket_config\n"
+             request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config\n"
         )
     );
 }
@@ -1175,6 +1175,35 @@ async fn client_limits_from_the_config() {
     let (mut other, _) = ws_connect(format!("ws://{listen}/two")).await;
     ws_roundtrip(&mut first, Message::text("one")).await;
     ws_roundtrip(&mut other, Message::text("two")).await;
+}
+
+/// Through the binary: a cluster with a dead endpoint, least-request balancing, outlier
+/// detection and a route retry policy; every WebSocket opens and the dead endpoint is
+/// ejected after its failures.
+#[tokio::test]
+async fn a_dead_endpoint_in_the_config_costs_no_websocket() {
+    let dir = TempDir::new("upstreams");
+    let echo = ws_echo().await.addr;
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = dir.write(
+        "upstreams.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\naccess_log: /dev/null\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             \x20   retry_policy: {{ retry_on: \"connect-failure,gateway-error\", num_retries: 1, per_try_timeout: 2s }}\n\
+             clusters:\n  - name: echo\n    endpoints: [{dead}, {echo}]\n    lb_policy: least_request\n\
+             \x20   outlier_detection: {{ consecutive_gateway_failure: 1, base_ejection_time: 1m }}\n"
+        ),
+    );
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+    for i in 0..6 {
+        let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
+        ws_roundtrip(&mut ws, Message::text(format!("hello {i}"))).await;
+    }
 }
 
 /// CPU time (user + system, in clock ticks) the process has used so far.

@@ -14,10 +14,10 @@ use http::header::HeaderName;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use switchback::{
-    BoxError, Cluster, Drain, Endpoint, IgnoreUpgrades, LegacyConfig, Route, RouteLayer, Runtime,
-    TunnelConfig, UpgradeConfig, UpgradeRouterLayer,
+    BoxError, Cluster, Drain, Endpoint, IgnoreUpgrades, LbPolicy, LegacyConfig, OutlierDetection, RetryOn,
+    RetryPolicy, Route, RouteLayer, Runtime, TunnelConfig, UpgradeConfig, UpgradeRouterLayer,
 };
-use switchback_config::{Config, PathMatch, RouteTarget};
+use switchback_config::{self as config, Config, PathMatch, RouteTarget};
 use tower::{Service, ServiceBuilder};
 
 use crate::access_log::AccessLog;
@@ -111,7 +111,22 @@ fn clusters(config: &Config) -> HashMap<&str, Cluster> {
                     None => endpoint,
                 }
             });
-            let cluster = Cluster::new(c.name.as_str(), endpoints).connect_timeout(c.connect_timeout);
+            let mut cluster = Cluster::new(c.name.as_str(), endpoints)
+                .connect_timeout(c.connect_timeout)
+                .lb_policy(match c.lb_policy {
+                    config::LbPolicy::RoundRobin => LbPolicy::RoundRobin,
+                    config::LbPolicy::LeastRequest => LbPolicy::LeastRequest,
+                    config::LbPolicy::Random => LbPolicy::Random,
+                });
+            if let Some(o) = c.outlier_detection {
+                cluster = cluster.outlier_detection(
+                    OutlierDetection::new()
+                        .consecutive_gateway_failure(o.consecutive_gateway_failure)
+                        .base_ejection_time(o.base_ejection_time)
+                        .max_ejection_time(o.max_ejection_time)
+                        .max_ejection_percent(o.max_ejection_percent),
+                );
+            }
             (c.name.as_str(), cluster)
         })
         .collect()
@@ -184,6 +199,15 @@ fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
         }
         if let Some(max) = r.max_tunnels {
             route = route.max_tunnels(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        if let Some(p) = &r.retry_policy {
+            // The config crate checked the tokens.
+            let on = p.retry_on.parse::<RetryOn>().unwrap_or(RetryOn::CONNECT_FAILURE);
+            let mut policy = RetryPolicy::new().retry_on(on).num_retries(p.num_retries);
+            if let Some(t) = p.per_try_timeout {
+                policy = policy.per_try_timeout(t);
+            }
+            route = route.retry_policy(policy);
         }
         for u in &r.upgrade_configs {
             route = route.upgrade(u.upgrade_type.as_str(), u.enabled);

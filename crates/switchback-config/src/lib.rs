@@ -133,8 +133,9 @@ pub use crate::error::ConfigError;
 pub use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    Endpoint, Filter, HeaderMatcher, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction,
-    UpgradeConfig, WebSocketConfig, WeightedCluster, default_workers,
+    Endpoint, Filter, HeaderMatcher, LbPolicy, MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route,
+    RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster,
+    default_workers,
 };
 pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 
@@ -218,6 +219,7 @@ impl Config {
                 idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
                 max_stream_duration: None,
                 max_tunnels: None,
+                retry_policy: None,
                 upgrade_configs: Vec::new(),
                 use_websocket: false,
                 websocket_config: WebSocketConfig {
@@ -229,6 +231,8 @@ impl Config {
                 name: "echo".to_owned(),
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 endpoints: vec![Endpoint::from_socket_addr(upstream)],
+                lb_policy: LbPolicy::RoundRobin,
+                outlier_detection: None,
             }],
             ..Config::default()
         }

@@ -263,6 +263,10 @@ pub struct Route {
     /// any upstream contact. Absent: no cap of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tunnels: Option<u64>,
+    /// When a request or upgrade handshake is tried again on another endpoint. Absent:
+    /// connect failures, twice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
     /// Per-route overrides of upgrade types (`enabled` only; no `filters`). Upgrade types
     /// are unique within a route (case-insensitive). Default: empty (listener settings
     /// apply).
@@ -377,6 +381,58 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Endpoints (at least one).
     pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is picked: `round_robin` (default), `least_request` (the fewest
+    /// requests and tunnels in flight; HAProxy's advice for WebSockets) or `random`.
+    pub lb_policy: LbPolicy,
+    /// Ejection of endpoints that keep failing. Absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// A cluster's `lb_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest requests and tunnels in flight.
+    LeastRequest,
+    /// Any endpoint, at random.
+    Random,
+}
+
+/// A cluster's `outlier_detection` (Envoy's names and defaults, but 50% at most ejected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// Failures in a row (connect failures, resets, timeouts, `502`/`503`/`504`) that eject
+    /// an endpoint. Default 5.
+    pub consecutive_gateway_failure: u32,
+    /// How long the first ejection lasts; each repeat doubles it. Default `30s`.
+    #[serde(serialize_with = "duration::serialize")]
+    pub base_ejection_time: Duration,
+    /// The longest an ejection lasts. Default `300s`.
+    #[serde(serialize_with = "duration::serialize")]
+    pub max_ejection_time: Duration,
+    /// The most endpoints ejected at once, in percent of the cluster. Default 50.
+    pub max_ejection_percent: u8,
+}
+
+/// A route's `retry_policy` (Envoy's names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// Comma-separated `connect-failure`, `reset`, `gateway-error`, `5xx`. Default
+    /// `connect-failure`.
+    pub retry_on: String,
+    /// Retries after the first attempt (0 to 10). Default 2.
+    pub num_retries: u32,
+    /// How long each attempt may wait for its response head. Absent: only the route's
+    /// `timeout`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_opt"
+    )]
+    pub per_try_timeout: Option<Duration>,
 }
 
 /// An endpoint of a cluster. In the YAML either a string `host:port` or

@@ -21,6 +21,8 @@ pub(crate) const HEADERS_COUNT: Whole = Whole { min: 1, max: 10_000 };
 pub(crate) const BODY_LIMIT: Whole = Whole::at_least(0);
 /// `max_connections` and `max_tunnels`: at least one.
 pub(crate) const COUNT: Whole = Whole::at_least(1);
+/// `num_retries`.
+pub(crate) const RETRIES: Whole = Whole { min: 0, max: 10 };
 /// `concurrency_limit`: a `NonZeroUsize`.
 pub(crate) const CONCURRENCY_LIMIT: Whole = Whole::at_least(1);
 /// `runtime` values and `runtime_fraction.default`.
@@ -247,6 +249,7 @@ pub(crate) struct RawRoute {
     pub(crate) idle_timeout: Option<S<String>>,
     pub(crate) max_stream_duration: Option<S<String>>,
     pub(crate) max_tunnels: Option<S<u64>>,
+    pub(crate) retry_policy: Option<S<RawRetryPolicy>>,
     pub(crate) upgrade_configs: List<RawUpgradeConfig>,
     pub(crate) use_websocket: bool,
     pub(crate) websocket_config: Option<S<RawWebSocketConfig>>,
@@ -266,6 +269,7 @@ impl RawRoute {
         "idle_timeout",
         "max_stream_duration",
         "max_tunnels",
+        "retry_policy",
         "upgrade_configs",
         "use_websocket",
         "websocket_config",
@@ -296,6 +300,7 @@ impl RawRoute {
                 idle_timeout: f.optional(ctx, "idle_timeout", Ctx::string).ok(),
                 max_stream_duration: f.optional(ctx, "max_stream_duration", Ctx::string).ok(),
                 max_tunnels: f.optional(ctx, "max_tunnels", count).ok(),
+                retry_policy: f.optional(ctx, "retry_policy", RawRetryPolicy::read).ok(),
                 upgrade_configs: f.list(ctx, "upgrade_configs", RawUpgradeConfig::read).items(),
                 use_websocket: f
                     .value(ctx, "use_websocket", Ctx::boolean)
@@ -419,10 +424,83 @@ pub(crate) struct RawCluster {
     pub(crate) name: Option<S<String>>,
     pub(crate) connect_timeout: Option<S<String>>,
     pub(crate) endpoints: Option<S<List<RawEndpoint>>>,
+    pub(crate) lb_policy: Option<S<String>>,
+    pub(crate) outlier_detection: Option<S<RawOutlierDetection>>,
+}
+
+/// A cluster's `outlier_detection` (Envoy's names).
+#[derive(Debug)]
+pub(crate) struct RawOutlierDetection {
+    pub(crate) consecutive_gateway_failure: Option<S<u64>>,
+    pub(crate) base_ejection_time: Option<S<String>>,
+    pub(crate) max_ejection_time: Option<S<String>>,
+    pub(crate) max_ejection_percent: Option<S<u64>>,
+}
+
+impl RawOutlierDetection {
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "consecutive_gateway_failure",
+        "base_ejection_time",
+        "max_ejection_time",
+        "max_ejection_percent",
+    ];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(
+            f.at(RawOutlierDetection {
+                consecutive_gateway_failure: f.optional(ctx, "consecutive_gateway_failure", count).ok(),
+                base_ejection_time: f.optional(ctx, "base_ejection_time", Ctx::string).ok(),
+                max_ejection_time: f.optional(ctx, "max_ejection_time", Ctx::string).ok(),
+                max_ejection_percent: f
+                    .optional(
+                        ctx,
+                        "max_ejection_percent",
+                        |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, PERCENTAGE),
+                    )
+                    .ok(),
+            }),
+        )
+    }
+}
+
+/// A route's `retry_policy` (Envoy's names).
+#[derive(Debug)]
+pub(crate) struct RawRetryPolicy {
+    pub(crate) retry_on: Option<S<String>>,
+    pub(crate) num_retries: Option<S<u64>>,
+    pub(crate) per_try_timeout: Option<S<String>>,
+}
+
+impl RawRetryPolicy {
+    pub(crate) const FIELDS: &'static [&'static str] = &["retry_on", "num_retries", "per_try_timeout"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(
+            f.at(RawRetryPolicy {
+                retry_on: f.optional(ctx, "retry_on", Ctx::string).ok(),
+                num_retries: f
+                    .optional(
+                        ctx,
+                        "num_retries",
+                        |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, RETRIES),
+                    )
+                    .ok(),
+                per_try_timeout: f.optional(ctx, "per_try_timeout", Ctx::string).ok(),
+            }),
+        )
+    }
 }
 
 impl RawCluster {
-    pub(crate) const FIELDS: &'static [&'static str] = &["name", "connect_timeout", "endpoints"];
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "name",
+        "connect_timeout",
+        "endpoints",
+        "lb_policy",
+        "outlier_detection",
+    ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
         let f = ctx.fields(node, path, Self::FIELDS)?;
@@ -434,6 +512,10 @@ impl RawCluster {
                     .optional(ctx, "endpoints", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
                         ctx.list(node, path, RawEndpoint::read)
                     })
+                    .ok(),
+                lb_policy: f.optional(ctx, "lb_policy", Ctx::string).ok(),
+                outlier_detection: f
+                    .optional(ctx, "outlier_detection", RawOutlierDetection::read)
                     .ok(),
             }),
         )
@@ -509,6 +591,8 @@ pub(crate) fn keys_at(path: &str) -> Keys {
         "routes.match.runtime_fraction" => Keys::Fields(RawRuntimeFraction::FIELDS),
         "routes.weighted_clusters" => Keys::Fields(RawWeightedCluster::FIELDS),
         "routes.websocket_config" => Keys::Fields(RawWebSocketConfig::FIELDS),
+        "routes.retry_policy" => Keys::Fields(RawRetryPolicy::FIELDS),
+        "clusters.outlier_detection" => Keys::Fields(RawOutlierDetection::FIELDS),
         "clusters" => Keys::Fields(RawCluster::FIELDS),
         "clusters.endpoints" => Keys::Fields(RawEndpoint::FIELDS),
         "runtime" => Keys::Any,

@@ -1375,7 +1375,7 @@ config.yaml:1:10: workers: expected a whole number from 1 to 1024 here, found \"
 config.yaml:2:9: listen: \"nowhere\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000
 config.yaml:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat, feed)
 config.yaml:6:14: routes[0].timeout: invalid duration \"soon\": expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h; 0s turns a timeout off where allowed)
-config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, upgrade_configs, use_websocket, websocket_config
+config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config
 config.yaml:10:31: routes[1].weighted_clusters[0].weight: expected a whole number from 0 to 4294967295 here, found \"lots\"
 config.yaml:11:17: routes[1].weighted_clusters[1].name: unknown cluster \"feeds\"; did you mean `feed`? (known: chat, feed)
 config.yaml:16:33: clusters[1].endpoints[1]: expected an endpoint: a string host:port or a mapping {address, hostname}; found \"9003\"";
@@ -1700,7 +1700,7 @@ fn indentation_that_parses_into_something_else() {
     assert_eq!(
         render(&found),
         "config.yaml:7:10: routes[0].match: expected a mapping (key: value) here, found nothing
-config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, upgrade_configs, use_websocket, websocket_config
+config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config
   hint: check the indentation of line 8: `prefix` is a field of `match` (line 7), which is left empty; indent `prefix:` further than `match:` to put it inside"
     );
 }
@@ -1794,6 +1794,55 @@ fn connection_and_tunnel_caps() {
     assert!(e.to_string().contains("routes[0].max_tunnels"), "{e}");
     let e = one("max_tunnels: lots\n");
     assert!(e.to_string().contains("max_tunnels"), "{e}");
+}
+
+#[test]
+fn retry_policies_balancing_and_outlier_detection() {
+    let c = parse(
+        "routes:\n  - match: { prefix: / }\n    cluster: c\n\
+         \x20   retry_policy: { retry_on: \"connect-failure, 5xx\", num_retries: 3, per_try_timeout: 2s }\n\
+         clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    lb_policy: least_request\n\
+         \x20   outlier_detection: { consecutive_gateway_failure: 3, base_ejection_time: 10s }\n",
+    );
+    let policy = c.routes[0].retry_policy.clone().unwrap();
+    assert_eq!(policy.retry_on, "connect-failure, 5xx");
+    assert_eq!(
+        (policy.num_retries, policy.per_try_timeout),
+        (3, Some(Duration::from_secs(2)))
+    );
+    assert_eq!(c.clusters[0].lb_policy, crate::LbPolicy::LeastRequest);
+    let o = c.clusters[0].outlier_detection.unwrap();
+    assert_eq!(
+        (o.consecutive_gateway_failure, o.base_ejection_time),
+        (3, Duration::from_secs(10))
+    );
+    assert_eq!(
+        (o.max_ejection_time, o.max_ejection_percent),
+        (Duration::from_secs(300), 50)
+    );
+
+    let e = one(
+        "routes:\n  - match: { prefix: / }\n    cluster: c\n    retry_policy: { retry_on: retriable-4xx }\n\
+         clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
+    );
+    assert!(
+        e.to_string()
+            .contains("routes[0].retry_policy.retry_on: unknown retry_on token"),
+        "{e}"
+    );
+    let e = one("clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    lb_policy: leastconn\n");
+    assert!(
+        e.to_string().contains("use round_robin, least_request or random"),
+        "{e}"
+    );
+    let e = one(
+        "clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    outlier_detection: { ejection: 1s }\n",
+    );
+    assert!(
+        e.to_string()
+            .contains("clusters[0].outlier_detection.ejection: unknown field"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -12,18 +12,21 @@ use http::{HeaderName, HeaderValue};
 use crate::duration::parse_duration;
 use crate::error::Ctx;
 use crate::locate::{join_index, join_key};
+/// The `retry_on` tokens Switchback knows (Envoy's).
+const RETRY_ON: [&str; 4] = ["connect-failure", "reset", "gateway-error", "5xx"];
+
 /// What leaving a tunnel cap out means.
 const NO_CAP: &str = "leave it out for no cap of its own";
 
 use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, Endpoint, Filter,
-    HeaderMatcher, MAX_WORKERS, PathMatch, Route, RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig,
-    WebSocketConfig, WeightedCluster,
+    HeaderMatcher, LbPolicy, MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route, RouteMatch,
+    RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster,
 };
 use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
-    CONNECT_ATTEMPTS, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RawCluster, RawConfig, RawEndpoint, RawFilter,
-    RawMatch, RawRoute, RawUpgradeConfig, WEIGHT, WORKERS,
+    CONNECT_ATTEMPTS, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RETRIES, RawCluster, RawConfig, RawEndpoint,
+    RawFilter, RawMatch, RawOutlierDetection, RawRetryPolicy, RawRoute, RawUpgradeConfig, WEIGHT, WORKERS,
 };
 use crate::read::{Field, List, Pairs, S};
 use crate::suggest;
@@ -313,12 +316,102 @@ impl Ctx<'_> {
         })
     }
 
+    /// A route's `retry_policy`; tokens are checked here, the values kept as written.
+    fn retry_policy(&mut self, raw: &S<RawRetryPolicy>, path: &str) -> RetryPolicy {
+        let raw = &raw.value;
+        let mut policy = RetryPolicy {
+            retry_on: "connect-failure".to_owned(),
+            num_retries: 2,
+            per_try_timeout: None,
+        };
+        if let Some(on) = &raw.retry_on {
+            for token in on.value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if !RETRY_ON.contains(&token) {
+                    self.error(
+                        on.at,
+                        &join_key(path, "retry_on"),
+                        format!(
+                            "unknown retry_on token {token:?}; use a comma-separated list of {}",
+                            RETRY_ON.join(", ")
+                        ),
+                    );
+                }
+            }
+            policy.retry_on = on.value.clone();
+        }
+        if let Some(n) = &raw.num_retries {
+            if n.value > RETRIES.max {
+                self.error(
+                    n.at,
+                    &join_key(path, "num_retries"),
+                    format!("num_retries must be from 0 to {}", RETRIES.max),
+                );
+            }
+            policy.num_retries = u32::try_from(n.value.min(RETRIES.max)).unwrap_or(2);
+        }
+        if let Some(t) = &raw.per_try_timeout {
+            policy.per_try_timeout = self.duration(
+                t,
+                &join_key(path, "per_try_timeout"),
+                Zero::Rejected("per_try_timeout must be greater than zero; omit it for none"),
+            );
+        }
+        policy
+    }
+
+    /// A cluster's `outlier_detection`, with Envoy's defaults for what it leaves out.
+    fn outlier_detection(&mut self, raw: &S<RawOutlierDetection>, path: &str) -> OutlierDetection {
+        let raw = &raw.value;
+        let mut o = OutlierDetection {
+            consecutive_gateway_failure: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        };
+        if let Some(n) = &raw.consecutive_gateway_failure {
+            o.consecutive_gateway_failure = u32::try_from(n.value).unwrap_or(u32::MAX);
+        }
+        let positive = "must be greater than zero (e.g. 30s)";
+        if let Some(t) = &raw.base_ejection_time
+            && let Some(t) = self.duration(t, &join_key(path, "base_ejection_time"), Zero::Rejected(positive))
+        {
+            o.base_ejection_time = t;
+        }
+        if let Some(t) = &raw.max_ejection_time
+            && let Some(t) = self.duration(t, &join_key(path, "max_ejection_time"), Zero::Rejected(positive))
+        {
+            o.max_ejection_time = t;
+        }
+        if let Some(p) = &raw.max_ejection_percent {
+            o.max_ejection_percent = u8::try_from(p.value.min(100)).unwrap_or(100);
+        }
+        o
+    }
+
     fn cluster(&mut self, raw: &S<RawCluster>, path: &str) -> Cluster {
         let RawCluster {
             name,
             connect_timeout,
             endpoints,
+            lb_policy,
+            outlier_detection,
         } = &raw.value;
+        let lb_policy = match lb_policy.as_ref().map(|p| (p, p.value.as_str())) {
+            None | Some((_, "round_robin")) => LbPolicy::RoundRobin,
+            Some((_, "least_request")) => LbPolicy::LeastRequest,
+            Some((_, "random")) => LbPolicy::Random,
+            Some((p, other)) => {
+                self.error(
+                    p.at,
+                    &join_key(path, "lb_policy"),
+                    format!("unknown lb_policy {other:?}; use round_robin, least_request or random"),
+                );
+                LbPolicy::RoundRobin
+            }
+        };
+        let outlier_detection = outlier_detection
+            .as_ref()
+            .map(|o| self.outlier_detection(o, &join_key(path, "outlier_detection")));
         let connect_timeout = connect_timeout
             .as_ref()
             .and_then(|value| {
@@ -358,6 +451,8 @@ impl Ctx<'_> {
         Cluster {
             name: name.as_ref().map(|n| n.value.clone()).unwrap_or_default(),
             connect_timeout,
+            lb_policy,
+            outlier_detection,
             endpoints: built,
         }
     }
@@ -698,6 +793,10 @@ impl Ctx<'_> {
             idle_timeout,
             max_stream_duration,
             max_tunnels: self.count(&r.max_tunnels, &join_key(path, "max_tunnels"), NO_CAP),
+            retry_policy: r
+                .retry_policy
+                .as_ref()
+                .map(|p| self.retry_policy(p, &join_key(path, "retry_policy"))),
             upgrade_configs,
             use_websocket: r.use_websocket,
             websocket_config,

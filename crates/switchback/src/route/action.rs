@@ -151,6 +151,7 @@ pub(super) struct Action {
     pub(super) idle_timeout: Option<IdleTimeout>,
     pub(super) max_stream_duration: Option<MaxStreamDuration>,
     pub(super) max_tunnels: Option<crate::cap::TunnelCap>,
+    pub(super) retry_policy: Option<crate::RetryPolicy>,
     pub(super) upgrades: Vec<(UpgradeType, bool)>,
     /// Built from `upgrades` when the route table is built, so a request only clones an `Arc`.
     pub(super) route_upgrades: Option<RouteUpgrades>,
@@ -231,6 +232,9 @@ impl Action {
         }
         if let Some(cap) = &self.max_tunnels {
             ext.insert(cap.clone());
+        }
+        if let Some(policy) = self.retry_policy {
+            ext.insert(policy);
         }
         if let Some(u) = &self.route_upgrades {
             ext.insert(u.clone());

@@ -194,6 +194,14 @@ impl Route {
         self
     }
 
+    /// When requests and upgrade handshakes on this route are tried again, on another
+    /// endpoint (Envoy's route `retry_policy`). Overrides
+    /// [`Forward::retry_policy`](crate::Forward::retry_policy).
+    pub fn retry_policy(mut self, policy: crate::RetryPolicy) -> Self {
+        self.action.retry_policy = Some(policy);
+        self
+    }
+
     /// Tunnels this route opens never end for being idle.
     pub fn no_idle_timeout(mut self) -> Self {
         self.action.idle_timeout = Some(IdleTimeout(None));
