@@ -380,6 +380,12 @@ impl Attempts {
         false
     }
 
+    /// Whether a request that reached an upstream may be sent again.
+    fn may_resend(&self) -> bool {
+        let on = self.policy.retry_on;
+        self.retries > 0 && (on.reset() || on.server_error || on.gateway_error)
+    }
+
     /// How many endpoints a connect may try: this one, and the retries left if connect
     /// failures are retried (those use the retries up).
     fn connects(&self) -> usize {
@@ -425,15 +431,31 @@ where
     // Retried only before the 101, so before any tunnel byte; after a connection that got
     // the request, only when there is no body to replay.
     let replayable = !upgrading.has_body;
+    // Connect failures are retried before the head is sent; only a policy that retries
+    // after it needs a copy of the head (most handshakes don't).
+    let resend = replayable && attempt.may_resend();
+    let mut parts = Some(parts);
     let mut upstream_body = Some(upstream_body);
     let mut tried = Vec::new();
     let answer = loop {
+        let head = match &parts {
+            Some(p) if resend => clone_parts(p),
+            _ => match parts.take() {
+                Some(p) => p,
+                None => {
+                    return fail(
+                        HandshakeFailure::Refused,
+                        StatusCode::BAD_GATEWAY,
+                        "no retry left",
+                    );
+                }
+            },
+        };
         let body = upstream_body.take().unwrap_or_default();
         let before = tried.len();
         let per_try = attempt.per_try();
         let connects = attempt.connects();
-        let result =
-            upstream::exchange(cluster, &mut tried, connects, clone_parts(&parts), body, per_try).await;
+        let result = upstream::exchange(cluster, &mut tried, connects, head, body, per_try).await;
         // Each endpoint tried after the first used up a retry.
         let extra = u32::try_from((tried.len() - before).saturating_sub(1)).unwrap_or(u32::MAX);
         attempt.retries = attempt.retries.saturating_sub(extra);
