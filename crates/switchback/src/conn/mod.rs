@@ -27,7 +27,6 @@ mod io;
 
 pub(crate) use io::ClientIo;
 
-
 /// Descriptors kept back from the default `max_connections` for the admin endpoint, log
 /// files, DNS and the like.
 const RESERVED_FDS: u64 = 64;

@@ -19,12 +19,12 @@ pub use future::ResponseFuture;
 
 use crate::body::PreBodyEnd;
 use crate::cap::{Holds, TunnelCap};
+use crate::conn::ClientConn;
 use crate::detect::{Inspection, inspect};
 use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, Upgrading};
 use crate::handoff::TunnelRead;
 use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
-use crate::conn::ClientConn;
 use crate::tunnel::{Settings, TunnelInfo, TunnelMode};
 use crate::{Body, BoxError, UpgradeType, metrics, reply};
 use config::RouterConfig;
@@ -231,7 +231,10 @@ impl<S> UpgradeRouter<S> {
     ) -> Pending {
         let cfg = &self.config;
         // The tunnel keeps its client connection's place in the listener.
-        holds.conn = req.extensions().get::<ClientConn>().map(|c| c.0.hold(req.version()));
+        holds.conn = req
+            .extensions()
+            .get::<ClientConn>()
+            .map(|c| c.0.hold(req.version()));
         Pending {
             info: TunnelInfo {
                 id: 0,

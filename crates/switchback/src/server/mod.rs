@@ -202,7 +202,14 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_on(listener, service, shutdown, limits, Conns::new(limits.max_connections)).await
+    serve_on(
+        listener,
+        service,
+        shutdown,
+        limits,
+        Conns::new(limits.max_connections),
+    )
+    .await
 }
 
 /// [`serve_with`], counting connections in `conns` (which [`Workers`] share).
