@@ -826,6 +826,77 @@ async fn a_legacy_websocket_route_from_the_config() {
     assert!(close["bytes_received"].as_u64().unwrap() > 10);
 }
 
+/// The forwarded-identity fields reach the upstream of a plain request and of an upgrade, and
+/// every access-log line (`request`, `tunnel_open`, `tunnel_close`) names the request id the
+/// upstream saw: generated for the plain request, the client's own for the upgrade.
+#[tokio::test]
+async fn forwarded_headers_reach_the_upstream_and_the_access_log() {
+    let dir = TempDir::new("forwarded");
+    let plain = http_upstream("plain").await;
+    let raw = RawUpstream::bind().await;
+    let log = dir.path("access.jsonl");
+    let file = dir.write(
+        "forwarded.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\naccess_log: {}\nxff_num_trusted_hops: 1\n\
+             upgrade_configs:\n  - upgrade_type: foo\n\
+             routes:\n  - match: {{ prefix: /up }}\n    cluster: raw\n\
+             \x20 - match: {{ prefix: / }}\n    cluster: plain\n\
+             clusters:\n  - name: raw\n    endpoints: [{}]\n  - name: plain\n    endpoints: [{plain}]\n",
+            log.display(),
+            raw.addr
+        ),
+    );
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+
+    // One trusted hop in front: its X-Forwarded-Proto is kept, the peer appended.
+    let via = [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https")];
+    let reply = http(listen, "GET", "/hello", &via, b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = reply.body.replace('\n', "\r\n");
+    assert_eq!(
+        support::header(&seen, "x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+    assert_eq!(support::header(&seen, "x-forwarded-proto"), Some("https"));
+    let id = support::header(&seen, "x-request-id").expect("an id").to_owned();
+    assert!(
+        id.len() == 36 && id.as_bytes()[14] == b'4' && id.matches('-').count() == 4,
+        "a UUID v4: {id}"
+    );
+    let line = wait_log_line(&log, "request", Some("/hello")).await;
+    assert_eq!(line["request_id"], id.as_str(), "{line}");
+
+    let mut client = raw_client(
+        listen,
+        b"GET /up HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: foo\r\nx-request-id: trace-42\r\n\r\n",
+    )
+    .await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert_eq!(support::header(&head, "x-request-id"), Some("trace-42"), "{head}");
+    assert_eq!(
+        support::header(&head, "x-forwarded-for"),
+        Some("127.0.0.1"),
+        "{head}"
+    );
+    assert_eq!(
+        support::header(&head, "x-forwarded-proto"),
+        Some("http"),
+        "{head}"
+    );
+    up.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_head(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    let open = wait_log_line(&log, "tunnel_open", Some("/up")).await;
+    assert_eq!(open["request_id"], "trace-42", "{open}");
+    drop((client, up));
+    let close = wait_log_line(&log, "tunnel_close", Some("/up")).await;
+    assert_eq!(close["request_id"], "trace-42", "{close}");
+}
+
 #[tokio::test]
 async fn admin_endpoints_and_a_runtime_change_that_shifts_routing() {
     let dir = TempDir::new("admin");

@@ -13,15 +13,17 @@
 //! Every line has the same keys (`null` when unknown):
 //!
 //! ```json
-//! {"time":"2026-01-02T03:04:05.678Z","event":"tunnel_close","client":"127.0.0.1:50514",
-//!  "method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","mode":"joined",
+//! {"time":"2026-01-02T03:04:05.678Z","event":"tunnel_close",
+//!  "request_id":"3f0c5a8e-6b1d-4c2f-9a7e-0d4b8c6e2f11","client":"127.0.0.1:50514","method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","mode":"joined",
 //!  "status":101,"upstream":"127.0.0.1:9001","bytes_received":12,"bytes_sent":12,
 //!  "duration_ms":1532,"end":"client_close"}
 //! ```
 //!
 //! `time` is when the line was written (RFC 3339, UTC); `bytes_received` counts bytes from
 //! the client (request body, or tunnel payload towards the upstream) and `bytes_sent` bytes
-//! to the client; `path` is the request path without the query, as the client sent it.
+//! to the client; `path` is the request path without the query, as the client sent it;
+//! `request_id` is the `X-Request-Id` that went upstream (a tunnel's two lines carry its
+//! upgrade request's), `null` when the request had none and none was generated.
 //!
 //! A tunnel's lines come from the router's [`TunnelObserver`]; the route, method and path
 //! come from the request, matched by the client's address (an HTTP/1.1 connection carries at
@@ -49,7 +51,7 @@ use jiff::Timestamp;
 use pin_project_lite::pin_project;
 use serde::{Serialize, Serializer};
 use switchback::ClientAddr;
-use switchback::{MatchedRoute, TunnelEvent, TunnelInfo, TunnelObserver, UpstreamAddr};
+use switchback::{MatchedRoute, RequestId, TunnelEvent, TunnelInfo, TunnelObserver, UpstreamAddr};
 use switchback_config::AccessLog as Destination;
 use tower::{Layer, Service};
 
@@ -79,6 +81,7 @@ struct Inner {
 /// What the request told about a tunnel.
 #[derive(Clone, Debug)]
 struct Upgrade {
+    request_id: Option<RequestId>,
     method: Method,
     path: String,
     route: Option<Arc<str>>,
@@ -92,6 +95,7 @@ struct Line<'a> {
     #[serde(serialize_with = "rfc3339_millis")]
     time: Timestamp,
     event: &'static str,
+    request_id: Option<&'a str>,
     client: Option<SocketAddr>,
     method: &'a str,
     path: &'a str,
@@ -217,6 +221,7 @@ impl AccessLog {
         self.write(&Line {
             time: Timestamp::now(),
             event,
+            request_id: upgrade.and_then(|u| u.request_id.as_ref()).map(RequestId::as_str),
             client: info.client,
             method: upgrade.map_or("GET", |u| u.method.as_str()),
             path: upgrade.map_or(info.path.as_str(), |u| u.path.as_str()),
@@ -304,6 +309,7 @@ where
         let entry = Entry {
             log: self.log.clone(),
             start: Instant::now(),
+            request_id: req.extensions().get::<RequestId>().cloned(),
             client: req.extensions().get::<ClientAddr>().map(|a| a.0),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -328,6 +334,7 @@ where
 struct Entry {
     log: AccessLog,
     start: Instant,
+    request_id: Option<RequestId>,
     client: Option<SocketAddr>,
     method: Method,
     path: String,
@@ -343,6 +350,7 @@ impl Entry {
         self.log.write(&Line {
             time: Timestamp::now(),
             event: "request",
+            request_id: self.request_id.as_ref().map(RequestId::as_str),
             client: self.client,
             method: self.method.as_str(),
             path: &self.path,
@@ -401,6 +409,7 @@ where
                 entry.log.upgraded(
                     client,
                     Upgrade {
+                        request_id: entry.request_id.take(),
                         method: entry.method.clone(),
                         path: std::mem::take(&mut entry.path),
                         route: entry.route.take(),
@@ -577,6 +586,7 @@ mod tests {
             .unwrap();
         req.extensions_mut()
             .insert(ClientAddr("127.0.0.1:5000".parse().unwrap()));
+        req.extensions_mut().insert(RequestId("req-1".into()));
         let res = svc.oneshot(req).await.unwrap();
         assert!(out.lines().is_empty(), "written only once the body is sent");
         let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -585,6 +595,7 @@ mod tests {
         assert_eq!(lines.len(), 1);
         let l = &lines[0];
         assert_eq!(l["event"], "request");
+        assert_eq!(l["request_id"], "req-1");
         assert_eq!(l["client"], "127.0.0.1:5000");
         assert_eq!(l["method"], "POST");
         assert_eq!(l["path"], "/up");
@@ -613,6 +624,11 @@ mod tests {
         assert_eq!(lines[0]["end"], "client_close");
         assert_eq!(lines[0]["bytes_sent"], 0);
         assert!(lines[0]["upgrade"].is_null());
+        assert_eq!(
+            lines[0].get("request_id"),
+            Some(&serde_json::Value::Null),
+            "no RequestId: null, the key still there"
+        );
     }
 
     #[test]

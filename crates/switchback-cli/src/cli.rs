@@ -11,8 +11,8 @@ pub(crate) const DEMO_LISTEN_ENV: &str = "SWITCHBACK_DEMO_LISTEN";
 const LONG_ABOUT: &str = "\
 Switchback: Envoy-style HTTP Upgrade and WebSocket proxying, as a ready proxy.
 
-The proxy is the switchback library's tower stack (access log, routes, upgrade router, the
-filter chain of `http_filters`, the forwarder) driven by a YAML file.
+The proxy is the switchback library's tower stack (forwarded headers, access log, routes,
+upgrade router, the filter chain of `http_filters`, the forwarder) driven by a YAML file.
 
 Modes:
   switchback --config FILE   run the proxy described by FILE
@@ -48,7 +48,8 @@ Admin endpoint (when `admin: ADDR:PORT` is set; keep it on loopback):
 
 Access log:
   One JSON object per line on standard output, or appended to `access_log: PATH`: one line
-  per request, and for each tunnel one line when it opens and one when it closes.
+  per request, and for each tunnel one line when it opens and one when it closes; each
+  names its `request_id` (the X-Request-Id sent upstream).
 
 Logs:
   Diagnostics, and the demo's banner, go to standard error; RUST_LOG sets the level and

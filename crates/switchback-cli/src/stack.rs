@@ -1,6 +1,7 @@
 //! The configuration as a tower stack.
 //!
-//! Outermost first: the access log, [`RouteLayer`] (matches the route once), the
+//! Outermost first: the forwarded headers ([`ForwardedLayer`]: `X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Request-Id`, whose id the access log reads), the access log, [`RouteLayer`] (matches the route once), the
 //! [`UpgradeRouter`](switchback::UpgradeRouter) (listener `upgrade_configs`, `ignore_upgrades`,
 //! tunnel idle timeout, drain, access-log observer), then the default chain: `http_filters`
 //! in order, ending in [`Forward::routed`](switchback::Forward::routed).
@@ -14,8 +15,9 @@ use http::header::HeaderName;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use switchback::{
-    BoxError, Cluster, Drain, Endpoint, IgnoreUpgrades, LbPolicy, LegacyConfig, OutlierDetection, RetryOn,
-    RetryPolicy, Route, RouteLayer, Runtime, TunnelConfig, UpgradeConfig, UpgradeRouterLayer,
+    BoxError, Cluster, Drain, Endpoint, ForwardedLayer, IgnoreUpgrades, LbPolicy, LegacyConfig,
+    OutlierDetection, RetryOn, RetryPolicy, Route, RouteLayer, Runtime, TunnelConfig, UpgradeConfig,
+    UpgradeRouterLayer,
 };
 use switchback_config::{self as config, Config, PathMatch, RouteTarget};
 use tower::{Service, ServiceBuilder};
@@ -46,10 +48,22 @@ pub(crate) fn build(
     let router = router(config, drain, log)?;
     let default_chain = filters::chain(&config.http_filters);
     Ok(ServiceBuilder::new()
+        .layer(forwarded(config))
         .layer(log.layer())
         .layer(RouteLayer::new(routes, runtime.clone()).map_err(|e| Fatal::new(e.to_string()))?)
         .layer(router)
         .service(default_chain))
+}
+
+/// The forwarded-identity layer from the top-level Envoy-named fields. No TLS yet: the
+/// listener's scheme is `http`.
+fn forwarded(config: &Config) -> ForwardedLayer {
+    ForwardedLayer::new()
+        .use_remote_address(config.use_remote_address)
+        .xff_num_trusted_hops(config.xff_num_trusted_hops)
+        .x_forwarded_proto(config.x_forwarded_proto)
+        .generate_request_id(config.generate_request_id)
+        .preserve_external_request_id(config.preserve_external_request_id)
 }
 
 /// The upgrade router's layer: listener-level types (each with its own chain when it has

@@ -81,6 +81,11 @@
 //!     endpoints:
 //!       - 127.0.0.1:9001
 //!       - { address: 127.0.0.1:9002, hostname: echo.internal }
+//! use_remote_address: true         # the edge: append the peer to X-Forwarded-For
+//! xff_num_trusted_hops: 0          # proxies in front trusted to append to it
+//! x_forwarded_proto: true
+//! generate_request_id: true        # X-Request-Id: a UUID v4 when absent
+//! preserve_external_request_id: true   # keep a client's X-Request-Id
 //! access_log: /var/log/switchback.jsonl    # optional; "-" or absent = stdout
 //! ```
 //!

@@ -97,6 +97,24 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Upstream clusters, referenced by name from routes. Default: empty. Names are unique.
     pub clusters: Vec<Cluster>,
+    /// Envoy's `use_remote_address`: the proxy is the edge, so the peer's address is
+    /// appended to `X-Forwarded-For` and is the trusted client (unless `xff_num_trusted_hops`
+    /// says otherwise). `false`: `X-Forwarded-For` is left alone. Default `true` (Envoy's is
+    /// `false`).
+    pub use_remote_address: bool,
+    /// How many proxies in front append to `X-Forwarded-For` and are trusted to: the
+    /// trusted client is the one the outermost of them saw, and their `X-Forwarded-Proto` is
+    /// kept. Default 0, at most 64.
+    pub xff_num_trusted_hops: u32,
+    /// Whether to set `X-Forwarded-Proto` (always `http` until the listener has TLS).
+    /// Default `true`.
+    pub x_forwarded_proto: bool,
+    /// Envoy's `generate_request_id`: a request without a usable `X-Request-Id` gets a UUID
+    /// v4; `false` leaves the header alone. Default `true`.
+    pub generate_request_id: bool,
+    /// Envoy's `preserve_external_request_id`: keep a client's `X-Request-Id` rather than
+    /// replace it. Default `true` (Envoy's is `false`).
+    pub preserve_external_request_id: bool,
     /// Where the JSON-lines access log goes. Default: standard output (`-`).
     pub access_log: AccessLog,
 }
@@ -122,6 +140,11 @@ impl Default for Config {
             runtime: BTreeMap::new(),
             routes: Vec::new(),
             clusters: Vec::new(),
+            use_remote_address: true,
+            xff_num_trusted_hops: 0,
+            x_forwarded_proto: true,
+            generate_request_id: true,
+            preserve_external_request_id: true,
             access_log: AccessLog::Stdout,
         }
     }

@@ -19,6 +19,8 @@ pub(crate) const HEADERS_KB: Whole = Whole { min: 8, max: 8192 };
 pub(crate) const HEADERS_COUNT: Whole = Whole { min: 1, max: 10_000 };
 /// `request_body_limit`, in bytes; 0 allows only empty bodies.
 pub(crate) const BODY_LIMIT: Whole = Whole::at_least(0);
+/// `xff_num_trusted_hops`: more than a few dozen proxies in a row is a typo.
+pub(crate) const XFF_HOPS: Whole = Whole { min: 0, max: 64 };
 /// `max_connections` and `max_tunnels`: at least one.
 pub(crate) const COUNT: Whole = Whole::at_least(1);
 /// `num_retries`.
@@ -58,6 +60,11 @@ pub(crate) struct RawConfig {
     pub(crate) routes: List<RawRoute>,
     /// `Invalid` when `clusters` is not a list: then no cluster name is known for sure.
     pub(crate) clusters: Field<S<List<RawCluster>>>,
+    pub(crate) use_remote_address: Option<S<bool>>,
+    pub(crate) xff_num_trusted_hops: Option<S<u64>>,
+    pub(crate) x_forwarded_proto: Option<S<bool>>,
+    pub(crate) generate_request_id: Option<S<bool>>,
+    pub(crate) preserve_external_request_id: Option<S<bool>>,
     pub(crate) access_log: Option<S<String>>,
 }
 
@@ -80,6 +87,11 @@ impl RawConfig {
         "runtime",
         "routes",
         "clusters",
+        "use_remote_address",
+        "xff_num_trusted_hops",
+        "x_forwarded_proto",
+        "generate_request_id",
+        "preserve_external_request_id",
         "access_log",
     ];
 
@@ -133,6 +145,17 @@ impl RawConfig {
                 .unwrap_or_default(),
             routes: f.list(ctx, "routes", RawRoute::read).items(),
             clusters: f.list(ctx, "clusters", RawCluster::read),
+            use_remote_address: f.optional(ctx, "use_remote_address", Ctx::boolean).ok(),
+            xff_num_trusted_hops: f
+                .optional(
+                    ctx,
+                    "xff_num_trusted_hops",
+                    |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, XFF_HOPS),
+                )
+                .ok(),
+            x_forwarded_proto: f.optional(ctx, "x_forwarded_proto", Ctx::boolean).ok(),
+            generate_request_id: f.optional(ctx, "generate_request_id", Ctx::boolean).ok(),
+            preserve_external_request_id: f.optional(ctx, "preserve_external_request_id", Ctx::boolean).ok(),
             access_log: f.optional(ctx, "access_log", Ctx::string).ok(),
         }
     }

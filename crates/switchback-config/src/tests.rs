@@ -1846,6 +1846,59 @@ fn retry_policies_balancing_and_outlier_detection() {
 }
 
 #[test]
+fn forwarded_identity_fields() {
+    let c = parse("listen: 127.0.0.1:1\n");
+    assert!(c.use_remote_address && c.x_forwarded_proto);
+    assert!(c.generate_request_id && c.preserve_external_request_id);
+    assert_eq!(c.xff_num_trusted_hops, 0);
+    let c = parse(
+        "use_remote_address: false\nxff_num_trusted_hops: 2\nx_forwarded_proto: off\n\
+         generate_request_id: no\n",
+    );
+    assert!(!c.use_remote_address && !c.x_forwarded_proto && !c.generate_request_id);
+    assert_eq!(c.xff_num_trusted_hops, 2);
+    assert!(!parse("preserve_external_request_id: false\n").preserve_external_request_id);
+
+    let e = one("xff_num_trusted_hops: 65\n");
+    check(
+        &e,
+        "xff_num_trusted_hops",
+        1,
+        "xff_num_trusted_hops must be from 0 to 64: the number of proxies in front of switchback",
+    );
+    let e = one("xff_num_trusted_hops: -1\n");
+    check(
+        &e,
+        "xff_num_trusted_hops",
+        1,
+        "expected a whole number from 0 to 64",
+    );
+    let e = one("use_remote_address: maybe\n");
+    check(&e, "use_remote_address", 1, "expected");
+    let e = one("generate_request_id: false\npreserve_external_request_id: false\n");
+    check(
+        &e,
+        "preserve_external_request_id",
+        2,
+        "`preserve_external_request_id: false` needs `generate_request_id: true`",
+    );
+    let e = one("use_remote_address: false\npreserve_external_request_id: false\n");
+    check(
+        &e,
+        "preserve_external_request_id",
+        2,
+        "needs `use_remote_address: true`",
+    );
+    let e = one("xff_num_trusted_hop: 1\n");
+    check(
+        &e,
+        "xff_num_trusted_hop",
+        1,
+        "did you mean `xff_num_trusted_hops`?",
+    );
+}
+
+#[test]
 fn a_routes_max_stream_duration() {
     let route = |extra: &str| {
         let c = parse(&format!(

@@ -27,6 +27,7 @@ use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
     CONNECT_ATTEMPTS, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RETRIES, RawCluster, RawConfig, RawEndpoint,
     RawFilter, RawMatch, RawOutlierDetection, RawRetryPolicy, RawRoute, RawUpgradeConfig, WEIGHT, WORKERS,
+    XFF_HOPS,
 };
 use crate::read::{Field, List, Pairs, S};
 use crate::suggest;
@@ -967,6 +968,8 @@ impl Ctx<'_> {
             config.routes.push(built);
         }
 
+        self.forwarded(raw, &mut config);
+
         if let Some(log) = &raw.access_log {
             config.access_log = match log.value.as_str() {
                 "-" => AccessLog::Stdout,
@@ -983,6 +986,51 @@ impl Ctx<'_> {
         }
 
         config
+    }
+}
+
+impl Ctx<'_> {
+    /// The forwarded-identity fields: `xff_num_trusted_hops` in range, and no
+    /// `preserve_external_request_id: false` that could never take effect.
+    fn forwarded(&mut self, raw: &RawConfig, config: &mut Config) {
+        let flag = |v: &Option<S<bool>>, default: bool| v.as_ref().map_or(default, |v| v.value);
+        config.use_remote_address = flag(&raw.use_remote_address, config.use_remote_address);
+        config.x_forwarded_proto = flag(&raw.x_forwarded_proto, config.x_forwarded_proto);
+        config.generate_request_id = flag(&raw.generate_request_id, config.generate_request_id);
+        config.preserve_external_request_id = flag(
+            &raw.preserve_external_request_id,
+            config.preserve_external_request_id,
+        );
+        if let Some(hops) = &raw.xff_num_trusted_hops {
+            match u32::try_from(hops.value) {
+                Ok(n) if hops.value <= XFF_HOPS.max => config.xff_num_trusted_hops = n,
+                _ => self.error(
+                    hops.at,
+                    "xff_num_trusted_hops",
+                    format!(
+                        "xff_num_trusted_hops must be from 0 to {}: the number of proxies in front of \
+                         switchback that append to X-Forwarded-For",
+                        XFF_HOPS.max
+                    ),
+                ),
+            }
+        }
+        if let Some(p) = raw.preserve_external_request_id.as_ref().filter(|p| !p.value) {
+            let why = if !config.generate_request_id {
+                Some("needs `generate_request_id: true`, or nothing would replace the client's id")
+            } else if !config.use_remote_address {
+                Some("needs `use_remote_address: true`: only an edge request's id is replaced")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.error(
+                    p.at,
+                    "preserve_external_request_id",
+                    format!("`preserve_external_request_id: false` {why}; change one or remove it"),
+                );
+            }
+        }
     }
 }
 

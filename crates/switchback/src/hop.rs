@@ -22,13 +22,14 @@ const FIXED: [&str; 8] = [
 
 /// Headers a `Connection` nomination may never remove: the target, the framing, and the
 /// headers the proxy itself adds.
-pub(crate) const PROTECTED: [&str; 6] = [
+pub(crate) const PROTECTED: [&str; 7] = [
     "host",
     "content-length",
     "transfer-encoding",
     "x-envoy-original-path",
     "x-forwarded-for",
     "x-forwarded-proto",
+    "x-request-id",
 ];
 
 /// Iterates over the comma-separated tokens of every `name` header line, trimmed.

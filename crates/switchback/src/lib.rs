@@ -46,9 +46,11 @@
 //! - **Tunnels.** [`TunnelConfig`] sets their timeouts and buffers; [`Drain`] ends them
 //!   gracefully; a [`TunnelObserver`] hears of every one, and the [`TunnelHandle`] in a `101`'s
 //!   extensions says how one ended.
-//! - **Extensions** that carry values between layers: [`ClientAddr`], [`IdleTimeout`],
-//!   [`ResponseTimeout`], [`AutoHostRewrite`], [`MatchedRoute`], [`UpstreamAddr`],
-//!   [`TunnelHandle`].
+//! - **Forwarded identity.** [`ForwardedLayer`] sets `X-Forwarded-For`, `X-Forwarded-Proto`
+//!   and `X-Request-Id` as Envoy does, on plain requests and upgrades.
+//! - **Extensions** that carry values between layers: [`ClientAddr`], [`TrustedClientAddr`],
+//!   [`RequestId`], [`IdleTimeout`], [`ResponseTimeout`], [`AutoHostRewrite`], [`MatchedRoute`],
+//!   [`UpstreamAddr`], [`TunnelHandle`].
 //! - [`metrics`]: the names of the metrics Switchback records.
 
 #![forbid(unsafe_code)]
@@ -61,6 +63,7 @@ mod detect;
 mod drain;
 mod ext;
 mod forward;
+mod forwarded;
 mod handoff;
 mod hop;
 mod host;
@@ -86,10 +89,13 @@ pub use detect::{IgnoreUpgrades, UpgradeType};
 pub use drain::{Drain, DrainOutcome, LiveTunnel};
 #[doc(inline)]
 pub use ext::{
-    AutoHostRewrite, ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, ResponseTimeout, UpstreamAddr,
+    AutoHostRewrite, ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, RequestId, ResponseTimeout,
+    TrustedClientAddr, UpstreamAddr,
 };
 #[doc(inline)]
 pub use forward::Forward;
+#[doc(inline)]
+pub use forwarded::{Forwarded, ForwardedLayer};
 #[doc(inline)]
 pub use legacy::LegacyConfig;
 pub use retry::{RetryOn, RetryPolicy, UnknownRetryOn};
