@@ -377,6 +377,13 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Endpoints (at least one).
     pub endpoints: Vec<Endpoint>,
+    /// Active health checks; an endpoint gets new requests and tunnels only while it passes
+    /// all of them. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<crate::HealthCheck>,
+    /// Close the tunnels to an endpoint when it turns unhealthy (Envoy's
+    /// `close_connections_on_host_health_failure`). Default `false`: they run on.
+    pub close_connections_on_host_health_failure: bool,
 }
 
 /// An endpoint of a cluster. In the YAML either a string `host:port` or

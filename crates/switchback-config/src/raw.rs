@@ -3,6 +3,7 @@
 //! [`read`](crate::read)); everything else is checked in `validate`.
 
 use crate::error::Ctx;
+use crate::health::RawHealthCheck;
 use crate::locate::join_key;
 use crate::model::{Filter, MAX_WORKERS};
 use crate::read::{Field, Keys, List, Pairs, S, Whole, known_names, parse_whole};
@@ -419,10 +420,18 @@ pub(crate) struct RawCluster {
     pub(crate) name: Option<S<String>>,
     pub(crate) connect_timeout: Option<S<String>>,
     pub(crate) endpoints: Option<S<List<RawEndpoint>>>,
+    pub(crate) health_checks: List<RawHealthCheck>,
+    pub(crate) close_connections_on_host_health_failure: Option<S<bool>>,
 }
 
 impl RawCluster {
-    pub(crate) const FIELDS: &'static [&'static str] = &["name", "connect_timeout", "endpoints"];
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "name",
+        "connect_timeout",
+        "endpoints",
+        "health_checks",
+        "close_connections_on_host_health_failure",
+    ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
         let f = ctx.fields(node, path, Self::FIELDS)?;
@@ -434,6 +443,10 @@ impl RawCluster {
                     .optional(ctx, "endpoints", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
                         ctx.list(node, path, RawEndpoint::read)
                     })
+                    .ok(),
+                health_checks: f.list(ctx, "health_checks", RawHealthCheck::read).items(),
+                close_connections_on_host_health_failure: f
+                    .optional(ctx, "close_connections_on_host_health_failure", Ctx::boolean)
                     .ok(),
             }),
         )
@@ -511,6 +524,7 @@ pub(crate) fn keys_at(path: &str) -> Keys {
         "routes.websocket_config" => Keys::Fields(RawWebSocketConfig::FIELDS),
         "clusters" => Keys::Fields(RawCluster::FIELDS),
         "clusters.endpoints" => Keys::Fields(RawEndpoint::FIELDS),
+        "clusters.health_checks" => Keys::Fields(RawHealthCheck::FIELDS),
         "runtime" => Keys::Any,
         s if s.ends_with("request_headers_to_add") || s.ends_with("response_headers_to_add") => Keys::Any,
         _ => Keys::Unknown,

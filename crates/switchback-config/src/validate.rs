@@ -318,6 +318,8 @@ impl Ctx<'_> {
             name,
             connect_timeout,
             endpoints,
+            health_checks,
+            close_connections_on_host_health_failure,
         } = &raw.value;
         let connect_timeout = connect_timeout
             .as_ref()
@@ -359,6 +361,10 @@ impl Ctx<'_> {
             name: name.as_ref().map(|n| n.value.clone()).unwrap_or_default(),
             connect_timeout,
             endpoints: built,
+            health_checks: crate::health::validate(self, health_checks, &join_key(path, "health_checks")),
+            close_connections_on_host_health_failure: close_connections_on_host_health_failure
+                .as_ref()
+                .is_some_and(|b| b.value),
         }
     }
 
