@@ -14,8 +14,8 @@ use http::header::HeaderName;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use switchback::{
-    BoxError, Cluster, Drain, Endpoint, IgnoreUpgrades, LegacyConfig, Route, RouteLayer, Runtime,
-    TunnelConfig, UpgradeConfig, UpgradeRouterLayer,
+    BoxError, Cluster, Drain, Endpoint, HealthCheck, IgnoreUpgrades, LegacyConfig, Route, RouteLayer,
+    Runtime, TunnelConfig, UpgradeConfig, UpgradeRouterLayer,
 };
 use switchback_config::{Config, PathMatch, RouteTarget};
 use tower::{Service, ServiceBuilder};
@@ -24,10 +24,12 @@ use crate::access_log::AccessLog;
 use crate::fatal::Fatal;
 use crate::filters;
 
-/// Builds the proxy's service from `config`. Tunnels register with `drain`; routes read
-/// `runtime`; `log` gets a line per request and two per tunnel.
+/// Builds the proxy's service from `config`, its routes sending to `clusters` (see
+/// [`clusters`]). Tunnels register with `drain`; routes read `runtime`; `log` gets a line per
+/// request and two per tunnel.
 pub(crate) fn build(
     config: &Config,
+    clusters: &[Cluster],
     drain: &Drain,
     runtime: &Runtime,
     log: &AccessLog,
@@ -42,7 +44,7 @@ pub(crate) fn build(
     + 'static,
     Fatal,
 > {
-    let routes = routes(config)?;
+    let routes = routes(config, clusters)?;
     let router = router(config, drain, log)?;
     let default_chain = filters::chain(&config.http_filters);
     Ok(ServiceBuilder::new()
@@ -98,8 +100,10 @@ fn protected_headers(config: &Config) -> Vec<HeaderName> {
     names
 }
 
-/// The clusters by name.
-fn clusters(config: &Config) -> HashMap<&str, Cluster> {
+/// The clusters, in the file's order, with their health checks. One `Cluster` value each:
+/// every route to it shares its endpoints' state (active counts, ejection, health), which the
+/// health checker and the admin endpoint see too.
+pub(crate) fn clusters(config: &Config) -> Vec<Cluster> {
     config
         .clusters
         .iter()
@@ -111,17 +115,32 @@ fn clusters(config: &Config) -> HashMap<&str, Cluster> {
                     None => endpoint,
                 }
             });
-            let cluster = Cluster::new(c.name.as_str(), endpoints).connect_timeout(c.connect_timeout);
-            (c.name.as_str(), cluster)
+            let mut cluster = Cluster::new(c.name.as_str(), endpoints)
+                .connect_timeout(c.connect_timeout)
+                .close_connections_on_host_health_failure(c.close_connections_on_host_health_failure);
+            for h in &c.health_checks {
+                let check = match &h.path {
+                    Some(path) => HealthCheck::http(path.as_str()),
+                    None => HealthCheck::tcp(),
+                };
+                cluster = cluster.health_check(
+                    check
+                        .interval(h.interval)
+                        .timeout(h.timeout)
+                        .unhealthy_threshold(h.unhealthy_threshold.get())
+                        .healthy_threshold(h.healthy_threshold.get()),
+                );
+            }
+            cluster
         })
         .collect()
 }
 
 /// The routes, in order, named `routes[i]` after their place in the file.
-fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
-    let clusters = clusters(config);
+fn routes(config: &Config, clusters: &[Cluster]) -> Result<Vec<Route>, Fatal> {
+    let by_name: HashMap<&str, &Cluster> = clusters.iter().map(|c| (c.name(), c)).collect();
     let cluster = |at: &str, name: &str| {
-        clusters.get(name).cloned().ok_or_else(|| {
+        by_name.get(name).map(|c| (*c).clone()).ok_or_else(|| {
             Fatal::new(format!(
                 "{at}: unknown cluster {name:?}; define it under `clusters`"
             ))
@@ -264,7 +283,7 @@ clusters:
     #[test]
     fn the_documented_schema_builds() {
         let config = Config::from_yaml_str(FULL, "full.yaml").unwrap();
-        assert_eq!(routes(&config).unwrap().len(), 3);
+        assert_eq!(routes(&config, &clusters(&config)).unwrap().len(), 3);
         assert!(
             router(
                 &config,
