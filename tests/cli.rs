@@ -1205,6 +1205,82 @@ async fn admin_lists_live_tunnels_and_closes_one() {
     );
 }
 
+/// `health_checks` run from the start: a TCP check finds the dead endpoint, `GET /clusters`
+/// shows each endpoint's health and load, and the metrics say the same.
+#[tokio::test]
+async fn health_checks_and_the_clusters_page() {
+    let dir = TempDir::new("health");
+    let echo = ws_echo().await.addr;
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let file = dir.write(
+        "health.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{dead}, {echo}]\n\
+             \x20   health_checks:\n      - {{ tcp: {{}}, interval: 50ms, timeout: 500ms }}\n"
+        ),
+    );
+    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
+    let clusters = within("the dead endpoint turning unhealthy", async {
+        loop {
+            let reply = http(admin, "GET", "/clusters", &[], b"").await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert_eq!(reply.header("content-type"), Some("application/json"));
+            let v: Value = serde_json::from_str(&reply.body).unwrap();
+            if v[0]["endpoints"][0]["healthy"] == false {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(clusters[0]["name"], "echo");
+    let [down, up] = [&clusters[0]["endpoints"][0], &clusters[0]["endpoints"][1]];
+    assert_eq!(down["address"], dead.to_string());
+    assert_eq!(up["address"], echo.to_string());
+    assert_eq!(up["healthy"], true);
+    for e in [down, up] {
+        assert_eq!(e["ejected"], false, "{e}");
+        assert_eq!(e["active"], 0, "{e}");
+        assert_eq!(e["consecutive_failures"], 0, "{e}");
+        assert_eq!(e["connect_failures"], 0, "{e}");
+    }
+
+    // Every tunnel goes to the live endpoint, and counts there while open.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, _) = ws_connect(format!("ws://{listen}/chat")).await;
+        ws_roundtrip(&mut ws, Message::text("hi")).await;
+        open.push(ws);
+    }
+    let v: Value = serde_json::from_str(&http(admin, "GET", "/clusters", &[], b"").await.body).unwrap();
+    assert_eq!(v[0]["endpoints"][1]["active"], 3, "{v}");
+    assert_eq!(v[0]["endpoints"][0]["connect_failures"], 0, "never tried: {v}");
+
+    let metrics = http(admin, "GET", "/metrics", &[], b"").await.body;
+    let labels = |e: SocketAddr| format!("{{cluster=\"echo\",endpoint=\"{e}\"}}");
+    for line in [
+        format!("switchback_endpoint_healthy{} 0", labels(dead)),
+        format!("switchback_endpoint_healthy{} 1", labels(echo)),
+        format!("switchback_endpoint_active{} 3", labels(echo)),
+        "switchback_cluster_endpoints_available{cluster=\"echo\"} 1".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("switchback_health_checks_total{cluster=\"echo\",endpoint="),
+        "{metrics}"
+    );
+    let missing = http(admin, "GET", "/nope", &[], b"").await;
+    assert!(missing.body.contains("GET /clusters"), "{}", missing.body);
+}
+
 /// The binary bounds silent clients and large heads as the config says.
 #[tokio::test]
 async fn client_limits_from_the_config() {

@@ -9,6 +9,7 @@
 //! | `GET /config`                  | the effective configuration as JSON (runtime values as now) |
 //! | `GET /tunnels`                 | the live tunnels, as a JSON array (see [`TunnelRow`])       |
 //! | `POST /tunnels/close?id=ID`    | closes one as the drain does (WebSocket: `1001` each way); 404 when no such tunnel |
+//! | `GET /clusters`                | each cluster's endpoints: health, ejection, active requests and tunnels, failures (see [`ClusterRow`]) |
 //! | `GET /`                        | a dashboard of live tunnels and counters that refreshes itself |
 //!
 //! Metrics come from the library through the `metrics` facade, rendered by
@@ -17,7 +18,10 @@
 //! by type and reason), handshake failures by reason, tunnels opened and active (by type and
 //! mode, legacy included), tunnel bytes each way, the tunnel duration histogram, the chains'
 //! responses by status (`switchback_requests_total`) and, from the CLI's access-log layer,
-//! every response sent to clients by status (`switchback_downstream_responses_total`).
+//! every response sent to clients by status (`switchback_downstream_responses_total`), and
+//! per cluster and endpoint: health-check results (`switchback_health_checks_total`),
+//! health, ejection, active requests and tunnels, and connect failures
+//! (`switchback_endpoint_*`, refreshed at each scrape).
 //!
 //! Anyone who reaches this port can change routing: keep it on loopback (the server logs a
 //! warning when it is not).
@@ -35,7 +39,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
-use switchback::{Drain, LiveTunnel, Runtime};
+use switchback::{Cluster, Drain, EndpointStats, LiveTunnel, Runtime};
 use switchback_config::Config;
 use tokio::net::TcpListener;
 
@@ -88,6 +92,46 @@ impl From<&LiveTunnel> for TunnelRow {
     }
 }
 
+/// One cluster in `GET /clusters`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ClusterRow {
+    name: String,
+    endpoints: Vec<EndpointRow>,
+}
+
+/// One endpoint of a [`ClusterRow`].
+#[derive(Debug, Serialize)]
+struct EndpointRow {
+    address: String,
+    /// Passes the cluster's active health checks (always, without any).
+    healthy: bool,
+    /// Ejected by outlier detection now.
+    ejected: bool,
+    /// Requests and tunnels in flight.
+    active: usize,
+    /// Failures in a row, as outlier detection counts them.
+    consecutive_failures: u32,
+    /// Failed connects by requests and tunnels since start.
+    connect_failures: u64,
+}
+
+impl From<&Cluster> for ClusterRow {
+    fn from(c: &Cluster) -> Self {
+        let endpoint = |s: EndpointStats| EndpointRow {
+            address: s.address,
+            healthy: !s.unhealthy,
+            ejected: s.ejected,
+            active: s.active,
+            consecutive_failures: s.consecutive_failures,
+            connect_failures: s.connect_failures,
+        };
+        Self {
+            name: c.name().to_owned(),
+            endpoints: c.stats().into_iter().map(endpoint).collect(),
+        }
+    }
+}
+
 /// Buckets of the tunnel duration histogram, in seconds.
 const DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0];
 
@@ -126,6 +170,8 @@ struct Inner {
     drain: Drain,
     runtime: Runtime,
     config: Config,
+    /// The clusters the routes send to, for their state and metrics.
+    clusters: Vec<Cluster>,
     /// Keys a route reads, or that the config sets: the only ones worth setting.
     keys: BTreeSet<String>,
 }
@@ -138,7 +184,13 @@ impl std::fmt::Debug for Admin {
 
 impl Admin {
     /// The admin state.
-    pub(crate) fn new(metrics: PrometheusHandle, drain: Drain, runtime: Runtime, config: Config) -> Self {
+    pub(crate) fn new(
+        metrics: PrometheusHandle,
+        drain: Drain,
+        runtime: Runtime,
+        config: Config,
+        clusters: Vec<Cluster>,
+    ) -> Self {
         let mut keys: BTreeSet<String> = config.runtime.keys().cloned().collect();
         keys.extend(
             config
@@ -153,6 +205,7 @@ impl Admin {
                 drain,
                 runtime,
                 config,
+                clusters,
                 keys,
             }),
         }
@@ -197,6 +250,10 @@ impl Admin {
         let method = req.method();
         match req.uri().path() {
             "/metrics" => only(method, &[Method::GET], || {
+                // The per-endpoint state is recorded here, off the request path.
+                for cluster in &inner.clusters {
+                    cluster.record_metrics();
+                }
                 text(
                     StatusCode::OK,
                     inner.metrics.render(),
@@ -224,6 +281,10 @@ impl Admin {
                 let rows: Vec<TunnelRow> = inner.drain.tunnels().iter().map(TunnelRow::from).collect();
                 json(StatusCode::OK, &rows)
             }),
+            "/clusters" => only(method, &[Method::GET], || {
+                let rows: Vec<ClusterRow> = inner.clusters.iter().map(ClusterRow::from).collect();
+                json(StatusCode::OK, &rows)
+            }),
             "/tunnels/close" => match *method {
                 Method::POST => self.close_tunnel(req.uri().query().unwrap_or("")),
                 _ => not_allowed(&[Method::POST]),
@@ -234,7 +295,7 @@ impl Admin {
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "not found; try GET /, GET /metrics, GET /ready, GET /runtime, POST /runtime?key=K&value=V, \
-                 GET /config, GET /tunnels, POST /tunnels/close?id=ID\n",
+                 GET /config, GET /tunnels, POST /tunnels/close?id=ID, GET /clusters\n",
             ),
         }
     }

@@ -53,7 +53,13 @@ pub(crate) async fn run(
         Drain::new()
     };
     let runtime = Runtime::from_values(config.runtime.clone());
-    let stack = stack::build(&config, &drain, &runtime, &log)?;
+    let clusters = stack::clusters(&config);
+    let stack = stack::build(&config, &clusters, &drain, &runtime, &log)?;
+    // Each cluster's health checker (none without `health_checks`) runs for the process's
+    // life on the main runtime; the workers only read the health it sets.
+    for cluster in &clusters {
+        tokio::spawn(cluster.health_checker());
+    }
 
     let threads = config.workers;
     raise_descriptor_limit();
@@ -80,9 +86,9 @@ pub(crate) async fn run(
             .local_addr()
             .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
         config.admin = Some(bound);
-        let admin = Admin::new(metrics, drain.clone(), runtime.clone(), config.clone());
+        let admin = Admin::new(metrics, drain.clone(), runtime.clone(), config.clone(), clusters);
         tokio::spawn(admin.serve(admin_listener));
-        tracing::info!("admin endpoint on http://{bound}/ (metrics, ready, runtime, config)");
+        tracing::info!("admin endpoint on http://{bound}/ (metrics, ready, runtime, config, clusters)");
     }
     tracing::info!(listen = %config.listen, workers = threads, "switchback is listening");
     if let Origin::Demo = origin {

@@ -15,7 +15,7 @@ use http::header::HeaderName;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use switchback::{
-    BoxError, Cluster, Drain, Endpoint, ForwardedLayer, IgnoreUpgrades, LbPolicy, LegacyConfig,
+    BoxError, Cluster, Drain, Endpoint, ForwardedLayer, HealthCheck, IgnoreUpgrades, LbPolicy, LegacyConfig,
     OutlierDetection, RetryOn, RetryPolicy, Route, RouteLayer, Runtime, TunnelConfig, UpgradeConfig,
     UpgradeRouterLayer,
 };
@@ -26,10 +26,12 @@ use crate::access_log::AccessLog;
 use crate::fatal::Fatal;
 use crate::filters;
 
-/// Builds the proxy's service from `config`. Tunnels register with `drain`; routes read
-/// `runtime`; `log` gets a line per request and two per tunnel.
+/// Builds the proxy's service from `config`, its routes sending to `clusters` (see
+/// [`clusters`]). Tunnels register with `drain`; routes read `runtime`; `log` gets a line per
+/// request and two per tunnel.
 pub(crate) fn build(
     config: &Config,
+    clusters: &[Cluster],
     drain: &Drain,
     runtime: &Runtime,
     log: &AccessLog,
@@ -44,7 +46,7 @@ pub(crate) fn build(
     + 'static,
     Fatal,
 > {
-    let routes = routes(config)?;
+    let routes = routes(config, clusters)?;
     let router = router(config, drain, log)?;
     let default_chain = filters::chain(&config.http_filters);
     Ok(ServiceBuilder::new()
@@ -112,8 +114,10 @@ fn protected_headers(config: &Config) -> Vec<HeaderName> {
     names
 }
 
-/// The clusters by name.
-fn clusters(config: &Config) -> HashMap<&str, Cluster> {
+/// The clusters, in the file's order, with their health checks. One `Cluster` value each:
+/// every route to it shares its endpoints' state (active counts, ejection, health), which the
+/// health checker and the admin endpoint see too.
+pub(crate) fn clusters(config: &Config) -> Vec<Cluster> {
     config
         .clusters
         .iter()
@@ -127,6 +131,7 @@ fn clusters(config: &Config) -> HashMap<&str, Cluster> {
             });
             let mut cluster = Cluster::new(c.name.as_str(), endpoints)
                 .connect_timeout(c.connect_timeout)
+                .close_connections_on_host_health_failure(c.close_connections_on_host_health_failure)
                 .lb_policy(match c.lb_policy {
                     config::LbPolicy::RoundRobin => LbPolicy::RoundRobin,
                     config::LbPolicy::LeastRequest => LbPolicy::LeastRequest,
@@ -141,16 +146,29 @@ fn clusters(config: &Config) -> HashMap<&str, Cluster> {
                         .max_ejection_percent(o.max_ejection_percent),
                 );
             }
-            (c.name.as_str(), cluster)
+            for h in &c.health_checks {
+                let check = match &h.path {
+                    Some(path) => HealthCheck::http(path.as_str()),
+                    None => HealthCheck::tcp(),
+                };
+                cluster = cluster.health_check(
+                    check
+                        .interval(h.interval)
+                        .timeout(h.timeout)
+                        .unhealthy_threshold(h.unhealthy_threshold.get())
+                        .healthy_threshold(h.healthy_threshold.get()),
+                );
+            }
+            cluster
         })
         .collect()
 }
 
 /// The routes, in order, named `routes[i]` after their place in the file.
-fn routes(config: &Config) -> Result<Vec<Route>, Fatal> {
-    let clusters = clusters(config);
+fn routes(config: &Config, clusters: &[Cluster]) -> Result<Vec<Route>, Fatal> {
+    let by_name: HashMap<&str, &Cluster> = clusters.iter().map(|c| (c.name(), c)).collect();
     let cluster = |at: &str, name: &str| {
-        clusters.get(name).cloned().ok_or_else(|| {
+        by_name.get(name).map(|c| (*c).clone()).ok_or_else(|| {
             Fatal::new(format!(
                 "{at}: unknown cluster {name:?}; define it under `clusters`"
             ))
@@ -302,7 +320,7 @@ clusters:
     #[test]
     fn the_documented_schema_builds() {
         let config = Config::from_yaml_str(FULL, "full.yaml").unwrap();
-        assert_eq!(routes(&config).unwrap().len(), 3);
+        assert_eq!(routes(&config, &clusters(&config)).unwrap().len(), 3);
         assert!(
             router(
                 &config,

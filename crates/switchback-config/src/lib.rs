@@ -86,6 +86,10 @@
 //! x_forwarded_proto: true
 //! generate_request_id: true        # X-Request-Id: a UUID v4 when absent
 //! preserve_external_request_id: true   # keep a client's X-Request-Id
+//!     health_checks:               # an endpoint gets traffic while it passes all of them
+//!       - { path: /healthz, interval: 5s, timeout: 1s, unhealthy_threshold: 3, healthy_threshold: 2 }
+//!       - tcp: {}                  # a TCP connect check
+//!     close_connections_on_host_health_failure: false   # true: an unhealthy endpoint's tunnels close
 //! access_log: /var/log/switchback.jsonl    # optional; "-" or absent = stdout
 //! ```
 //!
@@ -120,6 +124,7 @@
 
 mod duration;
 mod error;
+mod health;
 mod hint;
 mod locate;
 mod model;
@@ -135,6 +140,7 @@ use std::path::Path;
 
 pub use crate::duration::{format_duration, parse_duration};
 pub use crate::error::ConfigError;
+pub use crate::health::{DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_TIMEOUT, HealthCheck};
 pub use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
@@ -238,6 +244,8 @@ impl Config {
                 endpoints: vec![Endpoint::from_socket_addr(upstream)],
                 lb_policy: LbPolicy::RoundRobin,
                 outlier_detection: None,
+                health_checks: Vec::new(),
+                close_connections_on_host_health_failure: false,
             }],
             ..Config::default()
         }

@@ -410,6 +410,13 @@ pub struct Cluster {
     /// Ejection of endpoints that keep failing. Absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checks; an endpoint gets new requests and tunnels only while it passes
+    /// all of them. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<crate::HealthCheck>,
+    /// Close the tunnels to an endpoint when it turns unhealthy (Envoy's
+    /// `close_connections_on_host_health_failure`). Default `false`: they run on.
+    pub close_connections_on_host_health_failure: bool,
 }
 
 /// A cluster's `lb_policy`.

@@ -3,6 +3,7 @@
 //! [`read`](crate::read)); everything else is checked in `validate`.
 
 use crate::error::Ctx;
+use crate::health::RawHealthCheck;
 use crate::locate::join_key;
 use crate::model::{Filter, MAX_WORKERS};
 use crate::read::{Field, Keys, List, Pairs, S, Whole, known_names, parse_whole};
@@ -449,6 +450,8 @@ pub(crate) struct RawCluster {
     pub(crate) endpoints: Option<S<List<RawEndpoint>>>,
     pub(crate) lb_policy: Option<S<String>>,
     pub(crate) outlier_detection: Option<S<RawOutlierDetection>>,
+    pub(crate) health_checks: List<RawHealthCheck>,
+    pub(crate) close_connections_on_host_health_failure: Option<S<bool>>,
 }
 
 /// A cluster's `outlier_detection` (Envoy's names).
@@ -523,6 +526,8 @@ impl RawCluster {
         "endpoints",
         "lb_policy",
         "outlier_detection",
+        "health_checks",
+        "close_connections_on_host_health_failure",
     ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
@@ -539,6 +544,10 @@ impl RawCluster {
                 lb_policy: f.optional(ctx, "lb_policy", Ctx::string).ok(),
                 outlier_detection: f
                     .optional(ctx, "outlier_detection", RawOutlierDetection::read)
+                    .ok(),
+                health_checks: f.list(ctx, "health_checks", RawHealthCheck::read).items(),
+                close_connections_on_host_health_failure: f
+                    .optional(ctx, "close_connections_on_host_health_failure", Ctx::boolean)
                     .ok(),
             }),
         )
@@ -618,6 +627,7 @@ pub(crate) fn keys_at(path: &str) -> Keys {
         "clusters.outlier_detection" => Keys::Fields(RawOutlierDetection::FIELDS),
         "clusters" => Keys::Fields(RawCluster::FIELDS),
         "clusters.endpoints" => Keys::Fields(RawEndpoint::FIELDS),
+        "clusters.health_checks" => Keys::Fields(RawHealthCheck::FIELDS),
         "runtime" => Keys::Any,
         s if s.ends_with("request_headers_to_add") || s.ends_with("response_headers_to_add") => Keys::Any,
         _ => Keys::Unknown,

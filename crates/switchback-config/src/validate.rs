@@ -396,6 +396,8 @@ impl Ctx<'_> {
             endpoints,
             lb_policy,
             outlier_detection,
+            health_checks,
+            close_connections_on_host_health_failure,
         } = &raw.value;
         let lb_policy = match lb_policy.as_ref().map(|p| (p, p.value.as_str())) {
             None | Some((_, "round_robin")) => LbPolicy::RoundRobin,
@@ -455,6 +457,10 @@ impl Ctx<'_> {
             lb_policy,
             outlier_detection,
             endpoints: built,
+            health_checks: crate::health::validate(self, health_checks, &join_key(path, "health_checks")),
+            close_connections_on_host_health_failure: close_connections_on_host_health_failure
+                .as_ref()
+                .is_some_and(|b| b.value),
         }
     }
 

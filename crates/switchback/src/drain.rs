@@ -192,6 +192,7 @@ impl Drain {
         TunnelGuard {
             _live: self.inner.tunnels.token(),
             closing: closing.cancelled_owned(),
+            host_failure: None,
             listed,
         }
     }
@@ -229,6 +230,9 @@ pin_project_lite::pin_project! {
         _live: TaskTrackerToken,
         #[pin]
         closing: WaitForCancellationFutureOwned,
+        // Set when the upstream endpoint's cluster closes tunnels to an endpoint that turns
+        // unhealthy (rare: boxed).
+        host_failure: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         // For a listing drain: the tunnel's entry, and the drain to take it out of.
         listed: Option<(Arc<Live>, Drain)>,
     }
@@ -245,10 +249,23 @@ pin_project_lite::pin_project! {
 }
 
 impl TunnelGuard {
-    /// Ready once the tunnel must close: the drain deadline has passed, or (listing drain)
-    /// somebody closed this tunnel.
+    /// Also closes the tunnel when `token` is cancelled (its upstream endpoint turned
+    /// unhealthy).
+    pub(crate) fn close_on(mut self, token: Option<CancellationToken>) -> Self {
+        self.host_failure = token.map(|t| Box::pin(t.cancelled_owned()));
+        self
+    }
+
+    /// Ready once the tunnel must close: the drain deadline has passed, (listing drain)
+    /// somebody closed this tunnel, or its upstream endpoint failed its health checks.
     pub(crate) fn poll_closing(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.project().closing.poll(cx)
+        let this = self.project();
+        if let Some(host) = this.host_failure
+            && host.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(());
+        }
+        this.closing.poll(cx)
     }
 
     /// What the tunnel has relayed so far, for a listing drain (nothing to do otherwise).

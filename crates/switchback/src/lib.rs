@@ -82,7 +82,7 @@ pub mod websocket;
 #[doc(inline)]
 pub use body::Body;
 #[doc(inline)]
-pub use cluster::{Cluster, ConnectError, Endpoint, EndpointStats, LbPolicy, OutlierDetection};
+pub use cluster::{Cluster, ConnectError, Endpoint, EndpointStats, HealthCheck, LbPolicy, OutlierDetection};
 #[doc(inline)]
 pub use detect::{IgnoreUpgrades, UpgradeType};
 #[doc(inline)]

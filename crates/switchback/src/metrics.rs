@@ -22,6 +22,22 @@ pub const CONNECTIONS_EVICTED: &str = "switchback_connections_evicted_total";
 pub const CONNECTIONS_REFUSED: &str = "switchback_connections_refused_total";
 /// Counter: responses by status class and code (`status`).
 pub const REQUESTS: &str = "switchback_requests_total";
+/// Counter: active health-check probes (`cluster`, `endpoint`, `result`: `success`,
+/// `bad_status`, `connect_failure`, `timeout` or `error`).
+pub const HEALTH_CHECKS: &str = "switchback_health_checks_total";
+/// Gauge: 1 while an endpoint passes its cluster's active health checks, else 0 (`cluster`,
+/// `endpoint`). Set by [`Cluster::record_metrics`](crate::Cluster::record_metrics), as are the
+/// four below.
+pub const ENDPOINT_HEALTHY: &str = "switchback_endpoint_healthy";
+/// Gauge: 1 while outlier detection has an endpoint ejected, else 0 (`cluster`, `endpoint`).
+pub const ENDPOINT_EJECTED: &str = "switchback_endpoint_ejected";
+/// Gauge: requests and tunnels in flight at an endpoint (`cluster`, `endpoint`).
+pub const ENDPOINT_ACTIVE: &str = "switchback_endpoint_active";
+/// Counter: failed connects to an endpoint by requests and tunnels (`cluster`, `endpoint`).
+pub const ENDPOINT_CONNECT_FAILURES: &str = "switchback_endpoint_connect_failures_total";
+/// Gauge: a cluster's endpoints that get new requests, neither unhealthy nor ejected
+/// (`cluster`).
+pub const CLUSTER_ENDPOINTS_AVAILABLE: &str = "switchback_cluster_endpoints_available";
 
 /// Why an upgrade handshake opened no tunnel: the `reason` of [`HANDSHAKE_FAILURES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,11 +1,12 @@
 //! Which endpoint gets the next request or tunnel: the load-balancing policy, each
 //! endpoint's active count, and outlier ejection.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How a cluster picks an endpoint (Envoy's `lb_policy`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -111,8 +112,11 @@ pub(crate) struct EndpointState {
     /// Ejections so far, for doubling; forgotten after a quiet spell.
     ejections: AtomicU32,
     connect_failures: AtomicU64,
-    /// Active health checking says so.
-    unhealthy: std::sync::atomic::AtomicBool,
+    /// The active health checks it fails now, one bit each; healthy when zero.
+    pub(crate) unhealthy: AtomicU32,
+    /// Cancelled when it turns unhealthy, for a cluster that closes its tunnels then (and
+    /// replaced by a fresh one); `None` for one that doesn't.
+    host_failure: Option<Mutex<CancellationToken>>,
 }
 
 /// Picks endpoints for one cluster.
@@ -130,6 +134,14 @@ pub(crate) struct Balancer {
 pub(crate) struct Active {
     states: Arc<[EndpointState]>,
     index: usize,
+}
+
+impl Active {
+    /// Cancelled when the endpoint turns unhealthy, if its cluster closes tunnels then.
+    pub(crate) fn host_failure(&self) -> Option<CancellationToken> {
+        let token = self.states[self.index].host_failure.as_ref()?;
+        Some(token.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 impl Drop for Active {
@@ -156,13 +168,33 @@ pub struct EndpointStats {
 }
 
 impl Balancer {
-    pub(crate) fn new(endpoints: usize, policy: LbPolicy, outlier: Option<OutlierDetection>) -> Self {
+    /// A balancer for `endpoints` endpoints; `close_on_failure` gives each a token that
+    /// [`Balancer::host_failed`] cancels.
+    pub(crate) fn new(
+        endpoints: usize,
+        policy: LbPolicy,
+        outlier: Option<OutlierDetection>,
+        close_on_failure: bool,
+    ) -> Self {
+        let state = || EndpointState {
+            host_failure: close_on_failure.then(Mutex::default),
+            ..EndpointState::default()
+        };
         Self {
             policy,
             outlier,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
-            states: (0..endpoints).map(|_| EndpointState::default()).collect(),
+            states: (0..endpoints).map(|_| state()).collect(),
+        }
+    }
+
+    /// Endpoint `i` turned unhealthy: the tunnels watching its token close, and later ones
+    /// get a fresh token.
+    pub(crate) fn host_failed(&self, i: usize) {
+        if let Some(token) = &self.states[i].host_failure {
+            let old = std::mem::take(&mut *token.lock().unwrap_or_else(|e| e.into_inner()));
+            old.cancel();
         }
     }
 
@@ -172,7 +204,7 @@ impl Balancer {
 
     fn available(&self, i: usize, now: u64) -> bool {
         let s = &self.states[i];
-        s.ejected_until.load(Relaxed) <= now && !s.unhealthy.load(Relaxed)
+        s.ejected_until.load(Relaxed) <= now && s.unhealthy.load(Relaxed) == 0
     }
 
     /// The endpoint for the next request, skipping those in `tried` and, while any other is
@@ -267,7 +299,7 @@ impl Balancer {
             address: address.to_owned(),
             active: s.active.load(Relaxed),
             ejected: s.ejected_until.load(Relaxed) > self.millis(Instant::now()),
-            unhealthy: s.unhealthy.load(Relaxed),
+            unhealthy: s.unhealthy.load(Relaxed) != 0,
             consecutive_failures: s.consecutive_failures.load(Relaxed),
             connect_failures: s.connect_failures.load(Relaxed),
         }
@@ -284,7 +316,7 @@ mod tests {
 
     #[test]
     fn least_request_picks_the_least_busy() {
-        let b = Balancer::new(3, LbPolicy::LeastRequest, None);
+        let b = Balancer::new(3, LbPolicy::LeastRequest, None, false);
         let _a = b.activate(0);
         let _b = b.activate(0);
         let _c = b.activate(1);
@@ -305,7 +337,7 @@ mod tests {
         let outlier = OutlierDetection::new()
             .consecutive_gateway_failure(2)
             .base_ejection_time(Duration::from_secs(10));
-        let b = Balancer::new(2, LbPolicy::RoundRobin, Some(outlier));
+        let b = Balancer::new(2, LbPolicy::RoundRobin, Some(outlier), false);
         assert!(!b.report(0, Outcome::GatewayFailure));
         assert!(b.report(0, Outcome::ConnectFailure));
         for _ in 0..4 {

@@ -1,5 +1,5 @@
 //! Upstream clusters: named sets of endpoints, picked by a load-balancing policy, with
-//! outlier ejection.
+//! outlier ejection and active health checks.
 //!
 //! ```
 //! use std::time::Duration;
@@ -27,10 +27,12 @@ use tokio::net::TcpStream;
 use crate::Body;
 
 mod balance;
+mod health;
 
 use balance::Balancer;
 pub(crate) use balance::{Active, Outcome};
 pub use balance::{EndpointStats, LbPolicy, OutlierDetection};
+pub use health::HealthCheck;
 
 /// One upstream address, with the hostname used by automatic host rewriting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +85,8 @@ struct Inner {
     balancer: Balancer,
     connect_timeout: Duration,
     client: Client<HttpConnector, Body>,
+    health_checks: Vec<HealthCheck>,
+    close_on_health_failure: bool,
 }
 
 /// Why no connection to a cluster could be made.
@@ -117,6 +121,8 @@ impl Cluster {
             connect_timeout: Duration::from_secs(5),
             policy: LbPolicy::RoundRobin,
             outlier: None,
+            health_checks: Vec::new(),
+            close_on_health_failure: false,
         })
     }
 
@@ -127,11 +133,13 @@ impl Cluster {
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             inner: Arc::new(Inner {
-                balancer: Balancer::new(s.endpoints.len(), s.policy, s.outlier),
+                balancer: Balancer::new(s.endpoints.len(), s.policy, s.outlier, s.close_on_health_failure),
                 name: s.name,
                 endpoints: s.endpoints,
                 connect_timeout: s.connect_timeout,
                 client,
+                health_checks: s.health_checks,
+                close_on_health_failure: s.close_on_health_failure,
             }),
         }
     }
@@ -145,6 +153,8 @@ impl Cluster {
             connect_timeout: inner.connect_timeout,
             policy: inner.balancer.policy,
             outlier: inner.balancer.outlier,
+            health_checks: inner.health_checks.clone(),
+            close_on_health_failure: inner.close_on_health_failure,
         }
     }
 
@@ -182,19 +192,50 @@ impl Cluster {
         &self.inner.endpoints
     }
 
-    /// The next endpoint by the cluster's policy, skipping ejected ones while others are
-    /// left.
+    /// The next endpoint by the cluster's policy, skipping ejected and unhealthy ones while
+    /// others are left.
     pub fn pick(&self) -> Option<&Endpoint> {
         let i = self.inner.balancer.pick(&[])?;
         Some(&self.inner.endpoints[i])
     }
 
-    /// Each endpoint's counters now: active requests and tunnels, ejection, failures.
+    /// Each endpoint's counters now: active requests and tunnels, health, ejection, failures.
     pub fn stats(&self) -> Vec<EndpointStats> {
         let inner = &self.inner;
         (0..inner.endpoints.len())
             .map(|i| inner.balancer.stats(i, inner.endpoints[i].address()))
             .collect()
+    }
+
+    /// Records the cluster's state as metrics: per endpoint, [`ENDPOINT_HEALTHY`],
+    /// [`ENDPOINT_EJECTED`], [`ENDPOINT_ACTIVE`] and [`ENDPOINT_CONNECT_FAILURES`]; per
+    /// cluster, [`CLUSTER_ENDPOINTS_AVAILABLE`]. Nothing on the request path records them:
+    /// call this before a scrape (the health checker also does after each round).
+    ///
+    /// [`ENDPOINT_HEALTHY`]: crate::metrics::ENDPOINT_HEALTHY
+    /// [`ENDPOINT_EJECTED`]: crate::metrics::ENDPOINT_EJECTED
+    /// [`ENDPOINT_ACTIVE`]: crate::metrics::ENDPOINT_ACTIVE
+    /// [`ENDPOINT_CONNECT_FAILURES`]: crate::metrics::ENDPOINT_CONNECT_FAILURES
+    /// [`CLUSTER_ENDPOINTS_AVAILABLE`]: crate::metrics::CLUSTER_ENDPOINTS_AVAILABLE
+    pub fn record_metrics(&self) {
+        use crate::metrics::{
+            CLUSTER_ENDPOINTS_AVAILABLE, ENDPOINT_ACTIVE, ENDPOINT_CONNECT_FAILURES, ENDPOINT_EJECTED,
+            ENDPOINT_HEALTHY,
+        };
+        let cluster = self.name().to_owned();
+        let mut available = 0;
+        for s in self.stats() {
+            let labels = [("cluster", cluster.clone()), ("endpoint", s.address)];
+            let flag = |on: bool| if on { 1.0 } else { 0.0 };
+            ::metrics::gauge!(ENDPOINT_HEALTHY, &labels).set(flag(!s.unhealthy));
+            ::metrics::gauge!(ENDPOINT_EJECTED, &labels).set(flag(s.ejected));
+            #[expect(clippy::cast_precision_loss, reason = "a gauge is an f64")]
+            ::metrics::gauge!(ENDPOINT_ACTIVE, &labels).set(s.active as f64);
+            ::metrics::counter!(ENDPOINT_CONNECT_FAILURES, &labels).absolute(s.connect_failures);
+            available += usize::from(!s.unhealthy && !s.ejected);
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a gauge is an f64")]
+        ::metrics::gauge!(CLUSTER_ENDPOINTS_AVAILABLE, "cluster" => cluster).set(available as f64);
     }
 
     /// The next endpoint not in `tried` (indices), counted active until the guard drops.
@@ -273,6 +314,8 @@ struct Settings {
     connect_timeout: Duration,
     policy: LbPolicy,
     outlier: Option<OutlierDetection>,
+    health_checks: Vec<HealthCheck>,
+    close_on_health_failure: bool,
 }
 
 impl fmt::Debug for Cluster {
@@ -281,6 +324,7 @@ impl fmt::Debug for Cluster {
             .field("name", &self.inner.name)
             .field("endpoints", &self.inner.endpoints)
             .field("connect_timeout", &self.inner.connect_timeout)
+            .field("health_checks", &self.inner.health_checks)
             .finish()
     }
 }

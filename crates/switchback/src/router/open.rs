@@ -69,8 +69,9 @@ impl Pending {
             info.mode = TunnelMode::Pumped;
         }
         info.upstream = parts.extensions.get::<UpstreamAddr>().map(|a| a.0.clone());
+        let host_failure = self.holds.upstream.as_ref().and_then(|a| a.host_failure());
         let opening = Opening {
-            guard: self.drain.track(&self.info),
+            guard: self.drain.track(&self.info).close_on(host_failure),
             info: self.info,
             settings: self.settings,
             observer: self.observer,
