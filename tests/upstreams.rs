@@ -6,7 +6,12 @@
 mod route_support;
 mod support;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use route_support::*;
 use support::*;
 use switchback::{
-    Cluster, Endpoint, LbPolicy, OutlierDetection, RetryOn, RetryPolicy, Route, Runtime, UpgradeRouterLayer,
+    Cluster, Endpoint, LbPolicy, OutlierDetection, Resolve, RetryOn, RetryPolicy, Route, Runtime,
+    UpgradeRouterLayer,
 };
 
 fn foo_router() -> UpgradeRouterLayer {
@@ -42,7 +48,12 @@ async fn next_head(tcp: &mut TcpStream) -> Option<String> {
 /// A `foo` upstream that answers every upgrade `101` and then writes its `name`, and
 /// answers plain requests (kept alive) `200` with its name as the body.
 async fn named_foo(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    named_foo_at(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`named_foo`] on `addr`.
+async fn named_foo_at(name: &'static str, addr: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
@@ -237,4 +248,97 @@ async fn an_endpoint_that_keeps_failing_is_ejected() {
         assert_eq!(name, "G");
     }
     assert_eq!(failing.hits(), 2);
+}
+
+/// A resolver the test drives: the addresses a name has now, or a failing lookup.
+#[derive(Clone, Default)]
+struct Table(Arc<Mutex<HashMap<String, Option<Vec<IpAddr>>>>>);
+
+impl Table {
+    fn set(&self, name: &str, ips: Option<Vec<IpAddr>>) {
+        self.0.lock().unwrap().insert(name.to_owned(), ips);
+    }
+}
+
+impl Resolve for Table {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>> {
+        let found = self.0.lock().unwrap().get(host).cloned().flatten();
+        Box::pin(async move {
+            found
+                .map(|ips| ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+                .ok_or_else(|| io::Error::other("no such name"))
+        })
+    }
+}
+
+/// Waits until the cluster's endpoints are `want`.
+async fn endpoints_become(cluster: &Cluster, want: &[SocketAddr]) {
+    let want: Vec<String> = want.iter().map(ToString::to_string).collect();
+    within(async {
+        loop {
+            let now: Vec<String> = cluster
+                .endpoints()
+                .iter()
+                .map(|e| e.address().to_owned())
+                .collect();
+            if now == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// DNS discovery: a name's addresses become the endpoints, a change moves new tunnels to
+/// the new address while a tunnel to the old one lives on, and a failed lookup keeps the
+/// last addresses.
+#[tokio::test]
+async fn dns_discovery_follows_a_name_and_leaves_live_tunnels_alone() {
+    let a = named_foo("A").await;
+    let Ok(b) = tokio::net::TcpListener::bind(("127.0.0.2", a.port()))
+        .await
+        .map(|l| {
+            let addr = l.local_addr().unwrap();
+            drop(l);
+            addr
+        })
+    else {
+        panic!(
+            "127.0.0.2:{} is taken; loopback aliases are needed for this test",
+            a.port()
+        );
+    };
+    named_foo_at("B", b).await;
+    let table = Table::default();
+    table.set("svc.test", Some(vec![a.ip()]));
+    let cluster = Cluster::new("c", [Endpoint::new(format!("svc.test:{}", a.port()))])
+        .dns_discovery(table.clone(), Duration::from_millis(30));
+    let discovery = tokio::spawn(cluster.discovery());
+    let routes = vec![Route::prefix("/").cluster(cluster.clone())];
+    let proxy = routed(routes, Runtime::new(), foo_router()).await;
+
+    endpoints_become(&cluster, &[a]).await;
+    let (mut old, name) = tunnel(proxy.addr).await;
+    assert_eq!(name, "A");
+    assert_eq!(cluster.endpoints()[0].host(), "svc.test");
+
+    table.set("svc.test", Some(vec![b.ip()]));
+    endpoints_become(&cluster, &[b]).await;
+    let (_new, name) = tunnel(proxy.addr).await;
+    assert_eq!(name, "B");
+    // The tunnel to the address that left DNS is still open.
+    let mut buf = [0u8; 1];
+    let still = tokio::time::timeout(Duration::from_millis(100), old.read(&mut buf)).await;
+    assert!(still.is_err(), "the old tunnel ended: {still:?}");
+
+    table.set("svc.test", None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cluster.endpoints().len(), 1);
+    assert_eq!(served_by(proxy.addr, &get("/", "")).await, "B");
+    discovery.abort();
 }

@@ -59,6 +59,7 @@ pub(crate) async fn run(
     // life on the main runtime; the workers only read the health it sets.
     for cluster in &clusters {
         tokio::spawn(cluster.health_checker());
+        tokio::spawn(cluster.discovery());
     }
 
     let threads = config.workers;

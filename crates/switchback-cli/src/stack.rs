@@ -16,8 +16,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use switchback::{
     BoxError, Cluster, Drain, Endpoint, ForwardedLayer, HealthCheck, IgnoreUpgrades, LbPolicy, LegacyConfig,
-    OutlierDetection, RetryOn, RetryPolicy, Route, RouteLayer, Runtime, TunnelConfig, UpgradeConfig,
-    UpgradeRouterLayer,
+    OutlierDetection, RetryOn, RetryPolicy, Route, RouteLayer, Runtime, SystemResolver, TunnelConfig,
+    UpgradeConfig, UpgradeRouterLayer,
 };
 use switchback_config::{self as config, Config, PathMatch, RouteTarget};
 use tower::{Service, ServiceBuilder};
@@ -145,6 +145,14 @@ pub(crate) fn clusters(config: &Config) -> Vec<Cluster> {
                         .max_ejection_time(o.max_ejection_time)
                         .max_ejection_percent(o.max_ejection_percent),
                 );
+            }
+            // An endpoint given by name stands for every address it resolves to (Envoy's
+            // STRICT_DNS), looked up off the request path.
+            if c.endpoints
+                .iter()
+                .any(|e| e.address.parse::<std::net::SocketAddr>().is_err())
+            {
+                cluster = cluster.dns_discovery(SystemResolver, c.dns_refresh_rate);
             }
             for h in &c.health_checks {
                 let check = match &h.path {

@@ -246,6 +246,7 @@ impl Config {
                 outlier_detection: None,
                 health_checks: Vec::new(),
                 close_connections_on_host_health_failure: false,
+                dns_refresh_rate: std::time::Duration::from_secs(5),
             }],
             ..Config::default()
         }

@@ -417,6 +417,10 @@ pub struct Cluster {
     /// Close the tunnels to an endpoint when it turns unhealthy (Envoy's
     /// `close_connections_on_host_health_failure`). Default `false`: they run on.
     pub close_connections_on_host_health_failure: bool,
+    /// How often endpoints given by name are looked up again (Envoy's `STRICT_DNS`: each
+    /// address a name resolves to is an endpoint). Default `5s`.
+    #[serde(serialize_with = "duration::serialize")]
+    pub dns_refresh_rate: Duration,
 }
 
 /// A cluster's `lb_policy`.

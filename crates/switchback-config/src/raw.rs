@@ -452,6 +452,7 @@ pub(crate) struct RawCluster {
     pub(crate) outlier_detection: Option<S<RawOutlierDetection>>,
     pub(crate) health_checks: List<RawHealthCheck>,
     pub(crate) close_connections_on_host_health_failure: Option<S<bool>>,
+    pub(crate) dns_refresh_rate: Option<S<String>>,
 }
 
 /// A cluster's `outlier_detection` (Envoy's names).
@@ -528,6 +529,7 @@ impl RawCluster {
         "outlier_detection",
         "health_checks",
         "close_connections_on_host_health_failure",
+        "dns_refresh_rate",
     ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
@@ -549,6 +551,7 @@ impl RawCluster {
                 close_connections_on_host_health_failure: f
                     .optional(ctx, "close_connections_on_host_health_failure", Ctx::boolean)
                     .ok(),
+                dns_refresh_rate: f.optional(ctx, "dns_refresh_rate", Ctx::string).ok(),
             }),
         )
     }

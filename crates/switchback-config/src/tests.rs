@@ -1820,6 +1820,13 @@ fn retry_policies_balancing_and_outlier_detection() {
         (o.max_ejection_time, o.max_ejection_percent),
         (Duration::from_secs(300), 50)
     );
+    assert_eq!(c.clusters[0].dns_refresh_rate, Duration::from_secs(5));
+    let e = one("clusters:\n  - name: c\n    endpoints: [svc.local:80]\n    dns_refresh_rate: 0s\n");
+    assert!(
+        e.to_string()
+            .contains("dns_refresh_rate must be greater than zero"),
+        "{e}"
+    );
 
     let e = one(
         "routes:\n  - match: { prefix: / }\n    cluster: c\n    retry_policy: { retry_on: retriable-4xx }\n\

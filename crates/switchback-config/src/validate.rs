@@ -398,6 +398,7 @@ impl Ctx<'_> {
             outlier_detection,
             health_checks,
             close_connections_on_host_health_failure,
+            dns_refresh_rate,
         } = &raw.value;
         let lb_policy = match lb_policy.as_ref().map(|p| (p, p.value.as_str())) {
             None | Some((_, "round_robin")) => LbPolicy::RoundRobin,
@@ -461,6 +462,16 @@ impl Ctx<'_> {
             close_connections_on_host_health_failure: close_connections_on_host_health_failure
                 .as_ref()
                 .is_some_and(|b| b.value),
+            dns_refresh_rate: dns_refresh_rate
+                .as_ref()
+                .and_then(|d| {
+                    self.duration(
+                        d,
+                        &join_key(path, "dns_refresh_rate"),
+                        Zero::Rejected("dns_refresh_rate must be greater than zero (e.g. 5s)"),
+                    )
+                })
+                .unwrap_or(Duration::from_secs(5)),
         }
     }
 

@@ -95,12 +95,17 @@ enum Upstream {
 impl Handoff {
     /// `client` is the body that carries the client's tunnel bytes; `client_untouched` says
     /// it is still Switchback's own (no layer wrapped it).
-    pub(crate) fn new(upstream: Switch, client: Body, client_untouched: bool, active: Active) -> Self {
+    pub(crate) fn new(
+        upstream: Switch,
+        client: Body,
+        client_untouched: bool,
+        active: Option<Active>,
+    ) -> Self {
         Self(Arc::new(Shared {
             upstream: Mutex::new(Upstream::Whole(upstream)),
             client: Mutex::new(Some(client)),
             client_untouched,
-            active: Mutex::new(Some(active)),
+            active: Mutex::new(active),
         }))
     }
 

@@ -82,7 +82,10 @@ pub mod websocket;
 #[doc(inline)]
 pub use body::Body;
 #[doc(inline)]
-pub use cluster::{Cluster, ConnectError, Endpoint, EndpointStats, HealthCheck, LbPolicy, OutlierDetection};
+pub use cluster::{
+    Cluster, ConnectError, Endpoint, EndpointStats, HealthCheck, LbPolicy, OutlierDetection, Resolve,
+    SystemResolver,
+};
 #[doc(inline)]
 pub use detect::{IgnoreUpgrades, UpgradeType};
 #[doc(inline)]

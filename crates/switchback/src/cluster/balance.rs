@@ -126,27 +126,29 @@ pub(crate) struct Balancer {
     pub(crate) outlier: Option<OutlierDetection>,
     next: AtomicUsize,
     epoch: Instant,
-    pub(crate) states: Arc<[EndpointState]>,
+    /// One per endpoint, in the cluster's order; shared with a later generation of the
+    /// cluster's endpoints (DNS discovery) for the addresses both have.
+    pub(crate) states: Vec<Arc<EndpointState>>,
+    close_on_failure: bool,
 }
 
 /// An endpoint's share of the work, held while a request or tunnel is in flight there.
 #[derive(Debug)]
 pub(crate) struct Active {
-    states: Arc<[EndpointState]>,
-    index: usize,
+    state: Arc<EndpointState>,
 }
 
 impl Active {
     /// Cancelled when the endpoint turns unhealthy, if its cluster closes tunnels then.
     pub(crate) fn host_failure(&self) -> Option<CancellationToken> {
-        let token = self.states[self.index].host_failure.as_ref()?;
+        let token = self.state.host_failure.as_ref()?;
         Some(token.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.states[self.index].active.fetch_sub(1, Relaxed);
+        self.state.active.fetch_sub(1, Relaxed);
     }
 }
 
@@ -176,16 +178,36 @@ impl Balancer {
         outlier: Option<OutlierDetection>,
         close_on_failure: bool,
     ) -> Self {
-        let state = || EndpointState {
-            host_failure: close_on_failure.then(Mutex::default),
-            ..EndpointState::default()
-        };
         Self {
             policy,
             outlier,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
-            states: (0..endpoints).map(|_| state()).collect(),
+            states: (0..endpoints).map(|_| fresh_state(close_on_failure)).collect(),
+            close_on_failure,
+        }
+    }
+
+    /// The balancer for a new set of endpoints (`now`, after `before`): an address in both
+    /// keeps its counters, health and ejection; the live tunnels of one that left keep
+    /// theirs until they end.
+    pub(crate) fn next_generation(&self, before: &[super::Endpoint], now: &[super::Endpoint]) -> Self {
+        let states = now
+            .iter()
+            .map(|e| {
+                before
+                    .iter()
+                    .position(|b| b.address() == e.address())
+                    .map_or_else(|| fresh_state(self.close_on_failure), |i| self.states[i].clone())
+            })
+            .collect();
+        Self {
+            policy: self.policy,
+            outlier: self.outlier,
+            next: AtomicUsize::new(self.next.load(Relaxed)),
+            epoch: self.epoch,
+            states,
+            close_on_failure: self.close_on_failure,
         }
     }
 
@@ -203,8 +225,7 @@ impl Balancer {
     }
 
     fn available(&self, i: usize, now: u64) -> bool {
-        let s = &self.states[i];
-        s.ejected_until.load(Relaxed) <= now && s.unhealthy.load(Relaxed) == 0
+        available(&self.states[i], now)
     }
 
     /// The endpoint for the next request, skipping those in `tried` and, while any other is
@@ -247,14 +268,14 @@ impl Balancer {
     pub(crate) fn activate(&self, i: usize) -> Active {
         self.states[i].active.fetch_add(1, Relaxed);
         Active {
-            states: self.states.clone(),
-            index: i,
+            state: self.states[i].clone(),
         }
     }
 
-    /// Records how an attempt at endpoint `i` went; returns whether it ejected the endpoint.
-    pub(crate) fn report(&self, i: usize, outcome: Outcome) -> bool {
-        let s = &self.states[i];
+    /// Records how an attempt at `active`'s endpoint went; returns whether it ejected the
+    /// endpoint.
+    pub(crate) fn report(&self, active: &Active, outcome: Outcome) -> bool {
+        let s = &*active.state;
         if outcome == Outcome::ConnectFailure {
             s.connect_failures.fetch_add(1, Relaxed);
         }
@@ -273,7 +294,7 @@ impl Balancer {
             return false;
         }
         let failures = s.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if failures < outlier.consecutive_gateway_failure || !self.available(i, self.millis(now)) {
+        if failures < outlier.consecutive_gateway_failure || !available(s, self.millis(now)) {
             return false;
         }
         let ejected = (0..self.states.len())
@@ -304,6 +325,20 @@ impl Balancer {
             connect_failures: s.connect_failures.load(Relaxed),
         }
     }
+}
+
+/// Whether an attempt at this endpoint may be made now: neither ejected nor unhealthy.
+fn available(s: &EndpointState, now: u64) -> bool {
+    s.ejected_until.load(Relaxed) <= now && s.unhealthy.load(Relaxed) == 0
+}
+
+/// A new endpoint's counters; `close_on_failure` gives it a token [`Balancer::host_failed`]
+/// cancels.
+fn fresh_state(close_on_failure: bool) -> Arc<EndpointState> {
+    Arc::new(EndpointState {
+        host_failure: close_on_failure.then(Mutex::default),
+        ..EndpointState::default()
+    })
 }
 
 fn millis(d: Duration) -> u64 {
@@ -338,24 +373,40 @@ mod tests {
             .consecutive_gateway_failure(2)
             .base_ejection_time(Duration::from_secs(10));
         let b = Balancer::new(2, LbPolicy::RoundRobin, Some(outlier), false);
-        assert!(!b.report(0, Outcome::GatewayFailure));
-        assert!(b.report(0, Outcome::ConnectFailure));
+        let (zero, one) = (b.activate(0), b.activate(1));
+        assert!(!b.report(&zero, Outcome::GatewayFailure));
+        assert!(b.report(&zero, Outcome::ConnectFailure));
         for _ in 0..4 {
             assert_eq!(b.pick(&[]), Some(1));
         }
         // Only endpoint 1 is left; tried, the ejected one is better than none.
         assert_eq!(b.pick(&[1]), Some(0));
         // The other may not be ejected too: half the cluster is out already.
-        b.report(1, Outcome::GatewayFailure);
-        assert!(!b.report(1, Outcome::GatewayFailure));
+        b.report(&one, Outcome::GatewayFailure);
+        assert!(!b.report(&one, Outcome::GatewayFailure));
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(b.stats(0, "a").consecutive_failures == 0 && !b.stats(0, "a").ejected);
         // Ejected again: 20 s this time.
-        b.report(0, Outcome::GatewayFailure);
-        assert!(b.report(0, Outcome::GatewayFailure));
+        b.report(&zero, Outcome::GatewayFailure);
+        assert!(b.report(&zero, Outcome::GatewayFailure));
         tokio::time::advance(Duration::from_secs(15)).await;
         assert!(b.stats(0, "a").ejected);
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(!b.stats(0, "a").ejected);
+    }
+
+    #[test]
+    fn a_new_generation_keeps_the_counters_of_the_addresses_it_shares() {
+        use crate::cluster::Endpoint;
+        let b = Balancer::new(2, LbPolicy::LeastRequest, None, false);
+        let held = b.activate(1);
+        let (before, now) = (
+            [Endpoint::new("10.0.0.1:80"), Endpoint::new("10.0.0.2:80")],
+            [Endpoint::new("10.0.0.2:80"), Endpoint::new("10.0.0.3:80")],
+        );
+        let next = b.next_generation(&before, &now);
+        assert_eq!((next.stats(0, "b").active, next.stats(1, "c").active), (1, 0));
+        drop(held);
+        assert_eq!(next.stats(0, "b").active, 0);
     }
 }

@@ -40,7 +40,9 @@ use http::header::{self, HeaderValue};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
-use super::{Cluster, Endpoint};
+use std::collections::HashMap;
+
+use super::{Cluster, Endpoint, Members};
 use crate::metrics;
 
 /// One active health check: what to probe and how often, and the thresholds that flip an
@@ -252,8 +254,8 @@ impl Cluster {
 
     /// Marks endpoint `i` failing (or passing) the check whose bit is `bit`; returns whether
     /// its overall health changed.
-    fn set_failing(&self, i: usize, bit: u32, failing: bool) -> bool {
-        let flags = &self.inner.balancer.states[i].unhealthy;
+    fn set_failing(&self, members: &Members, i: usize, bit: u32, failing: bool) -> bool {
+        let flags = &members.balancer.states[i].unhealthy;
         let before = if failing {
             flags.fetch_or(bit, Relaxed)
         } else {
@@ -262,7 +264,7 @@ impl Cluster {
         let after = if failing { before | bit } else { before & !bit };
         let changed = (before == 0) != (after == 0);
         if changed && after != 0 && self.inner.close_on_health_failure {
-            self.inner.balancer.host_failed(i);
+            members.balancer.host_failed(i);
         }
         changed
     }
@@ -270,19 +272,21 @@ impl Cluster {
 
 /// One check's loop over all the cluster's endpoints.
 async fn run(cluster: Cluster, check: HealthCheck, bit: u32) {
-    let mut trackers = vec![Tracker::default(); cluster.endpoints().len()];
+    // By address: DNS discovery may change the endpoints between rounds.
+    let mut trackers: HashMap<String, Tracker> = HashMap::new();
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let probes = cluster
-            .endpoints()
+        let members = cluster.members();
+        let probes = members
+            .endpoints
             .iter()
             .map(|e| Box::pin(probe(cluster.clone(), e.clone(), check.clone())))
             .collect();
         let verdicts = join_all_output(probes).await;
         for (i, verdict) in verdicts.into_iter().enumerate() {
-            let endpoint = cluster.endpoints()[i].address();
+            let endpoint = members.endpoints[i].address();
             ::metrics::counter!(
                 metrics::HEALTH_CHECKS,
                 "cluster" => cluster.name().to_owned(),
@@ -290,10 +294,11 @@ async fn run(cluster: Cluster, check: HealthCheck, bit: u32) {
                 "result" => verdict.as_str(),
             )
             .increment(1);
-            let Some(healthy) = trackers[i].record(verdict, &check) else {
+            let tracker = trackers.entry(endpoint.to_owned()).or_default();
+            let Some(healthy) = tracker.record(verdict, &check) else {
                 continue;
             };
-            if !cluster.set_failing(i, bit, !healthy) {
+            if !cluster.set_failing(&members, i, bit, !healthy) {
                 continue;
             }
             if healthy {
@@ -308,6 +313,7 @@ async fn run(cluster: Cluster, check: HealthCheck, bit: u32) {
                 );
             }
         }
+        trackers.retain(|address, _| members.endpoints.iter().any(|e| e.address() == address));
         cluster.record_metrics();
     }
 }
@@ -449,11 +455,12 @@ mod tests {
     #[test]
     fn every_check_must_pass() {
         let cluster = Cluster::new("c", [Endpoint::new("127.0.0.1:1"), Endpoint::new("127.0.0.1:2")]);
-        assert!(cluster.set_failing(0, 1, true));
-        assert!(!cluster.set_failing(0, 2, true), "already unhealthy");
-        assert!(!cluster.set_failing(0, 1, false), "check 2 still fails");
+        let m = cluster.members();
+        assert!(cluster.set_failing(&m, 0, 1, true));
+        assert!(!cluster.set_failing(&m, 0, 2, true), "already unhealthy");
+        assert!(!cluster.set_failing(&m, 0, 1, false), "check 2 still fails");
         assert!(cluster.stats()[0].unhealthy);
-        assert!(cluster.set_failing(0, 2, false));
+        assert!(cluster.set_failing(&m, 0, 2, false));
         assert!(!cluster.stats()[0].unhealthy);
     }
 }

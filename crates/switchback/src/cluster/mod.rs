@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
@@ -27,11 +27,14 @@ use tokio::net::TcpStream;
 use crate::Body;
 
 mod balance;
+mod dns;
 mod health;
 
 use balance::Balancer;
 pub(crate) use balance::{Active, Outcome};
 pub use balance::{EndpointStats, LbPolicy, OutlierDetection};
+use dns::Discovery;
+pub use dns::{Resolve, SystemResolver};
 pub use health::HealthCheck;
 
 /// One upstream address, with the hostname used by automatic host rewriting.
@@ -81,12 +84,21 @@ pub struct Cluster {
 
 struct Inner {
     name: Arc<str>,
-    endpoints: Vec<Endpoint>,
-    balancer: Balancer,
+    /// The endpoints now, with their counters; DNS discovery replaces them.
+    members: RwLock<Arc<Members>>,
+    /// The endpoints as configured (names stay names).
+    configured: Vec<Endpoint>,
+    discovery: Option<Discovery>,
     connect_timeout: Duration,
     client: Client<HttpConnector, Body>,
     health_checks: Vec<HealthCheck>,
     close_on_health_failure: bool,
+}
+
+/// One generation of a cluster's endpoints and their counters.
+struct Members {
+    endpoints: Vec<Endpoint>,
+    balancer: Balancer,
 }
 
 /// Why no connection to a cluster could be made.
@@ -118,6 +130,7 @@ impl Cluster {
         Self::build(Settings {
             name: name.into().into(),
             endpoints: endpoints.into_iter().collect(),
+            discovery: None,
             connect_timeout: Duration::from_secs(5),
             policy: LbPolicy::RoundRobin,
             outlier: None,
@@ -131,11 +144,16 @@ impl Cluster {
         connector.set_connect_timeout(Some(s.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
+        let balancer = Balancer::new(s.endpoints.len(), s.policy, s.outlier, s.close_on_health_failure);
         Self {
             inner: Arc::new(Inner {
-                balancer: Balancer::new(s.endpoints.len(), s.policy, s.outlier, s.close_on_health_failure),
+                members: RwLock::new(Arc::new(Members {
+                    endpoints: s.endpoints.clone(),
+                    balancer,
+                })),
                 name: s.name,
-                endpoints: s.endpoints,
+                configured: s.endpoints,
+                discovery: s.discovery,
                 connect_timeout: s.connect_timeout,
                 client,
                 health_checks: s.health_checks,
@@ -147,12 +165,14 @@ impl Cluster {
     /// The settings this cluster was built with, to build a changed one.
     fn settings(&self) -> Settings {
         let inner = &self.inner;
+        let members = self.members();
         Settings {
             name: inner.name.clone(),
-            endpoints: inner.endpoints.clone(),
+            endpoints: inner.configured.clone(),
+            discovery: inner.discovery.clone(),
             connect_timeout: inner.connect_timeout,
-            policy: inner.balancer.policy,
-            outlier: inner.balancer.outlier,
+            policy: members.balancer.policy,
+            outlier: members.balancer.outlier,
             health_checks: inner.health_checks.clone(),
             close_on_health_failure: inner.close_on_health_failure,
         }
@@ -187,23 +207,59 @@ impl Cluster {
         &self.inner.name
     }
 
-    /// The endpoints.
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.inner.endpoints
+    /// The endpoints now: as configured, or as DNS discovery last found them.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.members().endpoints.clone()
     }
 
     /// The next endpoint by the cluster's policy, skipping ejected and unhealthy ones while
     /// others are left.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        let i = self.inner.balancer.pick(&[])?;
-        Some(&self.inner.endpoints[i])
+    pub fn pick(&self) -> Option<Endpoint> {
+        let members = self.members();
+        let i = members.balancer.pick(&[])?;
+        Some(members.endpoints[i].clone())
+    }
+
+    /// Finds its endpoints by DNS (Envoy's `STRICT_DNS`): each endpoint given by name stands
+    /// for every address the name resolves to, looked up every `refresh` by `resolver` once
+    /// [`Cluster::discovery`] runs. Until the first lookup, and for a name whose lookup
+    /// fails, the last addresses known stay (at first: the name, resolved by each connect).
+    pub fn dns_discovery(self, resolver: impl Resolve, refresh: Duration) -> Self {
+        Self::build(Settings {
+            discovery: Some(Discovery {
+                resolver: Arc::new(resolver),
+                refresh,
+            }),
+            ..self.settings()
+        })
+    }
+
+    fn members(&self) -> Arc<Members> {
+        self.inner
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The endpoints now, for discovery to compare with what it finds.
+    fn members_now(&self) -> Vec<Endpoint> {
+        self.endpoints()
+    }
+
+    /// Replaces the endpoints: an address kept keeps its counters and health; one that left
+    /// keeps its live tunnels.
+    fn set_members(&self, endpoints: Vec<Endpoint>) {
+        let mut members = self.inner.members.write().unwrap_or_else(|e| e.into_inner());
+        let balancer = members.balancer.next_generation(&members.endpoints, &endpoints);
+        *members = Arc::new(Members { endpoints, balancer });
     }
 
     /// Each endpoint's counters now: active requests and tunnels, health, ejection, failures.
     pub fn stats(&self) -> Vec<EndpointStats> {
-        let inner = &self.inner;
-        (0..inner.endpoints.len())
-            .map(|i| inner.balancer.stats(i, inner.endpoints[i].address()))
+        let members = self.members();
+        (0..members.endpoints.len())
+            .map(|i| members.balancer.stats(i, members.endpoints[i].address()))
             .collect()
     }
 
@@ -238,19 +294,21 @@ impl Cluster {
         ::metrics::gauge!(CLUSTER_ENDPOINTS_AVAILABLE, "cluster" => cluster).set(available as f64);
     }
 
-    /// The next endpoint not in `tried` (indices), counted active until the guard drops.
+    /// The next endpoint not in `tried` (indices into the endpoints now: a request's
+    /// retries rarely straddle a DNS change, and then at worst try one endpoint twice),
+    /// counted active until the guard drops.
     pub(crate) fn choose(&self, tried: &[usize]) -> Option<(usize, Endpoint, Active)> {
-        let inner = &self.inner;
-        let i = inner.balancer.pick(tried)?;
-        Some((i, inner.endpoints[i].clone(), inner.balancer.activate(i)))
+        let members = self.members();
+        let i = members.balancer.pick(tried)?;
+        Some((i, members.endpoints[i].clone(), members.balancer.activate(i)))
     }
 
-    /// Records how an attempt at endpoint `i` went, for outlier ejection.
-    pub(crate) fn report(&self, i: usize, outcome: Outcome) {
-        if self.inner.balancer.report(i, outcome) {
+    /// Records how an attempt at `active`'s endpoint went, for outlier ejection.
+    pub(crate) fn report(&self, active: &Active, endpoint: &Endpoint, outcome: Outcome) {
+        if self.members().balancer.report(active, outcome) {
             tracing::warn!(
                 cluster = %self.name(),
-                endpoint = self.inner.endpoints[i].address(),
+                endpoint = endpoint.address(),
                 "outlier detection ejected an endpoint"
             );
         }
@@ -294,7 +352,7 @@ impl Cluster {
                 Ok(s) => return Ok((s, i, endpoint, active)),
                 Err(e) => {
                     tracing::debug!(cluster = %self.name(), endpoint = endpoint.address(), error = %e, "connect failed");
-                    self.report(i, Outcome::ConnectFailure);
+                    self.report(&active, &endpoint, Outcome::ConnectFailure);
                     last = e;
                 }
             }
@@ -311,6 +369,7 @@ impl Cluster {
 struct Settings {
     name: Arc<str>,
     endpoints: Vec<Endpoint>,
+    discovery: Option<Discovery>,
     connect_timeout: Duration,
     policy: LbPolicy,
     outlier: Option<OutlierDetection>,
@@ -322,7 +381,7 @@ impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cluster")
             .field("name", &self.inner.name)
-            .field("endpoints", &self.inner.endpoints)
+            .field("endpoints", &self.members().endpoints)
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("health_checks", &self.inner.health_checks)
             .finish()

@@ -221,7 +221,8 @@ where
             Some(Ok(res)) => {
                 let gateway = matches!(res.status().as_u16(), 502..=504);
                 cluster.report(
-                    i,
+                    &active,
+                    &endpoint,
                     if gateway {
                         Outcome::GatewayFailure
                     } else {
@@ -235,16 +236,16 @@ where
             }
             Some(Err(e)) if e.is_connect() => {
                 tracing::debug!(error = %e, cluster = cluster.name(), "upstream connect failed");
-                cluster.report(i, Outcome::ConnectFailure);
+                cluster.report(&active, &endpoint, Outcome::ConnectFailure);
                 Failed::Connect
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, cluster = cluster.name(), "upstream request failed");
-                cluster.report(i, Outcome::GatewayFailure);
+                cluster.report(&active, &endpoint, Outcome::GatewayFailure);
                 Failed::Reset
             }
             None => {
-                cluster.report(i, Outcome::GatewayFailure);
+                cluster.report(&active, &endpoint, Outcome::GatewayFailure);
                 Failed::Timeout
             }
         };

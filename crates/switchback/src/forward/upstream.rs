@@ -28,7 +28,7 @@ pub(crate) struct Answer {
     pub(crate) res: Response<Incoming>,
     pub(crate) endpoint: Endpoint,
     /// The endpoint's count of what is in flight there, for its tunnel to keep.
-    pub(crate) active: Active,
+    pub(crate) active: Option<Active>,
     /// The head as sent, for checking a `101` against it.
     pub(crate) request_headers: HeaderMap,
     /// For a `101`: the upstream's upgraded connection (the bytes that came with the `101`
@@ -102,22 +102,25 @@ pub(crate) async fn exchange(
         .connect_next(tried, attempts)
         .await
         .map_err(Failure::Connect)?;
-    let answer = send(tcp, endpoint, active, parts, body, timeout).await;
+    let answer = send(tcp, endpoint.clone(), parts, body, timeout).await;
     // What outlier detection counts: an answer other than a gateway error is a success.
     let outcome = match &answer {
         Ok(a) if matches!(a.res.status().as_u16(), 502..=504) => Outcome::GatewayFailure,
         Ok(_) => Outcome::Success,
         Err(_) => Outcome::GatewayFailure,
     };
-    cluster.report(index, outcome);
-    answer
+    cluster.report(&active, &endpoint, outcome);
+    let _ = index;
+    answer.map(|answer| Answer {
+        active: Some(active),
+        ..answer
+    })
 }
 
 /// One attempt on a connected endpoint.
 async fn send(
     tcp: tokio::net::TcpStream,
     endpoint: Endpoint,
-    active: Active,
     mut parts: http::request::Parts,
     body: Body,
     timeout: Option<Duration>,
@@ -190,7 +193,7 @@ async fn send(
         return Ok(Answer {
             res,
             endpoint,
-            active,
+            active: None,
             request_headers,
             upgraded: Some(upgraded),
             conn: None,
@@ -201,7 +204,7 @@ async fn send(
     Ok(Answer {
         res,
         endpoint,
-        active,
+        active: None,
         request_headers,
         upgraded: None,
         conn,
