@@ -1353,6 +1353,44 @@ async fn a_dead_endpoint_in_the_config_costs_no_websocket() {
     }
 }
 
+/// Through the binary: an endpoint given by name is looked up (the system resolver) and
+/// its address becomes the endpoint `/clusters` shows; WebSockets reach it.
+#[tokio::test]
+async fn an_endpoint_given_by_name_is_resolved_off_the_request_path() {
+    let dir = TempDir::new("dns");
+    let echo = ws_echo().await.addr;
+    let file = dir.write(
+        "dns.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: /dev/null\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    dns_refresh_rate: 100ms\n    endpoints: [localhost:{}]\n",
+            echo.port()
+        ),
+    );
+    let (_proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
+    let want = format!("127.0.0.1:{}", echo.port());
+    within("localhost resolved to 127.0.0.1", async {
+        loop {
+            let reply = http(admin, "GET", "/clusters", &[], b"").await;
+            let v: Value = serde_json::from_str(&reply.body).unwrap();
+            let found = v[0]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["address"] == want.as_str());
+            if found {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
+    ws_roundtrip(&mut ws, Message::text("by name")).await;
+}
+
 /// CPU time (user + system, in clock ticks) the process has used so far.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
