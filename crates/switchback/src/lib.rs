@@ -59,6 +59,8 @@ mod detect;
 mod drain;
 mod ext;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handoff;
 mod hop;
 mod host;

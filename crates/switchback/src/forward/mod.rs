@@ -182,8 +182,7 @@ where
         );
     };
     let (mut parts, body) = req.into_parts();
-    keep_authority_as_host(&mut parts);
-    auto_host_rewrite(&mut parts, &endpoint);
+    upstream_host(&mut parts, &endpoint);
     let path = parts
         .uri
         .path_and_query()
@@ -313,8 +312,21 @@ where
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }
 
+/// The `Host` the upstream gets: the client's, an HTTP/2 request's authority, or the route's
+/// rewrite; failing all (an HTTP/1.0 client may send none) the endpoint's address, as hyper's
+/// client would write for a plain request, so that the HTTP/1.1 head always has one.
+pub(crate) fn upstream_host(parts: &mut http::request::Parts, endpoint: &Endpoint) {
+    keep_authority_as_host(parts);
+    auto_host_rewrite(parts, endpoint);
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(endpoint.address())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+}
+
 /// `Host` becomes the endpoint's hostname when the route asked for it ([`AutoHostRewrite`]).
-pub(crate) fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &Endpoint) {
+fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &Endpoint) {
     if parts.extensions.get::<AutoHostRewrite>().is_some()
         && let Ok(host) = HeaderValue::from_str(endpoint.host())
     {
@@ -325,7 +337,7 @@ pub(crate) fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &End
 /// Turns an HTTP/2 extended CONNECT (RFC 8441) into the HTTP/1.1 upgrade the upstream
 /// expects: `GET` with the upgrade pair and, for WebSocket, a fresh `Sec-WebSocket-Key`, whose
 /// answer [`verify`] then checks like any client's.
-fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
+pub(crate) fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
     parts.method = http::Method::GET;
     parts.extensions.remove::<hyper::ext::Protocol>();
     if let Ok(upgrade) = HeaderValue::from_str(ty.as_str()) {
@@ -338,7 +350,7 @@ fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
 }
 
 /// HTTP/2 requests carry the authority in the URI; HTTP/1.1 upstreams want it in `Host`.
-pub(crate) fn keep_authority_as_host(parts: &mut http::request::Parts) {
+fn keep_authority_as_host(parts: &mut http::request::Parts) {
     if parts.headers.contains_key(header::HOST) {
         return;
     }
