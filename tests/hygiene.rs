@@ -560,6 +560,31 @@ async fn requests_with_a_missing_double_or_bad_host_are_refused() {
     }
 }
 
+/// A target's authority becomes `Host` (RFC 9112 §3.2.2), so it must be a valid
+/// `host[:port]` as `Host` must: a bad port, or an "authority" made of a comma, would reach the
+/// upstream as a `Host` the proxy itself refuses. (Found by the `head_normalise` fuzz target:
+/// `GET , HTTP/1.1` went upstream with `Host: ,`.)
+#[tokio::test]
+async fn a_target_authority_that_is_no_valid_host_is_refused() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    for target in [
+        ",",
+        "http://a.example:99999/",
+        "http://a.example:/x",
+        "a.example:http",
+    ] {
+        let bytes = format!(
+            "GET {target} HTTP/1.1\r\nHost: a.example\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        );
+        let mut client = raw_client(proxy.addr, bytes.as_bytes()).await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 400, "{target}: {head}");
+        read_to_eof(&mut client).await;
+        raw.assert_untouched(target).await;
+    }
+}
+
 /// An absolute-form target (RFC 9112 §3.2.2): its authority becomes `Host`, whatever `Host`
 /// said, and the upstream gets the origin form.
 #[tokio::test]
@@ -700,4 +725,55 @@ async fn an_http2_request_that_never_completes_its_headers_is_closed_in_time() {
         "closed before the timeout: {took:?}"
     );
     raw.assert_untouched("the unfinished HTTP/2 request").await;
+}
+
+/// In HTTP/2, `host` lines are ordinary headers next to `:authority` (RFC 9113 §8.3.1), and
+/// the HTTP/1.1 request sent upstream keeps them: two of them, a list, or one naming another
+/// host than `:authority` would reach the upstream as an ambiguous `Host`. Each is a 400 that
+/// never reaches the upstream; one `host` that agrees goes through alone. (Found by the
+/// `head_normalise` fuzz target: two `host` lines came out of the HTTP/2 path.)
+#[tokio::test]
+async fn http2_host_lines_that_disagree_with_the_authority_are_refused() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = |hosts: &[&str]| {
+        let mut req = http::Request::get("http://a.example/x");
+        for host in hosts {
+            req = req.header("host", *host);
+        }
+        req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()
+    };
+    for (name, hosts) in [
+        ("two Hosts", &["a.example", "b.example"][..]),
+        ("two equal Hosts", &["a.example", "a.example"][..]),
+        ("a Host list", &["a.example, b.example"][..]),
+        ("a Host unlike :authority", &["b.example"][..]),
+    ] {
+        let res = within(sender.send_request(request(hosts))).await.unwrap();
+        assert_eq!(res.status(), 400, "{name}");
+        raw.assert_untouched(name).await;
+    }
+
+    let sent = tokio::spawn(sender.send_request(request(&["A.example"])));
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+    let hosts: Vec<_> = head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+        .collect();
+    assert_eq!(hosts, ["host: A.example"], "{head}");
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let res = within(sent).await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
 }
