@@ -350,6 +350,35 @@ async fn connect_is_refused_plainly() {
     assert_eq!(status(&head), 501, "{head}");
 }
 
+/// An HTTP/1.0 CONNECT is a CONNECT too, not a plain request: before, it went down the plain
+/// path, and hyper's client sent the upstream `CONNECT <the upstream's own address> HTTP/1.1`,
+/// a tunnel request nobody asked for, with the client's bytes behind it. Now it is refused as
+/// an HTTP/1.1 CONNECT is (403 where the type is not allowed, 501 where it is), and never
+/// reaches the upstream. (Found by the `head_normalise` fuzz target: normalising an HTTP/1.0
+/// CONNECT twice refused it the second time.)
+#[tokio::test]
+async fn an_http_1_0_connect_is_refused_like_any_connect() {
+    for (router, expected) in [
+        (foo_router(), 403),
+        (
+            UpgradeRouterLayer::builder().upgrade("connect").build().unwrap(),
+            501,
+        ),
+    ] {
+        let raw = RawUpstream::bind().await;
+        let proxy = proxy_to(raw.addr, router).await;
+        let mut client = raw_client(
+            proxy.addr,
+            b"CONNECT example.com:443 HTTP/1.0\r\nHost: example.com:443\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), expected, "{head}");
+        read_to_eof(&mut client).await;
+        raw.assert_untouched("an HTTP/1.0 CONNECT").await;
+    }
+}
+
 /// A body that leaves out trailers, or ends at them: layers a proxy may well have.
 struct Trailers<B> {
     body: B,

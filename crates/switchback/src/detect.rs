@@ -138,7 +138,7 @@ pub(crate) enum Inspection {
 /// - HTTP/1.1: an upgrade needs an `Upgrade` header and the `upgrade` token in `Connection`.
 ///   `h2c` and tokens in `ignore` are removed from `Upgrade` first; if none is left the request
 ///   is plain. A `CONNECT` is type `connect`.
-/// - HTTP/1.0 and older never upgrade.
+/// - HTTP/1.0 and older never upgrade; a CONNECT of any version is type `connect`.
 /// - HTTP/2: a CONNECT is an upgrade, typed by its `:protocol` (RFC 8441) or `connect`.
 ///
 /// `protected` lists extra headers (those the proxy adds) that `Connection` may not nominate.
@@ -165,13 +165,15 @@ pub(crate) fn inspect<B>(
         };
         return Inspection::Upgrade(ty);
     }
-    if version != Version::HTTP_11 {
-        hop::strip(req.headers_mut());
-        return Inspection::Plain;
-    }
+    // A CONNECT is one whatever its HTTP/1 version: down the plain path hyper's client would
+    // send the upstream a CONNECT to the upstream's own address.
     if req.method() == Method::CONNECT {
         hop::strip(req.headers_mut());
         return Inspection::Upgrade(UpgradeType::new("connect"));
+    }
+    if version != Version::HTTP_11 {
+        hop::strip(req.headers_mut());
+        return Inspection::Plain;
     }
 
     let offered: Vec<&str> = hop::tokens(req.headers(), &header::UPGRADE)
@@ -314,6 +316,18 @@ mod tests {
     #[test]
     fn connect_is_its_own_type() {
         let mut r = Request::connect("example.com:443").body(()).expect("request");
+        assert_eq!(
+            inspect(&mut r, &IgnoreUpgrades::default(), &[]),
+            Inspection::Upgrade("connect".into())
+        );
+    }
+
+    #[test]
+    fn an_http_1_0_connect_is_a_connect() {
+        let mut r = Request::connect("example.com:443")
+            .version(Version::HTTP_10)
+            .body(())
+            .expect("request");
         assert_eq!(
             inspect(&mut r, &IgnoreUpgrades::default(), &[]),
             Inspection::Upgrade("connect".into())
