@@ -806,3 +806,39 @@ async fn http2_host_lines_that_disagree_with_the_authority_are_refused() {
     let res = within(sent).await.unwrap().unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// `h2c` is never proxied (an ignored token is never an upgrade), and that holds for an
+/// HTTP/2 extended CONNECT naming it as `:protocol` too: it is refused with 400 even where a
+/// route or the listener would allow the type, and the upstream never sees `Upgrade: h2c`.
+/// (Found by the `head_normalise` fuzz target: the HTTP/2 path turned `:protocol h2c` into an
+/// HTTP/1.1 `Upgrade: h2c` handshake.)
+#[tokio::test]
+async fn an_http2_extended_connect_for_an_ignored_protocol_is_refused() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("h2c")
+        .upgrade("tls/1.3")
+        .build()
+        .unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for protocol in ["h2c", "H2C", "tls/1.3"] {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}/x", proxy.addr))
+            .version(http::Version::HTTP_2)
+            .extension(hyper::ext::Protocol::from_static(protocol))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let res = within(sender.send_request(req)).await.unwrap();
+        assert_eq!(res.status(), 400, "{protocol}");
+        raw.assert_untouched(protocol).await;
+    }
+}

@@ -128,8 +128,8 @@ pub(crate) enum Inspection {
     /// The request must be refused with 400: its `Connection` header nominates this protected
     /// header (`Host`, framing, or one the proxy adds).
     NominatesProtected(String),
-    /// The request must be refused with 400, for this reason (its `Host`, or a WebSocket
-    /// handshake header given twice).
+    /// The request must be refused with 400, for this reason (its `Host`, a WebSocket
+    /// handshake header given twice, or an HTTP/2 CONNECT for an ignored protocol).
     Malformed(&'static str),
 }
 
@@ -139,7 +139,8 @@ pub(crate) enum Inspection {
 ///   `h2c` and tokens in `ignore` are removed from `Upgrade` first; if none is left the request
 ///   is plain. A `CONNECT` is type `connect`.
 /// - HTTP/1.0 and older never upgrade; a CONNECT of any version is type `connect`.
-/// - HTTP/2: a CONNECT is an upgrade, typed by its `:protocol` (RFC 8441) or `connect`.
+/// - HTTP/2: a CONNECT is an upgrade, typed by its `:protocol` (RFC 8441) or `connect`; one
+///   whose `:protocol` is `h2c` or in `ignore` is malformed.
 ///
 /// `protected` lists extra headers (those the proxy adds) that `Connection` may not nominate.
 pub(crate) fn inspect<B>(
@@ -160,6 +161,11 @@ pub(crate) fn inspect<B>(
             return Inspection::Plain;
         }
         let ty = match req.extensions().get::<hyper::ext::Protocol>() {
+            // An ignored token is never an upgrade; a CONNECT for it can't go on as plain
+            // HTTP either.
+            Some(p) if ignore.matches(p.as_str()) => {
+                return Inspection::Malformed("an extended CONNECT for a protocol that is never proxied");
+            }
             Some(p) => UpgradeType::new(p.as_str()),
             None => UpgradeType::new("connect"),
         };
