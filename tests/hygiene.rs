@@ -842,3 +842,37 @@ async fn an_http2_extended_connect_for_an_ignored_protocol_is_refused() {
         raw.assert_untouched(protocol).await;
     }
 }
+
+/// Two `Sec-WebSocket-Version` (or key) lines are refused on an HTTP/2 WebSocket as on an
+/// HTTP/1.1 one: before, the HTTP/2 path sent both versions upstream in the handshake it
+/// made. (Found by the `head_normalise` fuzz target: a second pass refused what the first
+/// let through.)
+#[tokio::test]
+async fn an_http2_websocket_with_two_versions_is_refused() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .build()
+        .unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", proxy.addr))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-version", "8")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let res = within(sender.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 400);
+    raw.assert_untouched("two versions").await;
+}

@@ -169,6 +169,9 @@ pub(crate) fn inspect<B>(
             Some(p) => UpgradeType::new(p.as_str()),
             None => UpgradeType::new("connect"),
         };
+        if ty.is_websocket() && handshake_header_twice(req) {
+            return Inspection::Malformed(TWICE);
+        }
         return Inspection::Upgrade(ty);
     }
     // A CONNECT is one whatever its HTTP/1 version: down the plain path hyper's client would
@@ -190,13 +193,8 @@ pub(crate) fn inspect<B>(
     match upgrade.and_then(|u| HeaderValue::from_str(&u).ok().map(|v| (u, v))) {
         Some((text, value)) => {
             let ty = UpgradeType::new(&text);
-            // Two keys or versions: which one would the upstream check the answer against?
-            if ty.is_websocket()
-                && ["sec-websocket-key", "sec-websocket-version"]
-                    .iter()
-                    .any(|name| req.headers().get_all(*name).iter().count() > 1)
-            {
-                return Inspection::Malformed("a WebSocket handshake header is given twice");
+            if ty.is_websocket() && handshake_header_twice(req) {
+                return Inspection::Malformed(TWICE);
             }
             hop::strip_keep_upgrade(req.headers_mut(), value);
             Inspection::Upgrade(ty)
@@ -206,6 +204,16 @@ pub(crate) fn inspect<B>(
             Inspection::Plain
         }
     }
+}
+
+const TWICE: &str = "a WebSocket handshake header is given twice";
+
+/// Two keys or versions: which one would the upstream check the answer against? (An HTTP/2
+/// request's key is replaced by one of Switchback's, but its version goes up as sent.)
+fn handshake_header_twice<B>(req: &Request<B>) -> bool {
+    ["sec-websocket-key", "sec-websocket-version"]
+        .iter()
+        .any(|name| req.headers().get_all(*name).iter().count() > 1)
 }
 
 #[cfg(test)]
