@@ -113,6 +113,27 @@ async fn a_101_to_a_plain_request_is_a_502() {
     assert_eq!(status(&head), 502);
 }
 
+/// A `Connection` line with a byte outside ASCII in one of its tokens still nominates the
+/// others: before, the whole line was skipped, and `X-Secret` below, hop-by-hop by the
+/// client's word, reached the upstream. (Found by the `head_normalise` fuzz target.)
+#[tokio::test]
+async fn a_connection_nomination_next_to_an_odd_byte_is_still_removed() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req = b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: X-Secret, caf\xe9\r\nX-Secret: 1\r\nX-Kept: 1\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(header(&head, "x-secret").is_none(), "{head}");
+    assert!(header(&head, "connection").is_none(), "{head}");
+    assert_eq!(header(&head, "x-kept"), Some("1"), "{head}");
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 200);
+}
+
 /// `h2c` is stripped wherever it appears; the request goes on as plain HTTP.
 #[tokio::test]
 async fn h2c_is_stripped_and_the_request_goes_on_as_plain_http() {
