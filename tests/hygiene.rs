@@ -635,6 +635,25 @@ async fn a_target_authority_that_is_no_valid_host_is_refused() {
     }
 }
 
+/// An absolute-form upgrade target with an empty path (`http://a.example#x`: the fragment
+/// leaves no path) goes upstream as `/`, as a plain request does; before, the upgrade path
+/// wrote an empty request target, `GET  HTTP/1.1`. (Found by the `head_normalise` fuzz
+/// target: the head it wrote didn't re-parse.)
+#[tokio::test]
+async fn an_upgrade_target_without_a_path_goes_up_as_slash() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req =
+        "GET http://a.example#x HTTP/1.1\r\nHost: a.example\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head:?}");
+    up.write_all(FOO_101).await.unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 101, "{head}");
+}
+
 /// An absolute-form target (RFC 9112 §3.2.2): its authority becomes `Host`, whatever `Host`
 /// said, and the upstream gets the origin form.
 #[tokio::test]

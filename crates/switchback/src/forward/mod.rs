@@ -363,12 +363,12 @@ fn keep_authority_as_host(parts: &mut http::request::Parts) {
     }
 }
 
+/// The target as the upstream gets it: path and query, `/` for none. An absolute-form target
+/// may have an empty path (`http://a.example#x`); a `Uri` made of that empty path alone would
+/// print as an empty target, so the path is taken as text (where it reads `/`).
 pub(crate) fn origin_form(uri: &Uri) -> Uri {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(path)
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    Uri::from(PathAndQuery::try_from(path).unwrap_or_else(|_| PathAndQuery::from_static("/")))
 }
 
 pub(crate) async fn with_timeout<F: Future>(timeout: Option<Duration>, f: F) -> Option<F::Output> {
