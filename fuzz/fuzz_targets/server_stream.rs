@@ -17,14 +17,15 @@
 #![no_main]
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -38,11 +39,19 @@ const LIFETIME: Duration = Duration::from_millis(400);
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .expect("a runtime")
+            .expect("a runtime");
+        // libFuzzer's `main` is C's, so SIGPIPE keeps its default action (Rust's own `main`
+        // ignores it): a write to a socket the peer reset would kill the process. A handler
+        // of tokio's, installed once and kept (LeakSanitizer would report a forgotten one at
+        // exit), turns that into an EPIPE error.
+        static PIPE: OnceLock<Mutex<Signal>> = OnceLock::new();
+        let _guard = rt.enter();
+        PIPE.get_or_init(|| Mutex::new(signal(SignalKind::pipe()).expect("a SIGPIPE handler")));
+        rt
     })
 }
 
