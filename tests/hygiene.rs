@@ -113,6 +113,27 @@ async fn a_101_to_a_plain_request_is_a_502() {
     assert_eq!(status(&head), 502);
 }
 
+/// A `Connection` line with a byte outside ASCII in one of its tokens still nominates the
+/// others: before, the whole line was skipped, and `X-Secret` below, hop-by-hop by the
+/// client's word, reached the upstream. (Found by the `head_normalise` fuzz target.)
+#[tokio::test]
+async fn a_connection_nomination_next_to_an_odd_byte_is_still_removed() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req = b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: X-Secret, caf\xe9\r\nX-Secret: 1\r\nX-Kept: 1\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(header(&head, "x-secret").is_none(), "{head}");
+    assert!(header(&head, "connection").is_none(), "{head}");
+    assert_eq!(header(&head, "x-kept"), Some("1"), "{head}");
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 200);
+}
+
 /// `h2c` is stripped wherever it appears; the request goes on as plain HTTP.
 #[tokio::test]
 async fn h2c_is_stripped_and_the_request_goes_on_as_plain_http() {
@@ -424,6 +445,35 @@ async fn connect_is_refused_plainly() {
     assert_eq!(status(&head), 501, "{head}");
 }
 
+/// An HTTP/1.0 CONNECT is a CONNECT too, not a plain request: before, it went down the plain
+/// path, and hyper's client sent the upstream `CONNECT <the upstream's own address> HTTP/1.1`,
+/// a tunnel request nobody asked for, with the client's bytes behind it. Now it is refused as
+/// an HTTP/1.1 CONNECT is (403 where the type is not allowed, 501 where it is), and never
+/// reaches the upstream. (Found by the `head_normalise` fuzz target: normalising an HTTP/1.0
+/// CONNECT twice refused it the second time.)
+#[tokio::test]
+async fn an_http_1_0_connect_is_refused_like_any_connect() {
+    for (router, expected) in [
+        (foo_router(), 403),
+        (
+            UpgradeRouterLayer::builder().upgrade("connect").build().unwrap(),
+            501,
+        ),
+    ] {
+        let raw = RawUpstream::bind().await;
+        let proxy = proxy_to(raw.addr, router).await;
+        let mut client = raw_client(
+            proxy.addr,
+            b"CONNECT example.com:443 HTTP/1.0\r\nHost: example.com:443\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), expected, "{head}");
+        read_to_eof(&mut client).await;
+        raw.assert_untouched("an HTTP/1.0 CONNECT").await;
+    }
+}
+
 /// A body that leaves out trailers, or ends at them: layers a proxy may well have.
 struct Trailers<B> {
     body: B,
@@ -634,6 +684,50 @@ async fn requests_with_a_missing_double_or_bad_host_are_refused() {
     }
 }
 
+/// A target's authority becomes `Host` (RFC 9112 §3.2.2), so it must be a valid
+/// `host[:port]` as `Host` must: a bad port, or an "authority" made of a comma, would reach the
+/// upstream as a `Host` the proxy itself refuses. (Found by the `head_normalise` fuzz target:
+/// `GET , HTTP/1.1` went upstream with `Host: ,`.)
+#[tokio::test]
+async fn a_target_authority_that_is_no_valid_host_is_refused() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    for target in [
+        ",",
+        "http://a.example:99999/",
+        "http://a.example:/x",
+        "a.example:http",
+    ] {
+        let bytes = format!(
+            "GET {target} HTTP/1.1\r\nHost: a.example\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        );
+        let mut client = raw_client(proxy.addr, bytes.as_bytes()).await;
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 400, "{target}: {head}");
+        read_to_eof(&mut client).await;
+        raw.assert_untouched(target).await;
+    }
+}
+
+/// An absolute-form upgrade target with an empty path (`http://a.example#x`: the fragment
+/// leaves no path) goes upstream as `/`, as a plain request does; before, the upgrade path
+/// wrote an empty request target, `GET  HTTP/1.1`. (Found by the `head_normalise` fuzz
+/// target: the head it wrote didn't re-parse.)
+#[tokio::test]
+async fn an_upgrade_target_without_a_path_goes_up_as_slash() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let req =
+        "GET http://a.example#x HTTP/1.1\r\nHost: a.example\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head:?}");
+    up.write_all(FOO_101).await.unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 101, "{head}");
+}
+
 /// An absolute-form target (RFC 9112 §3.2.2): its authority becomes `Host`, whatever `Host`
 /// said, and the upstream gets the origin form.
 #[tokio::test]
@@ -774,4 +868,125 @@ async fn an_http2_request_that_never_completes_its_headers_is_closed_in_time() {
         "closed before the timeout: {took:?}"
     );
     raw.assert_untouched("the unfinished HTTP/2 request").await;
+}
+
+/// In HTTP/2, `host` lines are ordinary headers next to `:authority` (RFC 9113 §8.3.1), and
+/// the HTTP/1.1 request sent upstream keeps them: two of them, a list, or one naming another
+/// host than `:authority` would reach the upstream as an ambiguous `Host`. Each is a 400 that
+/// never reaches the upstream; one `host` that agrees goes through alone. (Found by the
+/// `head_normalise` fuzz target: two `host` lines came out of the HTTP/2 path.)
+#[tokio::test]
+async fn http2_host_lines_that_disagree_with_the_authority_are_refused() {
+    let raw = RawUpstream::bind().await;
+    let proxy = proxy_to(raw.addr, foo_router()).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = |hosts: &[&str]| {
+        let mut req = http::Request::get("http://a.example/x");
+        for host in hosts {
+            req = req.header("host", *host);
+        }
+        req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()
+    };
+    for (name, hosts) in [
+        ("two Hosts", &["a.example", "b.example"][..]),
+        ("two equal Hosts", &["a.example", "a.example"][..]),
+        ("a Host list", &["a.example, b.example"][..]),
+        ("a Host unlike :authority", &["b.example"][..]),
+    ] {
+        let res = within(sender.send_request(request(hosts))).await.unwrap();
+        assert_eq!(res.status(), 400, "{name}");
+        raw.assert_untouched(name).await;
+    }
+
+    let sent = tokio::spawn(sender.send_request(request(&["A.example"])));
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+    let hosts: Vec<_> = head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+        .collect();
+    assert_eq!(hosts, ["host: A.example"], "{head}");
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let res = within(sent).await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// `h2c` is never proxied (an ignored token is never an upgrade), and that holds for an
+/// HTTP/2 extended CONNECT naming it as `:protocol` too: it is refused with 400 even where a
+/// route or the listener would allow the type, and the upstream never sees `Upgrade: h2c`.
+/// (Found by the `head_normalise` fuzz target: the HTTP/2 path turned `:protocol h2c` into an
+/// HTTP/1.1 `Upgrade: h2c` handshake.)
+#[tokio::test]
+async fn an_http2_extended_connect_for_an_ignored_protocol_is_refused() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("h2c")
+        .upgrade("tls/1.3")
+        .build()
+        .unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for protocol in ["h2c", "H2C", "tls/1.3"] {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}/x", proxy.addr))
+            .version(http::Version::HTTP_2)
+            .extension(hyper::ext::Protocol::from_static(protocol))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let res = within(sender.send_request(req)).await.unwrap();
+        assert_eq!(res.status(), 400, "{protocol}");
+        raw.assert_untouched(protocol).await;
+    }
+}
+
+/// Two `Sec-WebSocket-Version` (or key) lines are refused on an HTTP/2 WebSocket as on an
+/// HTTP/1.1 one: before, the HTTP/2 path sent both versions upstream in the handshake it
+/// made. (Found by the `head_normalise` fuzz target: a second pass refused what the first
+/// let through.)
+#[tokio::test]
+async fn an_http2_websocket_with_two_versions_is_refused() {
+    let raw = RawUpstream::bind().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .build()
+        .unwrap();
+    let proxy = proxy_to(raw.addr, router).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", proxy.addr))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-version", "8")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let res = within(sender.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 400);
+    raw.assert_untouched("two versions").await;
 }

@@ -128,8 +128,8 @@ pub(crate) enum Inspection {
     /// The request must be refused with 400: its `Connection` header nominates this protected
     /// header (`Host`, framing, or one the proxy adds).
     NominatesProtected(String),
-    /// The request must be refused with 400, for this reason (its `Host`, or a WebSocket
-    /// handshake header given twice).
+    /// The request must be refused with 400, for this reason (its `Host`, a WebSocket
+    /// handshake header given twice, or an HTTP/2 CONNECT for an ignored protocol).
     Malformed(&'static str),
 }
 
@@ -138,8 +138,9 @@ pub(crate) enum Inspection {
 /// - HTTP/1.1: an upgrade needs an `Upgrade` header and the `upgrade` token in `Connection`.
 ///   `h2c` and tokens in `ignore` are removed from `Upgrade` first; if none is left the request
 ///   is plain. A `CONNECT` is type `connect`.
-/// - HTTP/1.0 and older never upgrade.
-/// - HTTP/2: a CONNECT is an upgrade, typed by its `:protocol` (RFC 8441) or `connect`.
+/// - HTTP/1.0 and older never upgrade; a CONNECT of any version is type `connect`.
+/// - HTTP/2: a CONNECT is an upgrade, typed by its `:protocol` (RFC 8441) or `connect`; one
+///   whose `:protocol` is `h2c` or in `ignore` is malformed.
 ///
 /// `protected` lists extra headers (those the proxy adds) that `Connection` may not nominate.
 pub(crate) fn inspect<B>(
@@ -160,18 +161,28 @@ pub(crate) fn inspect<B>(
             return Inspection::Plain;
         }
         let ty = match req.extensions().get::<hyper::ext::Protocol>() {
+            // An ignored token is never an upgrade; a CONNECT for it can't go on as plain
+            // HTTP either.
+            Some(p) if ignore.matches(p.as_str()) => {
+                return Inspection::Malformed("an extended CONNECT for a protocol that is never proxied");
+            }
             Some(p) => UpgradeType::new(p.as_str()),
             None => UpgradeType::new("connect"),
         };
+        if ty.is_websocket() && handshake_header_twice(req) {
+            return Inspection::Malformed(TWICE);
+        }
         return Inspection::Upgrade(ty);
+    }
+    // A CONNECT is one whatever its HTTP/1 version: down the plain path hyper's client would
+    // send the upstream a CONNECT to the upstream's own address.
+    if req.method() == Method::CONNECT {
+        hop::strip(req.headers_mut());
+        return Inspection::Upgrade(UpgradeType::new("connect"));
     }
     if version != Version::HTTP_11 {
         hop::strip(req.headers_mut());
         return Inspection::Plain;
-    }
-    if req.method() == Method::CONNECT {
-        hop::strip(req.headers_mut());
-        return Inspection::Upgrade(UpgradeType::new("connect"));
     }
 
     let offered: Vec<&str> = hop::tokens(req.headers(), &header::UPGRADE)
@@ -182,13 +193,8 @@ pub(crate) fn inspect<B>(
     match upgrade.and_then(|u| HeaderValue::from_str(&u).ok().map(|v| (u, v))) {
         Some((text, value)) => {
             let ty = UpgradeType::new(&text);
-            // Two keys or versions: which one would the upstream check the answer against?
-            if ty.is_websocket()
-                && ["sec-websocket-key", "sec-websocket-version"]
-                    .iter()
-                    .any(|name| req.headers().get_all(*name).iter().count() > 1)
-            {
-                return Inspection::Malformed("a WebSocket handshake header is given twice");
+            if ty.is_websocket() && handshake_header_twice(req) {
+                return Inspection::Malformed(TWICE);
             }
             hop::strip_keep_upgrade(req.headers_mut(), value);
             Inspection::Upgrade(ty)
@@ -198,6 +204,16 @@ pub(crate) fn inspect<B>(
             Inspection::Plain
         }
     }
+}
+
+const TWICE: &str = "a WebSocket handshake header is given twice";
+
+/// Two keys or versions: which one would the upstream check the answer against? (An HTTP/2
+/// request's key is replaced by one of Switchback's, but its version goes up as sent.)
+fn handshake_header_twice<B>(req: &Request<B>) -> bool {
+    ["sec-websocket-key", "sec-websocket-version"]
+        .iter()
+        .any(|name| req.headers().get_all(*name).iter().count() > 1)
 }
 
 #[cfg(test)]
@@ -314,6 +330,18 @@ mod tests {
     #[test]
     fn connect_is_its_own_type() {
         let mut r = Request::connect("example.com:443").body(()).expect("request");
+        assert_eq!(
+            inspect(&mut r, &IgnoreUpgrades::default(), &[]),
+            Inspection::Upgrade("connect".into())
+        );
+    }
+
+    #[test]
+    fn an_http_1_0_connect_is_a_connect() {
+        let mut r = Request::connect("example.com:443")
+            .version(Version::HTTP_10)
+            .body(())
+            .expect("request");
         assert_eq!(
             inspect(&mut r, &IgnoreUpgrades::default(), &[]),
             Inspection::Upgrade("connect".into())

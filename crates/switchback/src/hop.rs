@@ -32,15 +32,17 @@ pub(crate) const PROTECTED: [&str; 7] = [
     "x-request-id",
 ];
 
-/// Iterates over the comma-separated tokens of every `name` header line, trimmed.
+/// Iterates over the comma-separated tokens of every `name` header line, trimmed. A token
+/// with a byte outside ASCII is skipped alone: it can name no header and no protocol, and it
+/// must not hide the tokens next to it.
 pub(crate) fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && t.is_ascii())
+        .filter_map(|t| std::str::from_utf8(t).ok())
 }
 
 /// Whether any `Connection` line carries `token` (case-insensitive, any position).
@@ -106,6 +108,21 @@ mod tests {
         let m = map(&[("connection", "keep-alive"), ("connection", "x-a,  UpGrade ,b")]);
         assert!(connection_has(&m, "upgrade"));
         assert!(!connection_has(&map(&[("connection", "upgrades")]), "upgrade"));
+    }
+
+    #[test]
+    fn an_odd_byte_hides_only_its_own_token() {
+        let mut m = map(&[("x-secret", "1")]);
+        m.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"X-Secret, caf\xe9, upgrade").expect("value"),
+        );
+        assert_eq!(
+            tokens(&m, &header::CONNECTION).collect::<Vec<_>>(),
+            ["X-Secret", "upgrade"]
+        );
+        strip(&mut m);
+        assert!(m.is_empty(), "{m:?}");
     }
 
     #[test]

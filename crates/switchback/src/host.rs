@@ -13,21 +13,22 @@ use http::{Request, Version};
 /// request is refused with 400.
 pub(crate) fn normalise<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     let version = req.version();
-    if version != Version::HTTP_10 && version != Version::HTTP_11 {
-        // HTTP/2's `:authority` is the framing's own; hyper checks it.
-        return Ok(());
-    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next().cloned();
     if hosts.next().is_some() {
         return Err("more than one Host header");
+    }
+    if version != Version::HTTP_10 && version != Version::HTTP_11 {
+        return from_authority(req.uri().authority(), first.as_ref());
     }
     if let Some(target) = req.uri().authority() {
         if target.as_str().contains('@') {
             return Err("the request target carries userinfo");
         }
         let host = HeaderValue::from_str(target.as_str())
-            .map_err(|_| "the request target's authority is not a valid host")?;
+            .ok()
+            .filter(valid)
+            .ok_or("the request target's authority is not a valid host[:port]")?;
         req.headers_mut().insert(header::HOST, host);
         return Ok(());
     }
@@ -36,6 +37,28 @@ pub(crate) fn normalise<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         None => Ok(()),
         Some(host) if valid(&host) => Ok(()),
         Some(_) => Err("the Host header is not a valid host[:port]"),
+    }
+}
+
+/// HTTP/2 (RFC 9113 §8.3.1): hyper checks `:authority`, but `host` lines are ordinary
+/// headers there, and the HTTP/1.1 request sent upstream keeps one. It must be a valid
+/// `host[:port]` naming the same host as `:authority`; with neither, the upstream would get no
+/// `Host` at all.
+fn from_authority(authority: Option<&Authority>, host: Option<&HeaderValue>) -> Result<(), &'static str> {
+    if authority.is_some_and(|a| a.as_str().contains('@')) {
+        return Err("the request target carries userinfo");
+    }
+    // It becomes the upstream's `Host` when there is none.
+    if authority.is_some_and(|a| HeaderValue::from_str(a.as_str()).ok().filter(valid).is_none()) {
+        return Err("the request target's authority is not a valid host[:port]");
+    }
+    match (authority, host) {
+        (None, None) => Err("an HTTP/2 request needs :authority or a Host header"),
+        (_, Some(host)) if !valid(host) => Err("the Host header is not a valid host[:port]"),
+        (Some(a), Some(host)) if !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
+            Err("the Host header differs from :authority")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -130,6 +153,38 @@ mod tests {
         assert_eq!(r.headers()[header::HOST], "target.example:81");
         let mut r = req("http://user@target.example/x", &["other.example"]);
         assert!(normalise(&mut r).is_err());
+        for target in [
+            ",",
+            "http://a.example:99999/",
+            "http://a.example:/",
+            "a.example:http",
+        ] {
+            let mut r = req(target, &["a.example"]);
+            assert!(normalise(&mut r).is_err(), "{target}");
+        }
+    }
+
+    #[test]
+    fn http2_host_lines_must_agree_with_the_authority() {
+        let h2 = |target: &str, hosts: &[&str]| {
+            let mut r = req(target, hosts);
+            *r.version_mut() = Version::HTTP_2;
+            r
+        };
+        assert_eq!(normalise(&mut h2("http://a.example/", &[])), Ok(()));
+        assert_eq!(normalise(&mut h2("http://a.example/", &["A.example"])), Ok(()));
+        assert_eq!(normalise(&mut h2("/", &["a.example"])), Ok(()));
+        assert_eq!(
+            normalise(&mut h2("http://a.example/", &["a.example", "b.example"])),
+            Err("more than one Host header")
+        );
+        assert_eq!(
+            normalise(&mut h2("http://a.example/", &["b.example"])),
+            Err("the Host header differs from :authority")
+        );
+        assert!(normalise(&mut h2("/", &["a.example, b.example"])).is_err());
+        assert!(normalise(&mut h2("http://u@a.example/", &[])).is_err());
+        assert!(normalise(&mut h2("/", &[])).is_err());
     }
 
     #[test]

@@ -64,6 +64,8 @@ mod drain;
 mod ext;
 mod forward;
 mod forwarded;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handoff;
 mod hop;
 mod host;

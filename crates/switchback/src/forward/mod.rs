@@ -196,7 +196,6 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
-    keep_authority_as_host(&mut parts);
     parts.version = Version::HTTP_11;
     let replayable = body.is_end_stream();
     // A reused pooled connection the upstream closed meanwhile fails before any response
@@ -268,7 +267,7 @@ fn upstream_request(
     body: Body,
 ) -> Result<Request<Body>, http::Error> {
     let mut parts = clone_parts(parts);
-    auto_host_rewrite(&mut parts, endpoint);
+    upstream_host(&mut parts, endpoint);
     let path = parts
         .uri
         .path_and_query()
@@ -517,8 +516,21 @@ where
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }
 
+/// The `Host` the upstream gets: the client's, an HTTP/2 request's authority, or the route's
+/// rewrite; failing all (an HTTP/1.0 client may send none) the endpoint's address, as hyper's
+/// client would write for a plain request, so that the HTTP/1.1 head always has one.
+pub(crate) fn upstream_host(parts: &mut http::request::Parts, endpoint: &Endpoint) {
+    keep_authority_as_host(parts);
+    auto_host_rewrite(parts, endpoint);
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(endpoint.address())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+}
+
 /// `Host` becomes the endpoint's hostname when the route asked for it ([`AutoHostRewrite`]).
-pub(crate) fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &Endpoint) {
+fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &Endpoint) {
     if parts.extensions.get::<AutoHostRewrite>().is_some()
         && let Ok(host) = HeaderValue::from_str(endpoint.host())
     {
@@ -529,7 +541,7 @@ pub(crate) fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &End
 /// Turns an HTTP/2 extended CONNECT (RFC 8441) into the HTTP/1.1 upgrade the upstream
 /// expects: `GET` with the upgrade pair and, for WebSocket, a fresh `Sec-WebSocket-Key`, whose
 /// answer [`verify`] then checks like any client's.
-fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
+pub(crate) fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
     parts.method = http::Method::GET;
     parts.extensions.remove::<hyper::ext::Protocol>();
     if let Ok(upgrade) = HeaderValue::from_str(ty.as_str()) {
@@ -542,7 +554,7 @@ fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
 }
 
 /// HTTP/2 requests carry the authority in the URI; HTTP/1.1 upstreams want it in `Host`.
-pub(crate) fn keep_authority_as_host(parts: &mut http::request::Parts) {
+fn keep_authority_as_host(parts: &mut http::request::Parts) {
     if parts.headers.contains_key(header::HOST) {
         return;
     }
@@ -555,12 +567,12 @@ pub(crate) fn keep_authority_as_host(parts: &mut http::request::Parts) {
     }
 }
 
+/// The target as the upstream gets it: path and query, `/` for none. An absolute-form target
+/// may have an empty path (`http://a.example#x`); a `Uri` made of that empty path alone would
+/// print as an empty target, so the path is taken as text (where it reads `/`).
 pub(crate) fn origin_form(uri: &Uri) -> Uri {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(path)
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    Uri::from(PathAndQuery::try_from(path).unwrap_or_else(|_| PathAndQuery::from_static("/")))
 }
 
 pub(crate) async fn with_timeout<F: Future>(timeout: Option<Duration>, f: F) -> Option<F::Output> {

@@ -15,7 +15,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{auto_host_rewrite, keep_authority_as_host, origin_form, with_timeout};
+use super::{origin_form, upstream_host, with_timeout};
 use crate::cluster::{Active, Cluster, ConnectError, Endpoint, Outcome};
 use crate::ext::UpstreamAddr;
 use crate::handoff::{Switch, Switching};
@@ -128,18 +128,7 @@ async fn send(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(Failure::Handshake)?;
-    keep_authority_as_host(&mut parts);
-    auto_host_rewrite(&mut parts, &endpoint);
-    parts.uri = origin_form(&parts.uri);
-    parts.version = Version::HTTP_11;
-    // A GET without framing headers goes out with no body at all (hyper's rule), and the
-    // client's `Transfer-Encoding` was stripped as hop-by-hop: a body of unknown length is
-    // re-framed as chunked, or it would be silently dropped.
-    if !http_body::Body::is_end_stream(&body) && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        parts
-            .headers
-            .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    }
+    upgrade_head(&mut parts, &endpoint, !http_body::Body::is_end_stream(&body));
     let request_headers = parts.headers.clone();
 
     // The connection is driven here, not on a task of its own: an upgrade's connection has
@@ -209,6 +198,23 @@ async fn send(
         upgraded: None,
         conn,
     })
+}
+
+/// The head of an upgrade attempt as it goes to `endpoint`, from a request the router has
+/// inspected: its `Host` ([`upstream_host`]), an origin-form target, HTTP/1.1, and the framing
+/// of a body that is still to come (`body_pending`).
+pub(crate) fn upgrade_head(parts: &mut http::request::Parts, endpoint: &Endpoint, body_pending: bool) {
+    upstream_host(parts, endpoint);
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    // A GET without framing headers goes out with no body at all (hyper's rule), and the
+    // client's `Transfer-Encoding` was stripped as hop-by-hop: a body of unknown length is
+    // re-framed as chunked, or it would be silently dropped.
+    if body_pending && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        parts
+            .headers
+            .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
 }
 
 /// A failed upgrade attempt: counted, and answered with `Connection: close`.

@@ -41,7 +41,12 @@ pub(crate) fn verify(request: &HeaderMap, response: &HeaderMap, websocket: bool)
         return Err(Bad101::NoUpgrade);
     }
     let offered: Vec<&str> = hop::tokens(request, &header::UPGRADE).collect();
-    if !chosen.all(|c| offered.iter().any(|o| o.eq_ignore_ascii_case(c))) {
+    // `tokens` skips a token with a byte outside ASCII; no client offered one.
+    let odd = response
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| !v.as_bytes().is_ascii());
+    if odd || !chosen.all(|c| offered.iter().any(|o| o.eq_ignore_ascii_case(c))) {
         return Err(Bad101::NotOffered);
     }
     if !hop::connection_has(response, "upgrade") {
@@ -90,6 +95,9 @@ mod tests {
         assert_eq!(verify(&req, &wrong_accept, true), Err(Bad101::BadAccept));
         let other = map(&[("upgrade", "h2c"), ("connection", "upgrade")]);
         assert_eq!(verify(&req, &other, true), Err(Bad101::NotOffered));
+        let mut odd = good.clone();
+        odd.append("upgrade", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert_eq!(verify(&req, &odd, true), Err(Bad101::NotOffered));
         let no_conn = map(&[
             ("upgrade", "websocket"),
             ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),

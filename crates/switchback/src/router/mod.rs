@@ -141,18 +141,12 @@ where
         if cfg.drain.is_draining() {
             return ResponseFuture::ready(Rejection::Draining.reply(&ty));
         }
+        if let Err(msg) = proxied(&ty, req.version()) {
+            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::Close));
+        }
         let Some(holds) = self.places(&req) else {
             return ResponseFuture::ready(Rejection::TooManyTunnels.reply(&ty));
         };
-        // A CONNECT tunnel (no `:protocol`) opens on a 2xx to an authority-form target and needs
-        // forwarding of its own; until then it is refused plainly rather than half-handled.
-        // HTTP/2 extended CONNECT (RFC 8441) is proxied as an HTTP/1.1 upgrade.
-        let h2 = req.version() == http::Version::HTTP_2;
-        if ty.is_connect() || !(h2 || req.version() == http::Version::HTTP_11) {
-            let msg =
-                "CONNECT tunnels are not proxied yet; use an HTTP/1.1 Upgrade or HTTP/2 extended CONNECT";
-            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::Close));
-        }
         ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.to_string()).increment(1);
 
         let idle = req
@@ -282,8 +276,22 @@ impl<S> UpgradeRouter<S> {
     }
 }
 
+/// Whether an allowed upgrade of type `ty` is proxied; the error is the `501`'s message.
+///
+/// A CONNECT tunnel (no `:protocol`) opens on a 2xx to an authority-form target and needs
+/// forwarding of its own; until then it is refused plainly rather than half-handled. HTTP/2
+/// extended CONNECT (RFC 8441) is proxied as an HTTP/1.1 upgrade.
+pub(crate) fn proxied(ty: &UpgradeType, version: http::Version) -> Result<(), &'static str> {
+    if ty.is_connect() || !(version == http::Version::HTTP_2 || version == http::Version::HTTP_11) {
+        return Err(
+            "CONNECT tunnels are not proxied yet; use an HTTP/1.1 Upgrade or HTTP/2 extended CONNECT",
+        );
+    }
+    Ok(())
+}
+
 /// Whether a request declares an HTTP body of its own (before any upgrade takes over).
-fn declares_body(headers: &http::HeaderMap) -> bool {
+pub(crate) fn declares_body(headers: &http::HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)

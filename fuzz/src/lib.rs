@@ -1,0 +1,3 @@
+//! What the fuzz targets share: the request-head model and its invariants ([`head`]).
+
+pub mod head;
