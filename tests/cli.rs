@@ -1391,6 +1391,91 @@ async fn an_endpoint_given_by_name_is_resolved_off_the_request_path() {
     ws_roundtrip(&mut ws, Message::text("by name")).await;
 }
 
+/// Reloading the config file: a tunnel opened under the old file lives on untouched, new
+/// requests follow the new file, a bad file is refused with `--check`'s errors and changes
+/// nothing, an unchanged file is a no-op, and SIGHUP reloads too.
+#[tokio::test]
+async fn a_reload_changes_what_new_requests_see_and_no_tunnel() {
+    let dir = TempDir::new("reload");
+    let echo = ws_echo().await.addr;
+    let config = |prefix: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: /dev/null\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: {prefix} }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n"
+        )
+    };
+    let file = dir.write("reload.yaml", &config("/a"));
+    let (proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
+    let (mut old, _) = ws_connect(format!("ws://{listen}/a")).await;
+    ws_roundtrip(&mut old, Message::text("before")).await;
+
+    // The new file routes /b only.
+    dir.write("reload.yaml", &config("/b"));
+    let reply = http(admin, "POST", "/reload", &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        (v["changed"].as_bool(), v["generation"].as_u64()),
+        (Some(true), Some(2)),
+        "{v}"
+    );
+    ws_roundtrip(&mut old, Message::text("after the reload")).await;
+    let (mut new, _) = ws_connect(format!("ws://{listen}/b")).await;
+    ws_roundtrip(&mut new, Message::text("new route")).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{listen}/a")).await;
+    assert!(
+        matches!(refused, Err(tokio_tungstenite::tungstenite::Error::Http(ref res)) if res.status() == 404),
+        "{refused:?}"
+    );
+    let config_now: Value =
+        serde_json::from_str(&http(admin, "GET", "/config", &[], b"").await.body).unwrap();
+    assert_eq!(config_now["generation"], 2);
+    assert_eq!(config_now["routes"][0]["match"]["prefix"], "/b");
+
+    // Unchanged: a no-op.
+    let v: Value = serde_json::from_str(&http(admin, "POST", "/reload", &[], b"").await.body).unwrap();
+    assert_eq!(
+        (v["changed"].as_bool(), v["generation"].as_u64()),
+        (Some(false), Some(2)),
+        "{v}"
+    );
+
+    // A broken file: 400 naming the file, the line and the field; /b still served.
+    dir.write(
+        "reload.yaml",
+        &config("/c").replace("cluster: echo", "cluster: nowhere"),
+    );
+    let reply = http(admin, "POST", "/reload", &[], b"").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("reload.yaml:") && reply.body.contains("unknown cluster"),
+        "{}",
+        reply.body
+    );
+    ws_roundtrip(&mut new, Message::text("still here")).await;
+    let (mut again, _) = ws_connect(format!("ws://{listen}/b")).await;
+    ws_roundtrip(&mut again, Message::text("still routed")).await;
+
+    // SIGHUP reloads too.
+    dir.write("reload.yaml", &config("/d"));
+    proxy.signal("HUP");
+    within("SIGHUP applying the new file", async {
+        loop {
+            if tokio_tungstenite::connect_async(format!("ws://{listen}/d"))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    ws_roundtrip(&mut old, Message::text("through two reloads")).await;
+}
+
 /// CPU time (user + system, in clock ticks) the process has used so far.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

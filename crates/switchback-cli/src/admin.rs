@@ -6,7 +6,8 @@
 //! | `GET /ready`                   | `200 ready`, or `503 draining` once a drain has started     |
 //! | `GET /runtime`                 | the runtime values, as a JSON object                        |
 //! | `POST /runtime?key=K&value=V`  | sets `K` to `V` (0-100): `{"key":K,"old":O,"new":V}`; 400 on a bad or unknown key or value |
-//! | `GET /config`                  | the effective configuration as JSON (runtime values as now) |
+//! | `GET /config`                  | the effective configuration as JSON (runtime values as now), with its `generation` and `hash` |
+//! | `POST /reload`                 | re-reads the config file: `{"changed","generation","hash","restart_needed"}`; 400 with `--check`'s errors, the running config staying |
 //! | `GET /tunnels`                 | the live tunnels, as a JSON array (see [`TunnelRow`])       |
 //! | `POST /tunnels/close?id=ID`    | closes one as the drain does (WebSocket: `1001` each way); 404 when no such tunnel |
 //! | `GET /clusters`                | each cluster's endpoints: health, ejection, active requests and tunnels, failures (see [`ClusterRow`]) |
@@ -28,7 +29,7 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +45,7 @@ use switchback_config::Config;
 use tokio::net::TcpListener;
 
 use crate::fatal::Fatal;
+use crate::reload::{Reload, SharedView, View};
 
 /// The dashboard at `GET /`: one self-contained page that polls `GET /tunnels` and
 /// `GET /metrics`.
@@ -169,11 +171,25 @@ struct Inner {
     metrics: PrometheusHandle,
     drain: Drain,
     runtime: Runtime,
-    config: Config,
-    /// The clusters the routes send to, for their state and metrics.
-    clusters: Vec<Cluster>,
-    /// Keys a route reads, or that the config sets: the only ones worth setting.
-    keys: BTreeSet<String>,
+    /// The running config and its clusters, replaced by each reload.
+    view: SharedView,
+    /// Reloads the config file (`POST /reload`).
+    reload: Arc<dyn Reload>,
+    /// Runtime keys set here: a reload keeps them over the file's values.
+    overridden: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// Keys a route reads, or that the config sets: the only ones worth setting.
+fn runtime_keys(config: &Config) -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = config.runtime.keys().cloned().collect();
+    keys.extend(
+        config
+            .routes
+            .iter()
+            .filter_map(|r| r.matcher.runtime_fraction.as_ref())
+            .map(|f| f.runtime_key.clone()),
+    );
+    keys
 }
 
 impl std::fmt::Debug for Admin {
@@ -188,27 +204,24 @@ impl Admin {
         metrics: PrometheusHandle,
         drain: Drain,
         runtime: Runtime,
-        config: Config,
-        clusters: Vec<Cluster>,
+        view: SharedView,
+        reload: Arc<dyn Reload>,
+        overridden: Arc<Mutex<BTreeSet<String>>>,
     ) -> Self {
-        let mut keys: BTreeSet<String> = config.runtime.keys().cloned().collect();
-        keys.extend(
-            config
-                .routes
-                .iter()
-                .filter_map(|r| r.matcher.runtime_fraction.as_ref())
-                .map(|f| f.runtime_key.clone()),
-        );
         Self {
             inner: Arc::new(Inner {
                 metrics,
                 drain,
                 runtime,
-                config,
-                clusters,
-                keys,
+                view,
+                reload,
+                overridden,
             }),
         }
+    }
+
+    fn view(&self) -> View {
+        self.inner.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Serves the admin endpoint on `listener` until the task is dropped.
@@ -251,7 +264,7 @@ impl Admin {
         match req.uri().path() {
             "/metrics" => only(method, &[Method::GET], || {
                 // The per-endpoint state is recorded here, off the request path.
-                for cluster in &inner.clusters {
+                for cluster in &self.view().clusters {
                     cluster.record_metrics();
                 }
                 text(
@@ -273,18 +286,46 @@ impl Admin {
                 _ => not_allowed(&[Method::GET, Method::POST]),
             },
             "/config" => only(method, &[Method::GET], || {
-                let mut config = inner.config.clone();
+                let view = self.view();
+                let mut config = view.config;
                 config.runtime = inner.runtime.snapshot();
-                json(StatusCode::OK, &config)
+                #[derive(Serialize)]
+                struct Running {
+                    generation: u64,
+                    hash: String,
+                    #[serde(flatten)]
+                    config: Config,
+                }
+                json(
+                    StatusCode::OK,
+                    &Running {
+                        generation: view.generation,
+                        hash: view.hash,
+                        config,
+                    },
+                )
             }),
             "/tunnels" => only(method, &[Method::GET], || {
                 let rows: Vec<TunnelRow> = inner.drain.tunnels().iter().map(TunnelRow::from).collect();
                 json(StatusCode::OK, &rows)
             }),
             "/clusters" => only(method, &[Method::GET], || {
-                let rows: Vec<ClusterRow> = inner.clusters.iter().map(ClusterRow::from).collect();
+                let rows: Vec<ClusterRow> = self.view().clusters.iter().map(ClusterRow::from).collect();
                 json(StatusCode::OK, &rows)
             }),
+            "/reload" => match *method {
+                Method::POST => match inner.reload.reload() {
+                    Ok(reloaded) => json(StatusCode::OK, &reloaded),
+                    Err(errors) => plain(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "config not reloaded; the running config stays:\n{}\n",
+                            errors.join("\n")
+                        ),
+                    ),
+                },
+                _ => not_allowed(&[Method::POST]),
+            },
             "/tunnels/close" => match *method {
                 Method::POST => self.close_tunnel(req.uri().query().unwrap_or("")),
                 _ => not_allowed(&[Method::POST]),
@@ -295,7 +336,7 @@ impl Admin {
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "not found; try GET /, GET /metrics, GET /ready, GET /runtime, POST /runtime?key=K&value=V, \
-                 GET /config, GET /tunnels, POST /tunnels/close?id=ID, GET /clusters\n",
+                 GET /config, POST /reload, GET /tunnels, POST /tunnels/close?id=ID, GET /clusters\n",
             ),
         }
     }
@@ -324,8 +365,9 @@ impl Admin {
             Ok(pair) => pair,
             Err(msg) => return plain(StatusCode::BAD_REQUEST, format!("{msg}\n")),
         };
-        if !self.inner.keys.contains(&key) {
-            let known: Vec<&str> = self.inner.keys.iter().map(String::as_str).collect();
+        let keys = runtime_keys(&self.view().config);
+        if !keys.contains(&key) {
+            let known: Vec<&str> = keys.iter().map(String::as_str).collect();
             let known = if known.is_empty() {
                 "no route reads a runtime key".to_owned()
             } else {
@@ -339,6 +381,11 @@ impl Admin {
             );
         }
         let old = self.inner.runtime.set(key.as_str(), value);
+        self.inner
+            .overridden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
         tracing::info!(key, ?old, new = value, "runtime value changed");
         #[derive(Serialize)]
         struct Changed<'a> {

@@ -16,6 +16,7 @@ mod echo;
 mod fatal;
 mod filters;
 mod ready;
+mod reload;
 mod run;
 mod signals;
 mod stack;

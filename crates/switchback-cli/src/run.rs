@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use switchback::{ClientLimits, Workers};
@@ -17,7 +18,7 @@ use crate::cli::DEMO_LISTEN_ENV;
 use crate::fatal::Fatal;
 use crate::ready::ReadyFile;
 use crate::signals::Signals;
-use crate::{demo, stack};
+use crate::{demo, reload, stack};
 
 /// Where the configuration came from: it decides how errors say to fix an address.
 #[derive(Debug, Clone)]
@@ -55,12 +56,14 @@ pub(crate) async fn run(
     let runtime = Runtime::from_values(config.runtime.clone());
     let clusters = stack::clusters(&config);
     let stack = stack::build(&config, &clusters, &drain, &runtime, &log)?;
-    // Each cluster's health checker (none without `health_checks`) runs for the process's
-    // life on the main runtime; the workers only read the health it sets.
-    for cluster in &clusters {
-        tokio::spawn(cluster.health_checker());
-        tokio::spawn(cluster.discovery());
-    }
+    // Each cluster's health checker (none without `health_checks`) and DNS discovery run on
+    // the main runtime until a reload replaces the clusters; the workers only read the state
+    // they set.
+    let tasks = reload::spawn_cluster_tasks(&clusters);
+    let loaded = config.clone();
+    // The workers serve the newest stack a reload put in place.
+    let current = reload::Current::new(stack);
+    let served = reload::Reloadable::new(current.clone());
 
     let threads = config.workers;
     raise_descriptor_limit();
@@ -75,19 +78,60 @@ pub(crate) async fn run(
     if let Some(max) = config.max_connections {
         limits = limits.max_connections(usize::try_from(max).unwrap_or(usize::MAX));
     }
-    let mut workers = Workers::start_with(config.listen, threads, limits, stack)
+    let mut workers = Workers::start_with(config.listen, threads, limits, served)
         .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?;
     // From here on the config says what is bound (port 0 resolved), for `GET /config` too.
     config.listen = workers.local_addr();
-    if let (Some(addr), Some(metrics)) = (config.admin, metrics) {
-        let admin_listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
+    let admin_listener = match config.admin {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
+            config.admin = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?,
+            );
+            Some(listener)
+        }
+        None => None,
+    };
+    let view: reload::SharedView = Arc::new(RwLock::new(reload::View {
+        hash: reload::hash(&loaded),
+        config: config.clone(),
+        clusters,
+        generation: 1,
+    }));
+    let overridden = Arc::default();
+    let reloader: Arc<dyn reload::Reload> = Arc::new(reload::Reloader {
+        path: match &origin {
+            Origin::File(path) => Some(path.clone()),
+            Origin::Demo => None,
+        },
+        current,
+        loaded: Mutex::new(loaded),
+        view: view.clone(),
+        drain: drain.clone(),
+        runtime: runtime.clone(),
+        overridden: Arc::clone(&overridden),
+        log: log.clone(),
+        tasks: Mutex::new(tasks),
+        build: Box::new(|config, clusters, drain, runtime, log| {
+            stack::build(config, clusters, drain, runtime, log).map_err(|e| e.to_string())
+        }),
+    });
+    if let (Some(admin_listener), Some(metrics)) = (admin_listener, metrics) {
         let bound = admin_listener
             .local_addr()
-            .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
-        config.admin = Some(bound);
-        let admin = Admin::new(metrics, drain.clone(), runtime.clone(), config.clone(), clusters);
+            .map_err(|e| cannot_listen(admin_listener_addr(&config), "admin", &origin, &e))?;
+        let admin = Admin::new(
+            metrics,
+            drain.clone(),
+            runtime.clone(),
+            view,
+            reloader.clone(),
+            overridden,
+        );
         tokio::spawn(admin.serve(admin_listener));
         tracing::info!("admin endpoint on http://{bound}/ (metrics, ready, runtime, config, clusters)");
     }
@@ -107,6 +151,17 @@ pub(crate) async fn run(
     let (tx, rx) = watch::channel(0u8);
     let drain_timeout = config.drain_timeout;
     let pretty_timeout = switchback_config::format_duration(drain_timeout);
+    // SIGHUP reloads the config file.
+    #[cfg(unix)]
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let reloader = reloader.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config file");
+                let _ = reloader.reload();
+            }
+        });
+    }
     tokio::spawn(async move {
         let first = signals.next().await;
         tracing::info!(
@@ -217,3 +272,8 @@ fn raise_descriptor_limit() {
 
 #[cfg(not(target_os = "linux"))]
 fn raise_descriptor_limit() {}
+
+/// The admin address the config names, for an error about it.
+fn admin_listener_addr(config: &Config) -> SocketAddr {
+    config.admin.unwrap_or(config.listen)
+}

@@ -38,12 +38,17 @@ pub(crate) fn build(
 ) -> Result<
     impl Service<
         Request<Incoming>,
-        Response = Response<impl http_body::Body<Data = Bytes, Error = impl Into<BoxError>> + Send + 'static>,
+        Response = Response<
+            impl http_body::Body<Data = Bytes, Error = impl Into<BoxError> + use<>> + Send + 'static + use<>,
+        >,
         Error = Infallible,
         Future: Send + 'static,
-    > + Clone
+    >
+    + Clone
     + Send
-    + 'static,
+    + Sync
+    + 'static
+    + use<>,
     Fatal,
 > {
     let routes = routes(config, clusters)?;
