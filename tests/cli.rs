@@ -1094,7 +1094,7 @@ async fn sigterm_drains_a_live_tunnel_with_1001() {
     let file = dir.write(
         "drain.yaml",
         &format!(
-            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: {}\ndrain_timeout: 2s\n\
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: {}\ndrain_timeout: 2s\ndrain_close_window: 0s\n\
              upgrade_configs:\n  - upgrade_type: websocket\n\
              routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
              clusters:\n  - name: echo\n    endpoints: [{echo}]\n",
@@ -1474,6 +1474,61 @@ async fn a_reload_changes_what_new_requests_see_and_no_tunnel() {
     })
     .await;
     ws_roundtrip(&mut old, Message::text("through two reloads")).await;
+}
+
+/// `--watch` reloads on an editor's write-by-rename and on a Kubernetes ConfigMap update
+/// (the file is a symlink through `..data`, and `..data` is swapped to a new directory).
+#[tokio::test]
+async fn watch_reloads_on_rename_and_on_a_configmap_symlink_swap() {
+    let dir = TempDir::new("watch");
+    let echo = ws_echo().await.addr;
+    let config = |prefix: &str| {
+        format!(
+            "listen: 127.0.0.1:0\naccess_log: /dev/null\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: {prefix} }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n"
+        )
+    };
+    // The ConfigMap layout: config.yaml -> ..data/config.yaml, ..data -> ..v1.
+    let v1 = dir.path("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("config.yaml"), config("/a")).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.path("..data")).unwrap();
+    let file = dir.path("config.yaml");
+    std::os::unix::fs::symlink("..data/config.yaml", &file).unwrap();
+    let (_proxy, bound) =
+        Proxy::start_ready(&dir, &["--config", file.to_str().unwrap(), "--watch"], &[]).await;
+    let listen = bound.listen;
+    let (mut old, _) = ws_connect(format!("ws://{listen}/a")).await;
+
+    let routed = |prefix: &'static str| async move {
+        within(&format!("--watch applying {prefix}"), async {
+            loop {
+                if tokio_tungstenite::connect_async(format!("ws://{listen}{prefix}"))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    };
+    // The swap: a new directory, and `..data` renamed over to point at it.
+    let v2 = dir.path("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v2.join("config.yaml"), config("/b")).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.path("..data_tmp")).unwrap();
+    std::fs::rename(dir.path("..data_tmp"), dir.path("..data")).unwrap();
+    routed("/b").await;
+
+    // An editor's save: write a new file, rename it over the old (here, the version file).
+    std::fs::write(v2.join("config.yaml.swp"), config("/c")).unwrap();
+    std::fs::rename(v2.join("config.yaml.swp"), v2.join("config.yaml")).unwrap();
+    routed("/c").await;
+    ws_roundtrip(&mut old, Message::text("opened before both reloads")).await;
 }
 
 /// CPU time (user + system, in clock ticks) the process has used so far.

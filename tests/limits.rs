@@ -329,3 +329,37 @@ async fn tunnel_caps_refuse_before_the_upstream_and_give_places_back() {
     end_tunnel(a).await;
     end_tunnel(b).await;
 }
+
+/// A drain's close window: the tunnels still open at the deadline close at moments spread
+/// over the window, not all at once.
+#[tokio::test]
+async fn a_drain_spreads_its_closing_over_the_close_window() {
+    let raw = RawUpstream::bind().await;
+    let drain = switchback::Drain::new();
+    drain.set_close_window(Duration::from_millis(1500));
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("foo")
+        .drain(drain.clone())
+        .build()
+        .unwrap();
+    let proxy = proxy(raw.addr, router, ClientLimits::new()).await;
+    let mut tunnels = Vec::new();
+    for i in 0..8 {
+        tunnels.push(foo_tunnel(proxy.addr, &raw, &format!("/{i}")).await);
+    }
+    let started = Instant::now();
+    let draining = tokio::spawn(async move { drain.drain(Duration::ZERO).await });
+    let ends = futures_util::future::join_all(tunnels.into_iter().map(|(mut client, up)| async move {
+        within(read_to_eof(&mut client)).await;
+        drop(up);
+        started.elapsed()
+    }))
+    .await;
+    let (first, last) = (ends.iter().min().unwrap(), ends.iter().max().unwrap());
+    assert!(
+        *last - *first >= Duration::from_millis(300),
+        "all closed together: {ends:?}"
+    );
+    assert!(*last < Duration::from_millis(2500), "closed too late: {ends:?}");
+    assert_eq!(draining.await.unwrap().closed, 8);
+}

@@ -88,6 +88,11 @@ pub(crate) struct Args {
     /// (`listen` and `admin`); removed on exit.
     #[arg(long, value_name = "PATH", conflicts_with = "check")]
     ready_file: Option<PathBuf>,
+
+    /// Reload the configuration file when it changes (checked twice a second; editors'
+    /// write-by-rename and Kubernetes ConfigMap symlink swaps included), as SIGHUP does.
+    #[arg(long, requires = "config")]
+    watch: bool,
 }
 
 /// The subcommands.
@@ -116,6 +121,8 @@ pub(crate) enum Mode {
         config: PathBuf,
         /// Where to write the bound addresses.
         ready_file: Option<PathBuf>,
+        /// `--watch`: reload when the file changes.
+        watch: bool,
     },
     /// `--check FILE`.
     Check(PathBuf),
@@ -142,6 +149,7 @@ impl Args {
             (Some(config), None) => Mode::Run {
                 config,
                 ready_file: self.ready_file,
+                watch: self.watch,
             },
             (None, None) => Mode::Demo {
                 ready_file: self.ready_file,
@@ -165,6 +173,7 @@ mod tests {
         let run = Mode::Run {
             config: "a.yaml".into(),
             ready_file: None,
+            watch: false,
         };
         assert_eq!(mode(&["switchback", "--config", "a.yaml"]).unwrap(), run);
         assert_eq!(mode(&["switchback", "-c", "a.yaml"]).unwrap(), run);
@@ -173,7 +182,20 @@ mod tests {
             Mode::Run {
                 config: "a.yaml".into(),
                 ready_file: Some("r.json".into()),
+                watch: false,
             }
+        );
+        assert_eq!(
+            mode(&["switchback", "-c", "a.yaml", "--watch"]).unwrap(),
+            Mode::Run {
+                config: "a.yaml".into(),
+                ready_file: None,
+                watch: true,
+            }
+        );
+        assert!(
+            mode(&["switchback", "--watch"]).is_err(),
+            "--watch needs --config"
         );
         assert_eq!(
             mode(&["switchback", "--ready-file", "r.json"]).unwrap(),

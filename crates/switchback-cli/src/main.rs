@@ -44,8 +44,12 @@ fn main() -> ExitCode {
     init_tracing();
     match mode {
         Mode::Check(path) => check(&path),
-        Mode::Run { config, ready_file } => match Config::load(&config) {
-            Ok(loaded) => block_on(run::run(loaded, run::Origin::File(config), ready_file)),
+        Mode::Run {
+            config,
+            ready_file,
+            watch,
+        } => match Config::load(&config) {
+            Ok(loaded) => block_on(run::run(loaded, run::Origin::File(config), ready_file, watch)),
             Err(errors) => {
                 report(&errors);
                 ExitCode::FAILURE

@@ -172,6 +172,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check("access_log", old.access_log == new.access_log);
     check("drain_timeout", old.drain_timeout == new.drain_timeout);
     check(
+        "drain_close_window",
+        old.drain_close_window == new.drain_close_window,
+    );
+    check(
         "request_headers_timeout",
         old.request_headers_timeout == new.request_headers_timeout,
     );
@@ -246,6 +250,7 @@ impl<S: Clone + Send + Sync> Reloader<S> {
             effective.workers = running.workers;
             effective.access_log = running.access_log.clone();
             effective.drain_timeout = running.drain_timeout;
+            effective.drain_close_window = running.drain_close_window;
             effective.request_headers_timeout = running.request_headers_timeout;
             effective.connection_idle_timeout = running.connection_idle_timeout;
             effective.max_request_headers_kb = running.max_request_headers_kb;
@@ -284,6 +289,43 @@ impl<S: Clone + Send + Sync> Reloader<S> {
             hash,
             restart_needed,
         })
+    }
+}
+
+/// How often `--watch` looks at the file.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `--watch`: reloads when the file's content changes. The content is read (through any
+/// symlink) rather than watched with inotify: an editor's write-by-rename and a Kubernetes
+/// ConfigMap update (a `..data` symlink swapped to a new directory) both replace the file a
+/// watch would follow, and a config file is small. A change counts once it has held still
+/// for one look, so a file caught half-written isn't loaded.
+pub(crate) async fn watch(path: PathBuf, reloader: Arc<dyn Reload>) {
+    let read = |path: &PathBuf| std::fs::read(path).ok();
+    let mut applied = read(&path);
+    let mut pending: Option<Vec<u8>> = None;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = read(&path);
+        if now == applied {
+            pending = None;
+            continue;
+        }
+        match (&now, &pending) {
+            (Some(content), Some(seen)) if content == seen => {
+                tracing::info!(file = %path.display(), "--watch: the config file changed; reloading");
+                let reloader = reloader.clone();
+                // Reading and building are blocking work: off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                applied = now;
+                pending = None;
+            }
+            (Some(content), _) => pending = Some(content.clone()),
+            // Gone for a moment (mid-rename): look again next time.
+            (None, _) => pending = None,
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub(crate) async fn run(
     mut config: Config,
     origin: Origin,
     ready_file: Option<PathBuf>,
+    watch: bool,
 ) -> Result<(), Fatal> {
     // First of all, so that a signal during startup drains instead of killing the process.
     let mut signals = Signals::new()?;
@@ -53,6 +54,7 @@ pub(crate) async fn run(
     } else {
         Drain::new()
     };
+    drain.set_close_window(config.drain_close_window);
     let runtime = Runtime::from_values(config.runtime.clone());
     let clusters = stack::clusters(&config);
     let stack = stack::build(&config, &clusters, &drain, &runtime, &log)?;
@@ -151,6 +153,9 @@ pub(crate) async fn run(
     let (tx, rx) = watch::channel(0u8);
     let drain_timeout = config.drain_timeout;
     let pretty_timeout = switchback_config::format_duration(drain_timeout);
+    if let (true, Origin::File(path)) = (watch, &origin) {
+        tokio::spawn(reload::watch(path.clone(), reloader.clone()));
+    }
     // SIGHUP reloads the config file.
     #[cfg(unix)]
     if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

@@ -48,6 +48,11 @@ pub struct Config {
     /// before closing them. Default `30s`; `0s` closes them at once.
     #[serde(serialize_with = "duration::serialize")]
     pub drain_timeout: Duration,
+    /// Tunnels still open at the drain deadline close at moments spread over this window,
+    /// so that their clients don't all reconnect in the same instant. Default `10s`; `0s`:
+    /// all at once.
+    #[serde(serialize_with = "duration::serialize")]
+    pub drain_close_window: Duration,
     /// Default idle timeout of upgraded (tunnelled) streams: a stream with no bytes in either
     /// direction for this long is closed. Default `5m`; `0s` = off (no idle timeout).
     /// Routes inherit it unless they set `idle_timeout`.
@@ -127,6 +132,7 @@ impl Default for Config {
             admin: None,
             workers: default_workers(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_close_window: Duration::from_secs(10),
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             request_headers_timeout: Duration::from_secs(10),
             max_request_headers_kb: 60,

@@ -47,6 +47,7 @@ pub(crate) struct RawConfig {
     pub(crate) admin: Option<S<String>>,
     pub(crate) workers: Option<S<u64>>,
     pub(crate) drain_timeout: Option<S<String>>,
+    pub(crate) drain_close_window: Option<S<String>>,
     pub(crate) stream_idle_timeout: Option<S<String>>,
     pub(crate) request_headers_timeout: Option<S<String>>,
     pub(crate) max_request_headers_kb: Option<S<u64>>,
@@ -75,6 +76,7 @@ impl RawConfig {
         "admin",
         "workers",
         "drain_timeout",
+        "drain_close_window",
         "stream_idle_timeout",
         "request_headers_timeout",
         "max_request_headers_kb",
@@ -110,6 +112,7 @@ impl RawConfig {
                 })
                 .ok(),
             drain_timeout: f.optional(ctx, "drain_timeout", Ctx::string).ok(),
+            drain_close_window: f.optional(ctx, "drain_close_window", Ctx::string).ok(),
             stream_idle_timeout: f.optional(ctx, "stream_idle_timeout", Ctx::string).ok(),
             request_headers_timeout: f.optional(ctx, "request_headers_timeout", Ctx::string).ok(),
             max_request_headers_kb: f

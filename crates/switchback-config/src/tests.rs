@@ -1769,6 +1769,14 @@ fn client_limits_have_edge_defaults_and_are_checked() {
 }
 
 #[test]
+fn drain_close_window() {
+    assert_eq!(parse("listen: 127.0.0.1:1\n").drain_close_window, Duration::from_secs(10));
+    assert_eq!(parse("drain_close_window: 0s\n").drain_close_window, Duration::ZERO);
+    let e = one("drain_close_window: soon\n");
+    assert!(e.to_string().contains("drain_close_window: invalid duration"), "{e}");
+}
+
+#[test]
 fn connection_and_tunnel_caps() {
     let c = parse("listen: 127.0.0.1:1\n");
     assert_eq!(c.connection_idle_timeout, Duration::from_secs(3600));

@@ -860,6 +860,11 @@ impl Ctx<'_> {
         {
             config.drain_timeout = d;
         }
+        if let Some(d) = &raw.drain_close_window
+            && let Some(d) = self.duration(d, "drain_close_window", Zero::Allowed)
+        {
+            config.drain_close_window = d;
+        }
         if let Some(d) = &raw.stream_idle_timeout
             && let Some(d) = self.duration(d, "stream_idle_timeout", Zero::Allowed)
         {

@@ -46,6 +46,8 @@ struct Inner {
     tunnels: TaskTracker,
     /// Cancelled at the drain deadline: what is still open closes.
     closing: CancellationToken,
+    /// Over how long, in milliseconds, the tunnels still open at the deadline close.
+    close_window_ms: AtomicU64,
     /// The live tunnels by id, for a drain made with [`Drain::listing`].
     list: Option<Mutex<HashMap<u64, Arc<Live>>>>,
 }
@@ -60,6 +62,8 @@ struct Live {
     to_client: AtomicU64,
     /// This tunnel's own closing token (a child of the drain's).
     close: CancellationToken,
+    /// Somebody asked for this tunnel to close ([`Drain::close`]): at once, not spread.
+    closed_by_request: AtomicBool,
 }
 
 /// A live tunnel, as [`Drain::tunnels`] lists it.
@@ -135,8 +139,17 @@ impl Drain {
         let Some(live) = lock(list).get(&id).cloned() else {
             return false;
         };
+        live.closed_by_request.store(true, Ordering::Release);
         live.close.cancel();
         true
+    }
+
+    /// Spreads the closing of the tunnels still open at a drain's deadline over `window`,
+    /// each tunnel at its own moment within it, so that their clients' reconnects don't
+    /// arrive as one spike (default: zero, all at once).
+    pub fn set_close_window(&self, window: Duration) {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.inner.close_window_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Whether a drain has started; new upgrades are refused from then on.
@@ -161,8 +174,9 @@ impl Drain {
         let closed = self.active();
         if closed > 0 {
             self.inner.closing.cancel();
-            // Closing writes at most a close frame each way; give it a moment.
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tunnels.wait()).await;
+            // Closing writes at most a close frame each way; give it a moment past the window.
+            let window = Duration::from_millis(self.inner.close_window_ms.load(Ordering::Relaxed));
+            let _ = tokio::time::timeout(window + Duration::from_secs(5), self.inner.tunnels.wait()).await;
         }
         DrainOutcome {
             finished: at_start.saturating_sub(closed),
@@ -184,15 +198,22 @@ impl Drain {
                     from_client: AtomicU64::new(0),
                     to_client: AtomicU64::new(0),
                     close: thread.child_token(),
+                    closed_by_request: AtomicBool::new(false),
                 });
                 lock(list).insert(info.id, live.clone());
                 (live.close.clone(), Some((live, self.clone())))
             }
         };
+        // This tunnel's moment within the close window, drawn now so that closing needs no
+        // randomness (a fraction in thousandths).
+        let spread = rand::random_range(0..1000u16);
         TunnelGuard {
             _live: self.inner.tunnels.token(),
             closing: closing.cancelled_owned(),
             host_failure: None,
+            spread,
+            delay: None,
+            drain: self.inner.clone(),
             listed,
         }
     }
@@ -233,6 +254,12 @@ pin_project_lite::pin_project! {
         // Set when the upstream endpoint's cluster closes tunnels to an endpoint that turns
         // unhealthy (rare: boxed).
         host_failure: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        // Where in the drain's close window this tunnel closes, in thousandths.
+        spread: u16,
+        // Running once the drain deadline passed, until this tunnel's moment (boxed: only
+        // at a drain).
+        delay: Option<Pin<Box<tokio::time::Sleep>>>,
+        drain: Arc<Inner>,
         // For a listing drain: the tunnel's entry, and the drain to take it out of.
         listed: Option<(Arc<Live>, Drain)>,
     }
@@ -265,7 +292,23 @@ impl TunnelGuard {
         {
             return Poll::Ready(());
         }
-        this.closing.poll(cx)
+        if this.delay.is_none() {
+            std::task::ready!(this.closing.poll(cx));
+            let asked = this
+                .listed
+                .as_ref()
+                .is_some_and(|(live, _)| live.closed_by_request.load(Ordering::Acquire));
+            let window = this.drain.close_window_ms.load(Ordering::Relaxed);
+            if asked || window == 0 {
+                return Poll::Ready(());
+            }
+            let at = window.saturating_mul(u64::from(*this.spread)) / 1000;
+            *this.delay = Some(Box::pin(tokio::time::sleep(Duration::from_millis(at))));
+        }
+        match this.delay {
+            Some(delay) => delay.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
     }
 
     /// What the tunnel has relayed so far, for a listing drain (nothing to do otherwise).
