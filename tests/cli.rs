@@ -1531,6 +1531,84 @@ async fn watch_reloads_on_rename_and_on_a_configmap_symlink_swap() {
     ws_roundtrip(&mut old, Message::text("opened before both reloads")).await;
 }
 
+/// Binary takeover: a new process takes the listening sockets (and the admin one) over the
+/// `takeover_socket`. Clients connecting in a loop meanwhile are never refused; the old
+/// process's tunnel keeps working, and the old process exits once it has ended.
+#[tokio::test]
+async fn a_new_process_takes_the_sockets_over_without_refusing_anyone() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let dir = TempDir::new("takeover-old");
+    let echo = ws_echo().await.addr;
+    let socket = dir.path("takeover.sock");
+    let file = dir.write(
+        "takeover.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: /dev/null\ndrain_timeout: 1h\n\
+             drain_close_window: 0s\ntakeover_socket: {}\n\
+             upgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{echo}]\n",
+            socket.display()
+        ),
+    );
+    let (mut old, listen, admin) = Proxy::with_admin(&dir, &file).await;
+    let (mut tunnel, _) = ws_connect(format!("ws://{listen}/")).await;
+    ws_roundtrip(&mut tunnel, Message::text("on the old process")).await;
+
+    // Clients keep connecting while the sockets change hands.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match tokio_tungstenite::connect_async(format!("ws://{listen}/")).await {
+                    Ok((mut ws, _)) => {
+                        ws_roundtrip(&mut ws, Message::text("meanwhile")).await;
+                        ok += 1;
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let new_dir = TempDir::new("takeover-new");
+    let (_new, bound) =
+        Proxy::start_ready(&new_dir, &["--config", file.to_str().unwrap(), "--takeover"], &[]).await;
+    assert_eq!(bound.listen, listen);
+    assert_eq!(bound.admin, Some(admin));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = clients.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok > 0);
+
+    // The old process still carries its tunnel, and exits once it ends.
+    ws_roundtrip(&mut tunnel, Message::text("still on the old process")).await;
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process left its tunnel"
+    );
+    tunnel.close(None).await.unwrap();
+    while tunnel.next().await.is_some() {}
+    drop(tunnel);
+    let status = old.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", old.stderr());
+    assert!(old.stderr().contains("taken over"), "{}", old.stderr());
+
+    let (mut ws, _) = ws_connect(format!("ws://{listen}/")).await;
+    ws_roundtrip(&mut ws, Message::text("on the new process")).await;
+    assert_eq!(http(admin, "GET", "/ready", &[], b"").await.status, 200);
+}
+
 /// CPU time (user + system, in clock ticks) the process has used so far.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

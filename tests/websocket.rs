@@ -431,7 +431,7 @@ async fn workers_stop_does_not_wait_for_exchanges_in_flight() {
         )
         .service(Forward::new(cluster(raw.addr)));
     let one = NonZeroUsize::new(1).unwrap();
-    let workers = Workers::start("127.0.0.1:0".parse().unwrap(), one, stack).unwrap();
+    let mut workers = Workers::start("127.0.0.1:0".parse().unwrap(), one, stack).unwrap();
     let mut client = raw_client(workers.local_addr(), b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await;
     // The upstream has the request and never answers.
     let _held = raw.accept().await;

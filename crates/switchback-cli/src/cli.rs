@@ -93,6 +93,12 @@ pub(crate) struct Args {
     /// write-by-rename and Kubernetes ConfigMap symlink swaps included), as SIGHUP does.
     #[arg(long, requires = "config")]
     watch: bool,
+
+    /// Take the listening sockets over from the process serving on the config's
+    /// `takeover_socket` (a new version replacing a running one): nothing in their queues is
+    /// lost, and the old process drains its tunnels and exits.
+    #[arg(long, requires = "config")]
+    takeover: bool,
 }
 
 /// The subcommands.
@@ -123,6 +129,8 @@ pub(crate) enum Mode {
         ready_file: Option<PathBuf>,
         /// `--watch`: reload when the file changes.
         watch: bool,
+        /// `--takeover`: take the sockets of the running process.
+        takeover: bool,
     },
     /// `--check FILE`.
     Check(PathBuf),
@@ -150,6 +158,7 @@ impl Args {
                 config,
                 ready_file: self.ready_file,
                 watch: self.watch,
+                takeover: self.takeover,
             },
             (None, None) => Mode::Demo {
                 ready_file: self.ready_file,
@@ -174,6 +183,7 @@ mod tests {
             config: "a.yaml".into(),
             ready_file: None,
             watch: false,
+            takeover: false,
         };
         assert_eq!(mode(&["switchback", "--config", "a.yaml"]).unwrap(), run);
         assert_eq!(mode(&["switchback", "-c", "a.yaml"]).unwrap(), run);
@@ -183,6 +193,7 @@ mod tests {
                 config: "a.yaml".into(),
                 ready_file: Some("r.json".into()),
                 watch: false,
+                takeover: false,
             }
         );
         assert_eq!(
@@ -191,6 +202,7 @@ mod tests {
                 config: "a.yaml".into(),
                 ready_file: None,
                 watch: true,
+                takeover: false,
             }
         );
         assert!(

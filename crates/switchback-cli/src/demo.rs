@@ -21,7 +21,7 @@ pub(crate) async fn run(ready_file: Option<PathBuf>) -> Result<(), Fatal> {
     tracing::info!(%upstream, "demo: WebSocket echo upstream started");
     let mut config = Config::demo(upstream);
     config.listen = listen;
-    run::run(config, Origin::Demo, ready_file, false).await
+    run::run(config, Origin::Demo, ready_file, run::Options::default()).await
 }
 
 /// The proxy's address: `value` (the environment variable) when set, else `127.0.0.1:10000`.

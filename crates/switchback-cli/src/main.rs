@@ -20,6 +20,7 @@ mod reload;
 mod run;
 mod signals;
 mod stack;
+mod takeover;
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -48,8 +49,14 @@ fn main() -> ExitCode {
             config,
             ready_file,
             watch,
+            takeover,
         } => match Config::load(&config) {
-            Ok(loaded) => block_on(run::run(loaded, run::Origin::File(config), ready_file, watch)),
+            Ok(loaded) => block_on(run::run(
+                loaded,
+                run::Origin::File(config),
+                ready_file,
+                run::Options { watch, takeover },
+            )),
             Err(errors) => {
                 report(&errors);
                 ExitCode::FAILURE

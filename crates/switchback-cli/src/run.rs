@@ -18,7 +18,7 @@ use crate::cli::DEMO_LISTEN_ENV;
 use crate::fatal::Fatal;
 use crate::ready::ReadyFile;
 use crate::signals::Signals;
-use crate::{demo, reload, stack};
+use crate::{demo, reload, stack, takeover};
 
 /// Where the configuration came from: it decides how errors say to fix an address.
 #[derive(Debug, Clone)]
@@ -27,6 +27,15 @@ pub(crate) enum Origin {
     File(PathBuf),
     /// The built-in demo.
     Demo,
+}
+
+/// What the command line asked for besides the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    /// `--watch`: reload when the config file changes.
+    pub(crate) watch: bool,
+    /// `--takeover`: take the listening sockets of the running process.
+    pub(crate) takeover: bool,
 }
 
 /// How long plain HTTP exchanges may outlive `drain_timeout` before the process exits anyway.
@@ -38,7 +47,7 @@ pub(crate) async fn run(
     mut config: Config,
     origin: Origin,
     ready_file: Option<PathBuf>,
-    watch: bool,
+    options: Options,
 ) -> Result<(), Fatal> {
     // First of all, so that a signal during startup drains instead of killing the process.
     let mut signals = Signals::new()?;
@@ -80,12 +89,43 @@ pub(crate) async fn run(
     if let Some(max) = config.max_connections {
         limits = limits.max_connections(usize::try_from(max).unwrap_or(usize::MAX));
     }
-    let mut workers = Workers::start_with(config.listen, threads, limits, served)
-        .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?;
+    // With --takeover, the sockets come from the running process instead of new binds.
+    let taken = match (options.takeover, &config.takeover_socket) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Fatal::new(
+                "--takeover needs `takeover_socket` in the config: the socket the running process offers",
+            ));
+        }
+        (true, Some(path)) => Some(
+            takeover::take(path).map_err(|e| Fatal::new(format!("takeover on {}: {e}", path.display())))?,
+        ),
+    };
+    let (mut workers, given_admin, confirm) = match taken {
+        Some((sockets, stream)) => {
+            let workers = Workers::start_from(sockets.workers, limits, served)
+                .map_err(|e| Fatal::new(format!("takeover: cannot serve the sockets handed over: {e}")))?;
+            (workers, sockets.admin, Some(stream))
+        }
+        None => (
+            Workers::start_with(config.listen, threads, limits, served)
+                .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?,
+            None,
+            None,
+        ),
+    };
     // From here on the config says what is bound (port 0 resolved), for `GET /config` too.
     config.listen = workers.local_addr();
-    let admin_listener = match config.admin {
-        Some(addr) => {
+    let admin_listener = match (config.admin, given_admin) {
+        (Some(_), Some(given)) => {
+            let listener = given
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(given))
+                .map_err(|e| Fatal::new(format!("takeover: the admin socket handed over: {e}")))?;
+            config.admin = listener.local_addr().ok();
+            Some(listener)
+        }
+        (Some(addr), _) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
@@ -96,7 +136,7 @@ pub(crate) async fn run(
             );
             Some(listener)
         }
-        None => None,
+        (None, _) => None,
     };
     let view: reload::SharedView = Arc::new(RwLock::new(reload::View {
         hash: reload::hash(&loaded),
@@ -122,6 +162,8 @@ pub(crate) async fn run(
             stack::build(config, clusters, drain, runtime, log).map_err(|e| e.to_string())
         }),
     });
+    let mut admin_fd = None;
+    let mut admin_task = None;
     if let (Some(admin_listener), Some(metrics)) = (admin_listener, metrics) {
         let bound = admin_listener
             .local_addr()
@@ -134,9 +176,23 @@ pub(crate) async fn run(
             reloader.clone(),
             overridden,
         );
-        tokio::spawn(admin.serve(admin_listener));
+        // A duplicate, for a takeover to hand over.
+        admin_fd = std::os::fd::AsFd::as_fd(&admin_listener)
+            .try_clone_to_owned()
+            .ok();
+        admin_task = Some(tokio::spawn(admin.serve(admin_listener)));
         tracing::info!("admin endpoint on http://{bound}/ (metrics, ready, runtime, config, clusters)");
     }
+    // The old process, once this one serves on its sockets, stops accepting and drains.
+    if let Some(stream) = confirm {
+        takeover::confirm(stream).map_err(|e| Fatal::new(format!("takeover: cannot confirm: {e}")))?;
+        tracing::info!("took the listening sockets over from the running process");
+    }
+    // Offer takeovers in turn.
+    let mut takeovers = match &config.takeover_socket {
+        Some(path) => Some(offer_takeovers(path)?),
+        None => None,
+    };
     tracing::info!(listen = %config.listen, workers = threads, "switchback is listening");
     if let Origin::Demo = origin {
         // Standard error, with the diagnostics: standard output is the access log's, and
@@ -153,7 +209,8 @@ pub(crate) async fn run(
     let (tx, rx) = watch::channel(0u8);
     let drain_timeout = config.drain_timeout;
     let pretty_timeout = switchback_config::format_duration(drain_timeout);
-    if let (true, Origin::File(path)) = (watch, &origin) {
+    let pretty_timeout_takeover = pretty_timeout.clone();
+    if let (true, Origin::File(path)) = (options.watch, &origin) {
         tokio::spawn(reload::watch(path.clone(), reloader.clone()));
     }
     // SIGHUP reloads the config file.
@@ -179,15 +236,56 @@ pub(crate) async fn run(
         tx.send_replace(2);
     });
 
-    // Serving only ends on a failure, or after the first signal.
-    tokio::select! {
-        failed = workers.stopped() => {
-            return Err(Fatal::new(match failed {
-                Ok(()) => "the listener stopped unexpectedly".to_owned(),
-                Err(e) => format!("the listener failed: {e}"),
-            }));
+    // Serving only ends on a failure, after the first signal, or once a new process has
+    // taken the sockets over.
+    let mut taken_over = false;
+    loop {
+        let takeover = async {
+            match &mut takeovers {
+                Some(requests) => requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            failed = workers.stopped() => {
+                return Err(Fatal::new(match failed {
+                    Ok(()) => "the listener stopped unexpectedly".to_owned(),
+                    Err(e) => format!("the listener failed: {e}"),
+                }));
+            }
+            () = reached(rx.clone(), 1) => break,
+            Some(stream) = takeover => {
+                let sockets = workers.take_listeners();
+                let admin = admin_fd.take();
+                let handed = tokio::task::spawn_blocking(move || {
+                    takeover::hand_over(stream, &sockets, admin.as_ref())
+                })
+                .await;
+                match handed {
+                    Ok(Ok(())) => {
+                        tracing::info!(
+                            "taken over: a new process accepts on the sockets; draining: open tunnels may run for up to {pretty_timeout_takeover}"
+                        );
+                        if let Some(task) = admin_task.take() {
+                            task.abort();
+                        }
+                        taken_over = true;
+                        break;
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "takeover failed; serving on"),
+                    Err(e) => tracing::error!(error = %e, "takeover failed; serving on"),
+                }
+            }
         }
-        () = reached(rx.clone(), 1) => workers.shutdown(),
+    }
+    workers.shutdown();
+    if taken_over {
+        // The connections accepted before the handover are served to the end (an upgrade
+        // on one still opens its tunnel here); only then do upgrades stop.
+        tokio::select! {
+            _ = workers.stopped() => {}
+            () = reached(rx.clone(), 2) => {}
+        }
     }
     let drained = tokio::spawn({
         let (drain, rx) = (drain.clone(), rx.clone());
@@ -281,4 +379,25 @@ fn raise_descriptor_limit() {}
 /// The admin address the config names, for an error about it.
 fn admin_listener_addr(config: &Config) -> SocketAddr {
     config.admin.unwrap_or(config.listen)
+}
+
+/// Offers takeovers on `path`: each connection is a new process asking for the sockets.
+fn offer_takeovers(
+    path: &std::path::Path,
+) -> Result<tokio::sync::mpsc::Receiver<std::os::unix::net::UnixStream>, Fatal> {
+    let listener = takeover::offer(path)
+        .map_err(|e| Fatal::new(format!("takeover_socket {}: cannot listen: {e}", path.display())))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // A thread of its own: accepting on a std socket blocks, and takeovers are rare.
+    std::thread::Builder::new()
+        .name("switchback-takeover".to_owned())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if tx.blocking_send(stream).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Fatal::new(format!("cannot start the takeover thread: {e}")))?;
+    Ok(rx)
 }

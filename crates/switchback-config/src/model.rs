@@ -53,6 +53,10 @@ pub struct Config {
     /// all at once.
     #[serde(serialize_with = "duration::serialize")]
     pub drain_close_window: Duration,
+    /// The unix socket a new process started with `--takeover` takes the listening sockets
+    /// from (binary takeover). Absent: takeover off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub takeover_socket: Option<PathBuf>,
     /// Default idle timeout of upgraded (tunnelled) streams: a stream with no bytes in either
     /// direction for this long is closed. Default `5m`; `0s` = off (no idle timeout).
     /// Routes inherit it unless they set `idle_timeout`.
@@ -133,6 +137,7 @@ impl Default for Config {
             workers: default_workers(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             drain_close_window: Duration::from_secs(10),
+            takeover_socket: None,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             request_headers_timeout: Duration::from_secs(10),
             max_request_headers_kb: 60,

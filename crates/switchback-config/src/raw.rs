@@ -48,6 +48,7 @@ pub(crate) struct RawConfig {
     pub(crate) workers: Option<S<u64>>,
     pub(crate) drain_timeout: Option<S<String>>,
     pub(crate) drain_close_window: Option<S<String>>,
+    pub(crate) takeover_socket: Option<S<String>>,
     pub(crate) stream_idle_timeout: Option<S<String>>,
     pub(crate) request_headers_timeout: Option<S<String>>,
     pub(crate) max_request_headers_kb: Option<S<u64>>,
@@ -77,6 +78,7 @@ impl RawConfig {
         "workers",
         "drain_timeout",
         "drain_close_window",
+        "takeover_socket",
         "stream_idle_timeout",
         "request_headers_timeout",
         "max_request_headers_kb",
@@ -113,6 +115,7 @@ impl RawConfig {
                 .ok(),
             drain_timeout: f.optional(ctx, "drain_timeout", Ctx::string).ok(),
             drain_close_window: f.optional(ctx, "drain_close_window", Ctx::string).ok(),
+            takeover_socket: f.optional(ctx, "takeover_socket", Ctx::string).ok(),
             stream_idle_timeout: f.optional(ctx, "stream_idle_timeout", Ctx::string).ok(),
             request_headers_timeout: f.optional(ctx, "request_headers_timeout", Ctx::string).ok(),
             max_request_headers_kb: f

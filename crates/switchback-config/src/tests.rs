@@ -1770,10 +1770,19 @@ fn client_limits_have_edge_defaults_and_are_checked() {
 
 #[test]
 fn drain_close_window() {
-    assert_eq!(parse("listen: 127.0.0.1:1\n").drain_close_window, Duration::from_secs(10));
-    assert_eq!(parse("drain_close_window: 0s\n").drain_close_window, Duration::ZERO);
+    assert_eq!(
+        parse("listen: 127.0.0.1:1\n").drain_close_window,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        parse("drain_close_window: 0s\n").drain_close_window,
+        Duration::ZERO
+    );
     let e = one("drain_close_window: soon\n");
-    assert!(e.to_string().contains("drain_close_window: invalid duration"), "{e}");
+    assert!(
+        e.to_string().contains("drain_close_window: invalid duration"),
+        "{e}"
+    );
 }
 
 #[test]

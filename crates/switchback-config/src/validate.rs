@@ -860,6 +860,17 @@ impl Ctx<'_> {
         {
             config.drain_timeout = d;
         }
+        if let Some(path) = &raw.takeover_socket {
+            if path.value.is_empty() {
+                self.error(
+                    path.at,
+                    "takeover_socket",
+                    "takeover_socket is empty; give a unix socket path, e.g. /run/switchback/takeover.sock",
+                );
+            } else {
+                config.takeover_socket = Some(PathBuf::from(&path.value));
+            }
+        }
         if let Some(d) = &raw.drain_close_window
             && let Some(d) = self.duration(d, "drain_close_window", Zero::Allowed)
         {

@@ -118,6 +118,7 @@ impl Conns {
             idle: AtomicU64::new(now),
             leaving: AtomicBool::new(false),
             evict: Notify::new(),
+            fresh: AtomicBool::new(true),
         });
         live.conns.insert(key, state.clone());
         Admission::Admitted(Arc::new(Slot {
@@ -154,6 +155,8 @@ struct ConnState {
     idle: AtomicU64,
     leaving: AtomicBool,
     evict: Notify,
+    /// No request has come on this connection yet.
+    fresh: AtomicBool,
 }
 
 impl ConnState {
@@ -215,7 +218,14 @@ impl Slot {
             self.state.head.store(0, Relaxed);
         }
         self.state.busy.fetch_add(1, Relaxed);
+        self.state.fresh.store(false, Relaxed);
         Exchange(self.clone())
+    }
+
+    /// Whether no request has come on this connection yet: a connection accepted just
+    /// before a shutdown still gets its first request served.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.state.fresh.load(Relaxed)
     }
 
     /// When the connection's running timer expires: the head's (`head` after it began),

@@ -424,11 +424,19 @@ where
     let mut evicted = pin!(slot.evicted());
     let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let mut timer = pin!(tokio::time::sleep_until(far()));
+    let mut stop_seen = false;
     let interrupted = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             return Poll::Ready(Err(result));
         }
-        if stop.as_mut().poll(cx).is_ready() {
+        if !stop_seen && stop.as_mut().poll(cx).is_ready() {
+            stop_seen = true;
+        }
+        // A connection accepted just before the shutdown has a request on its way: it is
+        // served (within the head timer) rather than closed under the client. HTTP/1 waits
+        // for the exchange in flight to end too: hyper's graceful shutdown would turn its
+        // answer's `Connection` to `close`, a `101`'s included.
+        if stop_seen && !slot.is_fresh() && (goaway || slot.is_idle()) {
             return Poll::Ready(Ok(Interrupted::Stopping));
         }
         if evicted.as_mut().poll(cx).is_ready() {

@@ -55,6 +55,11 @@ enum Phase {
 #[derive(Debug)]
 pub struct Workers {
     addr: SocketAddr,
+    /// A duplicate of each worker's listening socket, to hand to a process taking over
+    /// ([`Workers::take_listeners`]); dropped at shutdown, so that a stopped listener
+    /// refuses connections.
+    #[cfg(unix)]
+    listeners: Vec<std::os::fd::OwnedFd>,
     phase: watch::Sender<Phase>,
     /// Each worker's [`serve`](super::serve) result, once it stopped serving.
     served: mpsc::UnboundedReceiver<io::Result<()>>,
@@ -97,33 +102,84 @@ impl Workers {
             // A plain bind fails on any listener, whatever its options.
             drop(std::net::TcpListener::bind(addr)?);
         }
+        let sources = (0..threads.get()).map(|_| Source::Bind).collect();
+        Self::start_on(addr, sources, limits, service)
+    }
+
+    /// Starts one worker on each of `listeners`, already bound and listening (sockets
+    /// handed over by another process, for instance: see [`Workers::take_listeners`]).
+    pub fn start_from<S, B>(
+        listeners: Vec<std::net::TcpListener>,
+        limits: ClientLimits,
+        service: S,
+    ) -> io::Result<Self>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let addr = listeners
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener to serve"))?
+            .local_addr()?;
+        let sources = listeners.into_iter().map(Source::Given).collect();
+        Self::start_on(addr, sources, limits, service)
+    }
+
+    fn start_on<S, B>(
+        addr: SocketAddr,
+        sources: Vec<Source>,
+        limits: ClientLimits,
+        service: S,
+    ) -> io::Result<Self>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (phase, _) = watch::channel(Phase::Serving);
         // One listener, whatever the number of sockets: `max_connections` counts them all.
         let conns = Conns::new(limits.max_connections);
         let (done, served) = mpsc::unbounded_channel();
         let mut workers = Self {
             addr,
+            #[cfg(unix)]
+            listeners: Vec::with_capacity(sources.len()),
             phase,
             served,
             pending: 0,
-            threads: Vec::with_capacity(threads.get()),
+            threads: Vec::with_capacity(sources.len()),
         };
-        for i in 0..threads.get() {
+        for (i, source) in sources.into_iter().enumerate() {
             let (bound, ready) = std::sync::mpsc::channel();
             let (service, phase, done) = (service.clone(), workers.phase.subscribe(), done.clone());
             let (addr, conns) = (workers.addr, conns.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("switchback-worker-{i}"))
-                .spawn(move || worker(addr, service, (limits, conns), phase, bound, done))?;
+                .spawn(move || worker((addr, source), service, (limits, conns), phase, bound, done))?;
             workers.threads.push(thread);
             match ready.recv() {
-                Ok(Ok(local)) => workers.addr = local,
+                Ok(Ok(listening)) => {
+                    workers.addr = listening.addr;
+                    #[cfg(unix)]
+                    workers.listeners.push(listening.fd);
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(io::Error::other("a worker thread died while starting")),
             }
             workers.pending += 1;
         }
         Ok(workers)
+    }
+
+    /// The workers' listening sockets (duplicates), for a process taking over to accept on:
+    /// passed over a unix socket (`SCM_RIGHTS`), they keep every connection waiting in their
+    /// queues. Taken once; call [`Workers::shutdown`] after the new process accepts.
+    #[cfg(unix)]
+    pub fn take_listeners(&mut self) -> Vec<std::os::fd::OwnedFd> {
+        std::mem::take(&mut self.listeners)
     }
 
     /// The address every worker listens on (the actual port when started with port 0).
@@ -134,7 +190,11 @@ impl Workers {
     /// Stops accepting connections on every worker. Exchanges in flight may finish (up to 30
     /// s, as with [`serve`](super::serve)); upgraded tunnels keep running until
     /// [`Workers::stop`]: drain them with a [`Drain`](crate::Drain) in between.
-    pub fn shutdown(&self) {
+    pub fn shutdown(&mut self) {
+        // Without these duplicates the sockets close with the workers' listeners, and new
+        // connections are refused rather than left waiting.
+        #[cfg(unix)]
+        self.listeners.clear();
         self.phase.send_if_modified(|p| advance(p, Phase::Stopping));
     }
 
@@ -179,11 +239,11 @@ fn advance(phase: &mut Phase, to: Phase) -> bool {
 /// One worker thread: bind, report, serve until told to stop, then keep the runtime (and the
 /// tunnels on it) until told to exit, which ends everything at once.
 fn worker<S, B>(
-    addr: SocketAddr,
+    (addr, source): (SocketAddr, Source),
     service: S,
     (limits, conns): (ClientLimits, Arc<Conns>),
     phase: watch::Receiver<Phase>,
-    bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+    bound: std::sync::mpsc::Sender<io::Result<Listening>>,
     done: mpsc::UnboundedSender<io::Result<()>>,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -199,14 +259,35 @@ fn worker<S, B>(
         }
     };
     runtime.block_on(async move {
-        let listener = match bind(addr) {
-            Ok(listener) => listener,
+        let listener = match source {
+            Source::Bind => bind(addr),
+            Source::Given(listener) => listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener)),
+        };
+        let listening = listener.and_then(|listener| {
+            let addr = listener.local_addr()?;
+            #[cfg(unix)]
+            let fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
+            Ok((
+                listener,
+                Listening {
+                    addr,
+                    #[cfg(unix)]
+                    fd,
+                },
+            ))
+        });
+        let listener = match listening {
+            Ok((listener, listening)) => {
+                let _ = bound.send(Ok(listening));
+                listener
+            }
             Err(e) => {
                 let _ = bound.send(Err(e));
                 return;
             }
         };
-        let _ = bound.send(listener.local_addr());
         let serving = async {
             let stopping = reached(phase.clone(), Phase::Stopping);
             let served = super::serve_on(listener, service, stopping, limits, conns).await;
@@ -220,6 +301,21 @@ fn worker<S, B>(
             () = reached(phase.clone(), Phase::Exit) => {}
         }
     });
+}
+
+/// Where a worker's listener comes from.
+enum Source {
+    /// A new `SO_REUSEPORT` socket on the workers' address.
+    Bind,
+    /// A socket already listening (handed over by another process).
+    Given(std::net::TcpListener),
+}
+
+/// A worker's listener, as reported to [`Workers`].
+struct Listening {
+    addr: SocketAddr,
+    #[cfg(unix)]
+    fd: std::os::fd::OwnedFd,
 }
 
 /// A listener on `addr` that the other workers' listeners share.
