@@ -507,6 +507,28 @@ fn the_example_config_passes_check() {
     );
 }
 
+/// The config in the Kubernetes ConfigMap (deploy/kubernetes) stays valid too.
+#[test]
+fn the_kubernetes_configmap_config_passes_check() {
+    let manifest = include_str!("../deploy/kubernetes/configmap.yaml");
+    let (_, body) = manifest
+        .split_once("switchback.yaml: |\n")
+        .expect("the config key");
+    let config: String = body
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = TempDir::new("configmap");
+    let file = dir.write("switchback.yaml", &config);
+    let out = run(&["--check", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}\n{config}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_line_column_and_path() {
     let dir = TempDir::new("check-bad");
