@@ -225,9 +225,12 @@ async fn a_full_listener_makes_room_by_closing_the_longest_silent_connection() {
 
     // Three tunnels hold every place.
     let mut refused = raw_client(proxy.addr, GET).await;
-    let (head, _) = within(read_head(&mut refused)).await;
+    let (head, rest) = within(read_head(&mut refused)).await;
     assert_eq!(status(&head), 503, "{head}");
-    within(read_to_eof(&mut refused)).await;
+    let length: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    let mut body = rest;
+    body.extend(within(read_to_eof(&mut refused)).await);
+    assert_eq!(body.len(), length, "{:?}", String::from_utf8_lossy(&body));
     echo(&mut first, "still here").await;
 
     // A tunnel ends: its place is free again.

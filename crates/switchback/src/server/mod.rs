@@ -311,7 +311,7 @@ where
 async fn refuse(mut stream: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-        content-length: 30\r\nconnection: close\r\n\r\nthe proxy is at its connection cap\n";
+        content-length: 35\r\nconnection: close\r\n\r\nthe proxy is at its connection cap\n";
     let linger = async {
         stream.write_all(FULL).await?;
         stream.shutdown().await?;
