@@ -1578,6 +1578,25 @@ async fn a_new_process_takes_the_sockets_over_without_refusing_anyone() {
     let (mut tunnel, _) = ws_connect(format!("ws://{listen}/")).await;
     ws_roundtrip(&mut tunnel, Message::text("on the old process")).await;
 
+    // A takeover that never confirms (the new process died): the old one serves on, and
+    // keeps its sockets for the next attempt.
+    {
+        use std::io::Read;
+        let mut failed = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut head = [0u8; 3];
+        failed.read_exact(&mut head).unwrap();
+        assert!(head[0] == 0 && head[1] > 0 && head[2] == 1, "{head:?}");
+    }
+    within("the old process to log the failed takeover", async {
+        while !old.stderr().contains("takeover failed") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (mut still, _) = ws_connect(format!("ws://{listen}/")).await;
+    ws_roundtrip(&mut still, Message::text("after a failed takeover")).await;
+    drop(still);
+
     // Clients keep connecting while the sockets change hands.
     let stop = Arc::new(AtomicBool::new(false));
     let clients = tokio::spawn({

@@ -258,11 +258,12 @@ pub(crate) async fn run(
                 let sockets = workers.take_listeners();
                 let admin = admin_fd.take();
                 let handed = tokio::task::spawn_blocking(move || {
-                    takeover::hand_over(stream, &sockets, admin.as_ref())
+                    let handed = takeover::hand_over(stream, &sockets, admin.as_ref());
+                    (handed, sockets, admin)
                 })
                 .await;
                 match handed {
-                    Ok(Ok(())) => {
+                    Ok((Ok(()), _, _)) => {
                         tracing::info!(
                             "taken over: a new process accepts on the sockets; draining: open tunnels may run for up to {pretty_timeout_takeover}"
                         );
@@ -272,7 +273,12 @@ pub(crate) async fn run(
                         taken_over = true;
                         break;
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "takeover failed; serving on"),
+                    // The sockets stay this process's, and so does the next takeover's chance.
+                    Ok((Err(e), sockets, admin)) => {
+                        tracing::error!(error = %e, "takeover failed; serving on");
+                        workers.give_back_listeners(sockets);
+                        admin_fd = admin;
+                    }
                     Err(e) => tracing::error!(error = %e, "takeover failed; serving on"),
                 }
             }

@@ -182,6 +182,13 @@ impl Workers {
         std::mem::take(&mut self.listeners)
     }
 
+    /// Takes back what [`Workers::take_listeners`] gave when the takeover failed, for the
+    /// next one.
+    #[cfg(unix)]
+    pub fn give_back_listeners(&mut self, listeners: Vec<std::os::fd::OwnedFd>) {
+        self.listeners = listeners;
+    }
+
     /// The address every worker listens on (the actual port when started with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
