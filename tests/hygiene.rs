@@ -503,30 +503,6 @@ where
     }
 }
 
-/// Reads a chunked body through its last chunk; returns the data.
-async fn read_chunked(up: &mut tokio::net::TcpStream, mut have: Vec<u8>) -> Vec<u8> {
-    let mut chunk = [0u8; 4096];
-    while !have.ends_with(b"0\r\n\r\n") {
-        let n = within(up.read(&mut chunk)).await.unwrap();
-        assert!(
-            n > 0,
-            "EOF inside a chunked body: {:?}",
-            String::from_utf8_lossy(&have)
-        );
-        have.extend_from_slice(&chunk[..n]);
-    }
-    let (mut data, mut rest) = (Vec::new(), &have[..]);
-    loop {
-        let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
-        if size == 0 {
-            return data;
-        }
-        data.extend_from_slice(&rest[line + 2..line + 2 + size]);
-        rest = &rest[line + 2 + size + 2..];
-    }
-}
-
 /// The end of an upgrade request's own body (chunked, with trailers) and the start of its
 /// tunnel bytes (sent right behind the request) stay apart through real body layers: a body
 /// limit, a map over the bytes, one that drops trailers and one that ends the body at them.

@@ -75,30 +75,6 @@ async fn assert_closed(up: &mut TcpStream, case: &str) {
     );
 }
 
-/// Reads a chunked body through its last chunk; returns the data and what came after.
-async fn read_chunked(up: &mut TcpStream, mut have: Vec<u8>) -> Vec<u8> {
-    let mut chunk = [0u8; 4096];
-    while !have.ends_with(b"0\r\n\r\n") {
-        let n = within(up.read(&mut chunk)).await.unwrap();
-        assert!(
-            n > 0,
-            "EOF inside a chunked body: {:?}",
-            String::from_utf8_lossy(&have)
-        );
-        have.extend_from_slice(&chunk[..n]);
-    }
-    let (mut data, mut rest) = (Vec::new(), &have[..]);
-    loop {
-        let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
-        if size == 0 {
-            return data;
-        }
-        data.extend_from_slice(&rest[line + 2..line + 2 + size]);
-        rest = &rest[line + 2 + size + 2..];
-    }
-}
-
 /// websocket-smuggle, variant 1: an upgrade with a version the upstream does not speak. The
 /// upstream answers `426`; the attacker then sends a second request on the same connection,
 /// hoping the proxy opened a tunnel on seeing the upgrade. Switchback relays the `426` with

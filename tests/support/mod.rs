@@ -213,6 +213,31 @@ pub async fn read_head<R: AsyncRead + Unpin>(r: &mut R) -> (String, Vec<u8>) {
     }
 }
 
+/// Reads a chunked body through its last chunk, starting with the bytes already in `have`;
+/// returns its data.
+pub async fn read_chunked<R: AsyncRead + Unpin>(r: &mut R, mut have: Vec<u8>) -> Vec<u8> {
+    let mut chunk = [0u8; 4096];
+    while !have.ends_with(b"0\r\n\r\n") {
+        let n = within(r.read(&mut chunk)).await.unwrap();
+        assert!(
+            n > 0,
+            "EOF inside a chunked body: {:?}",
+            String::from_utf8_lossy(&have)
+        );
+        have.extend_from_slice(&chunk[..n]);
+    }
+    let (mut data, mut rest) = (Vec::new(), &have[..]);
+    loop {
+        let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return data;
+        }
+        data.extend_from_slice(&rest[line + 2..line + 2 + size]);
+        rest = &rest[line + 2 + size + 2..];
+    }
+}
+
 /// Reads exactly `n` bytes, starting with those already in `have`.
 pub async fn read_n<R: AsyncRead + Unpin>(r: &mut R, mut have: Vec<u8>, n: usize) -> Vec<u8> {
     let mut chunk = vec![0u8; 64 * 1024];
