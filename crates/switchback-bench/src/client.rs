@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -17,11 +17,11 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Opcode of a binary frame.
 pub(crate) const BINARY: u8 = 0x2;
 
-/// An open WebSocket connection.
+/// An open WebSocket connection over `S`: plain TCP, or TLS for the TLS workloads.
 #[derive(Debug)]
-pub(crate) struct Ws {
+pub(crate) struct Ws<S = TcpStream> {
     /// The connection; bytes in `pending` come before anything read from it.
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: S,
     /// Bytes that arrived with the handshake response, after its head.
     pub(crate) pending: Vec<u8>,
 }
@@ -29,8 +29,16 @@ pub(crate) struct Ws {
 /// Connects to `addr`, sends an upgrade request for `path` and checks the `101`. `seed` makes
 /// the `Sec-WebSocket-Key` differ between connections.
 pub(crate) async fn connect(addr: SocketAddr, path: &str, seed: u64) -> Result<Ws> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    upgrade(stream, path, seed).await
+}
+
+/// Sends an upgrade request for `path` on an open connection and checks the `101`.
+pub(crate) async fn upgrade<S>(mut stream: S, path: &str, seed: u64) -> Result<Ws<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut nonce = [0u8; 16];
     nonce[..8].copy_from_slice(&seed.to_le_bytes());
     nonce[8..].copy_from_slice(b"swbbench");
@@ -55,7 +63,7 @@ pub(crate) async fn connect(addr: SocketAddr, path: &str, seed: u64) -> Result<W
     }
 }
 
-impl Ws {
+impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
     /// Fills `buf` from pending bytes, then the connection.
     pub(crate) async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
         let from_pending = self.pending.len().min(buf.len());
@@ -77,14 +85,20 @@ impl Ws {
     }
 
     /// Sends a close frame, reads it back, half-closes, and waits for the other side's close.
+    /// Over TLS the half-close is a `close_notify` alert; a peer that then closes the TCP
+    /// connection without its own `close_notify` (nginx and HAProxy may) still counts as
+    /// closed.
     pub(crate) async fn close(mut self) -> Result<()> {
         let frame = switchback::websocket::client_close_frame(1000, [0x11, 0x22, 0x33, 0x44]);
         self.echo(&frame).await?;
         self.stream.shutdown().await?;
         let mut rest = [0u8; 256];
         loop {
-            if self.stream.read(&mut rest).await? == 0 {
-                return Ok(());
+            match self.stream.read(&mut rest).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -112,7 +126,7 @@ pub(crate) fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8>
 
 /// Reads an HTTP head (at most 16 KiB) through its blank line; returns it and the bytes read
 /// past it.
-pub(crate) async fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
