@@ -6,6 +6,10 @@
 //! cargo run --release -p switchback-bench -- [--quick] [--runs N] [--only WORKLOADS] [--systems SYSTEMS]
 //! ```
 //!
+//! The TLS workloads (`--only tls`) run Switchback's own binary with a TLS listener: build it
+//! into the same target directory first (`cargo build --release -p switchback-cli -p
+//! switchback-bench`) or name it with `--switchback-bin`.
+//!
 //! Every system runs in its own process: the harness re-executes itself with the hidden
 //! `proxy` and `upstream` subcommands (or starts nginx and HAProxy with generated configs),
 //! so proxy RSS is measured per process and the load generator (this process) shares no
@@ -23,6 +27,7 @@ mod role;
 mod run;
 mod sys;
 mod systems;
+mod tls;
 mod upstream;
 mod workloads;
 
