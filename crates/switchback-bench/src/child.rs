@@ -37,9 +37,20 @@ impl ChildProc {
     /// Starts a peer program through this executable's `exec` role, so that it dies with the
     /// harness; see [`ChildProc::spawn`].
     pub(crate) fn spawn_peer(name: &str, program: &Path, args: &[&OsStr]) -> Result<Self> {
+        Self::spawn_peer_env(name, program, args, &[])
+    }
+
+    /// [`ChildProc::spawn_peer`] with environment variables `env` set for the peer.
+    pub(crate) fn spawn_peer_env(
+        name: &str,
+        program: &Path,
+        args: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("locating this executable")?;
         let mut cmd = Command::new(exe);
         cmd.arg("exec").arg("--").arg(program).args(args);
+        cmd.envs(env.iter().copied());
         Self::spawn(name, cmd)
     }
 

@@ -59,6 +59,10 @@ pub(crate) struct RunArgs {
     /// Idle tunnels opened by the memory workload [default: 10000; --quick 2000].
     #[arg(long)]
     pub(crate) idle_tunnels: Option<usize>,
+    /// The `switchback` binary the TLS workloads run Switchback as [default: `switchback`
+    /// next to this executable].
+    #[arg(long)]
+    pub(crate) switchback_bin: Option<PathBuf>,
 }
 
 /// A workload name on the command line; `bulk` is both bulk workloads.
@@ -78,6 +82,14 @@ pub(crate) enum WorkloadArg {
     Memory,
     /// Proxy RSS while a client stops reading and the upstream floods.
     Backpressure,
+    /// `tls-handshake`, `tls-resume` and `tls-bulk`.
+    Tls,
+    /// New wss:// tunnels per second, a full TLS handshake each.
+    TlsHandshake,
+    /// New wss:// tunnels per second, clients resuming TLS sessions.
+    TlsResume,
+    /// Bulk throughput over one wss:// tunnel.
+    TlsBulk,
 }
 
 impl WorkloadArg {
@@ -91,6 +103,10 @@ impl WorkloadArg {
             Self::Handshake => &[Workload::Handshake],
             Self::Memory => &[Workload::Memory],
             Self::Backpressure => &[Workload::Backpressure],
+            Self::Tls => &[Workload::TlsHandshake, Workload::TlsResume, Workload::TlsBulk],
+            Self::TlsHandshake => &[Workload::TlsHandshake],
+            Self::TlsResume => &[Workload::TlsResume],
+            Self::TlsBulk => &[Workload::TlsBulk],
         }
     }
 }

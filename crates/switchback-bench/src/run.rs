@@ -17,6 +17,7 @@ use crate::peers;
 use crate::report::{self, Results, RunFigures};
 use crate::sys;
 use crate::systems::{self, Env, SystemKind};
+use crate::tls::Certs;
 use crate::workloads::{self, Metric, Params, Workload};
 
 /// Runs the benchmark; Ctrl-C or SIGTERM stops every child process before returning.
@@ -75,7 +76,7 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         Workload::ALL.into_iter().filter(|w| chosen.contains(w)).collect()
     };
     let wanted: Vec<SystemKind> = if args.systems.is_empty() {
-        SystemKind::ALL.to_vec()
+        SystemKind::default_set()
     } else {
         SystemKind::ALL
             .into_iter()
@@ -111,9 +112,50 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         }
     }
 
+    // The TLS workloads run Switchback as its binary, and so does `switchback-bin`; without
+    // one they are skipped.
+    let tls = workloads.iter().any(|w| w.is_tls());
+    let binary_runs: Vec<(Workload, SystemKind)> = workloads
+        .iter()
+        .flat_map(|&w| systems.iter().map(move |&s| (w, s)))
+        .filter(|&(w, s)| {
+            workloads::applies(w, s)
+                && (s == SystemKind::SwitchbackBin || (s == SystemKind::Switchback && w.is_tls()))
+        })
+        .collect();
+    let mut unavailable = Vec::new();
+    let switchback_bin = if binary_runs.is_empty() {
+        None
+    } else {
+        let found = peers::switchback::find(args.switchback_bin.as_deref());
+        match &found {
+            Some(bin) => peer_versions.push((
+                SystemKind::SwitchbackBin,
+                format!("{} ({})", bin.version, bin.path.display()),
+            )),
+            None => {
+                let why = match &args.switchback_bin {
+                    Some(path) => format!("--switchback-bin {} does not run", path.display()),
+                    None => "no switchback binary next to this executable (cargo build --release -p \
+                             switchback-cli, or pass --switchback-bin)"
+                        .to_owned(),
+                };
+                println!("switchback binary not found: {why}; skipping what needs it");
+                unavailable.extend(binary_runs.into_iter().map(|(w, s)| (w, s, why.clone())));
+            }
+        }
+        found
+    };
+
     let work = std::env::temp_dir().join(format!("switchback-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).context(format_args!("creating {}", work.display()))?;
     let _scratch = Scratch(work.clone());
+    // One certificate for every proxy in the run.
+    let certs = if tls {
+        Some(Certs::generate(&work).context("making the TLS certificate")?)
+    } else {
+        None
+    };
     let env = Env {
         exe: std::env::current_exe().context("locating this executable")?,
         work,
@@ -121,6 +163,8 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         haproxy,
         haproxy_splice: args.haproxy_splice,
         nofile,
+        switchback_bin,
+        certs,
     };
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
 
@@ -136,6 +180,7 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         workloads: workloads.clone(),
         runs: Vec::new(),
         failures: Vec::new(),
+        unavailable,
         profile,
         repeat: args.runs,
     };
@@ -151,7 +196,7 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         let mut figures = RunFigures::new();
         for &workload in &workloads {
             for &kind in &results.systems {
-                if !workloads::applies(workload, kind) {
+                if !workloads::applies(workload, kind) || results.unavailable(workload, kind) {
                     continue;
                 }
                 let label = format!(
@@ -203,8 +248,8 @@ async fn measure(
     env: &Env,
     params: &Params,
 ) -> Result<workloads::Outcome> {
-    let system = systems::start(kind, env).await?;
-    let outcome = workloads::run(workload, &system, params).await;
+    let system = systems::start(kind, env, workload.is_tls()).await?;
+    let outcome = workloads::run(workload, &system, params, env.certs.as_ref()).await;
     system.stop();
     outcome
 }

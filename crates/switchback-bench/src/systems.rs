@@ -1,5 +1,10 @@
 //! The systems under test, and starting one: its own fresh upstream, then the proxy in front of
 //! it (none for `direct`), checked with one WebSocket echo before any workload runs.
+//!
+//! For a TLS workload the proxy terminates TLS with the run's certificate and speaks plain TCP
+//! to the upstream: Switchback is then its binary with a TLS listener (see
+//! [`crate::peers::switchback`]), nginx and HAProxy get `ssl` listeners; the first echo goes
+//! over TLS too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +16,9 @@ use tokio::process::Command;
 use crate::child::ChildProc;
 use crate::cli::{ProxyMode, Splice};
 use crate::client;
-use crate::error::{Context, Result, within};
+use crate::error::{Context, Error, Result, within};
 use crate::peers::{self, Peer};
+use crate::tls::Certs;
 
 /// A system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
@@ -25,6 +31,10 @@ pub(crate) enum SystemKind {
     SwitchbackChain,
     /// Switchback's legacy `use_websocket` route mode.
     SwitchbackLegacy,
+    /// Switchback's binary (`switchback`, from a YAML file) with a plain listener: the same
+    /// process the TLS workloads measure as `switchback`, without TLS, for the plain
+    /// workloads. Not run unless asked for (`--systems switchback-bin`).
+    SwitchbackBin,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -33,14 +43,23 @@ pub(crate) enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order.
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::Direct,
         Self::Switchback,
         Self::SwitchbackChain,
         Self::SwitchbackLegacy,
+        Self::SwitchbackBin,
         Self::Nginx,
         Self::Haproxy,
     ];
+
+    /// The systems a run without `--systems` measures: all but `switchback-bin`.
+    pub(crate) fn default_set() -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|&s| s != Self::SwitchbackBin)
+            .collect()
+    }
 
     /// The name in the report and on the command line.
     pub(crate) fn name(self) -> &'static str {
@@ -49,6 +68,7 @@ impl SystemKind {
             Self::Switchback => "switchback",
             Self::SwitchbackChain => "switchback-chain",
             Self::SwitchbackLegacy => "switchback-legacy",
+            Self::SwitchbackBin => "switchback-bin",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
         }
@@ -70,6 +90,10 @@ pub(crate) struct Env {
     pub(crate) haproxy_splice: Splice,
     /// The descriptor limit every process runs with (peers are sized to it).
     pub(crate) nofile: u64,
+    /// The `switchback` binary, for the TLS workloads, if found.
+    pub(crate) switchback_bin: Option<Peer>,
+    /// The run's TLS certificate, when a TLS workload runs.
+    pub(crate) certs: Option<Certs>,
 }
 
 /// A started system; dropping it stops its processes.
@@ -93,14 +117,46 @@ impl Running {
     }
 }
 
-/// Starts `kind` in front of a fresh upstream and checks one echo through it.
-pub(crate) async fn start(kind: SystemKind, env: &Env) -> Result<Running> {
+/// Starts `kind` in front of a fresh upstream and checks one echo through it; with `tls`, the
+/// proxy terminates TLS from clients.
+pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Running> {
+    let certs = if tls {
+        Some(env.certs.as_ref().context("no TLS certificate for this run")?)
+    } else {
+        None
+    };
     let mut upstream = role(env, "upstream", &["upstream", "--listen", "127.0.0.1:0"])?;
     let upstream_addr = upstream.listening().await?;
     let up = upstream_addr.to_string();
-    let (proxy, addr) = match kind {
-        SystemKind::Direct => (None, upstream_addr),
-        SystemKind::Switchback | SystemKind::SwitchbackChain | SystemKind::SwitchbackLegacy => {
+    let (proxy, addr) = match (kind, certs) {
+        (SystemKind::Switchback, Some(_)) | (SystemKind::SwitchbackBin, None) => {
+            // `certs` says which listener: TLS for `switchback` in a TLS workload, else plain.
+            let bin = env.switchback_bin.as_ref().context(
+                "no switchback binary: build it (cargo build --release -p switchback-cli) or pass --switchback-bin",
+            )?;
+            let dir = env.work.join("switchback-bin");
+            std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
+            let (proxy, addr) = peers::switchback::start(bin, &dir, upstream_addr, certs).await?;
+            (Some(proxy), addr)
+        }
+        (SystemKind::Nginx | SystemKind::Haproxy, _) => {
+            let dir = env.work.join(kind.name());
+            std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
+            let (proxy, addr) = if kind == SystemKind::Nginx {
+                let peer = env.nginx.as_ref().context("nginx is not installed")?;
+                peers::nginx::start(peer, &dir, upstream_addr, env.nofile, certs).await?
+            } else {
+                let peer = env.haproxy.as_ref().context("haproxy is not installed")?;
+                let splice = env.haproxy_splice;
+                peers::haproxy::start(peer, &dir, upstream_addr, splice, env.nofile, certs).await?
+            };
+            (Some(proxy), addr)
+        }
+        (_, Some(_)) => {
+            return Err(Error::new(format!("{} does not terminate TLS", kind.name())));
+        }
+        (SystemKind::Direct, None) => (None, upstream_addr),
+        (SystemKind::Switchback | SystemKind::SwitchbackChain | SystemKind::SwitchbackLegacy, None) => {
             let mode = match kind {
                 SystemKind::SwitchbackChain => ProxyMode::Chain,
                 SystemKind::SwitchbackLegacy => ProxyMode::Legacy,
@@ -120,27 +176,16 @@ pub(crate) async fn start(kind: SystemKind, env: &Env) -> Result<Running> {
             let addr = proxy.listening().await?;
             (Some(proxy), addr)
         }
-        SystemKind::Nginx | SystemKind::Haproxy => {
-            let dir = env.work.join(kind.name());
-            std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
-            let (proxy, addr) = if kind == SystemKind::Nginx {
-                let peer = env.nginx.as_ref().context("nginx is not installed")?;
-                peers::nginx::start(peer, &dir, upstream_addr, env.nofile).await?
-            } else {
-                let peer = env.haproxy.as_ref().context("haproxy is not installed")?;
-                peers::haproxy::start(peer, &dir, upstream_addr, env.haproxy_splice, env.nofile).await?
-            };
-            (Some(proxy), addr)
-        }
     };
     let running = Running {
         addr,
         proxy,
         upstream,
     };
-    probe(addr).await.context(format_args!(
-        "{}: a first WebSocket echo through it failed",
-        kind.name()
+    probe(addr, certs).await.context(format_args!(
+        "{}: a first WebSocket echo through it{} failed",
+        kind.name(),
+        if tls { " (over TLS)" } else { "" }
     ))?;
     Ok(running)
 }
@@ -152,13 +197,23 @@ fn role(env: &Env, name: &str, args: &[&str]) -> Result<ChildProc> {
     ChildProc::spawn(name, cmd)
 }
 
-/// One handshake, one echo, one close.
-async fn probe(addr: SocketAddr) -> Result<()> {
+/// One handshake, one echo, one close (over TLS with `certs`).
+async fn probe(addr: SocketAddr, certs: Option<&Certs>) -> Result<()> {
+    let frame = client::masked_frame(client::BINARY, b"probe", [9, 8, 7, 6]);
     within(Duration::from_secs(5), "probe", async {
-        let mut ws = client::connect(addr, "/probe", 0).await?;
-        ws.echo(&client::masked_frame(client::BINARY, b"probe", [9, 8, 7, 6]))
-            .await?;
-        ws.close().await
+        match certs {
+            None => {
+                let mut ws = client::connect(addr, "/probe", 0).await?;
+                ws.echo(&frame).await?;
+                ws.close().await
+            }
+            Some(certs) => {
+                let (stream, _) = certs.client(false)?.connect(addr).await?;
+                let mut ws = client::upgrade(stream, "/probe", 0).await?;
+                ws.echo(&frame).await?;
+                ws.close().await
+            }
+        }
     })
     .await
 }

@@ -13,6 +13,12 @@
 //! setting, but HAProxy 2.6 never spliced these tunnels with it (strace shows only
 //! `recvfrom`/`sendto`), so it measures the same as `off`. `maxpipes` is set so that pipes
 //! can't starve connections of descriptors.
+//!
+//! For the TLS workloads the frontend terminates TLS (`bind ... ssl crt FILE`) with the run's
+//! certificate, TLS 1.3 only, `TLS_AES_128_GCM_SHA256`, X25519 and ALPN `http/1.1` (what the
+//! bench client offers); session resumption is HAProxy's default (tickets on, and its shared
+//! session cache). The backend stays plain. HAProxy can't splice a TLS leg, so the splice
+//! options change nothing there.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -24,14 +30,28 @@ use crate::cli::Splice;
 
 use crate::child::ChildProc;
 use crate::error::{Context, Result};
+use crate::tls::Certs;
 
 /// Splicing pipes: each spliced tunnel direction holds one (two descriptors) while data
 /// moves. HAProxy's default (`maxconn / 4`) would take a quarter of the descriptors; this
 /// covers the 64-tunnel bulk workload both ways with room to spare.
 const MAX_PIPES: u64 = 256;
 
-/// The configuration text.
-pub(crate) fn config(listen: SocketAddr, upstream: SocketAddr, splice: Splice, nofile: u64) -> String {
+/// The configuration text; with `tls`, the frontend terminates TLS with that certificate.
+pub(crate) fn config(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    splice: Splice,
+    nofile: u64,
+    tls: Option<&Certs>,
+) -> String {
+    let ssl = match tls {
+        None => String::new(),
+        Some(certs) => format!(
+            " ssl crt {} ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 curves X25519 alpn http/1.1",
+            certs.combined_pem.display()
+        ),
+    };
     let pipes = if splice == Splice::Off { 0 } else { MAX_PIPES };
     let maxconn = (nofile.saturating_sub(2 * pipes + 200) / 2).min(50_000);
     let mut conf = format!(
@@ -65,7 +85,7 @@ defaults
         conf,
         r#"
 frontend bench
-    bind {listen}
+    bind {listen}{ssl}
     default_backend echo
 
 backend echo
@@ -75,18 +95,19 @@ backend echo
     conf
 }
 
-/// Writes the configuration into `dir` and starts HAProxy in the foreground; returns it once it
-/// accepts connections.
+/// Writes the configuration into `dir` and starts HAProxy in the foreground (terminating TLS
+/// with `tls`, if given); returns it once it accepts connections.
 pub(crate) async fn start(
     peer: &Peer,
     dir: &Path,
     upstream: SocketAddr,
     splice: Splice,
     nofile: u64,
+    tls: Option<&Certs>,
 ) -> Result<(ChildProc, SocketAddr)> {
     let listen = super::free_addr().context("picking a port for HAProxy")?;
     let conf_path = dir.join("haproxy.cfg");
-    std::fs::write(&conf_path, config(listen, upstream, splice, nofile))
+    std::fs::write(&conf_path, config(listen, upstream, splice, nofile, tls))
         .context(format_args!("writing {}", conf_path.display()))?;
     let args = [OsStr::new("-f"), conf_path.as_os_str(), OsStr::new("-db")];
     let mut child = ChildProc::spawn_peer("haproxy", &peer.path, &args)?;
@@ -102,12 +123,31 @@ mod tests {
     fn config_has_the_websocket_settings() {
         let listen = "127.0.0.1:1".parse().expect("addr");
         let up = "127.0.0.1:2".parse().expect("addr");
-        let conf = config(listen, up, Splice::Always, 20_000);
+        let conf = config(listen, up, Splice::Always, 20_000, None);
         assert!(conf.contains("timeout tunnel 1h"));
         assert!(conf.contains("bind 127.0.0.1:1"));
         assert!(conf.contains("server echo 127.0.0.1:2"));
         assert!(conf.contains("option splice-response"));
-        assert!(!config(listen, up, Splice::Off, 20_000).contains("splice"));
+        assert!(!config(listen, up, Splice::Off, 20_000, None).contains("splice"));
         assert!(!conf.contains("http-server-close"));
+        assert!(!conf.contains("ssl"));
+    }
+
+    #[test]
+    fn tls_config_pins_the_suite() {
+        let dir = std::env::temp_dir().join(format!("switchback-bench-haproxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let certs = Certs::generate(&dir).expect("certificates");
+        let listen = "127.0.0.1:1".parse().expect("addr");
+        let up = "127.0.0.1:2".parse().expect("addr");
+        let conf = config(listen, up, Splice::Always, 20_000, Some(&certs));
+        let bind = format!(
+            "bind 127.0.0.1:1 ssl crt {} ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 curves X25519 alpn http/1.1\n",
+            certs.combined_pem.display()
+        );
+        assert!(conf.contains(&bind), "{conf}");
+        assert!(!conf.contains("no-tls-tickets"));
+        assert!(conf.contains("server echo 127.0.0.1:2"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

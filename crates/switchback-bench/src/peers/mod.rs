@@ -1,8 +1,10 @@
 //! The peers: nginx and HAProxy, found on the machine, configured by the harness as their own
 //! documentation recommends for WebSocket proxying, started on loopback and stopped after.
+//! And, for the TLS workloads, Switchback's own binary, started the same way.
 
 pub(crate) mod haproxy;
 pub(crate) mod nginx;
+pub(crate) mod switchback;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -40,6 +40,9 @@ pub(crate) struct Results {
     pub(crate) runs: Vec<RunFigures>,
     /// (workload, system) pairs that failed in some run, with the error.
     pub(crate) failures: Vec<(Workload, SystemKind, String)>,
+    /// (workload, system) pairs not run because something they need is missing (the
+    /// `switchback` binary for the TLS workloads), and why.
+    pub(crate) unavailable: Vec<(Workload, SystemKind, String)>,
     /// `--quick`, `--smoke` or full.
     pub(crate) profile: &'static str,
     /// Repetitions asked for (`--runs`).
@@ -99,6 +102,13 @@ impl Results {
             .collect()
     }
 
+    /// Whether (`workload`, `system`) was not run for want of something.
+    pub(crate) fn unavailable(&self, workload: Workload, system: SystemKind) -> bool {
+        self.unavailable
+            .iter()
+            .any(|(w, s, _)| *w == workload && *s == system)
+    }
+
     /// Whether (`workload`, `system`) failed in some run.
     pub(crate) fn failed(&self, workload: Workload, system: SystemKind) -> bool {
         self.failures
@@ -116,6 +126,9 @@ pub(crate) fn workload_of(metric: Metric) -> Workload {
         Metric::Handshakes | Metric::HandshakeCpu => Workload::Handshake,
         Metric::IdleBytes => Workload::Memory,
         Metric::FloodRss | Metric::FloodGrowth => Workload::Backpressure,
+        Metric::TlsHandshakes | Metric::TlsHandshakeCpu => Workload::TlsHandshake,
+        Metric::TlsResumes | Metric::TlsResumeCpu | Metric::TlsResumedPct => Workload::TlsResume,
+        Metric::TlsBulk1 | Metric::TlsBulkCpu => Workload::TlsBulk,
     }
 }
 
@@ -174,6 +187,7 @@ mod tests {
             workloads: vec![Workload::Bulk1],
             runs: vec![r1, r2],
             failures: vec![],
+            unavailable: vec![],
             profile: "full",
             repeat: 2,
         };

@@ -52,6 +52,7 @@ pub(crate) fn render(r: &Results) -> String {
                 },
                 None if !applies(workload_of(metric), system) => "n/a".to_owned(),
                 None if r.failed(workload_of(metric), system) => "failed".to_owned(),
+                None if r.unavailable(workload_of(metric), system) => "skipped".to_owned(),
                 None => "-".to_owned(),
             };
             let _ = write!(out, " {text} |");
@@ -61,6 +62,9 @@ pub(crate) fn render(r: &Results) -> String {
     out.push_str("\n↑ higher is better, ↓ lower is better.");
     for (system, why) in &r.skipped {
         let _ = write!(out, "\n{} skipped: {why}", system.name());
+    }
+    for (workload, system, why) in &r.unavailable {
+        let _ = write!(out, "\nskipped {} on {}: {why}", workload.name(), system.name());
     }
     for (workload, system, why) in &r.failures {
         let _ = write!(out, "\nFAILED {} on {}: {why}", workload.name(), system.name());

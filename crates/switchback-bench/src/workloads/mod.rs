@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::child::ChildProc;
 use crate::error::{Context, Result};
 use crate::systems::{Running, SystemKind};
+use crate::tls::Certs;
 
 /// A workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,17 +28,26 @@ pub(crate) enum Workload {
     Memory,
     /// Proxy RSS while the client stops reading and the upstream floods.
     Backpressure,
+    /// New wss:// tunnels per second, each a full TLS handshake (no resumption).
+    TlsHandshake,
+    /// New wss:// tunnels per second, each client resuming its last TLS session.
+    TlsResume,
+    /// Bulk throughput over one wss:// tunnel, both directions at once.
+    TlsBulk,
 }
 
 impl Workload {
     /// Every workload, in run order.
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::Bulk1,
         Self::Bulk64,
         Self::Latency,
         Self::Handshake,
         Self::Memory,
         Self::Backpressure,
+        Self::TlsHandshake,
+        Self::TlsResume,
+        Self::TlsBulk,
     ];
 
     /// The name on the command line and in logs.
@@ -49,12 +59,20 @@ impl Workload {
             Self::Handshake => "handshake",
             Self::Memory => "memory",
             Self::Backpressure => "backpressure",
+            Self::TlsHandshake => "tls-handshake",
+            Self::TlsResume => "tls-resume",
+            Self::TlsBulk => "tls-bulk",
         }
     }
 
     /// Whether the workload measures a proxy process (so `direct` has nothing to report).
     pub(crate) fn needs_proxy(self) -> bool {
-        matches!(self, Self::Memory | Self::Backpressure)
+        matches!(self, Self::Memory | Self::Backpressure) || self.is_tls()
+    }
+
+    /// Whether the client speaks TLS to the proxy (which speaks plain TCP to the upstream).
+    pub(crate) fn is_tls(self) -> bool {
+        matches!(self, Self::TlsHandshake | Self::TlsResume | Self::TlsBulk)
     }
 }
 
@@ -83,11 +101,26 @@ pub(crate) enum Metric {
     FloodRss,
     /// Proxy RSS growth during the flood, MiB.
     FloodGrowth,
+    /// wss:// tunnels per second, full TLS handshake each.
+    TlsHandshakes,
+    /// Proxy CPU time per wss:// tunnel with a full TLS handshake, µs.
+    TlsHandshakeCpu,
+    /// wss:// tunnels per second, clients resuming their TLS sessions.
+    TlsResumes,
+    /// Proxy CPU time per wss:// tunnel when clients resume, µs.
+    TlsResumeCpu,
+    /// Share of the resuming workload's handshakes that the server resumed, percent.
+    TlsResumedPct,
+    /// MB/s each way over one wss:// tunnel.
+    TlsBulk1,
+    /// Proxy CPU time per GB relayed (both ways summed) over one wss:// tunnel, ms (the same
+    /// number as µs per MB).
+    TlsBulkCpu,
 }
 
 impl Metric {
     /// Every row, in report order.
-    pub(crate) const ALL: [Self; 11] = [
+    pub(crate) const ALL: [Self; 18] = [
         Self::Bulk1,
         Self::Bulk64,
         Self::BulkCpu,
@@ -99,6 +132,13 @@ impl Metric {
         Self::IdleBytes,
         Self::FloodRss,
         Self::FloodGrowth,
+        Self::TlsHandshakes,
+        Self::TlsHandshakeCpu,
+        Self::TlsResumes,
+        Self::TlsResumeCpu,
+        Self::TlsResumedPct,
+        Self::TlsBulk1,
+        Self::TlsBulkCpu,
     ];
 
     /// A stable identifier (JSON key).
@@ -115,6 +155,13 @@ impl Metric {
             Self::IdleBytes => "idle_bytes_per_tunnel",
             Self::FloodRss => "flood_rss_mib",
             Self::FloodGrowth => "flood_rss_growth_mib",
+            Self::TlsHandshakes => "tls_full_handshakes_per_s",
+            Self::TlsHandshakeCpu => "tls_full_handshake_proxy_cpu_us",
+            Self::TlsResumes => "tls_resumed_handshakes_per_s",
+            Self::TlsResumeCpu => "tls_resumed_handshake_proxy_cpu_us",
+            Self::TlsResumedPct => "tls_resumed_percent",
+            Self::TlsBulk1 => "tls_bulk_1_tunnel_mb_s",
+            Self::TlsBulkCpu => "tls_bulk_1_tunnel_proxy_cpu_ms_per_gb",
         }
     }
 
@@ -132,12 +179,28 @@ impl Metric {
             Self::IdleBytes => "idle tunnel, proxy RSS bytes each",
             Self::FloodRss => "flood, proxy RSS after, MiB",
             Self::FloodGrowth => "flood, proxy RSS growth, MiB",
+            Self::TlsHandshakes => "TLS full handshake tunnels/s",
+            Self::TlsHandshakeCpu => "TLS full handshake tunnel, proxy CPU µs each",
+            Self::TlsResumes => "TLS resuming tunnels/s",
+            Self::TlsResumeCpu => "TLS resuming tunnel, proxy CPU µs each",
+            Self::TlsResumedPct => "TLS resuming: handshakes resumed, %",
+            Self::TlsBulk1 => "TLS bulk, 1 tunnel, MB/s each way",
+            Self::TlsBulkCpu => "TLS bulk, 1 tunnel, proxy CPU ms per GB",
         }
     }
 
     /// Whether a bigger figure is better.
     pub(crate) fn higher_is_better(self) -> bool {
-        matches!(self, Self::Bulk1 | Self::Bulk64 | Self::Handshakes)
+        matches!(
+            self,
+            Self::Bulk1
+                | Self::Bulk64
+                | Self::Handshakes
+                | Self::TlsHandshakes
+                | Self::TlsResumes
+                | Self::TlsResumedPct
+                | Self::TlsBulk1
+        )
     }
 }
 
@@ -236,16 +299,28 @@ pub(crate) struct Outcome {
 /// The longest a workload may take before it counts as failed.
 const WORKLOAD_LIMIT: Duration = Duration::from_secs(300);
 
-/// Runs `workload` against a started system.
-pub(crate) async fn run(workload: Workload, system: &Running, p: &Params) -> Result<Outcome> {
+/// Runs `workload` against a started system; the TLS workloads need the run's `certs`.
+pub(crate) async fn run(
+    workload: Workload,
+    system: &Running,
+    p: &Params,
+    certs: Option<&Certs>,
+) -> Result<Outcome> {
     let addr = system.addr;
     let proxy = system.proxy.as_ref();
+    let tls = |resume| match certs {
+        Some(certs) => Ok(Transport::Tls { certs, resume }),
+        None => Err(crate::error::Error::new("no TLS certificate for this run")),
+    };
     let fut = async {
         match workload {
-            Workload::Bulk1 => bulk::run(addr, proxy, 1, Metric::Bulk1, p).await,
-            Workload::Bulk64 => bulk::run(addr, proxy, 64, Metric::Bulk64, p).await,
+            Workload::Bulk1 => bulk::run(addr, proxy, 1, Transport::Plain, p).await,
+            Workload::Bulk64 => bulk::run(addr, proxy, 64, Transport::Plain, p).await,
             Workload::Latency => latency::run(addr, p).await,
-            Workload::Handshake => handshake::run(addr, proxy, p).await,
+            Workload::Handshake => handshake::run(addr, proxy, Transport::Plain, p).await,
+            Workload::TlsHandshake => handshake::run(addr, proxy, tls(false)?, p).await,
+            Workload::TlsResume => handshake::run(addr, proxy, tls(true)?, p).await,
+            Workload::TlsBulk => bulk::run(addr, proxy, 1, tls(false)?, p).await,
             Workload::Memory => {
                 let proxy = system.proxy.as_ref().context("no proxy process to measure")?;
                 memory::run(addr, proxy, p).await
@@ -289,8 +364,31 @@ impl<'a> CpuWindow<'a> {
     }
 }
 
-/// Whether `kind` can run `workload` at all.
+/// How a workload's client reaches the system.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Transport<'a> {
+    /// Plain TCP (ws://).
+    Plain,
+    /// TLS (wss://) to a proxy serving the run's certificate; `resume`: each client keeps its
+    /// session store across its connections (else every handshake is a full one).
+    Tls {
+        /// The run's certificate (its CA is what the client trusts).
+        certs: &'a Certs,
+        /// Whether clients resume sessions.
+        resume: bool,
+    },
+}
+
+/// Whether `kind` can run `workload` at all. The TLS workloads run on the systems that
+/// terminate TLS: Switchback (its binary, with a TLS listener), nginx and HAProxy;
+/// `switchback-bin` is that binary with a plain listener, for the plain workloads.
 pub(crate) fn applies(workload: Workload, kind: SystemKind) -> bool {
+    if workload.is_tls() {
+        return matches!(
+            kind,
+            SystemKind::Switchback | SystemKind::Nginx | SystemKind::Haproxy
+        );
+    }
     !(workload.needs_proxy() && kind == SystemKind::Direct)
 }
 
