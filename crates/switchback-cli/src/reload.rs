@@ -135,6 +135,8 @@ pub(crate) struct Reloader<S> {
     pub(crate) log: AccessLog,
     /// The running clusters' health checkers and DNS discovery.
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The running listeners' certificate resolvers (`None`: plaintext), in the config's order.
+    pub(crate) resolvers: Vec<Option<Arc<switchback::tls::CertResolver>>>,
     /// Builds the stack for a config (the stack module's `build`, whose type has no name).
     #[expect(clippy::type_complexity, reason = "one builder closure")]
     pub(crate) build:
@@ -166,7 +168,18 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             fields.push(name);
         }
     };
-    check("listen", old.listen == new.listen);
+    let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
+    check("listeners", addresses(old) == addresses(new));
+    let tls_kind = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| l.tls.as_ref().map(|t| (t.alpn.clone(), t.min_version)))
+            .collect::<Vec<_>>()
+    };
+    check(
+        "listeners[].tls (alpn, min_version, on or off)",
+        tls_kind(old) == tls_kind(new),
+    );
     check("admin", old.admin == new.admin);
     check("workers", old.workers == new.workers);
     check("access_log", old.access_log == new.access_log);
@@ -222,6 +235,38 @@ impl<S: Clone + Send + Sync> Reload for Reloader<S> {
 }
 
 impl<S: Clone + Send + Sync> Reloader<S> {
+    /// The new certificates of each running TLS listener, read from the files `new` names
+    /// for the listener at the same address in the file (`loaded`: the file as last loaded,
+    /// port 0 and all). A listener the new file drops or turns plain keeps its certificates
+    /// (that change needs a restart).
+    fn certificates(
+        &self,
+        loaded: &Config,
+        new: &Config,
+    ) -> Result<Vec<(Arc<switchback::tls::CertResolver>, switchback::tls::Certificates)>, Vec<String>> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for (listener, resolver) in loaded.listeners.iter().zip(&self.resolvers) {
+            let Some(resolver) = resolver else { continue };
+            let found = new
+                .listeners
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.address == listener.address);
+            let Some((i, Some(tls))) = found.map(|(i, l)| (i, l.tls.as_ref())) else {
+                continue;
+            };
+            match crate::tls::certificates(tls, &format!("listeners[{i}].tls")) {
+                Ok(certs) => out.push((resolver.clone(), certs)),
+                Err(e) => errors.push(match &self.path {
+                    Some(path) => format!("{}: {e}", path.display()),
+                    None => e,
+                }),
+            }
+        }
+        if errors.is_empty() { Ok(out) } else { Err(errors) }
+    }
+
     fn try_reload(&self) -> Result<Reloaded, Vec<String>> {
         let Some(path) = &self.path else {
             return Err(vec!["the built-in demo has no config file to reload".to_owned()]);
@@ -229,6 +274,12 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         let new = Config::load(path)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        // Every certificate file is read again, changed config or not; any error refuses
+        // the whole reload, and the running certificates stay.
+        let certificates = self.certificates(&loaded, &new)?;
+        for (resolver, certs) in certificates {
+            resolver.replace(certs);
+        }
         if new == *loaded {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             return Ok(Reloaded {
@@ -245,7 +296,7 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             let running = &view.config;
-            effective.listen = running.listen;
+            effective.listeners = running.listeners.clone();
             effective.admin = running.admin;
             effective.workers = running.workers;
             effective.access_log = running.access_log.clone();
@@ -257,7 +308,7 @@ impl<S: Clone + Send + Sync> Reloader<S> {
             effective.max_headers_count = running.max_headers_count;
             effective.max_connections = running.max_connections;
         }
-        let clusters = stack::clusters(&effective);
+        let clusters = stack::clusters(&effective).map_err(|e| vec![e])?;
         let built = (self.build)(&effective, &clusters, &self.drain, &self.runtime, &self.log)
             .map_err(|e| vec![e])?;
         let overridden = self.overridden.lock().unwrap_or_else(|e| e.into_inner());

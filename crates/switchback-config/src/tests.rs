@@ -136,7 +136,7 @@ fn attempts(n: u32) -> NonZeroU32 {
 #[test]
 fn full_example_lands_everywhere() {
     let c = parse(FULL);
-    assert_eq!(c.listen, addr("127.0.0.1:10000"));
+    assert_eq!(c.listeners[0].address, addr("127.0.0.1:10000"));
     assert_eq!(c.admin, Some(addr("127.0.0.1:9901")));
     assert_eq!(c.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
@@ -249,7 +249,7 @@ fn empty_document_is_all_defaults() {
     for yaml in ["", "# nothing but a comment\n", "{}\n"] {
         let c = parse(yaml);
         assert_eq!(c, Config::default());
-        assert_eq!(c.listen, addr("127.0.0.1:10000"));
+        assert_eq!(c.listeners[0].address, addr("127.0.0.1:10000"));
         assert_eq!(c.admin, None);
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
@@ -909,7 +909,10 @@ fn listen_and_admin_must_be_socket_addresses() {
         2,
         "\"9901\" is not a socket address; write ip:port, e.g. 127.0.0.1:9901",
     );
-    assert_eq!(parse("listen: \"[::1]:8080\"\n").listen, addr("[::1]:8080"));
+    assert_eq!(
+        parse("listen: \"[::1]:8080\"\n").listeners[0].address,
+        addr("[::1]:8080")
+    );
 }
 
 #[test]
@@ -1034,7 +1037,7 @@ fn unknown_field_suggests_the_closest_name() {
         &e,
         "listn",
         1,
-        "unknown field `listn`; did you mean `listen`? (known fields: listen, admin,",
+        "unknown field `listn`; did you mean `listen`? (known fields: listen, listeners, admin,",
     );
     assert_eq!(e.column, Some(1));
 
@@ -1065,7 +1068,7 @@ fn unknown_field_suggests_the_closest_name() {
         &e,
         "something_else",
         1,
-        "unknown field `something_else`; remove it or use one of the known fields: listen,",
+        "unknown field `something_else`; remove it or use one of the known fields: listen, listeners,",
     );
 }
 
@@ -1220,7 +1223,7 @@ fn load_reads_files_and_reports_unreadable_ones() {
 #[test]
 fn demo_config() {
     let c = Config::demo(addr("127.0.0.1:9001"));
-    assert_eq!(c.listen, addr("127.0.0.1:10000"));
+    assert_eq!(c.listeners[0].address, addr("127.0.0.1:10000"));
     assert_eq!(c.upgrade_config("websocket").map(|u| u.enabled), Some(true));
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.routes[0].matcher.path, PathMatch::Prefix("/".into()));
