@@ -280,7 +280,9 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         for (resolver, certs) in certificates {
             resolver.replace(certs);
         }
-        if new == *loaded {
+        // Clusters with TLS are rebuilt whatever the file says: their CA and client
+        // certificate files may have changed under the same names.
+        if new == *loaded && !new.clusters.iter().any(|c| c.tls.is_some()) {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             return Ok(Reloaded {
                 changed: false,
@@ -352,7 +354,7 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// watch would follow, and a config file is small. A change counts once it has held still
 /// for one look, so a file caught half-written isn't loaded.
 pub(crate) async fn watch(path: PathBuf, reloader: Arc<dyn Reload>) {
-    let read = |path: &PathBuf| std::fs::read(path).ok();
+    let read = |path: &PathBuf| snapshot(path);
     let mut applied = read(&path);
     let mut pending: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -366,7 +368,7 @@ pub(crate) async fn watch(path: PathBuf, reloader: Arc<dyn Reload>) {
         }
         match (&now, &pending) {
             (Some(content), Some(seen)) if content == seen => {
-                tracing::info!(file = %path.display(), "--watch: the config file changed; reloading");
+                tracing::info!(file = %path.display(), "--watch: the config file or a certificate changed; reloading");
                 let reloader = reloader.clone();
                 // Reading and building are blocking work: off the runtime's threads.
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
@@ -378,6 +380,32 @@ pub(crate) async fn watch(path: PathBuf, reloader: Arc<dyn Reload>) {
             (None, _) => pending = None,
         }
     }
+}
+
+/// What `--watch` compares: the config file's bytes, then those of every certificate, key and
+/// CA file it names (a certificate renewed in place reloads too). `None` while the config
+/// file can't be read.
+fn snapshot(path: &std::path::Path) -> Option<Vec<u8>> {
+    let mut bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if let Ok(config) = Config::from_yaml_str(&text, &path.display().to_string()) {
+        let listeners = config.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| {
+            t.certificates
+                .iter()
+                .flat_map(|c| [c.cert_chain_file.clone(), c.private_key_file.clone()])
+        });
+        let clusters = config.clusters.iter().filter_map(|c| c.tls.as_ref()).flat_map(|t| {
+            [&t.trusted_ca_file, &t.cert_chain_file, &t.private_key_file]
+                .into_iter()
+                .flatten()
+                .cloned()
+        });
+        for file in listeners.chain(clusters) {
+            bytes.extend_from_slice(b"\0");
+            bytes.extend(std::fs::read(file).unwrap_or_default());
+        }
+    }
+    Some(bytes)
 }
 
 #[cfg(test)]
