@@ -31,7 +31,9 @@ async fn wss_echo(leaf: &Leaf) -> SocketAddr {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
                     return;
                 };
@@ -49,7 +51,12 @@ async fn wss_echo(leaf: &Leaf) -> SocketAddr {
 /// The proxy on a TLS listener with `resolver`'s certificates, forwarding to `cluster`.
 async fn tls_proxy(resolver: Arc<CertResolver>, cluster: Cluster, limits: ClientLimits) -> SocketAddr {
     let stack = ServiceBuilder::new()
-        .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
+        .layer(
+            UpgradeRouterLayer::builder()
+                .upgrade("websocket")
+                .build()
+                .unwrap(),
+        )
         .service(Forward::new(cluster));
     let tls = ServerTls::builder(resolver).build().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -78,7 +85,11 @@ fn tls_cluster(addr: SocketAddr, ca: &Ca) -> Cluster {
     let dir = pki::temp_dir(&format!("ca-{}", addr.port()));
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
-    let tls = ClientTls::builder().trusted_ca_file(&ca_file).unwrap().build().unwrap();
+    let tls = ClientTls::builder()
+        .trusted_ca_file(&ca_file)
+        .unwrap()
+        .build()
+        .unwrap();
     Cluster::new("tls", [Endpoint::new(addr.to_string()).hostname("localhost")])
         .connect_timeout(Duration::from_secs(2))
         .tls(tls)
@@ -89,7 +100,9 @@ async fn wss_client(
     sni: &str,
     ca: &Ca,
 ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let tls = within(pki::connect(proxy, sni, ca.client_config(&[b"http/1.1"]))).await.unwrap();
+    let tls = within(pki::connect(proxy, sni, ca.client_config(&[b"http/1.1"])))
+        .await
+        .unwrap();
     let (ws, res) = within(tokio_tungstenite::client_async(format!("wss://{sni}/chat"), tls))
         .await
         .unwrap();
@@ -131,10 +144,18 @@ async fn http2_extended_connect_over_tls_by_alpn() {
         ClientLimits::default(),
     )
     .await;
-    let tls = within(pki::connect(proxy, "proxy.test", ca.client_config(&[b"h2", b"http/1.1"])))
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN picks HTTP/2");
+    let tls = within(pki::connect(
+        proxy,
+        "proxy.test",
+        ca.client_config(&[b"h2", b"http/1.1"]),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "ALPN picks HTTP/2"
+    );
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tls))
         .await
@@ -177,9 +198,13 @@ async fn sni_picks_the_certificate_and_an_unknown_name_fails_the_handshake() {
     let served = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
         tls.get_ref().1.peer_certificates().unwrap()[0].clone()
     };
-    let to_a = within(pki::connect(proxy, "a.example.test", config.clone())).await.unwrap();
+    let to_a = within(pki::connect(proxy, "a.example.test", config.clone()))
+        .await
+        .unwrap();
     assert_eq!(served(&to_a), a.der);
-    let to_b = within(pki::connect(proxy, "chat.b.example.test", config.clone())).await.unwrap();
+    let to_b = within(pki::connect(proxy, "chat.b.example.test", config.clone()))
+        .await
+        .unwrap();
     assert_eq!(served(&to_b), b.der);
     // No default certificate: a name that matches none gets an alert, not someone's cert.
     let unknown = within(pki::connect(proxy, "c.example.test", config)).await;
@@ -191,7 +216,12 @@ async fn an_upstream_certificate_that_does_not_verify_is_a_503() {
     let (ca, rogue) = (Ca::new("test CA"), Ca::new("someone else"));
     let upstream = wss_echo(&rogue.issue(&["localhost"])).await;
     let stack = ServiceBuilder::new()
-        .layer(UpgradeRouterLayer::builder().upgrade("websocket").build().unwrap())
+        .layer(
+            UpgradeRouterLayer::builder()
+                .upgrade("websocket")
+                .build()
+                .unwrap(),
+        )
         .service(Forward::new(tls_cluster(upstream, &ca)));
     let proxy = support::start(stack).await;
     // An upgrade...
@@ -215,14 +245,25 @@ async fn a_new_certificate_serves_new_handshakes_and_leaves_a_live_tunnel_alone(
     let (old, new) = (ca.issue(&["proxy.test"]), ca.issue(&["proxy.test"]));
     let resolver = resolver_for(&old);
     let echo = ws_echo().await;
-    let proxy = tls_proxy(resolver.clone(), support::cluster(echo.addr), ClientLimits::default()).await;
+    let proxy = tls_proxy(
+        resolver.clone(),
+        support::cluster(echo.addr),
+        ClientLimits::default(),
+    )
+    .await;
     let mut live = wss_client(proxy, "proxy.test", &ca).await;
-    assert_eq!(live.get_ref().get_ref().1.peer_certificates().unwrap()[0], old.der);
+    assert_eq!(
+        live.get_ref().get_ref().1.peer_certificates().unwrap()[0],
+        old.der
+    );
 
     resolver.replace(Certificates::new().default_key(certified(&new)));
 
     let mut fresh = wss_client(proxy, "proxy.test", &ca).await;
-    assert_eq!(fresh.get_ref().get_ref().1.peer_certificates().unwrap()[0], new.der);
+    assert_eq!(
+        fresh.get_ref().get_ref().1.peer_certificates().unwrap()[0],
+        new.der
+    );
     echo_once(&mut fresh, Message::text("new certificate")).await;
     echo_once(&mut live, Message::text("still here")).await;
 }
@@ -239,17 +280,31 @@ async fn requests_carry_the_tls_session_and_x_forwarded_proto_is_https() {
                 req.extensions().get::<TlsSession>().cloned(),
                 req.headers().get("x-forwarded-proto").cloned(),
             ));
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+            Ok::<_, std::convert::Infallible>(http::Response::new(
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            ))
         }
     });
-    let stack = ServiceBuilder::new().layer(switchback::ForwardedLayer::new()).service(app);
-    let tls = ServerTls::builder(resolver_for(&ca.issue(&["proxy.test"]))).build().unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(switchback::ForwardedLayer::new())
+        .service(app);
+    let tls = ServerTls::builder(resolver_for(&ca.issue(&["proxy.test"])))
+        .build()
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(Server::new(stack).tls(tls).serve(listener, std::future::pending()));
+    tokio::spawn(
+        Server::new(stack)
+            .tls(tls)
+            .serve(listener, std::future::pending()),
+    );
 
-    let mut tls = within(pki::connect(addr, "proxy.test", ca.client_config(&[b"http/1.1"]))).await.unwrap();
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: proxy.test\r\n\r\n").await.unwrap();
+    let mut tls = within(pki::connect(addr, "proxy.test", ca.client_config(&[b"http/1.1"])))
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+        .await
+        .unwrap();
     let (head, _) = within(support::read_head(&mut tls)).await;
     assert_eq!(support::status(&head), 200);
     let (session, proto) = seen.lock().unwrap().take().unwrap();
@@ -264,7 +319,12 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_head_timeou
     let ca = Ca::new("test CA");
     let echo = ws_echo().await;
     let limits = ClientLimits::new().request_headers_timeout(Duration::from_millis(300));
-    let proxy = tls_proxy(resolver_for(&ca.issue(&["proxy.test"])), support::cluster(echo.addr), limits).await;
+    let proxy = tls_proxy(
+        resolver_for(&ca.issue(&["proxy.test"])),
+        support::cluster(echo.addr),
+        limits,
+    )
+    .await;
     // Silent after connecting, then half a ClientHello: both are closed once the head's time
     // is up.
     for sent in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {

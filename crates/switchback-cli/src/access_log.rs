@@ -338,7 +338,11 @@ where
             tls: req.extensions().get::<TlsSession>().cloned(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
-            upgrade: offered_upgrade(req.method(), req.headers()),
+            upgrade: req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str().to_ascii_lowercase())
+                .or_else(|| offered_upgrade(req.method(), req.headers())),
             received: received.clone(),
             status: 0,
             route: None,
@@ -433,7 +437,10 @@ where
         entry.status = status.as_u16();
         entry.route = res.extensions().get::<MatchedRoute>().map(|m| m.name.clone());
         entry.upstream = res.extensions().get::<UpstreamAddr>().map(|a| a.0.clone());
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+        // A `101`, or an HTTP/2 extended CONNECT's `200`: the stream is now a tunnel.
+        let tunnel = status == StatusCode::SWITCHING_PROTOCOLS
+            || (status == StatusCode::OK && entry.method == Method::CONNECT && entry.protocol == "HTTP/2");
+        if tunnel {
             // The tunnel writes its own lines; remember what only the request knows.
             if let Some(client) = entry.client {
                 entry.log.upgraded(

@@ -246,13 +246,20 @@ impl<S: Clone + Send + Sync> Reloader<S> {
     ) -> Result<Vec<(Arc<switchback::tls::CertResolver>, switchback::tls::Certificates)>, Vec<String>> {
         let mut out = Vec::new();
         let mut errors = Vec::new();
-        for (listener, resolver) in loaded.listeners.iter().zip(&self.resolvers) {
+        for (at, (listener, resolver)) in loaded.listeners.iter().zip(&self.resolvers).enumerate() {
             let Some(resolver) = resolver else { continue };
+            // The same place with the same address first: several listeners may say port 0.
             let found = new
                 .listeners
-                .iter()
-                .enumerate()
-                .find(|(_, l)| l.address == listener.address);
+                .get(at)
+                .filter(|l| l.address == listener.address)
+                .map(|l| (at, l))
+                .or_else(|| {
+                    new.listeners
+                        .iter()
+                        .enumerate()
+                        .find(|(_, l)| l.address == listener.address)
+                });
             let Some((i, Some(tls))) = found.map(|(i, l)| (i, l.tls.as_ref())) else {
                 continue;
             };
@@ -389,17 +396,25 @@ fn snapshot(path: &std::path::Path) -> Option<Vec<u8>> {
     let mut bytes = std::fs::read(path).ok()?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     if let Ok(config) = Config::from_yaml_str(&text, &path.display().to_string()) {
-        let listeners = config.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| {
-            t.certificates
-                .iter()
-                .flat_map(|c| [c.cert_chain_file.clone(), c.private_key_file.clone()])
-        });
-        let clusters = config.clusters.iter().filter_map(|c| c.tls.as_ref()).flat_map(|t| {
-            [&t.trusted_ca_file, &t.cert_chain_file, &t.private_key_file]
-                .into_iter()
-                .flatten()
-                .cloned()
-        });
+        let listeners = config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| {
+                t.certificates
+                    .iter()
+                    .flat_map(|c| [c.cert_chain_file.clone(), c.private_key_file.clone()])
+            });
+        let clusters = config
+            .clusters
+            .iter()
+            .filter_map(|c| c.tls.as_ref())
+            .flat_map(|t| {
+                [&t.trusted_ca_file, &t.cert_chain_file, &t.private_key_file]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+            });
         for file in listeners.chain(clusters) {
             bytes.extend_from_slice(b"\0");
             bytes.extend(std::fs::read(file).unwrap_or_default());

@@ -215,7 +215,8 @@ impl Ctx<'_> {
             let Some(addr) = self.listener_address(address, &join_key(&path, "address")) else {
                 continue;
             };
-            if !seen.insert(addr) {
+            // Port 0 (any free port) may repeat: each gets a port of its own.
+            if addr.port() != 0 && !seen.insert(addr) {
                 self.error(
                     address.at,
                     &join_key(&path, "address"),
