@@ -482,7 +482,7 @@ impl Ctx<'_> {
                 raw.at,
                 path,
                 format!(
-                    "cannot read {}: {e}; give the path of {what}, absolute or relative to the config file",
+                    "cannot read {}: {e}; give the path of a {what} file, absolute or relative to the config file",
                     file.display()
                 ),
             ),
