@@ -470,11 +470,11 @@ impl Ctx<'_> {
         let (marker, what) = match kind {
             Pem::Certificates => (
                 "-----BEGIN CERTIFICATE-----",
-                "PEM certificates (`-----BEGIN CERTIFICATE-----`)",
+                "PEM certificate (`-----BEGIN CERTIFICATE-----`)",
             ),
             Pem::PrivateKey => (
                 "PRIVATE KEY-----",
-                "a PEM private key (`-----BEGIN PRIVATE KEY-----`, `EC PRIVATE KEY` or `RSA PRIVATE KEY`)",
+                "PEM private key (`-----BEGIN PRIVATE KEY-----`, `EC PRIVATE KEY` or `RSA PRIVATE KEY`)",
             ),
         };
         match std::fs::read(&file) {
@@ -487,7 +487,7 @@ impl Ctx<'_> {
                 ),
             ),
             Ok(bytes) if !contains(&bytes, marker.as_bytes()) => {
-                self.error(raw.at, path, format!("{} holds no {what}", file.display()))
+                self.error(raw.at, path, format!("{} has no {what} in it", file.display()))
             }
             Ok(_) => return Some(file),
         }
