@@ -7,6 +7,7 @@
 //! bounded by timeouts.
 #![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
 
+mod pki;
 mod support;
 mod webdriver;
 
@@ -2054,4 +2055,273 @@ async fn the_demo_page_echoes_in_a_browser() {
     );
     proxy.signal("INT");
     assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
+}
+
+// === TLS ===
+
+/// Every listener address in the ready file, in the config's order.
+fn ready_listeners(dir: &TempDir) -> Vec<SocketAddr> {
+    let text = std::fs::read_to_string(dir.path("ready.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// A WebSocket echo upstream behind TLS, presenting `leaf`.
+async fn wss_echo_upstream(leaf: &pki::Leaf) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A `wss://` client through `proxy`, asking for `localhost`; returns it and the certificate
+/// the proxy presented.
+async fn wss_connect(proxy: SocketAddr, ca: &pki::Ca) -> (Wss, rustls::pki_types::CertificateDer<'static>) {
+    let tls = within(
+        "TLS handshake",
+        pki::connect(proxy, "localhost", ca.client_config(&[b"http/1.1"])),
+    )
+    .await
+    .unwrap();
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (ws, res) = within(
+        "WebSocket handshake over TLS",
+        tokio_tungstenite::client_async("wss://localhost/chat", tls),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 101);
+    (ws, served)
+}
+
+async fn wss_roundtrip(ws: &mut Wss, msg: Message) {
+    ws.send(msg.clone()).await.unwrap();
+    assert_eq!(within("echo", ws.next()).await.unwrap().unwrap(), msg);
+}
+
+/// A TLS listener beside a plain one, to a TLS upstream; the access log says which; SIGHUP
+/// puts a renewed certificate in place for new handshakes while a tunnel lives on, and a
+/// broken key file is refused with the old certificate kept.
+#[tokio::test]
+async fn tls_listener_beside_a_plain_one_to_a_tls_upstream_with_certificate_reload() {
+    let dir = TempDir::new("tls");
+    let ca = pki::Ca::new("test CA");
+    std::fs::write(dir.path("ca.pem"), &ca.pem).unwrap();
+    let first = ca.issue(&["localhost"]);
+    first.write(&dir.0, "proxy");
+    let upstream = wss_echo_upstream(&ca.issue(&["localhost"])).await;
+    let config = dir.write(
+        "switchback.yaml",
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert_chain_file: proxy.pem\n          private_key_file: proxy.key\n\
+             admin: 127.0.0.1:0\naccess_log: {log}\nupgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\n\
+             clusters:\n  - name: echo\n    endpoints: [{{ address: \"{upstream}\", hostname: localhost }}]\n    tls: {{ trusted_ca_file: ca.pem }}\n",
+            log = dir.path("access.log").display(),
+        ),
+    );
+    let check = run(&["--check", config.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("(TLS)"));
+    let (proxy, _, admin) = Proxy::with_admin(&dir, &config).await;
+    let [plain, tls] = ready_listeners(&dir)[..] else {
+        panic!("two listeners")
+    };
+
+    let (mut live, served) = wss_connect(tls, &ca).await;
+    assert_eq!(served, first.der);
+    wss_roundtrip(&mut live, Message::binary(vec![9u8; 100 * 1024])).await;
+    let (mut ws, _) = ws_connect(format!("ws://{plain}/chat")).await;
+    ws_roundtrip(&mut ws, Message::text("plain listener, TLS upstream")).await;
+    ws_close(ws).await;
+    let line = wait_log_line(&dir.path("access.log"), "tunnel_open", Some("/chat")).await;
+    let lines = log_lines(&dir.path("access.log"));
+    let over_tls = lines
+        .iter()
+        .find(|l| l["event"] == "tunnel_open" && l["tls"] == true)
+        .unwrap_or_else(|| panic!("a TLS tunnel line in {lines:?}"));
+    assert_eq!(over_tls["protocol"], "HTTP/1.1");
+    assert_eq!(over_tls["sni"], "localhost");
+    assert!(line["protocol"].is_string(), "{line}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "tunnel_open" && l["tls"] == false && l["sni"].is_null()),
+        "{lines:?}"
+    );
+
+    // A renewed certificate under the same names: SIGHUP, and new handshakes get it.
+    let renewed = ca.issue(&["localhost"]);
+    renewed.write(&dir.0, "proxy");
+    proxy.signal("HUP");
+    within("the renewed certificate", async {
+        loop {
+            let (mut ws, served) = wss_connect(tls, &ca).await;
+            if served == renewed.der {
+                wss_roundtrip(&mut ws, Message::text("renewed")).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    wss_roundtrip(&mut live, Message::text("the tunnel outlived the reload")).await;
+
+    // A key that doesn't belong to the certificate: refused, and the running one stays.
+    std::fs::write(dir.path("proxy.key"), ca.issue(&["localhost"]).key_pem).unwrap();
+    let refused = http(admin, "POST", "/reload", &[], b"").await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("listeners[1].tls.certificates[0]") && refused.body.contains("proxy.key"),
+        "{}",
+        refused.body
+    );
+    let (_, served) = wss_connect(tls, &ca).await;
+    assert_eq!(served, renewed.der);
+    wss_roundtrip(&mut live, Message::text("still")).await;
+}
+
+#[test]
+fn check_parses_certificates_and_names_the_field_and_file() {
+    let dir = TempDir::new("tls-check");
+    let ca = pki::Ca::new("test CA");
+    let (cert, _) = ca.issue(&["localhost"]).write(&dir.0, "proxy");
+    std::fs::write(dir.path("other.key"), ca.issue(&["localhost"]).key_pem).unwrap();
+    let config = dir.write(
+        "switchback.yaml",
+        "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - { cert_chain_file: proxy.pem, private_key_file: other.key }\n",
+    );
+    let out = run(&["--check", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listeners[0].tls.certificates[0]")
+            && err.contains("other.key")
+            && err.contains("doesn't match"),
+        "{err}"
+    );
+    // A missing file is a config error with line, column and field.
+    std::fs::remove_file(&cert).unwrap();
+    let out = run(&["--check", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":5:")
+            && err.contains("listeners[0].tls.certificates[0].cert_chain_file")
+            && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+/// Headless Chromium opens `wss://` through a TLS listener of the binary and echoes 100 KB.
+/// The page comes over the same origin first, so Chromium may carry the WebSocket on that
+/// HTTP/2 connection (RFC 8441); the access log says which protocol it used.
+#[tokio::test]
+async fn chromium_echoes_100_kb_over_wss() {
+    use futures_util::FutureExt as _;
+
+    let dir = TempDir::new("tls-browser");
+    let ca = pki::Ca::new("test CA");
+    ca.issue(&["localhost", "127.0.0.1"]).write(&dir.0, "proxy");
+    let echo = Command::new(BIN)
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut echo = EchoProcess(echo);
+    let upstream = echo.address();
+    let config = dir.write(
+        "switchback.yaml",
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert_chain_file: proxy.pem, private_key_file: proxy.key }}\n\
+             access_log: {log}\nupgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{upstream}\"] }}]\n",
+            log = dir.path("access.log").display(),
+        ),
+    );
+    let (mut proxy, listen) = Proxy::serve(&dir, &config).await;
+    let driver = webdriver::Chromedriver::start(&dir.0).await;
+    let browser = driver.session_accepting_test_certificates().await;
+    let outcome = std::panic::AssertUnwindSafe(async {
+        browser
+            .goto(&format!("https://localhost:{}/", listen.port()))
+            .await;
+        let echoed = browser
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 const ws = new WebSocket(`wss://${location.host}/big`);
+                 const sent = 'x'.repeat(100 * 1024);
+                 ws.onopen = () => ws.send(sent);
+                 ws.onmessage = (e) => { done(e.data === sent ? e.data.length : -1); ws.close(); };
+                 ws.onerror = () => done('error');",
+            )
+            .await;
+        assert_eq!(echoed, 100 * 1024, "the browser got its 100 KB back");
+    })
+    .catch_unwind()
+    .await;
+    browser.delete().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    let line = wait_log_line(&dir.path("access.log"), "tunnel_open", Some("/big")).await;
+    assert_eq!(line["tls"], true, "{line}");
+    let protocol = line["protocol"].as_str().unwrap().to_owned();
+    assert!(protocol == "HTTP/1.1" || protocol == "HTTP/2", "{line}");
+    // Reported so the protocol Chromium chose shows in the test output.
+    eprintln!("chromium's wss:// tunnel used {protocol}");
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
+}
+
+/// `switchback echo` as a child process, killed on drop.
+struct EchoProcess(Child);
+
+impl EchoProcess {
+    /// The address it prints once it listens.
+    fn address(&mut self) -> SocketAddr {
+        use std::io::BufRead as _;
+        let stdout = self.0.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        line.split_whitespace()
+            .find_map(|w| w.trim_start_matches("ws://").trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -105,9 +105,20 @@ impl Chromedriver {
 
     /// A new session: a headless Chromium of its own.
     pub(crate) async fn session(&self) -> Session<'_> {
+        self.start_session(false).await
+    }
+
+    /// A session whose browser accepts any TLS certificate (the W3C `acceptInsecureCerts`),
+    /// for servers with a certificate from a test's own CA. TLS itself is unchanged.
+    pub(crate) async fn session_accepting_test_certificates(&self) -> Session<'_> {
+        self.start_session(true).await
+    }
+
+    async fn start_session(&self, insecure_certs: bool) -> Session<'_> {
         let capabilities = json!({
             "capabilities": { "alwaysMatch": {
                 "browserName": "chrome",
+                "acceptInsecureCerts": insecure_certs,
                 "goog:chromeOptions": {
                     "binary": self.chromium,
                     // No sandbox: CI runs as root, where Chromium's sandbox refuses to start.
@@ -181,6 +192,17 @@ impl Session<'_> {
     async fn command(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         let path = format!("/session/{}{path}", self.id);
         self.driver.command(method, &path, body).await
+    }
+
+    /// Runs `script` in the page as an async function body (its last argument is the callback
+    /// that ends it) and returns what it passed to the callback.
+    pub(crate) async fn execute_async(&self, script: &str) -> Value {
+        self.command(
+            Method::POST,
+            "/execute/async",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
     }
 
     /// Loads `url` and waits for it to load.

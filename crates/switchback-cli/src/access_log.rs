@@ -14,7 +14,9 @@
 //!
 //! ```json
 //! {"time":"2026-01-02T03:04:05.678Z","event":"tunnel_close",
-//!  "request_id":"3f0c5a8e-6b1d-4c2f-9a7e-0d4b8c6e2f11","client":"127.0.0.1:50514","method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","mode":"joined",
+//!  "request_id":"3f0c5a8e-6b1d-4c2f-9a7e-0d4b8c6e2f11","client":"127.0.0.1:50514",
+//!  "protocol":"HTTP/1.1","tls":true,"sni":"chat.example.com",
+//!  "method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","mode":"joined",
 //!  "status":101,"upstream":"127.0.0.1:9001","bytes_received":12,"bytes_sent":12,
 //!  "duration_ms":1532,"end":"client_close"}
 //! ```
@@ -22,6 +24,8 @@
 //! `time` is when the line was written (RFC 3339, UTC); `bytes_received` counts bytes from
 //! the client (request body, or tunnel payload towards the upstream) and `bytes_sent` bytes
 //! to the client; `path` is the request path without the query, as the client sent it;
+//! `protocol` is the client's (`HTTP/1.1`, `HTTP/2`: Envoy's `%PROTOCOL%`), `tls` whether
+//! its connection was TLS and `sni` the server name it asked for;
 //! `request_id` is the `X-Request-Id` that went upstream (a tunnel's two lines carry its
 //! upgrade request's), `null` when the request had none and none was generated.
 //!
@@ -50,7 +54,7 @@ use http_body::{Frame, SizeHint};
 use jiff::Timestamp;
 use pin_project_lite::pin_project;
 use serde::{Serialize, Serializer};
-use switchback::ClientAddr;
+use switchback::{ClientAddr, TlsSession};
 use switchback::{MatchedRoute, RequestId, TunnelEvent, TunnelInfo, TunnelObserver, UpstreamAddr};
 use switchback_config::AccessLog as Destination;
 use tower::{Layer, Service};
@@ -82,6 +86,8 @@ struct Inner {
 #[derive(Clone, Debug)]
 struct Upgrade {
     request_id: Option<RequestId>,
+    protocol: &'static str,
+    tls: Option<TlsSession>,
     method: Method,
     path: String,
     route: Option<Arc<str>>,
@@ -97,6 +103,9 @@ struct Line<'a> {
     event: &'static str,
     request_id: Option<&'a str>,
     client: Option<SocketAddr>,
+    protocol: &'static str,
+    tls: bool,
+    sni: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     route: Option<&'a str>,
@@ -108,6 +117,17 @@ struct Line<'a> {
     bytes_sent: u64,
     duration_ms: u64,
     end: Option<&'a str>,
+}
+
+/// The request's protocol as Envoy's `%PROTOCOL%` writes it.
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// `time` in RFC 3339, UTC, always with milliseconds (`2026-01-02T03:04:05.678Z`): one width
@@ -223,6 +243,9 @@ impl AccessLog {
             event,
             request_id: upgrade.and_then(|u| u.request_id.as_ref()).map(RequestId::as_str),
             client: info.client,
+            protocol: upgrade.map_or("HTTP/1.1", |u| u.protocol),
+            tls: upgrade.is_some_and(|u| u.tls.is_some()),
+            sni: upgrade.and_then(|u| u.tls.as_ref()?.server_name.as_deref()),
             method: upgrade.map_or("GET", |u| u.method.as_str()),
             path: upgrade.map_or(info.path.as_str(), |u| u.path.as_str()),
             route: upgrade.and_then(|u| u.route.as_deref()),
@@ -311,9 +334,15 @@ where
             start: Instant::now(),
             request_id: req.extensions().get::<RequestId>().cloned(),
             client: req.extensions().get::<ClientAddr>().map(|a| a.0),
+            protocol: protocol(req.version()),
+            tls: req.extensions().get::<TlsSession>().cloned(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
-            upgrade: offered_upgrade(req.method(), req.headers()),
+            upgrade: req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str().to_ascii_lowercase())
+                .or_else(|| offered_upgrade(req.method(), req.headers())),
             received: received.clone(),
             status: 0,
             route: None,
@@ -336,6 +365,8 @@ struct Entry {
     start: Instant,
     request_id: Option<RequestId>,
     client: Option<SocketAddr>,
+    protocol: &'static str,
+    tls: Option<TlsSession>,
     method: Method,
     path: String,
     upgrade: Option<String>,
@@ -352,6 +383,9 @@ impl Entry {
             event: "request",
             request_id: self.request_id.as_ref().map(RequestId::as_str),
             client: self.client,
+            protocol: self.protocol,
+            tls: self.tls.is_some(),
+            sni: self.tls.as_ref().and_then(|t| t.server_name.as_deref()),
             method: self.method.as_str(),
             path: &self.path,
             route: self.route.as_deref(),
@@ -403,13 +437,18 @@ where
         entry.status = status.as_u16();
         entry.route = res.extensions().get::<MatchedRoute>().map(|m| m.name.clone());
         entry.upstream = res.extensions().get::<UpstreamAddr>().map(|a| a.0.clone());
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+        // A `101`, or an HTTP/2 extended CONNECT's `200`: the stream is now a tunnel.
+        let tunnel = status == StatusCode::SWITCHING_PROTOCOLS
+            || (status == StatusCode::OK && entry.method == Method::CONNECT && entry.protocol == "HTTP/2");
+        if tunnel {
             // The tunnel writes its own lines; remember what only the request knows.
             if let Some(client) = entry.client {
                 entry.log.upgraded(
                     client,
                     Upgrade {
                         request_id: entry.request_id.take(),
+                        protocol: entry.protocol,
+                        tls: entry.tls.take(),
                         method: entry.method.clone(),
                         path: std::mem::take(&mut entry.path),
                         route: entry.route.take(),

@@ -293,6 +293,8 @@ impl Admin {
                 struct Running {
                     generation: u64,
                     hash: String,
+                    /// The first listener's address, as the `listen` shorthand names it.
+                    listen: Option<std::net::SocketAddr>,
                     #[serde(flatten)]
                     config: Config,
                 }
@@ -301,6 +303,7 @@ impl Admin {
                     &Running {
                         generation: view.generation,
                         hash: view.hash,
+                        listen: config.listeners.first().map(|l| l.address),
                         config,
                     },
                 )

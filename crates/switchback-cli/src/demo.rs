@@ -20,7 +20,7 @@ pub(crate) async fn run(ready_file: Option<PathBuf>) -> Result<(), Fatal> {
         .map_err(|e| Fatal::new(format!("demo: cannot start the echo upstream on 127.0.0.1: {e}")))?;
     tracing::info!(%upstream, "demo: WebSocket echo upstream started");
     let mut config = Config::demo(upstream);
-    config.listen = listen;
+    config.listeners[0].address = listen;
     run::run(config, Origin::Demo, ready_file, run::Options::default()).await
 }
 

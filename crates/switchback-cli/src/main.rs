@@ -15,12 +15,14 @@ mod demo;
 mod echo;
 mod fatal;
 mod filters;
+mod listeners;
 mod ready;
 mod reload;
 mod run;
 mod signals;
 mod stack;
 mod takeover;
+mod tls;
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -91,12 +93,28 @@ fn init_tracing() {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            // The certificate and key files, parsed as a start or a reload would.
+            let tls_errors = tls::check(&config);
+            if !tls_errors.is_empty() {
+                for e in &tls_errors {
+                    fatal::print_err(&format!("{}: {e}", path.display()));
+                }
+                return ExitCode::FAILURE;
+            }
+            let listening: Vec<String> = config
+                .listeners
+                .iter()
+                .map(|l| match l.tls {
+                    Some(_) => format!("{} (TLS)", l.address),
+                    None => l.address.to_string(),
+                })
+                .collect();
             fatal::print_out(&format!(
                 "{}: ok ({}, {}, listening on {})",
                 path.display(),
                 count(config.routes.len(), "route"),
                 count(config.clusters.len(), "cluster"),
-                config.listen
+                listening.join(", ")
             ));
             ExitCode::SUCCESS
         }

@@ -4,9 +4,10 @@
 //! switchback writes one line of JSON with the addresses it actually bound:
 //!
 //! ```json
-//! {"admin":"127.0.0.1:41235","listen":"127.0.0.1:41234"}
+//! {"admin":"127.0.0.1:41235","listen":"127.0.0.1:41234","listeners":["127.0.0.1:41234"]}
 //! ```
 //!
+//! `listeners` has every listener's address, in the config's order; `listen` is the first.
 //! `admin` is `null` without an admin endpoint. With port 0 in the config (`listen:
 //! 127.0.0.1:0`) this is how a supervisor or a test learns the ports, without picking a "free"
 //! port first and racing other programs for it. The file appears whole: it is written under a
@@ -26,7 +27,11 @@ pub(crate) struct ReadyFile {
 
 impl ReadyFile {
     /// Writes the bound addresses to `path`, replacing the file if it exists.
-    pub(crate) fn write(path: &Path, listen: SocketAddr, admin: Option<SocketAddr>) -> Result<Self, Fatal> {
+    pub(crate) fn write(
+        path: &Path,
+        listeners: &[SocketAddr],
+        admin: Option<SocketAddr>,
+    ) -> Result<Self, Fatal> {
         let fail = |e: &dyn std::fmt::Display| {
             Fatal::new(format!("--ready-file: cannot write {}: {e}", path.display()))
         };
@@ -39,7 +44,7 @@ impl ReadyFile {
         temp_name.push(format!(".{}.tmp", std::process::id()));
         let temp = path.with_file_name(temp_name);
 
-        let mut text = contents(listen, admin);
+        let mut text = contents(listeners, admin);
         text.push('\n');
         std::fs::write(&temp, text).map_err(|e| fail(&e))?;
         if let Err(e) = std::fs::rename(&temp, path) {
@@ -60,9 +65,10 @@ impl Drop for ReadyFile {
 }
 
 /// The file's JSON object.
-fn contents(listen: SocketAddr, admin: Option<SocketAddr>) -> String {
+fn contents(listeners: &[SocketAddr], admin: Option<SocketAddr>) -> String {
     serde_json::json!({
-        "listen": listen.to_string(),
+        "listen": listeners.first().map(ToString::to_string),
+        "listeners": listeners.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "admin": admin.map(|a| a.to_string()),
     })
     .to_string()
@@ -77,12 +83,12 @@ mod tests {
         let listen: SocketAddr = "127.0.0.1:41234".parse().unwrap();
         let admin: SocketAddr = "[::1]:9901".parse().unwrap();
         assert_eq!(
-            contents(listen, Some(admin)),
-            r#"{"admin":"[::1]:9901","listen":"127.0.0.1:41234"}"#
+            contents(&[listen], Some(admin)),
+            r#"{"admin":"[::1]:9901","listen":"127.0.0.1:41234","listeners":["127.0.0.1:41234"]}"#
         );
         assert_eq!(
-            contents(listen, None),
-            r#"{"admin":null,"listen":"127.0.0.1:41234"}"#
+            contents(&[listen], None),
+            r#"{"admin":null,"listen":"127.0.0.1:41234","listeners":["127.0.0.1:41234"]}"#
         );
     }
 
@@ -94,9 +100,9 @@ mod tests {
         std::fs::write(&path, "stale").unwrap();
         let listen: SocketAddr = "127.0.0.1:1".parse().unwrap();
 
-        let ready = ReadyFile::write(&path, listen, None).unwrap();
+        let ready = ReadyFile::write(&path, &[listen], None).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("{}\n", contents(listen, None)), "replaced");
+        assert_eq!(text, format!("{}\n", contents(&[listen], None)), "replaced");
         let names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -105,7 +111,7 @@ mod tests {
         drop(ready);
         assert!(!path.exists());
 
-        let err = ReadyFile::write(&dir.join("missing/ready.json"), listen, None).unwrap_err();
+        let err = ReadyFile::write(&dir.join("missing/ready.json"), &[listen], None).unwrap_err();
         assert!(
             err.to_string().starts_with("--ready-file: cannot write "),
             "{err}"

@@ -135,6 +135,8 @@ pub(crate) struct Reloader<S> {
     pub(crate) log: AccessLog,
     /// The running clusters' health checkers and DNS discovery.
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The running listeners' certificate resolvers (`None`: plaintext), in the config's order.
+    pub(crate) resolvers: Vec<Option<Arc<switchback::tls::CertResolver>>>,
     /// Builds the stack for a config (the stack module's `build`, whose type has no name).
     #[expect(clippy::type_complexity, reason = "one builder closure")]
     pub(crate) build:
@@ -166,7 +168,18 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             fields.push(name);
         }
     };
-    check("listen", old.listen == new.listen);
+    let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
+    check("listeners", addresses(old) == addresses(new));
+    let tls_kind = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| l.tls.as_ref().map(|t| (t.alpn.clone(), t.min_version)))
+            .collect::<Vec<_>>()
+    };
+    check(
+        "listeners[].tls (alpn, min_version, on or off)",
+        tls_kind(old) == tls_kind(new),
+    );
     check("admin", old.admin == new.admin);
     check("workers", old.workers == new.workers);
     check("access_log", old.access_log == new.access_log);
@@ -222,6 +235,45 @@ impl<S: Clone + Send + Sync> Reload for Reloader<S> {
 }
 
 impl<S: Clone + Send + Sync> Reloader<S> {
+    /// The new certificates of each running TLS listener, read from the files `new` names
+    /// for the listener at the same address in the file (`loaded`: the file as last loaded,
+    /// port 0 and all). A listener the new file drops or turns plain keeps its certificates
+    /// (that change needs a restart).
+    fn certificates(
+        &self,
+        loaded: &Config,
+        new: &Config,
+    ) -> Result<Vec<(Arc<switchback::tls::CertResolver>, switchback::tls::Certificates)>, Vec<String>> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for (at, (listener, resolver)) in loaded.listeners.iter().zip(&self.resolvers).enumerate() {
+            let Some(resolver) = resolver else { continue };
+            // The same place with the same address first: several listeners may say port 0.
+            let found = new
+                .listeners
+                .get(at)
+                .filter(|l| l.address == listener.address)
+                .map(|l| (at, l))
+                .or_else(|| {
+                    new.listeners
+                        .iter()
+                        .enumerate()
+                        .find(|(_, l)| l.address == listener.address)
+                });
+            let Some((i, Some(tls))) = found.map(|(i, l)| (i, l.tls.as_ref())) else {
+                continue;
+            };
+            match crate::tls::certificates(tls, &format!("listeners[{i}].tls")) {
+                Ok(certs) => out.push((resolver.clone(), certs)),
+                Err(e) => errors.push(match &self.path {
+                    Some(path) => format!("{}: {e}", path.display()),
+                    None => e,
+                }),
+            }
+        }
+        if errors.is_empty() { Ok(out) } else { Err(errors) }
+    }
+
     fn try_reload(&self) -> Result<Reloaded, Vec<String>> {
         let Some(path) = &self.path else {
             return Err(vec!["the built-in demo has no config file to reload".to_owned()]);
@@ -229,7 +281,15 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         let new = Config::load(path)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if new == *loaded {
+        // Every certificate file is read again, changed config or not; any error refuses
+        // the whole reload, and the running certificates stay.
+        let certificates = self.certificates(&loaded, &new)?;
+        for (resolver, certs) in certificates {
+            resolver.replace(certs);
+        }
+        // Clusters with TLS are rebuilt whatever the file says: their CA and client
+        // certificate files may have changed under the same names.
+        if new == *loaded && !new.clusters.iter().any(|c| c.tls.is_some()) {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             return Ok(Reloaded {
                 changed: false,
@@ -245,7 +305,7 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             let running = &view.config;
-            effective.listen = running.listen;
+            effective.listeners = running.listeners.clone();
             effective.admin = running.admin;
             effective.workers = running.workers;
             effective.access_log = running.access_log.clone();
@@ -257,7 +317,7 @@ impl<S: Clone + Send + Sync> Reloader<S> {
             effective.max_headers_count = running.max_headers_count;
             effective.max_connections = running.max_connections;
         }
-        let clusters = stack::clusters(&effective);
+        let clusters = stack::clusters(&effective).map_err(|e| vec![e])?;
         let built = (self.build)(&effective, &clusters, &self.drain, &self.runtime, &self.log)
             .map_err(|e| vec![e])?;
         let overridden = self.overridden.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,7 +361,7 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// watch would follow, and a config file is small. A change counts once it has held still
 /// for one look, so a file caught half-written isn't loaded.
 pub(crate) async fn watch(path: PathBuf, reloader: Arc<dyn Reload>) {
-    let read = |path: &PathBuf| std::fs::read(path).ok();
+    let read = |path: &PathBuf| snapshot(path);
     let mut applied = read(&path);
     let mut pending: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -315,7 +375,7 @@ pub(crate) async fn watch(path: PathBuf, reloader: Arc<dyn Reload>) {
         }
         match (&now, &pending) {
             (Some(content), Some(seen)) if content == seen => {
-                tracing::info!(file = %path.display(), "--watch: the config file changed; reloading");
+                tracing::info!(file = %path.display(), "--watch: the config file or a certificate changed; reloading");
                 let reloader = reloader.clone();
                 // Reading and building are blocking work: off the runtime's threads.
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
@@ -327,6 +387,40 @@ pub(crate) async fn watch(path: PathBuf, reloader: Arc<dyn Reload>) {
             (None, _) => pending = None,
         }
     }
+}
+
+/// What `--watch` compares: the config file's bytes, then those of every certificate, key and
+/// CA file it names (a certificate renewed in place reloads too). `None` while the config
+/// file can't be read.
+fn snapshot(path: &std::path::Path) -> Option<Vec<u8>> {
+    let mut bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if let Ok(config) = Config::from_yaml_str(&text, &path.display().to_string()) {
+        let listeners = config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| {
+                t.certificates
+                    .iter()
+                    .flat_map(|c| [c.cert_chain_file.clone(), c.private_key_file.clone()])
+            });
+        let clusters = config
+            .clusters
+            .iter()
+            .filter_map(|c| c.tls.as_ref())
+            .flat_map(|t| {
+                [&t.trusted_ca_file, &t.cert_chain_file, &t.private_key_file]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+            });
+        for file in listeners.chain(clusters) {
+            bytes.extend_from_slice(b"\0");
+            bytes.extend(std::fs::read(file).unwrap_or_default());
+        }
+    }
+    Some(bytes)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use switchback::{ClientLimits, Workers};
+use switchback::ClientLimits;
 use switchback::{Drain, Runtime};
 use switchback_config::Config;
 use tokio::net::TcpListener;
@@ -16,6 +16,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::cli::DEMO_LISTEN_ENV;
 use crate::fatal::Fatal;
+use crate::listeners::Listeners;
 use crate::ready::ReadyFile;
 use crate::signals::Signals;
 use crate::{demo, reload, stack, takeover};
@@ -65,7 +66,7 @@ pub(crate) async fn run(
     };
     drain.set_close_window(config.drain_close_window);
     let runtime = Runtime::from_values(config.runtime.clone());
-    let clusters = stack::clusters(&config);
+    let clusters = stack::clusters(&config).map_err(Fatal::new)?;
     let stack = stack::build(&config, &clusters, &drain, &runtime, &log)?;
     // Each cluster's health checker (none without `health_checks`) and DNS discovery run on
     // the main runtime until a reload replaces the clusters; the workers only read the state
@@ -101,21 +102,25 @@ pub(crate) async fn run(
             takeover::take(path).map_err(|e| Fatal::new(format!("takeover on {}: {e}", path.display())))?,
         ),
     };
-    let (mut workers, given_admin, confirm) = match taken {
-        Some((sockets, stream)) => {
-            let workers = Workers::start_from(sockets.workers, limits, served)
-                .map_err(|e| Fatal::new(format!("takeover: cannot serve the sockets handed over: {e}")))?;
-            (workers, sockets.admin, Some(stream))
-        }
-        None => (
-            Workers::start_with(config.listen, threads, limits, served)
-                .map_err(|e| cannot_listen(config.listen, "listen", &origin, &e))?,
-            None,
-            None,
-        ),
+    let (given, given_admin, confirm) = match taken {
+        Some((sockets, stream)) => (Some(sockets.workers), sockets.admin, Some(stream)),
+        None => (None, None, None),
     };
+    let mut workers = Listeners::start(&config, threads, limits, &served, given).map_err(|e| {
+        let field = if config.listeners.len() == 1 && config.listeners[0].tls.is_none() {
+            "listen".to_owned()
+        } else {
+            format!("listeners[{}].address", e.index)
+        };
+        match e.bind {
+            Some(bind) => cannot_listen(e.address, &field, &origin, &bind),
+            None => Fatal::new(format!("cannot serve on {} (`{field}`): {}", e.address, e.error)),
+        }
+    })?;
     // From here on the config says what is bound (port 0 resolved), for `GET /config` too.
-    config.listen = workers.local_addr();
+    for (listener, bound) in config.listeners.iter_mut().zip(workers.addresses()) {
+        listener.address = bound;
+    }
     let admin_listener = match (config.admin, given_admin) {
         (Some(_), Some(given)) => {
             let listener = given
@@ -158,6 +163,7 @@ pub(crate) async fn run(
         overridden: Arc::clone(&overridden),
         log: log.clone(),
         tasks: Mutex::new(tasks),
+        resolvers: workers.resolvers(),
         build: Box::new(|config, clusters, drain, runtime, log| {
             stack::build(config, clusters, drain, runtime, log).map_err(|e| e.to_string())
         }),
@@ -193,15 +199,18 @@ pub(crate) async fn run(
         Some(path) => Some(offer_takeovers(path)?),
         None => None,
     };
-    tracing::info!(listen = %config.listen, workers = threads, "switchback is listening");
+    for listener in &config.listeners {
+        let scheme = if listener.tls.is_some() { "https" } else { "http" };
+        tracing::info!(listen = %listener.address, scheme, workers = threads, "switchback is listening");
+    }
     if let Origin::Demo = origin {
         // Standard error, with the diagnostics: standard output is the access log's, and
         // the banner must neither get lost among its lines nor break a reader of them.
-        crate::fatal::print_err(&demo::banner(config.listen));
+        crate::fatal::print_err(&demo::banner(config.listeners[0].address));
     }
     // Last: whoever waits for this file may connect to every listener at once.
     let _ready = match &ready_file {
-        Some(path) => Some(ReadyFile::write(path, config.listen, config.admin)?),
+        Some(path) => Some(ReadyFile::write(path, &workers.addresses(), config.admin)?),
         None => None,
     };
 
@@ -384,7 +393,7 @@ fn raise_descriptor_limit() {}
 
 /// The admin address the config names, for an error about it.
 fn admin_listener_addr(config: &Config) -> SocketAddr {
-    config.admin.unwrap_or(config.listen)
+    config.admin.unwrap_or(config.listeners[0].address)
 }
 
 /// Offers takeovers on `path`: each connection is a new process asking for the sockets.

@@ -62,8 +62,8 @@ pub(crate) fn build(
         .service(default_chain))
 }
 
-/// The forwarded-identity layer from the top-level Envoy-named fields. No TLS yet: the
-/// listener's scheme is `http`.
+/// The forwarded-identity layer from the top-level Envoy-named fields. `X-Forwarded-Proto`
+/// is `https` for requests that came over a TLS listener.
 fn forwarded(config: &Config) -> ForwardedLayer {
     ForwardedLayer::new()
         .use_remote_address(config.use_remote_address)
@@ -122,11 +122,12 @@ fn protected_headers(config: &Config) -> Vec<HeaderName> {
 /// The clusters, in the file's order, with their health checks. One `Cluster` value each:
 /// every route to it shares its endpoints' state (active counts, ejection, health), which the
 /// health checker and the admin endpoint see too.
-pub(crate) fn clusters(config: &Config) -> Vec<Cluster> {
+pub(crate) fn clusters(config: &Config) -> Result<Vec<Cluster>, String> {
     config
         .clusters
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let endpoints = c.endpoints.iter().map(|e| {
                 let endpoint = Endpoint::new(e.address.as_str());
                 match &e.hostname {
@@ -172,7 +173,10 @@ pub(crate) fn clusters(config: &Config) -> Vec<Cluster> {
                         .healthy_threshold(h.healthy_threshold.get()),
                 );
             }
-            cluster
+            if let Some(tls) = crate::tls::upstream(c, &format!("clusters[{i}]"))? {
+                cluster = cluster.tls(tls);
+            }
+            Ok(cluster)
         })
         .collect()
 }
@@ -333,7 +337,7 @@ clusters:
     #[test]
     fn the_documented_schema_builds() {
         let config = Config::from_yaml_str(FULL, "full.yaml").unwrap();
-        assert_eq!(routes(&config, &clusters(&config)).unwrap().len(), 3);
+        assert_eq!(routes(&config, &clusters(&config).unwrap()).unwrap().len(), 3);
         assert!(
             router(
                 &config,

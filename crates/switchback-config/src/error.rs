@@ -77,6 +77,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The folder the config file's relative paths are read from.
+    pub(crate) fn base_dir(&self) -> &std::path::Path {
+        crate::tls::base_dir(self.file)
+    }
+
     /// An error at `at` in the field at `path`.
     pub(crate) fn error(&mut self, at: Pos, path: &str, message: impl Into<String>) {
         self.error_with_hint(at, path, message, None);

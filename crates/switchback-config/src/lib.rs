@@ -132,6 +132,7 @@ mod parsed;
 mod raw;
 mod read;
 mod suggest;
+mod tls;
 mod tree;
 mod validate;
 
@@ -149,6 +150,7 @@ pub use crate::model::{
     default_workers,
 };
 pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
+pub use crate::tls::{CertificateFiles, Listener, ListenerTls, TlsMinVersion, UpstreamTls};
 
 use crate::error::Ctx;
 use crate::raw::RawConfig;
@@ -208,7 +210,6 @@ impl Config {
     #[must_use]
     pub fn demo(upstream: SocketAddr) -> Config {
         Config {
-            listen: DEFAULT_LISTEN,
             upgrade_configs: vec![UpgradeConfig {
                 upgrade_type: UpgradeToken::from_static("websocket"),
                 enabled: true,
@@ -247,6 +248,7 @@ impl Config {
                 health_checks: Vec::new(),
                 close_connections_on_host_health_failure: false,
                 dns_refresh_rate: std::time::Duration::from_secs(5),
+                tls: None,
             }],
             ..Config::default()
         }

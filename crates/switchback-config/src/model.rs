@@ -34,9 +34,10 @@ pub const DEFAULT_MAX_CONNECT_ATTEMPTS: NonZeroU32 = NonZeroU32::MIN;
 /// configuration in the same shape as the YAML file, durations written like `"30s"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
-    /// Address of the proxy listener, serving HTTP/1.1 and HTTP/2 with prior knowledge (h2c)
-    /// on the same port. Default `127.0.0.1:10000`.
-    pub listen: SocketAddr,
+    /// The proxy's listeners, each plaintext (HTTP/1.1 and HTTP/2 with prior knowledge on one
+    /// port) or TLS (HTTP/2 by ALPN). `listen: ADDR` in the file is one plaintext listener.
+    /// Default: one plaintext listener on `127.0.0.1:10000`.
+    pub listeners: Vec<crate::Listener>,
     /// Address of the admin listener. Default: none (no admin listener).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<SocketAddr>,
@@ -132,7 +133,10 @@ impl Default for Config {
     /// The configuration of an empty YAML file: every field at its default.
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN,
+            listeners: vec![crate::Listener {
+                address: DEFAULT_LISTEN,
+                tls: None,
+            }],
             admin: None,
             workers: default_workers(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -432,6 +436,9 @@ pub struct Cluster {
     /// address a name resolves to is an endpoint). Default `5s`.
     #[serde(serialize_with = "duration::serialize")]
     pub dns_refresh_rate: Duration,
+    /// TLS to the endpoints. Absent: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::UpstreamTls>,
 }
 
 /// A cluster's `lb_policy`.

@@ -7,6 +7,7 @@ use crate::health::RawHealthCheck;
 use crate::locate::join_key;
 use crate::model::{Filter, MAX_WORKERS};
 use crate::read::{Field, Keys, List, Pairs, S, Whole, known_names, parse_whole};
+use crate::tls::{RawListener, RawUpstreamTls};
 use crate::tree::{Content, Node};
 
 /// `workers`: a `NonZeroUsize` of at most [`MAX_WORKERS`].
@@ -44,6 +45,7 @@ pub(crate) const CONNECT_ATTEMPTS: Whole = Whole {
 #[derive(Debug, Default)]
 pub(crate) struct RawConfig {
     pub(crate) listen: Option<S<String>>,
+    pub(crate) listeners: Option<S<List<RawListener>>>,
     pub(crate) admin: Option<S<String>>,
     pub(crate) workers: Option<S<u64>>,
     pub(crate) drain_timeout: Option<S<String>>,
@@ -74,6 +76,7 @@ pub(crate) struct RawConfig {
 impl RawConfig {
     pub(crate) const FIELDS: &'static [&'static str] = &[
         "listen",
+        "listeners",
         "admin",
         "workers",
         "drain_timeout",
@@ -107,6 +110,11 @@ impl RawConfig {
         };
         RawConfig {
             listen: f.optional(ctx, "listen", Ctx::string).ok(),
+            listeners: f
+                .optional(ctx, "listeners", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                    ctx.list(node, path, RawListener::read)
+                })
+                .ok(),
             admin: f.optional(ctx, "admin", Ctx::string).ok(),
             workers: f
                 .optional(ctx, "workers", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
@@ -459,6 +467,7 @@ pub(crate) struct RawCluster {
     pub(crate) health_checks: List<RawHealthCheck>,
     pub(crate) close_connections_on_host_health_failure: Option<S<bool>>,
     pub(crate) dns_refresh_rate: Option<S<String>>,
+    pub(crate) tls: Option<S<RawUpstreamTls>>,
 }
 
 /// A cluster's `outlier_detection` (Envoy's names).
@@ -536,6 +545,7 @@ impl RawCluster {
         "health_checks",
         "close_connections_on_host_health_failure",
         "dns_refresh_rate",
+        "tls",
     ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
@@ -558,6 +568,7 @@ impl RawCluster {
                     .optional(ctx, "close_connections_on_host_health_failure", Ctx::boolean)
                     .ok(),
                 dns_refresh_rate: f.optional(ctx, "dns_refresh_rate", Ctx::string).ok(),
+                tls: f.optional(ctx, "tls", RawUpstreamTls::read).ok(),
             }),
         )
     }

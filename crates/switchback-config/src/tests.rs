@@ -136,7 +136,7 @@ fn attempts(n: u32) -> NonZeroU32 {
 #[test]
 fn full_example_lands_everywhere() {
     let c = parse(FULL);
-    assert_eq!(c.listen, addr("127.0.0.1:10000"));
+    assert_eq!(c.listeners[0].address, addr("127.0.0.1:10000"));
     assert_eq!(c.admin, Some(addr("127.0.0.1:9901")));
     assert_eq!(c.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
@@ -249,7 +249,7 @@ fn empty_document_is_all_defaults() {
     for yaml in ["", "# nothing but a comment\n", "{}\n"] {
         let c = parse(yaml);
         assert_eq!(c, Config::default());
-        assert_eq!(c.listen, addr("127.0.0.1:10000"));
+        assert_eq!(c.listeners[0].address, addr("127.0.0.1:10000"));
         assert_eq!(c.admin, None);
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
@@ -909,7 +909,10 @@ fn listen_and_admin_must_be_socket_addresses() {
         2,
         "\"9901\" is not a socket address; write ip:port, e.g. 127.0.0.1:9901",
     );
-    assert_eq!(parse("listen: \"[::1]:8080\"\n").listen, addr("[::1]:8080"));
+    assert_eq!(
+        parse("listen: \"[::1]:8080\"\n").listeners[0].address,
+        addr("[::1]:8080")
+    );
 }
 
 #[test]
@@ -1034,7 +1037,7 @@ fn unknown_field_suggests_the_closest_name() {
         &e,
         "listn",
         1,
-        "unknown field `listn`; did you mean `listen`? (known fields: listen, admin,",
+        "unknown field `listn`; did you mean `listen`? (known fields: listen, listeners, admin,",
     );
     assert_eq!(e.column, Some(1));
 
@@ -1065,7 +1068,7 @@ fn unknown_field_suggests_the_closest_name() {
         &e,
         "something_else",
         1,
-        "unknown field `something_else`; remove it or use one of the known fields: listen,",
+        "unknown field `something_else`; remove it or use one of the known fields: listen, listeners,",
     );
 }
 
@@ -1220,7 +1223,7 @@ fn load_reads_files_and_reports_unreadable_ones() {
 #[test]
 fn demo_config() {
     let c = Config::demo(addr("127.0.0.1:9001"));
-    assert_eq!(c.listen, addr("127.0.0.1:10000"));
+    assert_eq!(c.listeners[0].address, addr("127.0.0.1:10000"));
     assert_eq!(c.upgrade_config("websocket").map(|u| u.enabled), Some(true));
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.routes[0].matcher.path, PathMatch::Prefix("/".into()));
@@ -1940,4 +1943,131 @@ fn a_routes_max_stream_duration() {
         "routes:\n  - match: { prefix: / }\n    cluster: c\n    max_stream_duration: long\nclusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
     );
     assert!(e.to_string().contains("routes[0].max_stream_duration"), "{e}");
+}
+
+/// PEM files for the TLS settings, in a folder of their own; returns the folder.
+fn pem_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchback-config-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn listeners_with_tls_and_their_defaults() {
+    let dir = pem_dir("listeners");
+    let file = dir.join("switchback.yaml");
+    let yaml = "listeners:\n  - address: 0.0.0.0:8443\n    tls:\n      certificates:\n        - cert_chain_file: cert.pem\n          private_key_file: key.pem\n          server_names: [Example.com, \"*.example.com\"]\n        - { cert_chain_file: cert.pem, private_key_file: key.pem }\n      min_version: 1.3\n  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0\n";
+    let c = Config::from_yaml_str(yaml, file.to_str().unwrap()).unwrap();
+    assert_eq!(c.listeners.len(), 3, "port 0 may repeat");
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+    assert_eq!(tls.min_version, crate::TlsMinVersion::Tls13);
+    assert_eq!(tls.certificates[0].server_names, ["example.com", "*.example.com"]);
+    assert_eq!(
+        tls.certificates[0].cert_chain_file,
+        dir.join("cert.pem"),
+        "relative to the file"
+    );
+    assert!(tls.certificates[1].server_names.is_empty(), "the default");
+    assert!(c.listeners[1].tls.is_none());
+    // `listen` is the one-listener shorthand.
+    assert_eq!(
+        parse("listen: 127.0.0.1:8080\n").listeners,
+        [crate::Listener {
+            address: addr("127.0.0.1:8080"),
+            tls: None
+        }]
+    );
+}
+
+#[test]
+fn listener_mistakes_name_the_field_and_the_fix() {
+    let dir = pem_dir("listener-errors");
+    let file = dir.join("switchback.yaml");
+    let found = |yaml: &str| Config::from_yaml_str(yaml, file.to_str().unwrap()).unwrap_err();
+    let both = found("listen: 127.0.0.1:1\nlisteners:\n  - address: 127.0.0.1:2\n");
+    assert_eq!((both[0].path.as_str(), both[0].line), ("listeners", Some(3)));
+    assert!(
+        both[0].message.contains("both `listen` and `listeners`"),
+        "{}",
+        both[0]
+    );
+    let twice = found("listeners:\n  - address: 127.0.0.1:2\n  - address: 127.0.0.1:2\n");
+    assert_eq!(
+        (twice[0].path.as_str(), twice[0].line),
+        ("listeners[1].address", Some(3))
+    );
+    assert!(twice[0].message.contains("listed twice"), "{}", twice[0]);
+    let e = found(
+        "listeners:\n  - address: 127.0.0.1:2\n    tls:\n      certificates:\n        - { cert_chain_file: missing.pem, private_key_file: cert.pem }\n        - { cert_chain_file: cert.pem, private_key_file: key.pem }\n      alpn: [h3]\n      min_version: \"1.1\"\n",
+    );
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].tls.certificates[0].cert_chain_file",
+            "listeners[0].tls.certificates[0].private_key_file",
+            "listeners[0].tls.certificates[1]",
+            "listeners[0].tls.alpn[0]",
+            "listeners[0].tls.min_version",
+        ],
+        "{e:?}"
+    );
+    assert!(
+        e[0].message.contains("cannot read") && e[0].message.contains("missing.pem"),
+        "{}",
+        e[0]
+    );
+    assert!(e[1].message.contains("has no PEM private key"), "{}", e[1]);
+    assert!(e[2].message.contains("only one can be the default"), "{}", e[2]);
+    let names = found(
+        "listeners:\n  - address: 127.0.0.1:2\n    tls:\n      certificates:\n        - { cert_chain_file: cert.pem, private_key_file: key.pem, server_names: [a.test, \"b..test\"] }\n        - { cert_chain_file: cert.pem, private_key_file: key.pem, server_names: [A.test] }\n",
+    );
+    assert!(names[0].message.contains("not a server name"), "{}", names[0]);
+    assert!(
+        names[1].message.contains("named by two certificates"),
+        "{}",
+        names[1]
+    );
+}
+
+#[test]
+fn a_clusters_tls() {
+    let dir = pem_dir("cluster-tls");
+    let file = dir.join("switchback.yaml");
+    let yaml = |tls: &str| format!("clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    tls: {tls}\n");
+    let c = Config::from_yaml_str(
+        &yaml("{ sni: chat.internal, trusted_ca_file: cert.pem }"),
+        file.to_str().unwrap(),
+    )
+    .unwrap();
+    let tls = c.clusters[0].tls.as_ref().unwrap();
+    assert_eq!(tls.sni.as_deref(), Some("chat.internal"));
+    assert_eq!(
+        tls.trusted_ca_file.as_deref(),
+        Some(dir.join("cert.pem").as_path())
+    );
+    let c = Config::from_yaml_str(&yaml("{}"), file.to_str().unwrap()).unwrap();
+    assert_eq!(
+        c.clusters[0].tls,
+        Some(crate::UpstreamTls::default()),
+        "webpki roots, endpoint names"
+    );
+    let e =
+        Config::from_yaml_str(&yaml("{ cert_chain_file: cert.pem }"), file.to_str().unwrap()).unwrap_err();
+    assert_eq!(
+        (e[0].path.as_str(), e[0].line),
+        ("clusters[0].tls.private_key_file", Some(4))
+    );
+    assert!(e[0].message.contains("needs its key"), "{}", e[0]);
 }

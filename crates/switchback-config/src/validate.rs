@@ -399,6 +399,7 @@ impl Ctx<'_> {
             health_checks,
             close_connections_on_host_health_failure,
             dns_refresh_rate,
+            tls,
         } = &raw.value;
         let lb_policy = match lb_policy.as_ref().map(|p| (p, p.value.as_str())) {
             None | Some((_, "round_robin")) => LbPolicy::RoundRobin,
@@ -472,6 +473,7 @@ impl Ctx<'_> {
                     )
                 })
                 .unwrap_or(Duration::from_secs(5)),
+            tls: tls.as_ref().map(|t| self.upstream_tls(t, &join_key(path, "tls"))),
         }
     }
 
@@ -828,7 +830,17 @@ impl Ctx<'_> {
         if let Some(listen) = &raw.listen
             && let Some(addr) = self.socket_addr(listen, "listen", "127.0.0.1:10000")
         {
-            config.listen = addr;
+            config.listeners[0].address = addr;
+        }
+        if let Some(listeners) = &raw.listeners {
+            if raw.listen.is_some() {
+                self.error(
+                    listeners.at,
+                    "listeners",
+                    "both `listen` and `listeners` are set; keep one: move the `listen` address into `listeners` as `- address: ...`",
+                );
+            }
+            config.listeners = self.listeners(listeners);
         }
         if let Some(admin) = &raw.admin {
             config.admin = self.socket_addr(admin, "admin", "127.0.0.1:9901");

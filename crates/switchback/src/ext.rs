@@ -89,3 +89,13 @@ pub(crate) struct Upgrading {
     /// Where that body ends and the tunnel bytes begin.
     pub(crate) pre_body_end: PreBodyEnd,
 }
+
+/// The TLS session a request came over, in its extensions when its listener terminates TLS
+/// ([`Server::tls`](crate::Server::tls)): for access logs and routing by SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSession {
+    /// The server name the client asked for (SNI), if it sent one.
+    pub server_name: Option<Arc<str>>,
+    /// The protocol version: `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+}

@@ -25,7 +25,7 @@ use http::Request;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tower::{Layer, Service};
 
-use crate::ext::{ClientAddr, RequestId, TrustedClientAddr};
+use crate::ext::{ClientAddr, RequestId, TlsSession, TrustedClientAddr};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -82,7 +82,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 ///   a client at the edge is kept as it came, with the peer after it: the upstream must read
 ///   the list from the right, and [`TrustedClientAddr`] never comes from the part a client
 ///   wrote. Without `use_remote_address` the header is left alone.
-/// - **`X-Forwarded-Proto`**: the listener's scheme ([`ForwardedLayer::https`]). At the edge
+/// - **`X-Forwarded-Proto`**: the listener's scheme: `https` when the request came over TLS
+///   (it has a [`TlsSession`]) or [`ForwardedLayer::https`] says so. At the edge
 ///   with no trusted hop, a client's value is overwritten; otherwise it is set only when
 ///   absent (a trusted proxy in front knows the scheme its client used).
 /// - **`X-Request-Id`**: with `generate_request_id` (the default), a request without one, or
@@ -157,8 +158,9 @@ impl ForwardedLayer {
         self
     }
 
-    /// Says the listener serves TLS: `X-Forwarded-Proto` is `https` rather than `http`.
-    /// Default `false`.
+    /// Says the listener serves TLS (terminated in front of this stack): `X-Forwarded-Proto`
+    /// is `https` rather than `http`. Requests that came over Switchback's own TLS
+    /// listeners are `https` anyway. Default `false`.
     pub fn https(mut self, yes: bool) -> Self {
         self.https = yes;
         self
@@ -192,11 +194,12 @@ impl ForwardedLayer {
                 append_xff(req.headers_mut(), peer);
             }
         }
+        let https = self.https || req.extensions().get::<TlsSession>().is_some();
         let headers = req.headers_mut();
         if self.x_forwarded_proto {
             let untrusted = self.use_remote_address && self.xff_num_trusted_hops == 0;
             if untrusted || !headers.contains_key(X_FORWARDED_PROTO) {
-                let scheme = if self.https { "https" } else { "http" };
+                let scheme = if https { "https" } else { "http" };
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             }
         }

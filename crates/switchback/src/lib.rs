@@ -77,6 +77,7 @@ mod retry;
 mod route;
 mod router;
 mod server;
+pub mod tls;
 mod tunnel;
 #[doc(hidden)]
 pub mod websocket;
@@ -95,7 +96,7 @@ pub use drain::{Drain, DrainOutcome, LiveTunnel};
 #[doc(inline)]
 pub use ext::{
     AutoHostRewrite, ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, RequestId, ResponseTimeout,
-    TrustedClientAddr, UpstreamAddr,
+    TlsSession, TrustedClientAddr, UpstreamAddr,
 };
 #[doc(inline)]
 pub use forward::Forward;
@@ -112,7 +113,7 @@ pub use router::{
     UpgradeRouterLayer,
 };
 #[doc(inline)]
-pub use server::{ClientLimits, Workers, serve, serve_with};
+pub use server::{ClientLimits, Server, Workers, serve, serve_with};
 #[doc(inline)]
 pub use tunnel::{
     TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,

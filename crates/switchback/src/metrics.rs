@@ -20,6 +20,12 @@ pub const TUNNEL_DURATION: &str = "switchback_tunnel_duration_seconds";
 pub const CONNECTIONS_EVICTED: &str = "switchback_connections_evicted_total";
 /// Counter: connections answered `503` because a listener was full of busy ones.
 pub const CONNECTIONS_REFUSED: &str = "switchback_connections_refused_total";
+/// Counter: TLS handshakes with upstream endpoints that failed (`cluster`, `reason`:
+/// `bad_certificate`, `alert`, `handshake`, `bad_name` or `io`).
+pub const UPSTREAM_TLS_FAILURES: &str = "switchback_upstream_tls_failures_total";
+/// Counter: TLS handshakes on a listener that failed (`reason`: `timeout`, `closed` or
+/// `handshake`; a port scanner's connections land here, not in the log).
+pub const TLS_HANDSHAKE_FAILURES: &str = "switchback_tls_handshake_failures_total";
 /// Counter: responses by status class and code (`status`).
 pub const REQUESTS: &str = "switchback_requests_total";
 /// Counter: active health-check probes (`cluster`, `endpoint`, `result`: `success`,

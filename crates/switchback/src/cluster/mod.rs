@@ -20,13 +20,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpStream;
 
 use crate::Body;
+use crate::tls::{ClientTls, UpstreamStream};
 
 mod balance;
+mod connect;
 mod dns;
 mod health;
 
@@ -85,12 +85,13 @@ pub struct Cluster {
 struct Inner {
     name: Arc<str>,
     /// The endpoints now, with their counters; DNS discovery replaces them.
-    members: RwLock<Arc<Members>>,
+    members: Arc<RwLock<Arc<Members>>>,
     /// The endpoints as configured (names stay names).
     configured: Vec<Endpoint>,
     discovery: Option<Discovery>,
     connect_timeout: Duration,
-    client: Client<HttpConnector, Body>,
+    client: Client<connect::Connector, Body>,
+    tls: Option<ClientTls>,
     health_checks: Vec<HealthCheck>,
     close_on_health_failure: bool,
 }
@@ -110,6 +111,8 @@ pub enum ConnectError {
     Timeout,
     /// The connection failed (refused, unreachable, name not resolved).
     Io(io::Error),
+    /// The TLS handshake failed: the endpoint's certificate didn't verify, or it refused ours.
+    Tls(io::Error),
 }
 
 impl fmt::Display for ConnectError {
@@ -118,6 +121,7 @@ impl fmt::Display for ConnectError {
             Self::NoEndpoint => f.write_str("no endpoint in the cluster"),
             Self::Timeout => f.write_str("connect timeout"),
             Self::Io(e) => write!(f, "connect failed: {e}"),
+            Self::Tls(e) => write!(f, "TLS handshake failed: {e}"),
         }
     }
 }
@@ -136,26 +140,32 @@ impl Cluster {
             outlier: None,
             health_checks: Vec::new(),
             close_on_health_failure: false,
+            tls: None,
         })
     }
 
     fn build(s: Settings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(s.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
         let balancer = Balancer::new(s.endpoints.len(), s.policy, s.outlier, s.close_on_health_failure);
+        let members = Arc::new(RwLock::new(Arc::new(Members {
+            endpoints: s.endpoints.clone(),
+            balancer,
+        })));
+        let connector = connect::Connector {
+            cluster: s.name.clone(),
+            timeout: s.connect_timeout,
+            tls: s.tls.clone(),
+            members: members.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             inner: Arc::new(Inner {
-                members: RwLock::new(Arc::new(Members {
-                    endpoints: s.endpoints.clone(),
-                    balancer,
-                })),
+                members,
                 name: s.name,
                 configured: s.endpoints,
                 discovery: s.discovery,
                 connect_timeout: s.connect_timeout,
                 client,
+                tls: s.tls,
                 health_checks: s.health_checks,
                 close_on_health_failure: s.close_on_health_failure,
             }),
@@ -175,7 +185,17 @@ impl Cluster {
             outlier: members.balancer.outlier,
             health_checks: inner.health_checks.clone(),
             close_on_health_failure: inner.close_on_health_failure,
+            tls: inner.tls.clone(),
         }
+    }
+
+    /// Speaks TLS to every endpoint (requests, upgrades and health checks), verified as
+    /// [`ClientTls`] says: an endpoint whose certificate doesn't verify is a connect failure.
+    pub fn tls(self, tls: ClientTls) -> Self {
+        Self::build(Settings {
+            tls: Some(tls),
+            ..self.settings()
+        })
     }
 
     /// Sets how long a TCP connect may take.
@@ -314,25 +334,18 @@ impl Cluster {
         }
     }
 
-    /// Opens a fresh TCP connection to `endpoint`, within the connect timeout.
-    pub async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {
-        let connect = TcpStream::connect(endpoint.address());
-        let stream = match tokio::time::timeout(self.inner.connect_timeout, connect).await {
-            Err(_) => return Err(ConnectError::Timeout),
-            Ok(Err(e)) => return Err(ConnectError::Io(e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-
-    /// Picks endpoints by the cluster's policy and connects, trying up to `attempts`
-    /// different ones.
-    pub async fn connect_any(&self, attempts: usize) -> Result<(TcpStream, Endpoint), ConnectError> {
-        let mut tried = Vec::new();
-        self.connect_next(&mut tried, attempts)
-            .await
-            .map(|(stream, _, endpoint, _)| (stream, endpoint))
+    /// Opens a fresh connection to `endpoint` (TCP, then TLS if the cluster has it), within
+    /// the connect timeout.
+    pub(crate) async fn connect(&self, endpoint: &Endpoint) -> Result<UpstreamStream, ConnectError> {
+        let inner = &self.inner;
+        connect::open(
+            &inner.name,
+            endpoint.address(),
+            endpoint.host(),
+            inner.connect_timeout,
+            inner.tls.as_ref(),
+        )
+        .await
     }
 
     /// Connects to endpoints not in `tried` (adding each one tried), up to `attempts` of
@@ -341,7 +354,7 @@ impl Cluster {
         &self,
         tried: &mut Vec<usize>,
         attempts: usize,
-    ) -> Result<(TcpStream, usize, Endpoint, Active), ConnectError> {
+    ) -> Result<(UpstreamStream, usize, Endpoint, Active), ConnectError> {
         let mut last = ConnectError::NoEndpoint;
         for _ in 0..attempts.max(1) {
             let Some((i, endpoint, active)) = self.choose(tried) else {
@@ -360,7 +373,7 @@ impl Cluster {
         Err(last)
     }
 
-    pub(crate) fn client(&self) -> &Client<HttpConnector, Body> {
+    pub(crate) fn client(&self) -> &Client<connect::Connector, Body> {
         &self.inner.client
     }
 }
@@ -375,6 +388,7 @@ struct Settings {
     outlier: Option<OutlierDetection>,
     health_checks: Vec<HealthCheck>,
     close_on_health_failure: bool,
+    tls: Option<ClientTls>,
 }
 
 impl fmt::Debug for Cluster {
@@ -384,6 +398,7 @@ impl fmt::Debug for Cluster {
             .field("endpoints", &self.members().endpoints)
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("health_checks", &self.inner.health_checks)
+            .field("tls", &self.inner.tls)
             .finish()
     }
 }

@@ -13,16 +13,17 @@ use super::Slot;
 
 /// A client connection's socket as hyper serves it. Upgraded connections are unwrapped back
 /// to the bare socket (see `tunnel::leg::unwrap_socket`), so this costs nothing in a tunnel.
+/// `S` is the plain socket, or a TLS stream over it.
 #[derive(Debug)]
-pub(crate) struct ClientIo {
-    stream: TcpStream,
+pub(crate) struct ClientIo<S = TcpStream> {
+    stream: S,
     slot: Arc<Slot>,
     /// HTTP/2 only: where the frames are.
     frames: Option<Frames>,
 }
 
-impl ClientIo {
-    pub(crate) fn http1(stream: TcpStream, slot: Arc<Slot>) -> Self {
+impl<S> ClientIo<S> {
+    pub(crate) fn http1(stream: S, slot: Arc<Slot>) -> Self {
         Self {
             stream,
             slot,
@@ -30,7 +31,7 @@ impl ClientIo {
         }
     }
 
-    pub(crate) fn http2(stream: TcpStream, slot: Arc<Slot>) -> Self {
+    pub(crate) fn http2(stream: S, slot: Arc<Slot>) -> Self {
         Self {
             stream,
             slot,
@@ -38,7 +39,7 @@ impl ClientIo {
         }
     }
 
-    pub(crate) fn into_inner(self) -> TcpStream {
+    pub(crate) fn into_inner(self) -> S {
         self.stream
     }
 
@@ -56,7 +57,7 @@ impl ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -70,7 +71,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

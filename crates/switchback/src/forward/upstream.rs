@@ -21,6 +21,7 @@ use crate::ext::UpstreamAddr;
 use crate::handoff::{Switch, Switching};
 use crate::metrics::HandshakeFailure;
 use crate::reply::{self, Then};
+use crate::tls::UpstreamStream;
 use crate::{Body, UpgradeType, hop};
 
 /// The upstream's answer to an upgrade attempt.
@@ -117,15 +118,32 @@ pub(crate) async fn exchange(
     })
 }
 
-/// One attempt on a connected endpoint.
+/// One attempt on a connected endpoint. A plain connection stays a bare `TcpStream` under
+/// hyper, so that its tunnel can be spliced.
 async fn send(
-    tcp: tokio::net::TcpStream,
+    stream: UpstreamStream,
+    endpoint: Endpoint,
+    parts: http::request::Parts,
+    body: Body,
+    timeout: Option<Duration>,
+) -> Result<Answer, Failure> {
+    match stream {
+        UpstreamStream::Plain(tcp) => send_on(tcp, endpoint, parts, body, timeout).await,
+        UpstreamStream::Tls(tls) => send_on(tls, endpoint, parts, body, timeout).await,
+    }
+}
+
+async fn send_on<I>(
+    io: I,
     endpoint: Endpoint,
     mut parts: http::request::Parts,
     body: Body,
     timeout: Option<Duration>,
-) -> Result<Answer, Failure> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+) -> Result<Answer, Failure>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(Failure::Handshake)?;
     upgrade_head(&mut parts, &endpoint, !http_body::Body::is_end_stream(&body));

@@ -19,8 +19,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::ext::ClientAddr;
+use crate::ext::{ClientAddr, TlsSession};
 use crate::reply::{self, Then};
+use crate::tls::ServerTls;
 use crate::{Body, BoxError};
 use http::StatusCode;
 use http_body_util::Either;
@@ -201,22 +202,108 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_on(
-        listener,
-        service,
-        shutdown,
-        limits,
-        Conns::new(limits.max_connections),
-    )
-    .await
+    Server::new(service)
+        .limits(limits)
+        .serve(listener, shutdown)
+        .await
 }
 
-/// [`serve_with`], counting connections in `conns` (which [`Workers`] share).
+/// A stack and how to serve it: the [`ClientLimits`] and, for a TLS listener, its
+/// [`ServerTls`]. [`serve`], [`serve_with`] and [`Workers::start`] are its shorthands.
+///
+/// Over TLS, ALPN decides the protocol (`h2`: HTTP/2 with extended CONNECT; anything else:
+/// HTTP/1.1), the TLS handshake counts against the request headers timeout, and a failed
+/// handshake is counted ([`TLS_HANDSHAKE_FAILURES`](crate::metrics::TLS_HANDSHAKE_FAILURES))
+/// and logged at debug level only. Requests carry a [`TlsSession`].
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use switchback::tls::{CertResolver, Certificates, ServerTls};
+/// use switchback::{ClientLimits, Cluster, Endpoint, Forward, Server, UpgradeRouterLayer};
+/// use tower::ServiceBuilder;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let certs = Certificates::new().default_key(Certificates::load("cert.pem", "key.pem")?);
+/// let tls = ServerTls::builder(Arc::new(CertResolver::new(certs))).build()?;
+/// let stack = ServiceBuilder::new()
+///     .layer(UpgradeRouterLayer::builder().upgrade("websocket").build()?)
+///     .service(Forward::new(Cluster::new("app", [Endpoint::new("127.0.0.1:8080")])));
+/// let threads = std::thread::available_parallelism()?;
+/// let workers = Server::new(stack)
+///     .limits(ClientLimits::new().max_connections(10_000))
+///     .tls(tls)
+///     .workers("0.0.0.0:443".parse()?, threads)?;
+/// # drop(workers); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Server<S> {
+    service: S,
+    options: Options,
+}
+
+/// What every connection of a listener is served with.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) limits: ClientLimits,
+    pub(crate) tls: Option<ServerTls>,
+}
+
+impl<S> Server<S> {
+    /// Serves `service` within the default [`ClientLimits`], without TLS.
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            options: Options {
+                limits: ClientLimits::default(),
+                tls: None,
+            },
+        }
+    }
+
+    /// Serves within these limits.
+    pub fn limits(mut self, limits: ClientLimits) -> Self {
+        self.options.limits = limits;
+        self
+    }
+
+    /// Terminates TLS on every connection.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.options.tls = Some(tls);
+        self
+    }
+}
+
+impl<S, B> Server<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Accepts connections on `listener` until `shutdown` resolves, on the caller's runtime,
+    /// as [`serve`] does.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let conns = Conns::new(self.options.limits.max_connections);
+        serve_on(listener, self.service, shutdown, self.options, conns).await
+    }
+
+    /// Serves on `threads` workers listening on `addr`, as [`Workers::start`] does.
+    pub fn workers(self, addr: SocketAddr, threads: std::num::NonZeroUsize) -> io::Result<Workers> {
+        Workers::bind(addr, threads, self.options, self.service)
+    }
+
+    /// Serves one worker on each of `listeners`, as [`Workers::start_from`] does.
+    pub fn workers_from(self, listeners: Vec<std::net::TcpListener>) -> io::Result<Workers> {
+        Workers::adopt(listeners, self.options, self.service)
+    }
+}
+
+/// [`Server::serve`], counting connections in `conns` (which [`Workers`] share).
 async fn serve_on<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
-    limits: ClientLimits,
+    options: Options,
     conns: Arc<Conns>,
 ) -> io::Result<()>
 where
@@ -249,14 +336,37 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = exchange_service(service.clone(), addr, slot.clone(), limits);
-        tokio::spawn(connection(stream, addr, slot, svc, stopping.clone(), limits));
+        let accepted = Accepted {
+            addr,
+            slot,
+            limits: options.limits,
+        };
+        tokio::spawn(connection(
+            stream,
+            accepted,
+            service.clone(),
+            options.tls.clone(),
+            stopping.clone(),
+        ));
     }
     drop(listener);
     drop(stopping);
     let _ = stop.send(true);
     let _ = tokio::time::timeout(GRACE, stop.closed()).await;
     Ok(())
+}
+
+/// A connection the listener took.
+struct Accepted {
+    addr: SocketAddr,
+    slot: Arc<Slot>,
+    limits: ClientLimits,
+}
+
+impl Accepted {
+    fn parts(&self) -> (SocketAddr, Arc<Slot>, ClientLimits) {
+        (self.addr, self.slot.clone(), self.limits)
+    }
 }
 
 /// A response as the server sends it: the stack's, or a refusal of its own, tracked.
@@ -266,9 +376,8 @@ type Served<B> = Response<Holding<Either<B, Body>, Exchange>>;
 /// from, and keeps the connection busy until the response is sent.
 fn exchange_service<S, B>(
     svc: S,
-    addr: SocketAddr,
-    slot: Arc<Slot>,
-    limits: ClientLimits,
+    (addr, slot, limits): (SocketAddr, Arc<Slot>, ClientLimits),
+    tls: Option<TlsSession>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Served<B>,
@@ -295,6 +404,9 @@ where
         });
         req.extensions_mut().insert(ClientAddr(addr));
         req.extensions_mut().insert(ClientConn(slot.clone()));
+        if let Some(tls) = &tls {
+            req.extensions_mut().insert(tls.clone());
+        }
         let served = refused.is_none().then(|| svc.clone().oneshot(req));
         async move {
             let res = match (served, refused) {
@@ -327,29 +439,97 @@ async fn refuse(mut stream: TcpStream) {
 /// Serves one connection until it ends, shutting it down gracefully when `stopping` flips.
 async fn connection<S, B>(
     stream: TcpStream,
-    addr: SocketAddr,
-    slot: Arc<Slot>,
+    accepted: Accepted,
+    svc: S,
+    tls: Option<ServerTls>,
+    stopping: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (addr, limits) = (accepted.addr, accepted.limits);
+    // A client that sends nothing at all never gets past the preface peek (or the TLS
+    // handshake): the head's time limit starts at accept, and a full listener may close it
+    // here.
+    let opening = async {
+        match &tls {
+            None => {
+                let h2 = is_h2(&stream).await;
+                Ok(Opened::Plain(stream, h2))
+            }
+            Some(tls) => tls
+                .acceptor()
+                .accept(stream)
+                .await
+                .map(|s| Opened::Tls(Box::new(s))),
+        }
+    };
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(limits.request_headers_timeout, opening) => opened,
+        () = accepted.slot.evicted() => return,
+    };
+    let result = match opened {
+        Ok(Ok(Opened::Plain(stream, h2))) => {
+            let svc = exchange_service(svc, accepted.parts(), None);
+            serve_io(stream, h2, &accepted, svc, stopping).await
+        }
+        Ok(Ok(Opened::Tls(stream))) => {
+            let conn = stream.get_ref().1;
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            let svc = exchange_service(svc, accepted.parts(), Some(crate::tls::accepted_info(conn)));
+            serve_io(stream, h2, &accepted, svc, stopping).await
+        }
+        Ok(Err(e)) => {
+            let reason = if e.kind() == io::ErrorKind::UnexpectedEof {
+                "closed"
+            } else {
+                "handshake"
+            };
+            ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+            tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            if tls.is_some() {
+                ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES, "reason" => "timeout")
+                    .increment(1);
+            }
+            tracing::debug!(client = %addr, "closing a connection that sent nothing in time");
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, client = %addr, "connection ended with an error");
+    }
+}
+
+/// A connection ready for HTTP: a plain one and whether it opened with the HTTP/2 preface,
+/// or a TLS stream.
+enum Opened {
+    Plain(TcpStream, bool),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Serves HTTP/2 (`h2`) or HTTP/1.1 with upgrades on `stream`.
+async fn serve_io<T, S, B>(
+    stream: T,
+    h2: bool,
+    accepted: &Accepted,
     svc: S,
     mut stopping: watch::Receiver<bool>,
-    limits: ClientLimits,
-) where
+) -> Result<(), hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    // A client that sends nothing at all never gets past the preface peek: the head's time
-    // limit starts at accept, and a full listener may close it here.
-    let h2 = tokio::select! {
-        peeked = tokio::time::timeout(limits.request_headers_timeout, is_h2(&stream)) => peeked,
-        () = slot.evicted() => return,
-    };
-    let Ok(h2) = h2 else {
-        tracing::debug!(client = %addr, "closing a connection that sent nothing in time");
-        return;
-    };
-    let result = if h2 {
+    let (slot, limits) = (&accepted.slot, &accepted.limits);
+    if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .auto_date_header(false)
@@ -358,15 +538,7 @@ async fn connection<S, B>(
             .timer(TokioTimer::new());
         let io = TokioIo::new(Io::http2(stream, slot.clone()));
         let conn = builder.serve_connection(io, svc);
-        drive(
-            conn,
-            &slot,
-            &limits,
-            &mut stopping,
-            |c| c.graceful_shutdown(),
-            true,
-        )
-        .await
+        drive(conn, slot, limits, &mut stopping, |c| c.graceful_shutdown(), true).await
     } else {
         let mut builder = http1::Builder::new();
         // A proxy relays the upstream's head; it does not invent a `Date` the upstream didn't
@@ -382,16 +554,13 @@ async fn connection<S, B>(
         let conn = builder.serve_connection(io, svc).with_upgrades();
         drive(
             conn,
-            &slot,
-            &limits,
+            slot,
+            limits,
             &mut stopping,
             |c| c.graceful_shutdown(),
             false,
         )
         .await
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, client = %addr, "connection ended with an error");
     }
 }
 

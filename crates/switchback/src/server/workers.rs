@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 
-use super::ClientLimits;
+use super::{ClientLimits, Options};
 use crate::conn::Conns;
 use std::sync::Arc;
 use tower::Service;
@@ -83,11 +83,44 @@ impl Workers {
         Self::start_with(addr, threads, ClientLimits::default(), service)
     }
 
-    /// [`Workers::start`] with these [`ClientLimits`].
+    /// [`Workers::start`] with these [`ClientLimits`]. [`Server::workers`](super::Server::workers)
+    /// adds TLS.
     pub fn start_with<S, B>(
         addr: SocketAddr,
         threads: NonZeroUsize,
         limits: ClientLimits,
+        service: S,
+    ) -> io::Result<Self>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        super::Server::new(service).limits(limits).workers(addr, threads)
+    }
+
+    /// Starts one worker on each of `listeners`, already bound and listening (sockets
+    /// handed over by another process, for instance: see [`Workers::take_listeners`]).
+    /// [`Server::workers_from`](super::Server::workers_from) adds TLS.
+    pub fn start_from<S, B>(
+        listeners: Vec<std::net::TcpListener>,
+        limits: ClientLimits,
+        service: S,
+    ) -> io::Result<Self>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        super::Server::new(service).limits(limits).workers_from(listeners)
+    }
+
+    pub(super) fn bind<S, B>(
+        addr: SocketAddr,
+        threads: NonZeroUsize,
+        options: Options,
         service: S,
     ) -> io::Result<Self>
     where
@@ -103,14 +136,12 @@ impl Workers {
             drop(std::net::TcpListener::bind(addr)?);
         }
         let sources = (0..threads.get()).map(|_| Source::Bind).collect();
-        Self::start_on(addr, sources, limits, service)
+        Self::start_on(addr, sources, options, service)
     }
 
-    /// Starts one worker on each of `listeners`, already bound and listening (sockets
-    /// handed over by another process, for instance: see [`Workers::take_listeners`]).
-    pub fn start_from<S, B>(
+    pub(super) fn adopt<S, B>(
         listeners: Vec<std::net::TcpListener>,
-        limits: ClientLimits,
+        options: Options,
         service: S,
     ) -> io::Result<Self>
     where
@@ -124,13 +155,13 @@ impl Workers {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener to serve"))?
             .local_addr()?;
         let sources = listeners.into_iter().map(Source::Given).collect();
-        Self::start_on(addr, sources, limits, service)
+        Self::start_on(addr, sources, options, service)
     }
 
     fn start_on<S, B>(
         addr: SocketAddr,
         sources: Vec<Source>,
-        limits: ClientLimits,
+        options: Options,
         service: S,
     ) -> io::Result<Self>
     where
@@ -141,7 +172,7 @@ impl Workers {
     {
         let (phase, _) = watch::channel(Phase::Serving);
         // One listener, whatever the number of sockets: `max_connections` counts them all.
-        let conns = Conns::new(limits.max_connections);
+        let conns = Conns::new(options.limits.max_connections);
         let (done, served) = mpsc::unbounded_channel();
         let mut workers = Self {
             addr,
@@ -155,10 +186,10 @@ impl Workers {
         for (i, source) in sources.into_iter().enumerate() {
             let (bound, ready) = std::sync::mpsc::channel();
             let (service, phase, done) = (service.clone(), workers.phase.subscribe(), done.clone());
-            let (addr, conns) = (workers.addr, conns.clone());
+            let (addr, conns, options) = (workers.addr, conns.clone(), options.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("switchback-worker-{i}"))
-                .spawn(move || worker((addr, source), service, (limits, conns), phase, bound, done))?;
+                .spawn(move || worker((addr, source), service, (options, conns), phase, bound, done))?;
             workers.threads.push(thread);
             match ready.recv() {
                 Ok(Ok(listening)) => {
@@ -248,7 +279,7 @@ fn advance(phase: &mut Phase, to: Phase) -> bool {
 fn worker<S, B>(
     (addr, source): (SocketAddr, Source),
     service: S,
-    (limits, conns): (ClientLimits, Arc<Conns>),
+    (options, conns): (Options, Arc<Conns>),
     phase: watch::Receiver<Phase>,
     bound: std::sync::mpsc::Sender<io::Result<Listening>>,
     done: mpsc::UnboundedSender<io::Result<()>>,
@@ -297,7 +328,7 @@ fn worker<S, B>(
         };
         let serving = async {
             let stopping = reached(phase.clone(), Phase::Stopping);
-            let served = super::serve_on(listener, service, stopping, limits, conns).await;
+            let served = super::serve_on(listener, service, stopping, options, conns).await;
             let _ = done.send(served);
             // Tunnels live on this runtime: keep it until told to exit.
             std::future::pending::<()>().await;

@@ -1,0 +1,99 @@
+//! Opening connections to endpoints: TCP, then TLS when the cluster has it, within the
+//! cluster's connect timeout. Upgrades connect through [`open`]; the pool through
+//! [`Connector`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{ConnectError, Members};
+use crate::tls::{ClientTls, UpstreamStream};
+
+/// Connects to `address`, then starts TLS (verifying the endpoint as `host`) if `tls` says
+/// so, all within `timeout`.
+pub(super) async fn open(
+    cluster: &str,
+    address: &str,
+    host: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<UpstreamStream, ConnectError> {
+    let opening = async {
+        let tcp = TcpStream::connect(address).await.map_err(ConnectError::Io)?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(UpstreamStream::Plain(tcp));
+        };
+        tls.connect(tcp, host).await.map_err(|e| {
+            let reason = tls_reason(&e);
+            ::metrics::counter!(crate::metrics::UPSTREAM_TLS_FAILURES, "cluster" => cluster.to_owned(), "reason" => reason)
+                .increment(1);
+            tracing::warn!(cluster, endpoint = address, name = host, error = %e, "upstream TLS handshake failed");
+            ConnectError::Tls(e)
+        })
+    };
+    tokio::time::timeout(timeout, opening)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// The `reason` label of an upstream TLS failure.
+fn tls_reason(e: &std::io::Error) -> &'static str {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(rustls::Error::AlertReceived(_)) => "alert",
+        Some(_) => "handshake",
+        None if e.kind() == std::io::ErrorKind::InvalidInput => "bad_name",
+        None => "io",
+    }
+}
+
+/// The pool's connector: the cluster's endpoints by the address in the request's URI (as
+/// `Forward` writes it), TLS as the cluster says.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    pub(super) cluster: Arc<str>,
+    pub(super) timeout: Duration,
+    pub(super) tls: Option<ClientTls>,
+    pub(super) members: Arc<RwLock<Arc<Members>>>,
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let address = uri.authority().ok_or(ConnectError::NoEndpoint)?.as_str();
+            let host = {
+                let members = this.members.read().unwrap_or_else(|e| e.into_inner()).clone();
+                members
+                    .endpoints
+                    .iter()
+                    .find(|e| e.address() == address)
+                    .map_or_else(
+                        || uri.host().unwrap_or(address).to_owned(),
+                        |e| e.host().to_owned(),
+                    )
+            };
+            open(&this.cluster, address, &host, this.timeout, this.tls.as_ref())
+                .await
+                .map(TokioIo::new)
+        })
+    }
+}

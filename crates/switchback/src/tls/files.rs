@@ -1,0 +1,80 @@
+//! Certificates and keys read from PEM files, with errors that name the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A TLS setting that can't be used: a file that can't be read or holds no usable
+/// certificate or key, a key that doesn't match its certificate, a bad server name.
+#[derive(Debug)]
+pub struct TlsError {
+    path: Option<PathBuf>,
+    message: String,
+}
+
+impl TlsError {
+    pub(crate) fn file(path: &Path, message: impl fmt::Display) -> Self {
+        Self {
+            path: Some(path.to_owned()),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn other(message: impl fmt::Display) -> Self {
+        Self {
+            path: None,
+            message: message.to_string(),
+        }
+    }
+
+    /// The file at fault, if a file is.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "{}: {}", path.display(), self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// Every certificate in a PEM file, in order (a chain: leaf first).
+pub(crate) fn cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::file(path, pem_reason(&e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::file(path, pem_reason(&e)))?;
+    if certs.is_empty() {
+        return Err(TlsError::file(
+            path,
+            "no certificate in the file (expected PEM blocks `-----BEGIN CERTIFICATE-----`)",
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::file(
+            path,
+            "no private key in the file (expected a PEM `PRIVATE KEY`, `EC PRIVATE KEY` or `RSA PRIVATE KEY`)",
+        ),
+        e => TlsError::file(path, pem_reason(&e)),
+    })
+}
+
+fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(e) => format!("can't read it: {e}"),
+        e => format!("not a valid PEM file: {e:?}"),
+    }
+}
