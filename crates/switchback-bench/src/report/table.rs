@@ -60,6 +60,15 @@ pub(crate) fn render(r: &Results) -> String {
         out.push('\n');
     }
     out.push_str("\n↑ higher is better, ↓ lower is better.");
+    if r.workloads.iter().any(|w| w.is_tls()) && r.systems.contains(&REFERENCE) {
+        // The one column that is two processes: say which one each kind of row measured.
+        let _ = write!(
+            out,
+            "\nTLS rows: `{}` is the `switchback` binary with a TLS listener (the other rows: the \
+             harness's proxy role on the library; `switchback-bin` is the binary's plain listener).",
+            REFERENCE.name()
+        );
+    }
     for (system, why) in &r.skipped {
         let _ = write!(out, "\n{} skipped: {why}", system.name());
     }
