@@ -2179,6 +2179,25 @@ async fn tls_listener_beside_a_plain_one_to_a_tls_upstream_with_certificate_relo
         "{lines:?}"
     );
 
+    // Plain HTTP to the TLS port: no answer in HTTP, a counted failure, no error line.
+    let mut scanner = TcpStream::connect(tls).await.unwrap();
+    scanner
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = within("the scanner's close", support::read_to_eof(&mut scanner)).await;
+    assert!(!answer.starts_with(b"HTTP/"));
+    let metrics = http(admin, "GET", "/metrics", &[], b"").await.body;
+    assert!(
+        metric(
+            &metrics,
+            "switchback_tls_handshake_failures_total",
+            &["reason=\"handshake\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(!proxy.stderr().contains("ERROR"), "{}", proxy.stderr());
+
     // A renewed certificate under the same names: SIGHUP, and new handshakes get it.
     let renewed = ca.issue(&["localhost"]);
     renewed.write(&dir.0, "proxy");
