@@ -1,6 +1,7 @@
 //! TLS on both legs through the library: `wss://` clients through a TLS listener to TLS
 //! upstreams, HTTP/2 extended CONNECT over TLS (ALPN `h2`), SNI, upstream verification,
 //! certificates swapped under a live tunnel, and clients that never finish a handshake.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
 
 mod pki;
 mod support;
