@@ -2344,3 +2344,66 @@ impl Drop for EchoProcess {
         let _ = self.0.wait();
     }
 }
+
+/// A reload adds a listener, removes one and turns one to TLS on its own sockets; tunnels
+/// opened on each keep running, and the untouched listener never notices.
+#[tokio::test]
+async fn a_reload_adds_removes_and_changes_listeners_without_cutting_tunnels() {
+    let dir = TempDir::new("reload-listeners");
+    let ca = pki::Ca::new("test CA");
+    ca.issue(&["localhost"]).write(&dir.0, "proxy");
+    let echo = ws_echo().await;
+    let tls = "\n    tls: { certificates: [{ cert_chain_file: proxy.pem, private_key_file: proxy.key }] }";
+    let config = |listeners: &str| {
+        format!(
+            "listeners:\n{listeners}\nadmin: 127.0.0.1:0\nupgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{}\"] }}]\n",
+            echo.addr
+        )
+    };
+    let file = dir.write("switchback.yaml", &config("  - address: 127.0.0.1:0"));
+    let (_proxy, a, admin) = Proxy::with_admin(&dir, &file).await;
+    let (mut on_a, _) = ws_connect(format!("ws://{a}/a")).await;
+    let reload = |listeners: String| reload_to(&dir, admin, config(&listeners));
+
+    // Added: a TLS listener beside A.
+    let now = reload(format!("  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0{tls}")).await;
+    assert_eq!(now[0], a, "A is kept as it was");
+    let b = now[1];
+    let (mut on_b, _) = wss_connect(b, &ca).await;
+    wss_roundtrip(&mut on_b, Message::text("on the added listener")).await;
+    ws_roundtrip(&mut on_a, Message::text("A's tunnel through the first reload")).await;
+
+    // Removed: B. Its port refuses new connections; its tunnel runs on.
+    let now = reload("  - address: 127.0.0.1:0".to_owned()).await;
+    assert_eq!(now, [a]);
+    within("B's port to close", async {
+        while TcpStream::connect(b).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    wss_roundtrip(&mut on_b, Message::text("the removed listener's tunnel")).await;
+
+    // Changed: A turns to TLS on the same sockets; its plain tunnel runs on.
+    let now = reload(format!("  - address: 127.0.0.1:0{tls}")).await;
+    assert_eq!(now, [a], "the same port");
+    let (mut tls_on_a, _) = wss_connect(a, &ca).await;
+    wss_roundtrip(&mut tls_on_a, Message::text("A speaks TLS now")).await;
+    ws_roundtrip(&mut on_a, Message::text("A's plain tunnel through three reloads")).await;
+    wss_roundtrip(&mut on_b, Message::text("and B's")).await;
+}
+
+/// Writes `yaml` as the config, reloads, and returns the running listeners' addresses.
+async fn reload_to(dir: &TempDir, admin: SocketAddr, yaml: String) -> Vec<SocketAddr> {
+    dir.write("switchback.yaml", &yaml);
+    let reply = http(admin, "POST", "/reload", &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let running: Value = serde_json::from_str(&http(admin, "GET", "/config", &[], b"").await.body).unwrap();
+    running["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["address"].as_str().unwrap().parse::<SocketAddr>().unwrap())
+        .collect()
+}
