@@ -2407,3 +2407,49 @@ async fn reload_to(dir: &TempDir, admin: SocketAddr, yaml: String) -> Vec<Socket
         .map(|l| l["address"].as_str().unwrap().parse::<SocketAddr>().unwrap())
         .collect()
 }
+
+/// `switchback drain` (the preStop hook): `/ready` fails at once while the listener still
+/// accepts; after `--after` the drain starts, and the SIGTERM that follows is a first signal
+/// (tunnels get `drain_timeout`), not a second one that would cut them.
+#[tokio::test]
+async fn drain_subcommand_makes_the_pod_unready_then_drains() {
+    let dir = TempDir::new("prestop");
+    let echo = ws_echo().await;
+    let file = dir.write(
+        "switchback.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ndrain_timeout: 5s\nupgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{}\"] }}]\n",
+            echo.addr
+        ),
+    );
+    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
+    let (mut tunnel, _) = ws_connect(format!("ws://{listen}/ws")).await;
+    let admin_arg = admin.to_string();
+    let hook = std::thread::spawn(move || run(&["drain", "--admin", &admin_arg, "--after", "700ms"]));
+    within("/ready to fail", async {
+        while http(admin, "GET", "/ready", &[], b"").await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Unready, and still serving until the drain starts.
+    let (mut late, _) = ws_connect(format!("ws://{listen}/ws")).await;
+    ws_roundtrip(&mut late, Message::text("accepted while unready")).await;
+    let out = tokio::task::spawn_blocking(move || hook.join().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The kubelet's SIGTERM: the drain goes on, tunnels keep working within drain_timeout.
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws_roundtrip(&mut tunnel, Message::text("still within drain_timeout")).await;
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "no new connections while draining"
+    );
+    ws_close(tunnel).await;
+    ws_close(late).await;
+    assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
+    assert!(!proxy.stderr().contains("second signal"), "{}", proxy.stderr());
+}

@@ -184,6 +184,10 @@ pub(crate) async fn run(
     });
     let mut admin_fd = None;
     let mut admin_task = None;
+    // 0: running, 1: draining, 2: told twice, stop waiting. A first signal or the admin
+    // endpoint's `POST /drain` starts the drain.
+    let (tx, rx) = watch::channel(0u8);
+    let tx = Arc::new(tx);
     if let (Some(admin_listener), Some(metrics)) = (admin_listener, metrics) {
         let bound = admin_listener
             .local_addr()
@@ -195,6 +199,10 @@ pub(crate) async fn run(
             view,
             reloader.clone(),
             overridden,
+            admin::DrainStart {
+                unready: Arc::default(),
+                start: tx.clone(),
+            },
         );
         // A duplicate, for a takeover to hand over.
         admin_fd = std::os::fd::AsFd::as_fd(&admin_listener)
@@ -228,8 +236,6 @@ pub(crate) async fn run(
         None => None,
     };
 
-    // 0: running, 1: draining, 2: told twice, stop waiting.
-    let (tx, rx) = watch::channel(0u8);
     let drain_timeout = config.drain_timeout;
     let pretty_timeout = switchback_config::format_duration(drain_timeout);
     let pretty_timeout_takeover = pretty_timeout.clone();
@@ -248,6 +254,8 @@ pub(crate) async fn run(
         });
     }
     tokio::spawn(async move {
+        // A drain the admin endpoint started doesn't make the next signal a second one (the
+        // SIGTERM that follows a preStop hook's drain is a first).
         let first = signals.next().await;
         tracing::info!(
             signal = first,
