@@ -2453,3 +2453,41 @@ async fn drain_subcommand_makes_the_pod_unready_then_drains() {
     assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
     assert!(!proxy.stderr().contains("second signal"), "{}", proxy.stderr());
 }
+
+/// `--watch` follows certificate files: a certificate renewed in place (as cert-manager or
+/// certbot do) reaches new handshakes without a signal.
+#[tokio::test]
+async fn watch_picks_up_a_renewed_certificate() {
+    let dir = TempDir::new("watch-cert");
+    let ca = pki::Ca::new("test CA");
+    ca.issue(&["localhost"]).write(&dir.0, "proxy");
+    let echo = ws_echo().await;
+    let file = dir.write(
+        "switchback.yaml",
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:0\n    tls: {{ certificates: [{{ cert_chain_file: proxy.pem, private_key_file: proxy.key }}] }}\n\
+             upgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{}\"] }}]\n",
+            echo.addr
+        ),
+    );
+    let (_proxy, bound) =
+        Proxy::start_ready(&dir, &["--config", file.to_str().unwrap(), "--watch"], &[]).await;
+    let (mut live, _) = wss_connect(bound.listen, &ca).await;
+    let renewed = ca.issue(&["localhost"]);
+    // Written under other names and renamed over the old files, as renewal tools do.
+    renewed.write(&dir.0, "next");
+    std::fs::rename(dir.path("next.key"), dir.path("proxy.key")).unwrap();
+    std::fs::rename(dir.path("next.pem"), dir.path("proxy.pem")).unwrap();
+    within("the renewed certificate", async {
+        loop {
+            let (_, served) = wss_connect(bound.listen, &ca).await;
+            if served == renewed.der {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    wss_roundtrip(&mut live, Message::text("opened before the renewal")).await;
+}
