@@ -2491,3 +2491,45 @@ async fn watch_picks_up_a_renewed_certificate() {
     .await;
     wss_roundtrip(&mut live, Message::text("opened before the renewal")).await;
 }
+
+/// A takeover carries every listener, TLS ones included: the new process serves each on the
+/// same port, and a TLS tunnel on the old process runs on.
+#[tokio::test]
+async fn a_takeover_carries_every_listener() {
+    let dir = TempDir::new("takeover-listeners");
+    let ca = pki::Ca::new("test CA");
+    ca.issue(&["localhost"]).write(&dir.0, "proxy");
+    let echo = ws_echo().await.addr;
+    let socket = dir.path("takeover.sock");
+    let file = dir.write(
+        "takeover.yaml",
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0\n    tls: {{ certificates: [{{ cert_chain_file: proxy.pem, private_key_file: proxy.key }}] }}\n\
+             access_log: /dev/null\ndrain_timeout: 1h\ntakeover_socket: {}\n\
+             upgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{echo}\"] }}]\n",
+            socket.display()
+        ),
+    );
+    let (mut old, _) = Proxy::start_ready(&dir, &["--config", file.to_str().unwrap()], &[]).await;
+    let ports = ready_listeners(&dir);
+    let (mut tunnel, _) = wss_connect(ports[1], &ca).await;
+
+    let new_dir = TempDir::new("takeover-listeners-new");
+    let (_new, _) =
+        Proxy::start_ready(&new_dir, &["--config", file.to_str().unwrap(), "--takeover"], &[]).await;
+    assert_eq!(
+        ready_listeners(&new_dir),
+        ports,
+        "the same ports, in the same order"
+    );
+    let (mut plain, _) = ws_connect(format!("ws://{}/", ports[0])).await;
+    ws_roundtrip(&mut plain, Message::text("plain, on the new process")).await;
+    let (mut tls, _) = wss_connect(ports[1], &ca).await;
+    wss_roundtrip(&mut tls, Message::text("TLS, on the new process")).await;
+    wss_roundtrip(&mut tunnel, Message::text("TLS, still on the old process")).await;
+    tunnel.close(None).await.unwrap();
+    while tunnel.next().await.is_some() {}
+    drop(tunnel);
+    assert_eq!(old.wait_exit().await.code(), Some(0), "{}", old.stderr());
+}
