@@ -2179,6 +2179,25 @@ async fn tls_listener_beside_a_plain_one_to_a_tls_upstream_with_certificate_relo
         "{lines:?}"
     );
 
+    // Plain HTTP to the TLS port: no answer in HTTP, a counted failure, no error line.
+    let mut scanner = TcpStream::connect(tls).await.unwrap();
+    scanner
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = within("the scanner's close", support::read_to_eof(&mut scanner)).await;
+    assert!(!answer.starts_with(b"HTTP/"));
+    let metrics = http(admin, "GET", "/metrics", &[], b"").await.body;
+    assert!(
+        metric(
+            &metrics,
+            "switchback_tls_handshake_failures_total",
+            &["reason=\"handshake\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(!proxy.stderr().contains("ERROR"), "{}", proxy.stderr());
+
     // A renewed certificate under the same names: SIGHUP, and new handshakes get it.
     let renewed = ca.issue(&["localhost"]);
     renewed.write(&dir.0, "proxy");
@@ -2324,4 +2343,193 @@ impl Drop for EchoProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A reload adds a listener, removes one and turns one to TLS on its own sockets; tunnels
+/// opened on each keep running, and the untouched listener never notices.
+#[tokio::test]
+async fn a_reload_adds_removes_and_changes_listeners_without_cutting_tunnels() {
+    let dir = TempDir::new("reload-listeners");
+    let ca = pki::Ca::new("test CA");
+    ca.issue(&["localhost"]).write(&dir.0, "proxy");
+    let echo = ws_echo().await;
+    let tls = "\n    tls: { certificates: [{ cert_chain_file: proxy.pem, private_key_file: proxy.key }] }";
+    let config = |listeners: &str| {
+        format!(
+            "listeners:\n{listeners}\nadmin: 127.0.0.1:0\nupgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{}\"] }}]\n",
+            echo.addr
+        )
+    };
+    let file = dir.write("switchback.yaml", &config("  - address: 127.0.0.1:0"));
+    let (_proxy, a, admin) = Proxy::with_admin(&dir, &file).await;
+    let (mut on_a, _) = ws_connect(format!("ws://{a}/a")).await;
+    let reload = |listeners: String| reload_to(&dir, admin, config(&listeners));
+
+    // Added: a TLS listener beside A.
+    let now = reload(format!("  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0{tls}")).await;
+    assert_eq!(now[0], a, "A is kept as it was");
+    let b = now[1];
+    let (mut on_b, _) = wss_connect(b, &ca).await;
+    wss_roundtrip(&mut on_b, Message::text("on the added listener")).await;
+    ws_roundtrip(&mut on_a, Message::text("A's tunnel through the first reload")).await;
+
+    // Removed: B. Its port refuses new connections; its tunnel runs on.
+    let now = reload("  - address: 127.0.0.1:0".to_owned()).await;
+    assert_eq!(now, [a]);
+    within("B's port to close", async {
+        while TcpStream::connect(b).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    wss_roundtrip(&mut on_b, Message::text("the removed listener's tunnel")).await;
+
+    // Changed: A turns to TLS on the same sockets; its plain tunnel runs on.
+    let now = reload(format!("  - address: 127.0.0.1:0{tls}")).await;
+    assert_eq!(now, [a], "the same port");
+    let (mut tls_on_a, _) = wss_connect(a, &ca).await;
+    wss_roundtrip(&mut tls_on_a, Message::text("A speaks TLS now")).await;
+    ws_roundtrip(&mut on_a, Message::text("A's plain tunnel through three reloads")).await;
+    wss_roundtrip(&mut on_b, Message::text("and B's")).await;
+}
+
+/// Writes `yaml` as the config, reloads, and returns the running listeners' addresses.
+async fn reload_to(dir: &TempDir, admin: SocketAddr, yaml: String) -> Vec<SocketAddr> {
+    dir.write("switchback.yaml", &yaml);
+    let reply = http(admin, "POST", "/reload", &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let running: Value = serde_json::from_str(&http(admin, "GET", "/config", &[], b"").await.body).unwrap();
+    running["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["address"].as_str().unwrap().parse::<SocketAddr>().unwrap())
+        .collect()
+}
+
+/// `switchback drain` (the preStop hook): `/ready` fails at once while the listener still
+/// accepts; after `--after` the drain starts, and the SIGTERM that follows is a first signal
+/// (tunnels get `drain_timeout`), not a second one that would cut them.
+#[tokio::test]
+async fn drain_subcommand_makes_the_pod_unready_then_drains() {
+    let dir = TempDir::new("prestop");
+    let echo = ws_echo().await;
+    let file = dir.write(
+        "switchback.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ndrain_timeout: 5s\nupgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{}\"] }}]\n",
+            echo.addr
+        ),
+    );
+    let (mut proxy, listen, admin) = Proxy::with_admin(&dir, &file).await;
+    let (mut tunnel, _) = ws_connect(format!("ws://{listen}/ws")).await;
+    let admin_arg = admin.to_string();
+    let hook = std::thread::spawn(move || run(&["drain", "--admin", &admin_arg, "--after", "700ms"]));
+    within("/ready to fail", async {
+        while http(admin, "GET", "/ready", &[], b"").await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Unready, and still serving until the drain starts.
+    let (mut late, _) = ws_connect(format!("ws://{listen}/ws")).await;
+    ws_roundtrip(&mut late, Message::text("accepted while unready")).await;
+    let out = tokio::task::spawn_blocking(move || hook.join().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The kubelet's SIGTERM: the drain goes on, tunnels keep working within drain_timeout.
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws_roundtrip(&mut tunnel, Message::text("still within drain_timeout")).await;
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "no new connections while draining"
+    );
+    ws_close(tunnel).await;
+    ws_close(late).await;
+    assert_eq!(proxy.wait_exit().await.code(), Some(0), "{}", proxy.stderr());
+    assert!(!proxy.stderr().contains("second signal"), "{}", proxy.stderr());
+}
+
+/// `--watch` follows certificate files: a certificate renewed in place (as cert-manager or
+/// certbot do) reaches new handshakes without a signal.
+#[tokio::test]
+async fn watch_picks_up_a_renewed_certificate() {
+    let dir = TempDir::new("watch-cert");
+    let ca = pki::Ca::new("test CA");
+    ca.issue(&["localhost"]).write(&dir.0, "proxy");
+    let echo = ws_echo().await;
+    let file = dir.write(
+        "switchback.yaml",
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:0\n    tls: {{ certificates: [{{ cert_chain_file: proxy.pem, private_key_file: proxy.key }}] }}\n\
+             upgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{}\"] }}]\n",
+            echo.addr
+        ),
+    );
+    let (_proxy, bound) =
+        Proxy::start_ready(&dir, &["--config", file.to_str().unwrap(), "--watch"], &[]).await;
+    let (mut live, _) = wss_connect(bound.listen, &ca).await;
+    let renewed = ca.issue(&["localhost"]);
+    // Written under other names and renamed over the old files, as renewal tools do.
+    renewed.write(&dir.0, "next");
+    std::fs::rename(dir.path("next.key"), dir.path("proxy.key")).unwrap();
+    std::fs::rename(dir.path("next.pem"), dir.path("proxy.pem")).unwrap();
+    within("the renewed certificate", async {
+        loop {
+            let (_, served) = wss_connect(bound.listen, &ca).await;
+            if served == renewed.der {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    wss_roundtrip(&mut live, Message::text("opened before the renewal")).await;
+}
+
+/// A takeover carries every listener, TLS ones included: the new process serves each on the
+/// same port, and a TLS tunnel on the old process runs on.
+#[tokio::test]
+async fn a_takeover_carries_every_listener() {
+    let dir = TempDir::new("takeover-listeners");
+    let ca = pki::Ca::new("test CA");
+    ca.issue(&["localhost"]).write(&dir.0, "proxy");
+    let echo = ws_echo().await.addr;
+    let socket = dir.path("takeover.sock");
+    let file = dir.write(
+        "takeover.yaml",
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0\n    tls: {{ certificates: [{{ cert_chain_file: proxy.pem, private_key_file: proxy.key }}] }}\n\
+             access_log: /dev/null\ndrain_timeout: 1h\ntakeover_socket: {}\n\
+             upgrade_configs: [{{ upgrade_type: websocket }}]\n\
+             routes: [{{ match: {{ prefix: / }}, cluster: echo }}]\nclusters: [{{ name: echo, endpoints: [\"{echo}\"] }}]\n",
+            socket.display()
+        ),
+    );
+    let (mut old, _) = Proxy::start_ready(&dir, &["--config", file.to_str().unwrap()], &[]).await;
+    let ports = ready_listeners(&dir);
+    let (mut tunnel, _) = wss_connect(ports[1], &ca).await;
+
+    let new_dir = TempDir::new("takeover-listeners-new");
+    let (_new, _) =
+        Proxy::start_ready(&new_dir, &["--config", file.to_str().unwrap(), "--takeover"], &[]).await;
+    assert_eq!(
+        ready_listeners(&new_dir),
+        ports,
+        "the same ports, in the same order"
+    );
+    let (mut plain, _) = ws_connect(format!("ws://{}/", ports[0])).await;
+    ws_roundtrip(&mut plain, Message::text("plain, on the new process")).await;
+    let (mut tls, _) = wss_connect(ports[1], &ca).await;
+    wss_roundtrip(&mut tls, Message::text("TLS, on the new process")).await;
+    wss_roundtrip(&mut tunnel, Message::text("TLS, still on the old process")).await;
+    tunnel.close(None).await.unwrap();
+    while tunnel.next().await.is_some() {}
+    drop(tunnel);
+    assert_eq!(old.wait_exit().await.code(), Some(0), "{}", old.stderr());
 }

@@ -1,6 +1,7 @@
 //! TLS on both legs through the library: `wss://` clients through a TLS listener to TLS
 //! upstreams, HTTP/2 extended CONNECT over TLS (ALPN `h2`), SNI, upstream verification,
 //! certificates swapped under a live tunnel, and clients that never finish a handshake.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
 
 mod pki;
 mod support;
@@ -342,4 +343,91 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_head_timeou
     // And the listener still serves.
     let mut ws = wss_client(proxy, "proxy.test", &ca).await;
     echo_once(&mut ws, Message::text("still serving")).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_to_an_upstream_that_asks_for_a_client_certificate() {
+    let ca = Ca::new("test CA");
+    let server = ca.issue(&["localhost"]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.der.clone()], server.key())
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // An upstream that echoes WebSocket messages to clients with a certificate from the CA.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = pki::temp_dir("mtls");
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    let (cert, key) = ca.issue(&["proxy.client"]).write(&dir, "client");
+    let cluster = |tls: ClientTls| {
+        Cluster::new(
+            "mtls",
+            [Endpoint::new(upstream.to_string()).hostname("localhost")],
+        )
+        .connect_timeout(Duration::from_secs(2))
+        .tls(tls)
+    };
+    let with_identity = ClientTls::builder()
+        .trusted_ca_file(dir.join("ca.pem"))
+        .unwrap()
+        .client_auth_files(&cert, &key)
+        .unwrap()
+        .build()
+        .unwrap();
+    let without = ClientTls::builder()
+        .trusted_ca_file(dir.join("ca.pem"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let upgrade = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    for (tls, want) in [(with_identity, 101), (without, 503)] {
+        let stack = ServiceBuilder::new()
+            .layer(
+                UpgradeRouterLayer::builder()
+                    .upgrade("websocket")
+                    .build()
+                    .unwrap(),
+            )
+            .service(Forward::new(cluster(tls)));
+        let proxy = support::start(stack).await;
+        let mut client = support::raw_client(proxy.addr, upgrade).await;
+        let (head, _) = within(support::read_head(&mut client)).await;
+        assert_eq!(support::status(&head), want, "{head}");
+        if want == 503 {
+            // The pooled client for plain requests: the same refusal, the same answer.
+            let mut client = support::raw_client(proxy.addr, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let (head, _) = within(support::read_head(&mut client)).await;
+            assert_eq!(support::status(&head), 503, "{head}");
+        }
+    }
 }

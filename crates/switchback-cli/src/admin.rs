@@ -177,6 +177,16 @@ struct Inner {
     reload: Arc<dyn Reload>,
     /// Runtime keys set here: a reload keeps them over the file's values.
     overridden: Arc<Mutex<BTreeSet<String>>>,
+    /// Starts the drain (`POST /drain`), as a first SIGTERM does.
+    drain_start: DrainStart,
+}
+
+/// How the admin endpoint starts the drain: `/ready` fails at once, and after a delay the
+/// process drains as on a first SIGTERM (which then doesn't count as a second one).
+#[derive(Clone)]
+pub(crate) struct DrainStart {
+    pub(crate) unready: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) start: Arc<tokio::sync::watch::Sender<u8>>,
 }
 
 /// Keys a route reads, or that the config sets: the only ones worth setting.
@@ -207,6 +217,7 @@ impl Admin {
         view: SharedView,
         reload: Arc<dyn Reload>,
         overridden: Arc<Mutex<BTreeSet<String>>>,
+        drain_start: DrainStart,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -216,8 +227,43 @@ impl Admin {
                 view,
                 reload,
                 overridden,
+                drain_start,
             }),
         }
+    }
+
+    /// `POST /drain[?after=5s]`: `/ready` fails now; the drain starts `after` from now (a
+    /// load balancer has that long to stop sending new connections). Idempotent.
+    fn start_drain(&self, query: &str) -> Response<Full<Bytes>> {
+        let after = match query.split('&').find_map(|kv| kv.strip_prefix("after=")) {
+            None => Duration::ZERO,
+            Some(text) => match switchback_config::parse_duration(text) {
+                Ok(after) => after,
+                Err(e) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        format!("after={text}: {e}; write a duration such as 5s\n"),
+                    );
+                }
+            },
+        };
+        let start = self.inner.drain_start.clone();
+        start.unready.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "drain requested on the admin endpoint: /ready fails now, the drain starts in {after:?}"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            start.start.send_if_modified(|state| {
+                let starting = *state == 0;
+                *state = (*state).max(1);
+                starting
+            });
+        });
+        json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "draining_in": switchback_config::format_duration(after) }),
+        )
     }
 
     fn view(&self) -> View {
@@ -274,7 +320,11 @@ impl Admin {
                 )
             }),
             "/ready" => only(method, &[Method::GET], || {
-                if inner.drain.is_draining() {
+                let unready = inner
+                    .drain_start
+                    .unready
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if unready || inner.drain.is_draining() {
                     plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
                 } else {
                     plain(StatusCode::OK, "ready\n")
@@ -327,6 +377,10 @@ impl Admin {
                         ),
                     ),
                 },
+                _ => not_allowed(&[Method::POST]),
+            },
+            "/drain" => match *method {
+                Method::POST => self.start_drain(req.uri().query().unwrap_or("")),
                 _ => not_allowed(&[Method::POST]),
             },
             "/tunnels/close" => match *method {

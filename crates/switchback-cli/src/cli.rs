@@ -25,6 +25,9 @@ Modes:
                              open http://127.0.0.1:10000/ in a browser to try it
   switchback echo            run a WebSocket echo server on 127.0.0.1:9001 (--listen ADDR:PORT,
                              repeatable), an upstream to try a config with; GET / is the page
+  switchback drain --admin ADDR:PORT [--after 5s]
+                             ask a running switchback to drain (a preStop hook): /ready fails
+                             now, the drain starts after --after
 
 Ready file:
   --ready-file PATH: once every listener is bound, switchback writes the addresses it bound
@@ -45,6 +48,8 @@ Admin endpoint (when `admin: ADDR:PORT` is set; keep it on loopback):
   GET  /runtime                  the runtime values as JSON
   POST /runtime?key=K&value=V    set runtime value K to V (0-100); answers the old and new value
   GET  /config                   the effective configuration as JSON
+  POST /reload                   re-read the config file and its certificates (as SIGHUP)
+  POST /drain?after=5s           /ready fails now; the drain starts after `after`
 
 Access log:
   One JSON object per line on standard output, or appended to `access_log: PATH`: one line
@@ -116,6 +121,25 @@ enum Command {
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9001")]
         listen: Vec<SocketAddr>,
     },
+    /// Ask a running switchback to drain (a Kubernetes preStop hook).
+    ///
+    /// Its /ready fails at once, so load balancers stop sending it new connections; after
+    /// --after it drains as on SIGTERM: no new connections or upgrades, open tunnels run up
+    /// to drain_timeout. Returns once the drain has started; a SIGTERM after it is not taken
+    /// for a second signal.
+    Drain {
+        /// The running process's admin endpoint.
+        #[arg(long, value_name = "ADDR:PORT")]
+        admin: SocketAddr,
+        /// How long it keeps accepting after /ready fails, e.g. 5s.
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
+        after: std::time::Duration,
+    },
+}
+
+/// A duration argument: `5s`, `500ms`, `1m`.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    switchback_config::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// What to do.
@@ -144,13 +168,22 @@ pub(crate) enum Mode {
         /// The addresses to serve on.
         listen: Vec<SocketAddr>,
     },
+    /// `drain --admin ADDR:PORT [--after DURATION]`.
+    Drain {
+        /// The admin endpoint to ask.
+        admin: SocketAddr,
+        /// How long before the drain starts.
+        after: std::time::Duration,
+    },
 }
 
 impl Args {
     /// The mode the arguments ask for.
     pub(crate) fn mode(self) -> Mode {
-        if let Some(Command::Echo { listen }) = self.command {
-            return Mode::Echo { listen };
+        match self.command {
+            Some(Command::Echo { listen }) => return Mode::Echo { listen },
+            Some(Command::Drain { admin, after }) => return Mode::Drain { admin, after },
+            None => {}
         }
         match (self.config, self.check) {
             (_, Some(check)) => Mode::Check(check),

@@ -12,6 +12,7 @@ mod access_log;
 mod admin;
 mod cli;
 mod demo;
+mod drain_request;
 mod echo;
 mod fatal;
 mod filters;
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         },
         Mode::Demo { ready_file } => block_on(demo::run(ready_file)),
         Mode::Echo { listen } => block_on(echo::run(&listen)),
+        Mode::Drain { admin, after } => block_on(drain_request::run(admin, after)),
     }
 }
 

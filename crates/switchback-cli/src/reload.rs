@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tower::Service;
 
 use crate::access_log::AccessLog;
+use crate::listeners::Listeners;
 use crate::stack;
 
 /// Counter: reloads, by `result` (`changed`, `unchanged`, `refused`).
@@ -135,8 +136,8 @@ pub(crate) struct Reloader<S> {
     pub(crate) log: AccessLog,
     /// The running clusters' health checkers and DNS discovery.
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The running listeners' certificate resolvers (`None`: plaintext), in the config's order.
-    pub(crate) resolvers: Vec<Option<Arc<switchback::tls::CertResolver>>>,
+    /// The running listeners: a reload binds, changes and retires them.
+    pub(crate) listeners: Arc<Mutex<Listeners>>,
     /// Builds the stack for a config (the stack module's `build`, whose type has no name).
     #[expect(clippy::type_complexity, reason = "one builder closure")]
     pub(crate) build:
@@ -159,8 +160,8 @@ pub(crate) fn hash(config: &Config) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// The fields a running process can't change: the listener, the workers and the client
-/// limits they were started with, the admin endpoint and the access log's destination.
+/// The fields a running process can't change: the workers and the client limits they were
+/// started with, the admin endpoint and the access log's destination.
 fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
     let mut check = |name, same: bool| {
@@ -168,18 +169,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             fields.push(name);
         }
     };
-    let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
-    check("listeners", addresses(old) == addresses(new));
-    let tls_kind = |c: &Config| {
-        c.listeners
-            .iter()
-            .map(|l| l.tls.as_ref().map(|t| (t.alpn.clone(), t.min_version)))
-            .collect::<Vec<_>>()
-    };
-    check(
-        "listeners[].tls (alpn, min_version, on or off)",
-        tls_kind(old) == tls_kind(new),
-    );
     check("admin", old.admin == new.admin);
     check("workers", old.workers == new.workers);
     check("access_log", old.access_log == new.access_log);
@@ -235,45 +224,6 @@ impl<S: Clone + Send + Sync> Reload for Reloader<S> {
 }
 
 impl<S: Clone + Send + Sync> Reloader<S> {
-    /// The new certificates of each running TLS listener, read from the files `new` names
-    /// for the listener at the same address in the file (`loaded`: the file as last loaded,
-    /// port 0 and all). A listener the new file drops or turns plain keeps its certificates
-    /// (that change needs a restart).
-    fn certificates(
-        &self,
-        loaded: &Config,
-        new: &Config,
-    ) -> Result<Vec<(Arc<switchback::tls::CertResolver>, switchback::tls::Certificates)>, Vec<String>> {
-        let mut out = Vec::new();
-        let mut errors = Vec::new();
-        for (at, (listener, resolver)) in loaded.listeners.iter().zip(&self.resolvers).enumerate() {
-            let Some(resolver) = resolver else { continue };
-            // The same place with the same address first: several listeners may say port 0.
-            let found = new
-                .listeners
-                .get(at)
-                .filter(|l| l.address == listener.address)
-                .map(|l| (at, l))
-                .or_else(|| {
-                    new.listeners
-                        .iter()
-                        .enumerate()
-                        .find(|(_, l)| l.address == listener.address)
-                });
-            let Some((i, Some(tls))) = found.map(|(i, l)| (i, l.tls.as_ref())) else {
-                continue;
-            };
-            match crate::tls::certificates(tls, &format!("listeners[{i}].tls")) {
-                Ok(certs) => out.push((resolver.clone(), certs)),
-                Err(e) => errors.push(match &self.path {
-                    Some(path) => format!("{}: {e}", path.display()),
-                    None => e,
-                }),
-            }
-        }
-        if errors.is_empty() { Ok(out) } else { Err(errors) }
-    }
-
     fn try_reload(&self) -> Result<Reloaded, Vec<String>> {
         let Some(path) = &self.path else {
             return Err(vec!["the built-in demo has no config file to reload".to_owned()]);
@@ -281,15 +231,26 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         let new = Config::load(path)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         // Every certificate file is read again, changed config or not; any error refuses
         // the whole reload, and the running certificates stay.
-        let certificates = self.certificates(&loaded, &new)?;
-        for (resolver, certs) in certificates {
-            resolver.replace(certs);
-        }
+        let plan = listeners.plan(&new).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| format!("{}: {e}", path.display()))
+                .collect::<Vec<_>>()
+        })?;
+        let drain_timeout = self
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .config
+            .drain_timeout;
         // Clusters with TLS are rebuilt whatever the file says: their CA and client
         // certificate files may have changed under the same names.
         if new == *loaded && !new.clusters.iter().any(|c| c.tls.is_some()) {
+            // The same listeners: only their certificates, read again, go in.
+            listeners.apply(plan, drain_timeout).map_err(|e| vec![e])?;
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             return Ok(Reloaded {
                 changed: false,
@@ -305,7 +266,6 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             let running = &view.config;
-            effective.listeners = running.listeners.clone();
             effective.admin = running.admin;
             effective.workers = running.workers;
             effective.access_log = running.access_log.clone();
@@ -320,6 +280,15 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         let clusters = stack::clusters(&effective).map_err(|e| vec![e])?;
         let built = (self.build)(&effective, &clusters, &self.drain, &self.runtime, &self.log)
             .map_err(|e| vec![e])?;
+        // The last step that can fail: binding new listeners.
+        let changes = listeners.apply(plan, drain_timeout).map_err(|e| vec![e])?;
+        if !changes.is_empty() {
+            tracing::info!(?changes, "listeners changed");
+        }
+        for (listener, bound) in effective.listeners.iter_mut().zip(listeners.addresses()) {
+            listener.address = bound;
+        }
+        drop(listeners);
         let overridden = self.overridden.lock().unwrap_or_else(|e| e.into_inner());
         for (key, value) in &effective.runtime {
             if !overridden.contains(key) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use switchback::ClientLimits;
+use switchback::{ClientLimits, Server};
 use switchback::{Drain, Runtime};
 use switchback_config::Config;
 use tokio::net::TcpListener;
@@ -16,7 +16,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::cli::DEMO_LISTEN_ENV;
 use crate::fatal::Fatal;
-use crate::listeners::Listeners;
+use crate::listeners::{Listeners, Sockets, Starter};
 use crate::ready::ReadyFile;
 use crate::signals::Signals;
 use crate::{demo, reload, stack, takeover};
@@ -106,7 +106,18 @@ pub(crate) async fn run(
         Some((sockets, stream)) => (Some(sockets.workers), sockets.admin, Some(stream)),
         None => (None, None, None),
     };
-    let mut workers = Listeners::start(&config, threads, limits, &served, given).map_err(|e| {
+    // How every listener, now or after a reload, serves the newest stack.
+    let start: Starter = Arc::new(move |sockets, tls| {
+        let mut server = Server::new(served.clone()).limits(limits);
+        if let Some(tls) = tls {
+            server = server.tls(tls);
+        }
+        match sockets {
+            Sockets::Bind(addr, threads) => server.workers(addr, threads),
+            Sockets::Given(listeners) => server.workers_from(listeners),
+        }
+    });
+    let workers = Listeners::start(&config, threads, start, given).map_err(|e| {
         let field = if config.listeners.len() == 1 && config.listeners[0].tls.is_none() {
             "listen".to_owned()
         } else {
@@ -121,6 +132,9 @@ pub(crate) async fn run(
     for (listener, bound) in config.listeners.iter_mut().zip(workers.addresses()) {
         listener.address = bound;
     }
+    let bound = workers.addresses();
+    // Shared with the reloader, which binds, changes and retires listeners.
+    let workers = Arc::new(Mutex::new(workers));
     let admin_listener = match (config.admin, given_admin) {
         (Some(_), Some(given)) => {
             let listener = given
@@ -163,13 +177,17 @@ pub(crate) async fn run(
         overridden: Arc::clone(&overridden),
         log: log.clone(),
         tasks: Mutex::new(tasks),
-        resolvers: workers.resolvers(),
+        listeners: workers.clone(),
         build: Box::new(|config, clusters, drain, runtime, log| {
             stack::build(config, clusters, drain, runtime, log).map_err(|e| e.to_string())
         }),
     });
     let mut admin_fd = None;
     let mut admin_task = None;
+    // 0: running, 1: draining, 2: told twice, stop waiting. A first signal or the admin
+    // endpoint's `POST /drain` starts the drain.
+    let (tx, rx) = watch::channel(0u8);
+    let tx = Arc::new(tx);
     if let (Some(admin_listener), Some(metrics)) = (admin_listener, metrics) {
         let bound = admin_listener
             .local_addr()
@@ -181,6 +199,10 @@ pub(crate) async fn run(
             view,
             reloader.clone(),
             overridden,
+            admin::DrainStart {
+                unready: Arc::default(),
+                start: tx.clone(),
+            },
         );
         // A duplicate, for a takeover to hand over.
         admin_fd = std::os::fd::AsFd::as_fd(&admin_listener)
@@ -210,12 +232,10 @@ pub(crate) async fn run(
     }
     // Last: whoever waits for this file may connect to every listener at once.
     let _ready = match &ready_file {
-        Some(path) => Some(ReadyFile::write(path, &workers.addresses(), config.admin)?),
+        Some(path) => Some(ReadyFile::write(path, &bound, config.admin)?),
         None => None,
     };
 
-    // 0: running, 1: draining, 2: told twice, stop waiting.
-    let (tx, rx) = watch::channel(0u8);
     let drain_timeout = config.drain_timeout;
     let pretty_timeout = switchback_config::format_duration(drain_timeout);
     let pretty_timeout_takeover = pretty_timeout.clone();
@@ -234,6 +254,8 @@ pub(crate) async fn run(
         });
     }
     tokio::spawn(async move {
+        // A drain the admin endpoint started doesn't make the next signal a second one (the
+        // SIGTERM that follows a preStop hook's drain is a first).
         let first = signals.next().await;
         tracing::info!(
             signal = first,
@@ -256,7 +278,7 @@ pub(crate) async fn run(
             }
         };
         tokio::select! {
-            failed = workers.stopped() => {
+            failed = stopped(&workers) => {
                 return Err(Fatal::new(match failed {
                     Ok(()) => "the listener stopped unexpectedly".to_owned(),
                     Err(e) => format!("the listener failed: {e}"),
@@ -264,7 +286,7 @@ pub(crate) async fn run(
             }
             () = reached(rx.clone(), 1) => break,
             Some(stream) = takeover => {
-                let sockets = workers.take_listeners();
+                let sockets = lock(&workers).take_listeners();
                 let admin = admin_fd.take();
                 let handed = tokio::task::spawn_blocking(move || {
                     let handed = takeover::hand_over(stream, &sockets, admin.as_ref());
@@ -285,7 +307,7 @@ pub(crate) async fn run(
                     // The sockets stay this process's, and so does the next takeover's chance.
                     Ok((Err(e), sockets, admin)) => {
                         tracing::error!(error = %e, "takeover failed; serving on");
-                        workers.give_back_listeners(sockets);
+                        lock(&workers).give_back_listeners(sockets);
                         admin_fd = admin;
                     }
                     Err(e) => tracing::error!(error = %e, "takeover failed; serving on"),
@@ -293,12 +315,12 @@ pub(crate) async fn run(
             }
         }
     }
-    workers.shutdown();
+    lock(&workers).shutdown();
     if taken_over {
         // The connections accepted before the handover are served to the end (an upgrade
         // on one still opens its tunnel here); only then do upgrades stop.
         tokio::select! {
-            _ = workers.stopped() => {}
+            _ = stopped(&workers) => {}
             () = reached(rx.clone(), 2) => {}
         }
     }
@@ -312,7 +334,7 @@ pub(crate) async fn run(
         }
     });
     tokio::select! {
-        served = workers.stopped() => if let Err(e) = served {
+        served = stopped(&workers) => if let Err(e) = served {
             tracing::warn!(error = %e, "the listener failed while draining");
         },
         () = tokio::time::sleep(drain_timeout + EXCHANGE_MARGIN) => {
@@ -330,8 +352,26 @@ pub(crate) async fn run(
         Err(e) => tracing::warn!(error = %e, "the drain task failed; exiting"),
     }
     // The workers' runtimes end, and whatever is still open on them.
-    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut all = lock(&workers);
+        let listeners = std::mem::replace(&mut *all, Listeners::none());
+        drop(all);
+        listeners.stop();
+    })
+    .await;
     Ok(())
+}
+
+/// The listeners, locked for a moment (never across an await).
+fn lock(listeners: &Mutex<Listeners>) -> std::sync::MutexGuard<'_, Listeners> {
+    listeners
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Resolves once every listener has stopped serving, or one failed.
+async fn stopped(listeners: &Mutex<Listeners>) -> io::Result<()> {
+    std::future::poll_fn(|cx| lock(listeners).poll_stopped(cx)).await
 }
 
 /// Resolves once the state reaches `n`; never, if the signal task is gone before that.

@@ -43,6 +43,36 @@ pub(super) async fn open(
         .unwrap_or(Err(ConnectError::Timeout))
 }
 
+/// Whether `error` (an exchange's, on a connection whose handshake looked done) is the
+/// endpoint refusing the TLS session: with TLS 1.3 a server checks a client certificate after
+/// the client's side of the handshake is over, so its refusal arrives as the first read.
+/// Counted and logged as a TLS failure; `None` for anything else.
+pub(crate) fn refused_session(
+    cluster: &str,
+    endpoint: &str,
+    error: &(dyn std::error::Error + 'static),
+) -> Option<std::io::Error> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(rustls::Error::AlertReceived(alert)) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            let refused = std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("the endpoint refused the TLS session: {alert:?}"),
+            );
+            ::metrics::counter!(crate::metrics::UPSTREAM_TLS_FAILURES, "cluster" => cluster.to_owned(), "reason" => "alert")
+                .increment(1);
+            tracing::warn!(cluster, endpoint, error = %refused, "upstream TLS session refused");
+            return Some(refused);
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// The `reason` label of an upstream TLS failure.
 fn tls_reason(e: &std::io::Error) -> &'static str {
     match e

@@ -27,6 +27,8 @@ use crate::tls::{ClientTls, UpstreamStream};
 
 mod balance;
 mod connect;
+
+pub(crate) use connect::refused_session;
 mod dns;
 mod health;
 

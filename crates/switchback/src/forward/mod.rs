@@ -233,7 +233,10 @@ where
                 }
                 return relayed(res, &endpoint, active);
             }
-            Some(Err(e)) if e.is_connect() => {
+            Some(Err(e))
+                if e.is_connect()
+                    || crate::cluster::refused_session(cluster.name(), endpoint.address(), &e).is_some() =>
+            {
                 tracing::debug!(error = %e, cluster = cluster.name(), "upstream connect failed");
                 cluster.report(&active, &endpoint, Outcome::ConnectFailure);
                 Failed::Connect

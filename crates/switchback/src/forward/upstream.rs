@@ -103,7 +103,17 @@ pub(crate) async fn exchange(
         .connect_next(tried, attempts)
         .await
         .map_err(Failure::Connect)?;
-    let answer = send(tcp, endpoint.clone(), parts, body, timeout).await;
+    let answer = match send(tcp, endpoint.clone(), parts, body, timeout).await {
+        // A TLS 1.3 endpoint that refuses our certificate says so on the first read: a
+        // connect failure (503), as a refusal during the handshake is.
+        Err(Failure::Reset(e)) => {
+            match crate::cluster::refused_session(cluster.name(), endpoint.address(), &e) {
+                Some(refused) => Err(Failure::Connect(ConnectError::Tls(refused))),
+                None => Err(Failure::Reset(e)),
+            }
+        }
+        answer => answer,
+    };
     // What outlier detection counts: an answer other than a gateway error is a success.
     let outcome = match &answer {
         Ok(a) if matches!(a.res.status().as_u16(), 502..=504) => Outcome::GatewayFailure,

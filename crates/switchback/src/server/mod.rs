@@ -331,7 +331,11 @@ where
             Admission::Admitted(slot) => slot,
             Admission::Full => {
                 tracing::warn!(client = %addr, "listener full of busy connections: refusing one");
-                tokio::spawn(refuse(stream));
+                // A TLS client can't read a plaintext 503, and a TLS handshake is the work
+                // a full listener can't take on: it is closed.
+                if options.tls.is_none() {
+                    tokio::spawn(refuse(stream));
+                }
                 continue;
             }
         };

@@ -239,16 +239,24 @@ impl Workers {
     /// Resolves once every worker has stopped serving (after [`Workers::shutdown`]), or as
     /// soon as one fails, with its error.
     pub async fn stopped(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_stopped(cx)).await
+    }
+
+    /// [`Workers::stopped`] as a poll, for a caller that keeps its workers behind a lock.
+    pub fn poll_stopped(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
         while self.pending > 0 {
-            match self.served.recv().await {
+            match std::task::ready!(self.served.poll_recv(cx)) {
                 Some(result) => {
                     self.pending -= 1;
-                    result?;
+                    if let Err(e) = result {
+                        return Poll::Ready(Err(e));
+                    }
                 }
-                None => return Err(io::Error::other("a worker thread died")),
+                None => return Poll::Ready(Err(io::Error::other("a worker thread died"))),
             }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Stops the workers' runtimes, with every connection and tunnel still open on them, and
