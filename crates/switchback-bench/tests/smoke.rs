@@ -57,6 +57,17 @@ fn smoke_run_measures_direct_and_switchback_and_writes_the_report() {
             .unwrap_or_else(|| panic!("no {id}"));
         assert!(m["systems"]["switchback"]["median"].is_number(), "{id}: {m}");
     }
+    // The TLS workloads ran on Switchback unless its binary wasn't there to run them.
+    let skipped = doc["unavailable"].as_array().expect("unavailable");
+    if skipped.is_empty() {
+        let m = metrics
+            .iter()
+            .find(|m| m["id"] == "tls_full_handshakes_per_s")
+            .expect("no TLS figures, yet the switchback binary was found");
+        assert!(m["systems"]["switchback"]["median"].is_number(), "{m}");
+    } else {
+        assert!(stdout.contains("skipped tls-handshake on switchback"), "{stdout}");
+    }
     let svg = std::fs::read_to_string(out.join("results.svg")).expect("results.svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     let _ = std::fs::remove_dir_all(&out);
