@@ -161,8 +161,9 @@ impl Client {
 mod tests {
     use super::*;
 
+    /// The PEM files hold what each proxy expects: one certificate, a PKCS#8 key, both.
     #[test]
-    fn writes_pem_files_and_builds_clients() {
+    fn writes_the_pem_files_each_proxy_reads() {
         let dir = std::env::temp_dir().join(format!("switchback-bench-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let certs = Certs::generate(&dir).expect("certificates");

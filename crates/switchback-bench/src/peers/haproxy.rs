@@ -133,6 +133,7 @@ mod tests {
         assert!(!conf.contains("ssl"));
     }
 
+    /// The TLS bind line: the run's file, TLS 1.3, the one suite and group, default tickets.
     #[test]
     fn tls_config_pins_the_suite() {
         let dir = std::env::temp_dir().join(format!("switchback-bench-haproxy-{}", std::process::id()));

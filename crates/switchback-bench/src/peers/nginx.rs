@@ -171,6 +171,7 @@ mod tests {
         assert!(!conf.contains("ssl"));
     }
 
+    /// The TLS listener: the run's files, TLS 1.3, the one suite and group, resumption on.
     #[test]
     fn tls_config_pins_the_suite_and_resumes() {
         let dir = std::env::temp_dir().join(format!("switchback-bench-nginx-{}", std::process::id()));

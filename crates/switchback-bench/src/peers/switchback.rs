@@ -115,6 +115,7 @@ pub(crate) async fn start(
 mod tests {
     use super::*;
 
+    /// `listeners:` with the TLS block for TLS, `listen:` without; the same route either way.
     #[test]
     fn config_has_a_tls_listener_and_one_route() {
         let dir = std::env::temp_dir().join(format!("switchback-bench-sb-{}", std::process::id()));
