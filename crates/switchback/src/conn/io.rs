@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -17,6 +18,9 @@ use super::Slot;
 #[derive(Debug)]
 pub(crate) struct ClientIo<S = TcpStream> {
     stream: S,
+    /// Bytes read from the stream before it was wrapped (to tell HTTP/2 from HTTP/1), to be
+    /// read first.
+    prefix: Bytes,
     slot: Arc<Slot>,
     /// HTTP/2 only: where the frames are.
     frames: Option<Frames>,
@@ -26,6 +30,7 @@ impl<S> ClientIo<S> {
     pub(crate) fn http1(stream: S, slot: Arc<Slot>) -> Self {
         Self {
             stream,
+            prefix: Bytes::new(),
             slot,
             frames: None,
         }
@@ -33,14 +38,21 @@ impl<S> ClientIo<S> {
 
     pub(crate) fn http2(stream: S, slot: Arc<Slot>) -> Self {
         Self {
-            stream,
-            slot,
             frames: Some(Frames::default()),
+            ..Self::http1(stream, slot)
         }
     }
 
-    pub(crate) fn into_inner(self) -> S {
-        self.stream
+    /// Bytes already read from the stream, which come before anything read from it now.
+    pub(crate) fn with_prefix(mut self, prefix: Bytes) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// The stream, and what is left of the prefix (hyper takes it whole on its first read,
+    /// so this is nearly always empty).
+    pub(crate) fn into_inner(self) -> (Bytes, S) {
+        (self.prefix, self.stream)
     }
 
     fn observe(&mut self, bytes: &[u8]) {
@@ -64,7 +76,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if self.prefix.is_empty() {
+            ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        } else {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+        }
         let this = &mut *self;
         this.observe(&buf.filled()[before..]);
         Poll::Ready(Ok(()))

@@ -161,19 +161,21 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         let (mut up, mut down) = (Poll::Pending, Poll::Pending);
         for upstream_turn in [!*this.down_first, *this.down_first] {
             if upstream_turn {
+                let last = this.to_client.finished_by_its_source();
                 up = this.to_upstream.poll_relay(
                     cx,
                     &mut *this.client,
                     &mut *this.upstream,
-                    draining,
+                    Turn { draining, last },
                     &mut moved,
                 );
             } else {
+                let last = this.to_upstream.finished_by_its_source();
                 down = this.to_client.poll_relay(
                     cx,
                     &mut *this.upstream,
                     &mut *this.client,
-                    draining,
+                    Turn { draining, last },
                     &mut moved,
                 );
             }
@@ -249,6 +251,15 @@ impl Life {
     }
 }
 
+/// What a direction's turn knows of the tunnel.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    /// The tunnel is closing for a drain.
+    draining: bool,
+    /// The other direction ended with its source: this one is the last.
+    last: bool,
+}
+
 /// What one direction is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -307,15 +318,22 @@ impl Half {
         }
     }
 
+    /// Whether this direction is over because its source ended (not a drain, not an error):
+    /// its peer has sent everything it will, and nothing is left unread from it.
+    fn finished_by_its_source(&self) -> bool {
+        self.phase == Phase::Done && self.source_ended
+    }
+
     /// Moves this direction on as far as it can; ready when it is done.
     fn poll_relay<R: Leg, W: Leg>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
-        draining: bool,
+        turn: Turn,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
+        let Turn { draining, last } = turn;
         loop {
             match self.phase {
                 Phase::Done => return Poll::Ready(Ok(())),
@@ -325,6 +343,12 @@ impl Half {
                     self.phase = Phase::ShuttingDown {
                         linger: !self.source_ended,
                     };
+                }
+                // The last direction to end between two plain sockets: the tunnel closes both
+                // next, and the close sends this FIN (nothing is left unread on either, so it
+                // is a FIN, not a reset). A shutdown first would be one more system call.
+                Phase::ShuttingDown { linger: false } if last && writer.socket().is_some() => {
+                    self.phase = Phase::Done;
                 }
                 Phase::ShuttingDown { linger } => {
                     ready!(Pin::new(&mut *writer).poll_flush(cx))?;

@@ -122,7 +122,16 @@ impl AsyncWrite for Prefixed {
 /// own server and forwarder do that); anything else stays as it is.
 pub(crate) fn unwrap_socket(upgraded: Upgraded) -> Result<Prefixed, Upgraded> {
     match upgraded.downcast::<TokioIo<ClientIo>>() {
-        Ok(parts) => Ok(Prefixed::new(parts.read_buf, parts.io.into_inner().into_inner())),
+        Ok(parts) => {
+            let (unread, tcp) = parts.io.into_inner().into_inner();
+            // What hyper read ahead came from before what it never read.
+            let pre = if unread.is_empty() {
+                parts.read_buf
+            } else {
+                [&parts.read_buf[..], &unread[..]].concat().into()
+            };
+            Ok(Prefixed::new(pre, tcp))
+        }
         Err(upgraded) => upgraded
             .downcast::<TokioIo<TcpStream>>()
             .map(|parts| Prefixed::new(parts.read_buf, parts.io.into_inner())),
