@@ -33,13 +33,14 @@
 //! come from the request, matched by the client's address (an HTTP/1.1 connection carries at
 //! most one tunnel, so the address names it while it lives).
 //!
-//! Lines are written whole and flushed one by one under a mutex; a line is a few hundred
-//! bytes, so the lock is held for one `write` system call.
+//! Each line is formatted first and then written whole with one `write(2)`, without a lock:
+//! workers never wait for each other to log, and a line (a few hundred bytes) written in one
+//! call is never interleaved with another, to a file or to a pipe.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,7 +76,7 @@ pub(crate) struct AccessLog {
 }
 
 struct Inner {
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Out,
     /// Upgrades answered `101`, by client address, until their tunnel closes.
     tunnels: Mutex<HashMap<SocketAddr, Upgrade>>,
     /// A write error is reported once, not once per line.
@@ -142,30 +143,49 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
+/// Where lines go.
+enum Out {
+    /// A file or standard output: each line is one `write(2)`, from any worker at once,
+    /// without a lock (a line is a few hundred bytes: a write that size to a pipe or to a
+    /// file is never interleaved with another), so workers never wait for each other here.
+    Fd(std::fs::File),
+    /// Anything else (tests), under a lock.
+    #[cfg(test)]
+    Writer(Mutex<Box<dyn Write + Send>>),
+}
+
 impl AccessLog {
     /// Opens the destination: standard output, or `path` for appending (created if missing).
     pub(crate) fn open(destination: &Destination) -> Result<Self, Fatal> {
-        let out: Box<dyn Write + Send> =
-            match destination {
-                Destination::Stdout => Box::new(io::stdout()),
-                Destination::File(path) => {
-                    let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                    Fatal::new(format!(
-                        "access_log: cannot open {} for appending: {e}; fix the path or its permissions",
-                        path.display()
-                    ))
-                })?;
-                    Box::new(BufWriter::new(file))
-                }
-            };
-        Ok(Self::to_writer(out))
+        let file = match destination {
+            Destination::Stdout => {
+                use std::os::fd::AsFd as _;
+                let fd = io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| Fatal::new(format!("access_log: standard output: {e}")))?;
+                std::fs::File::from(fd)
+            }
+            Destination::File(path) => OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                Fatal::new(format!(
+                    "access_log: cannot open {} for appending: {e}; fix the path or its permissions",
+                    path.display()
+                ))
+            })?,
+        };
+        Ok(Self::with(Out::Fd(file)))
     }
 
     /// A log writing to `out`.
+    #[cfg(test)]
     pub(crate) fn to_writer(out: Box<dyn Write + Send>) -> Self {
+        Self::with(Out::Writer(Mutex::new(out)))
+    }
+
+    fn with(out: Out) -> Self {
         Self {
             inner: Arc::new(Inner {
-                out: Mutex::new(out),
+                out,
                 tunnels: Mutex::new(HashMap::new()),
                 failed: AtomicBool::new(false),
             }),
@@ -192,9 +212,13 @@ impl AccessLog {
             }
         };
         buf.push(b'\n');
-        let result = {
-            let mut out = lock(&self.inner.out);
-            out.write_all(&buf).and_then(|()| out.flush())
+        let result = match &self.inner.out {
+            Out::Fd(file) => (&*file).write_all(&buf),
+            #[cfg(test)]
+            Out::Writer(out) => {
+                let mut out = lock(out);
+                out.write_all(&buf).and_then(|()| out.flush())
+            }
         };
         if let Err(e) = result
             && !self.inner.failed.swap(true, Ordering::Relaxed)

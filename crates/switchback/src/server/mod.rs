@@ -459,9 +459,11 @@ async fn connection<S, B>(
     // here.
     let opening = async {
         match &tls {
-            None => sniff(&stream)
-                .await
-                .map(|(h2, first)| Opened::Plain(stream, h2, first)),
+            None => {
+                let mut stream = stream;
+                let sniffed = sniff(&mut stream).await;
+                sniffed.map(|(h2, first)| Opened::Plain(stream, h2, first))
+            }
             Some(tls) => tls
                 .acceptor()
                 .accept(stream)
@@ -659,22 +661,20 @@ where
 /// Reads the client's first bytes, and as many more as it takes to tell whether they are
 /// the HTTP/2 preface (prior knowledge). Reading rather than peeking: the bytes go to hyper
 /// as they are, and a connection costs one system call less.
-async fn sniff(stream: &TcpStream) -> io::Result<(bool, Bytes)> {
+async fn sniff(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+    use tokio::io::AsyncReadExt as _;
     // hyper's first read buffer: hyper takes these bytes as it would have read them (and a
     // head this size needs no read of its own), so a long head meets its limits the same way.
     let mut first = bytes::BytesMut::with_capacity(8192);
     loop {
-        stream.readable().await?;
-        match stream.try_read_buf(&mut first) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {
-                let n = first.len().min(H2_PREFACE.len());
-                if first[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
-                    return Ok((n == H2_PREFACE.len() && first[..n] == *H2_PREFACE, first.freeze()));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        // `read_buf` rather than `try_read_buf`: a short read tells tokio the socket is
+        // drained, so hyper's next read waits for readiness instead of failing with EAGAIN.
+        if stream.read_buf(&mut first).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+            return Ok((n == H2_PREFACE.len() && first[..n] == *H2_PREFACE, first.freeze()));
         }
     }
 }
