@@ -157,22 +157,25 @@ enum Out {
 impl AccessLog {
     /// Opens the destination: standard output, or `path` for appending (created if missing).
     pub(crate) fn open(destination: &Destination) -> Result<Self, Fatal> {
-        let file = match destination {
-            Destination::Stdout => {
-                use std::os::fd::AsFd as _;
-                let fd = io::stdout()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| Fatal::new(format!("access_log: standard output: {e}")))?;
-                std::fs::File::from(fd)
-            }
-            Destination::File(path) => OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                Fatal::new(format!(
-                    "access_log: cannot open {} for appending: {e}; fix the path or its permissions",
-                    path.display()
-                ))
-            })?,
-        };
+        let file =
+            match destination {
+                Destination::Stdout => {
+                    use std::os::fd::AsFd as _;
+                    let fd = io::stdout()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| Fatal::new(format!("access_log: standard output: {e}")))?;
+                    std::fs::File::from(fd)
+                }
+                Destination::File(path) => OpenOptions::new().create(true).append(true).open(path).map_err(
+                    |e| {
+                        Fatal::new(format!(
+                            "access_log: cannot open {} for appending: {e}; fix the path or its permissions",
+                            path.display()
+                        ))
+                    },
+                )?,
+            };
         Ok(Self::with(Out::Fd(file)))
     }
 
@@ -204,13 +207,13 @@ impl AccessLog {
     }
 
     fn write(&self, line: &Line<'_>) {
-        let mut buf = match serde_json::to_vec(line) {
-            Ok(buf) => buf,
-            Err(e) => {
-                tracing::warn!(error = %e, "access log: cannot serialize a line");
-                return;
-            }
-        };
+        // Room for a whole line at once: growing from serde_json's default would take a
+        // reallocation or two for every line.
+        let mut buf = Vec::with_capacity(512);
+        if let Err(e) = serde_json::to_writer(&mut buf, line) {
+            tracing::warn!(error = %e, "access log: cannot serialize a line");
+            return;
+        }
         buf.push(b'\n');
         let result = match &self.inner.out {
             Out::Fd(file) => (&*file).write_all(&buf),

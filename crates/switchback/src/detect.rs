@@ -29,6 +29,11 @@ use crate::{hop, host};
 pub struct UpgradeType(Arc<str>);
 
 impl UpgradeType {
+    /// The token as a metric label, without copying it.
+    pub(crate) fn label(&self) -> ::metrics::SharedString {
+        ::metrics::SharedString::from(Arc::clone(&self.0))
+    }
+
     /// The type for a token, lowercased.
     pub fn new(token: &str) -> Self {
         Self(token.trim().to_ascii_lowercase().into())

@@ -76,7 +76,6 @@ impl HandshakeFailure {
 
     /// Counts one failure of an upgrade of type `ty`.
     pub(crate) fn record(self, ty: &crate::UpgradeType) {
-        ::metrics::counter!(HANDSHAKE_FAILURES, "type" => ty.to_string(), "reason" => self.as_str())
-            .increment(1);
+        ::metrics::counter!(HANDSHAKE_FAILURES, "type" => ty.label(), "reason" => self.as_str()).increment(1);
     }
 }

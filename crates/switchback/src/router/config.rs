@@ -185,7 +185,7 @@ impl Rejection {
     /// Counts the rejection of an upgrade of type `ty`, and answers it (the connection
     /// closes after the answer).
     pub(crate) fn reply(self, ty: &UpgradeType) -> Response<Body> {
-        ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.to_string(), "reason" => self.as_str())
+        ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.label(), "reason" => self.as_str())
             .increment(1);
         let (status, msg) = match self {
             Self::NotConfigured => (

@@ -147,7 +147,7 @@ where
         let Some(holds) = self.places(&req) else {
             return ResponseFuture::ready(Rejection::TooManyTunnels.reply(&ty));
         };
-        ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.to_string()).increment(1);
+        ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.label()).increment(1);
 
         let idle = req
             .extensions()
