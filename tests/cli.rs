@@ -2248,6 +2248,18 @@ fn check_parses_certificates_and_names_the_field_and_file() {
             && err.contains("doesn't match"),
         "{err}"
     );
+    // Started with it, the binary says the same and exits 1.
+    let started = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(started.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&started.stderr);
+    assert!(
+        err.contains("listeners[0].tls.certificates[0]") && err.contains("other.key"),
+        "{err}"
+    );
     // A missing file is a config error with line, column and field.
     std::fs::remove_file(&cert).unwrap();
     let out = run(&["--check", config.to_str().unwrap()]);

@@ -125,7 +125,8 @@ pub(crate) async fn run(
         };
         match e.bind {
             Some(bind) => cannot_listen(e.address, &field, &origin, &bind),
-            None => Fatal::new(format!("cannot serve on {} (`{field}`): {}", e.address, e.error)),
+            // A certificate that can't be used: the error names its field and file.
+            None => Fatal::new(format!("cannot serve on {}: {}", e.address, e.error)),
         }
     })?;
     // From here on the config says what is bound (port 0 resolved), for `GET /config` too.
