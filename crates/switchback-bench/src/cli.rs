@@ -59,6 +59,10 @@ pub(crate) struct RunArgs {
     /// Idle tunnels opened by the memory workload [default: 10000; --quick 2000].
     #[arg(long)]
     pub(crate) idle_tunnels: Option<usize>,
+    /// Tunnels that reconnect at once in the storm workload [default: 10000, or as many as
+    /// the descriptor limit allows; --quick 500].
+    #[arg(long)]
+    pub(crate) storm_tunnels: Option<usize>,
     /// The `switchback` binary the TLS workloads run Switchback as [default: `switchback`
     /// next to this executable].
     #[arg(long)]
@@ -82,6 +86,8 @@ pub(crate) enum WorkloadArg {
     Memory,
     /// Proxy RSS while a client stops reading and the upstream floods.
     Backpressure,
+    /// Every client of many open tunnels drops its tunnel and reconnects at once.
+    Storm,
     /// `tls-handshake`, `tls-resume` and `tls-bulk`.
     Tls,
     /// New wss:// tunnels per second, a full TLS handshake each.
@@ -103,6 +109,7 @@ impl WorkloadArg {
             Self::Handshake => &[Workload::Handshake],
             Self::Memory => &[Workload::Memory],
             Self::Backpressure => &[Workload::Backpressure],
+            Self::Storm => &[Workload::Storm],
             Self::Tls => &[Workload::TlsHandshake, Workload::TlsResume, Workload::TlsBulk],
             Self::TlsHandshake => &[Workload::TlsHandshake],
             Self::TlsResume => &[Workload::TlsResume],

@@ -69,6 +69,13 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         }
         None => {}
     }
+    // The storm holds as many tunnels as the memory workload, for the same reason.
+    let storm_capped = args.storm_tunnels.is_none() && fit < params.storm_tunnels;
+    match args.storm_tunnels {
+        Some(n) => params.storm_tunnels = n.max(1),
+        None if storm_capped => params.storm_tunnels = fit,
+        None => {}
+    }
     let workloads: Vec<Workload> = if args.only.is_empty() {
         Workload::ALL.to_vec()
     } else {
@@ -167,6 +174,18 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         certs,
     };
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
+    let mut notes = Vec::new();
+    if workloads.contains(&Workload::Storm) {
+        let why = if storm_capped {
+            format!(" (not 10000: RLIMIT_NOFILE is {nofile}, and a proxy needs two descriptors per tunnel)")
+        } else {
+            String::new()
+        };
+        notes.push(format!(
+            "storm: {} tunnels dropped and reconnected at once{why}",
+            params.storm_tunnels
+        ));
+    }
 
     let mut results = Results {
         machine: Machine::detect(nofile),
@@ -183,12 +202,19 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         unavailable,
         profile,
         repeat: args.runs,
+        notes,
     };
     print!("{}", report::table::header(&results));
     if workloads.contains(&Workload::Memory) && params.idle_tunnels > fit {
         println!(
             "warning: {} idle tunnels may not fit RLIMIT_NOFILE {nofile}",
             params.idle_tunnels
+        );
+    }
+    if workloads.contains(&Workload::Storm) && params.storm_tunnels > fit {
+        println!(
+            "warning: {} storm tunnels may not fit RLIMIT_NOFILE {nofile}",
+            params.storm_tunnels
         );
     }
 

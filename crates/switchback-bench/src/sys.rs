@@ -1,5 +1,5 @@
-//! The operating-system bits: descriptor limits, dying with the parent, signals, and RSS and
-//! CPU time read from `/proc` (Linux).
+//! The operating-system bits: descriptor limits, dying with the parent, signals, RSS and CPU
+//! time read from `/proc`, and the kernel's listen-queue counters (Linux).
 
 use std::fs;
 use std::io;
@@ -118,6 +118,60 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(stat_field(stat, 14)? + stat_field(stat, 15)?)
 }
 
+/// The kernel's TCP counters that show listen queues overflowing (`TcpExt` in
+/// `/proc/net/netstat`). They count for the whole network namespace, so whatever else runs on
+/// the machine adds to them; read them over a short window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ListenCounters {
+    /// `ListenOverflows`: a SYN or a handshake's last ACK that found the accept queue full.
+    pub(crate) overflows: u64,
+    /// `ListenDrops`: segments a listener dropped, overflows included.
+    pub(crate) drops: u64,
+    /// `TCPSynRetrans`: SYNs and SYN-ACKs sent again (after 1 s, then 3 s, ...).
+    pub(crate) syn_retransmits: u64,
+    /// `SyncookiesSent`: SYN-ACKs answered with a cookie because the SYN queue was full.
+    pub(crate) syncookies: u64,
+}
+
+impl ListenCounters {
+    /// How much each counter grew since `before`.
+    pub(crate) fn since(&self, before: &Self) -> Self {
+        Self {
+            overflows: self.overflows.saturating_sub(before.overflows),
+            drops: self.drops.saturating_sub(before.drops),
+            syn_retransmits: self.syn_retransmits.saturating_sub(before.syn_retransmits),
+            syncookies: self.syncookies.saturating_sub(before.syncookies),
+        }
+    }
+}
+
+/// The listen-queue counters now.
+pub(crate) fn listen_counters() -> io::Result<ListenCounters> {
+    let text = fs::read_to_string("/proc/net/netstat")?;
+    parse_listen_counters(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no TcpExt listen counters in /proc/net/netstat",
+        )
+    })
+}
+
+/// [`ListenCounters`] from a `/proc/net/netstat` text: a `TcpExt:` line of names, then one of
+/// values.
+fn parse_listen_counters(text: &str) -> Option<ListenCounters> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?.split_whitespace().skip(1);
+    let values = lines.next()?.split_whitespace().skip(1);
+    let table: Vec<(&str, u64)> = names.zip(values.map(|v| v.parse().unwrap_or(0))).collect();
+    let get = |name: &str| table.iter().find(|(n, _)| *n == name).map(|&(_, v)| v);
+    Some(ListenCounters {
+        overflows: get("ListenOverflows")?,
+        drops: get("ListenDrops")?,
+        syn_retransmits: get("TCPSynRetrans")?,
+        syncookies: get("SyncookiesSent")?,
+    })
+}
+
 /// `VmRSS` from a `/proc/PID/status` text, in bytes.
 fn status_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -137,6 +191,23 @@ mod tests {
         let status = "Name:\tnginx\nVmPeak:\t  1 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
         assert_eq!(status_rss(status), Some(2048 * 1024));
         assert_eq!(status_rss("Name:\tkthread\n"), None);
+    }
+
+    /// The counters are found by name in the `TcpExt` pair of lines, wherever they are.
+    #[test]
+    fn parses_listen_counters() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows X ListenDrops TCPSynRetrans\n\
+                    TcpExt: 1 22 9 23 4\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        let c = parse_listen_counters(text).expect("counters");
+        assert_eq!(
+            (c.overflows, c.drops, c.syn_retransmits, c.syncookies),
+            (22, 23, 4, 1)
+        );
+        let later = ListenCounters { overflows: 30, ..c };
+        assert_eq!(later.since(&c).overflows, 8);
+        assert_eq!(parse_listen_counters("IpExt: A\nIpExt: 1\n"), None);
+        listen_counters().expect("this machine's counters");
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! It doesn't parse frames: a client reads back its own (masked) frames. The proxies under test
 //! relay bytes without interpreting them, so this changes nothing they do, and keeps the
 //! upstream cheap. An idle connection holds no buffer (it is freed after 100 ms without data).
+//!
+//! Its listen backlog is as deep as the kernel allows ([`BACKLOG`], capped by
+//! `net.core.somaxconn`), not the 128 of `TcpListener::bind`: in the storm workload every
+//! proxy opens thousands of upstream connections at once, and the upstream's queue must not
+//! be what overflows.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +17,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::cli::UpstreamArgs;
 use crate::error::{Context, Result};
@@ -24,6 +29,8 @@ const ECHO_BUF: usize = 64 * 1024;
 const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 65_535;
 /// What `/flood` writes, over and over.
 static FLOOD: [u8; 64 * 1024] = [0x5a; 64 * 1024];
 
@@ -38,9 +45,19 @@ pub(crate) fn main(args: &UpstreamArgs) -> Result<()> {
 }
 
 async fn serve(listen: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("upstream: socket")?;
+    socket.set_reuseaddr(true).context("upstream: SO_REUSEADDR")?;
+    socket
+        .bind(listen)
         .context(format_args!("upstream: binding {listen}"))?;
+    let listener = socket
+        .listen(BACKLOG)
+        .context(format_args!("upstream: listening on {listen}"))?;
     crate::role::announce(&listener)?;
     crate::role::exit_on_sigterm()?;
     loop {

@@ -50,6 +50,9 @@ fn smoke_run_measures_direct_and_switchback_and_writes_the_report() {
         "handshakes_per_s",
         "idle_bytes_per_tunnel",
         "flood_rss_mib",
+        "storm_all_back_s",
+        "storm_handshake_p99_ms",
+        "storm_proxy_cpu_us_per_tunnel",
     ] {
         let m = metrics
             .iter()

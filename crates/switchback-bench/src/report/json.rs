@@ -35,6 +35,7 @@ pub(crate) fn render(r: &Results) -> String {
         "reference": REFERENCE.name(),
         "systems": r.systems.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "workloads": r.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        "notes": r.notes,
         "skipped": r.skipped.iter().map(|(s, why)| json!({ "system": s.name(), "why": why })).collect::<Vec<_>>(),
         "unavailable": r.unavailable.iter().map(|(w, s, why)| json!({ "workload": w.name(), "system": s.name(), "why": why })).collect::<Vec<_>>(),
         "failures": r.failures.iter().map(|(w, s, why)| json!({ "workload": w.name(), "system": s.name(), "error": why })).collect::<Vec<_>>(),

@@ -47,6 +47,8 @@ pub(crate) struct Results {
     pub(crate) profile: &'static str,
     /// Repetitions asked for (`--runs`).
     pub(crate) repeat: u32,
+    /// Lines the header adds about how a workload was sized (e.g. the storm's tunnel count).
+    pub(crate) notes: Vec<String>,
 }
 
 /// One cell of the table.
@@ -126,6 +128,11 @@ pub(crate) fn workload_of(metric: Metric) -> Workload {
         Metric::Handshakes | Metric::HandshakeCpu => Workload::Handshake,
         Metric::IdleBytes => Workload::Memory,
         Metric::FloodRss | Metric::FloodGrowth => Workload::Backpressure,
+        Metric::StormSeconds
+        | Metric::StormP50
+        | Metric::StormP99
+        | Metric::StormFailures
+        | Metric::StormCpu => Workload::Storm,
         Metric::TlsHandshakes | Metric::TlsHandshakeCpu => Workload::TlsHandshake,
         Metric::TlsResumes | Metric::TlsResumeCpu | Metric::TlsResumedPct => Workload::TlsResume,
         Metric::TlsBulk1 | Metric::TlsBulkCpu => Workload::TlsBulk,
@@ -190,6 +197,7 @@ mod tests {
             unavailable: vec![],
             profile: "full",
             repeat: 2,
+            notes: vec![],
         };
         let cells = results.cells();
         let nginx = &cells[&(Metric::Bulk1, SystemKind::Nginx)];

@@ -25,6 +25,9 @@ pub(crate) fn header(r: &Results) -> String {
         r.repeat,
         REFERENCE.name()
     );
+    for note in &r.notes {
+        let _ = writeln!(out, "Note: {note}");
+    }
     out
 }
 

@@ -57,7 +57,7 @@ pub(crate) async fn run(addr: SocketAddr, p: &Params) -> Result<Outcome> {
 }
 
 /// The nearest-rank percentile `q` (0-100] of sorted `samples`.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

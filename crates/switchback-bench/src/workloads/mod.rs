@@ -5,6 +5,7 @@ pub(crate) mod bulk;
 pub(crate) mod handshake;
 pub(crate) mod latency;
 pub(crate) mod memory;
+pub(crate) mod storm;
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub(crate) enum Workload {
     Memory,
     /// Proxy RSS while the client stops reading and the upstream floods.
     Backpressure,
+    /// Every client of many open tunnels drops its tunnel and reconnects at once.
+    Storm,
     /// New wss:// tunnels per second, each a full TLS handshake (no resumption).
     TlsHandshake,
     /// New wss:// tunnels per second, each client resuming its last TLS session.
@@ -38,13 +41,14 @@ pub(crate) enum Workload {
 
 impl Workload {
     /// Every workload, in run order.
-    pub(crate) const ALL: [Self; 9] = [
+    pub(crate) const ALL: [Self; 10] = [
         Self::Bulk1,
         Self::Bulk64,
         Self::Latency,
         Self::Handshake,
         Self::Memory,
         Self::Backpressure,
+        Self::Storm,
         Self::TlsHandshake,
         Self::TlsResume,
         Self::TlsBulk,
@@ -59,6 +63,7 @@ impl Workload {
             Self::Handshake => "handshake",
             Self::Memory => "memory",
             Self::Backpressure => "backpressure",
+            Self::Storm => "storm",
             Self::TlsHandshake => "tls-handshake",
             Self::TlsResume => "tls-resume",
             Self::TlsBulk => "tls-bulk",
@@ -101,6 +106,16 @@ pub(crate) enum Metric {
     FloodRss,
     /// Proxy RSS growth during the flood, MiB.
     FloodGrowth,
+    /// Reconnect storm: seconds from the drop until every client has reconnected and echoed.
+    StormSeconds,
+    /// Reconnect storm: handshake latency (connect start to `101`), median, ms.
+    StormP50,
+    /// Reconnect storm: handshake latency, 99th percentile, ms.
+    StormP99,
+    /// Reconnect storm: attempts that failed (and were retried).
+    StormFailures,
+    /// Reconnect storm: proxy CPU time over the storm per reconnected tunnel, µs.
+    StormCpu,
     /// wss:// tunnels per second, full TLS handshake each.
     TlsHandshakes,
     /// Proxy CPU time per wss:// tunnel with a full TLS handshake, µs.
@@ -120,7 +135,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     /// Every row, in report order.
-    pub(crate) const ALL: [Self; 18] = [
+    pub(crate) const ALL: [Self; 23] = [
         Self::Bulk1,
         Self::Bulk64,
         Self::BulkCpu,
@@ -132,6 +147,11 @@ impl Metric {
         Self::IdleBytes,
         Self::FloodRss,
         Self::FloodGrowth,
+        Self::StormSeconds,
+        Self::StormP50,
+        Self::StormP99,
+        Self::StormFailures,
+        Self::StormCpu,
         Self::TlsHandshakes,
         Self::TlsHandshakeCpu,
         Self::TlsResumes,
@@ -155,6 +175,11 @@ impl Metric {
             Self::IdleBytes => "idle_bytes_per_tunnel",
             Self::FloodRss => "flood_rss_mib",
             Self::FloodGrowth => "flood_rss_growth_mib",
+            Self::StormSeconds => "storm_all_back_s",
+            Self::StormP50 => "storm_handshake_p50_ms",
+            Self::StormP99 => "storm_handshake_p99_ms",
+            Self::StormFailures => "storm_failed_attempts",
+            Self::StormCpu => "storm_proxy_cpu_us_per_tunnel",
             Self::TlsHandshakes => "tls_full_handshakes_per_s",
             Self::TlsHandshakeCpu => "tls_full_handshake_proxy_cpu_us",
             Self::TlsResumes => "tls_resumed_handshakes_per_s",
@@ -179,6 +204,11 @@ impl Metric {
             Self::IdleBytes => "idle tunnel, proxy RSS bytes each",
             Self::FloodRss => "flood, proxy RSS after, MiB",
             Self::FloodGrowth => "flood, proxy RSS growth, MiB",
+            Self::StormSeconds => "storm, all reconnected and echoed, s",
+            Self::StormP50 => "storm, handshake p50, ms",
+            Self::StormP99 => "storm, handshake p99, ms",
+            Self::StormFailures => "storm, failed attempts",
+            Self::StormCpu => "storm, proxy CPU µs per tunnel",
             Self::TlsHandshakes => "TLS full handshake tunnels/s",
             Self::TlsHandshakeCpu => "TLS full handshake tunnel, proxy CPU µs each",
             Self::TlsResumes => "TLS resuming tunnels/s",
@@ -231,6 +261,8 @@ pub(crate) struct Params {
     pub(crate) settle: Duration,
     /// Backpressure: how long the upstream floods before RSS is read.
     pub(crate) flood_time: Duration,
+    /// Storm: tunnels open before the storm, all reconnecting in it.
+    pub(crate) storm_tunnels: usize,
 }
 
 impl Params {
@@ -249,6 +281,7 @@ impl Params {
             open_rate: 2_000.0,
             settle: Duration::from_secs(1),
             flood_time: Duration::from_secs(10),
+            storm_tunnels: 10_000,
         }
     }
 
@@ -264,6 +297,7 @@ impl Params {
             idle_tunnels: 2_000,
             settle: Duration::from_millis(500),
             flood_time: Duration::from_secs(3),
+            storm_tunnels: 500,
             ..Self::full()
         }
     }
@@ -283,6 +317,7 @@ impl Params {
             open_rate: 1_000.0,
             settle: Duration::from_millis(100),
             flood_time: Duration::from_millis(300),
+            storm_tunnels: 50,
         }
     }
 }
@@ -329,6 +364,7 @@ pub(crate) async fn run(
                 let proxy = system.proxy.as_ref().context("no proxy process to measure")?;
                 backpressure::run(addr, proxy, p).await
             }
+            Workload::Storm => storm::run(addr, proxy, p).await,
         }
     };
     match tokio::time::timeout(WORKLOAD_LIMIT, fut).await {
