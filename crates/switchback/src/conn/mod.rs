@@ -57,6 +57,10 @@ pub(crate) struct Conns {
     live: Mutex<Live>,
     /// HTTP/1.1 tunnels open (their connections have left `live`).
     tunnels: AtomicUsize,
+    /// A worker waits for a place while the listener is full.
+    freed: Notify,
+    /// Workers waiting in [`Conns::room`].
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +86,35 @@ impl Conns {
             epoch: Instant::now(),
             live: Mutex::default(),
             tunnels: AtomicUsize::new(0),
+            freed: Notify::new(),
+            waiting: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether the listener has no place left (before evicting anyone).
+    fn is_full(&self, live: &Live) -> bool {
+        live.conns.len() + self.tunnels.load(Relaxed) - live.leaving >= self.max
+    }
+
+    /// Waits while the listener is full, up to `patience`: newcomers stay in the kernel's
+    /// queue meanwhile, rather than be taken only to evict someone or be refused. In a
+    /// reconnect storm the places come free as the tunnels being replaced close.
+    pub(crate) async fn room(&self, patience: Duration) {
+        let freed = self.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        self.waiting.fetch_add(1, Relaxed);
+        if self.is_full(&self.live()) {
+            let _ = tokio::time::timeout(patience, freed).await;
+        }
+        self.waiting.fetch_sub(1, Relaxed);
+    }
+
+    /// A place came free: a worker waiting in [`Conns::room`] may go on.
+    fn free(&self) {
+        if self.waiting.load(Relaxed) > 0 {
+            self.freed.notify_waiters();
+        }
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -95,7 +127,7 @@ impl Conns {
     pub(crate) fn admit(self: &Arc<Self>) -> Admission {
         let now = self.millis(Instant::now());
         let mut live = self.live();
-        if live.conns.len() + self.tunnels.load(Relaxed) - live.leaving >= self.max {
+        if self.is_full(&live) {
             let victim = live
                 .conns
                 .values()
@@ -188,6 +220,8 @@ impl Drop for Slot {
         if self.state.leaving.load(Relaxed) {
             live.leaving -= 1;
         }
+        drop(live);
+        self.conns.free();
     }
 }
 
@@ -276,6 +310,7 @@ pub(crate) struct Seat(Arc<Conns>);
 impl Drop for Seat {
     fn drop(&mut self) {
         self.0.tunnels.fetch_sub(1, Relaxed);
+        self.0.free();
     }
 }
 

@@ -37,6 +37,11 @@ use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Exchange, Slot};
 /// tunnels are not counted here: drain them with a [`Drain`](crate::Drain).
 const GRACE: Duration = Duration::from_secs(30);
 
+/// How long a full listener leaves newcomers in the kernel's queue, waiting for a place to
+/// come free, before it takes one anyway (to evict a connection that waits for a head or
+/// sits idle, or to refuse it with `503`).
+const FULL_PATIENCE: Duration = Duration::from_millis(500);
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -108,10 +113,12 @@ impl ClientLimits {
         self
     }
 
-    /// The most connections a listener keeps open, tunnels included (at least 1). Past it, a
-    /// newcomer takes the place of the connection that has waited longest for a request head
-    /// or sat idle longest, which is closed; when every connection is busy, the newcomer is
-    /// answered `503` and closed. The default is half the process's descriptor limit, less a
+    /// The most connections a listener keeps open, tunnels included (at least 1). At it, the
+    /// listener first leaves newcomers in the kernel's queue for up to half a second, for a
+    /// place to come free (in a reconnect storm, the tunnels being replaced are closing).
+    /// Then a newcomer takes the place of the connection that has waited longest for a
+    /// request head or sat idle longest, which is closed; when every connection is busy, the
+    /// newcomer is answered `503` and closed. The default is half the process's descriptor limit, less a
     /// reserve: each client connection may need an upstream one.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = Some(connections.max(1));
@@ -315,6 +322,12 @@ where
     let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
+        // A full listener leaves newcomers queued for a moment before it takes one (and
+        // evicts or refuses): places come free fast when tunnels are being replaced.
+        tokio::select! {
+            () = conns.room(FULL_PATIENCE) => {}
+            () = &mut shutdown => break,
+        }
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
