@@ -25,28 +25,7 @@ use switchback::{ClientLimits, Cluster, Endpoint, Forward, Server, TlsSession, U
 
 /// A WebSocket echo upstream behind TLS with `leaf`'s certificate.
 async fn wss_echo(leaf: &Leaf) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    pki::wss_echo(leaf.server_config()).await
 }
 
 /// The proxy on a TLS listener with `resolver`'s certificates, forwarding to `cluster`.
@@ -364,27 +343,7 @@ async fn mutual_tls_to_an_upstream_that_asks_for_a_client_certificate() {
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // An upstream that echoes WebSocket messages to clients with a certificate from the CA.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let upstream = pki::wss_echo(Arc::new(config)).await;
     let dir = pki::temp_dir("mtls");
     std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
     let (cert, key) = ca.issue(&["proxy.client"]).write(&dir, "client");

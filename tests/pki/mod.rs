@@ -2,8 +2,11 @@
 //! PEM files in a temporary folder for configs that name files.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)] // test support: a panic is a failed assertion
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -111,4 +114,31 @@ pub async fn connect(
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// A WebSocket echo upstream behind TLS with `config` (every text and binary message comes
+/// back).
+pub async fn wss_echo(config: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

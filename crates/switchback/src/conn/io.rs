@@ -80,7 +80,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
         } else {
             let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
+            buf.put_slice(&self.prefix[..n]);
+            if n == self.prefix.len() {
+                // Even an empty slice would keep the whole first read's buffer alive.
+                self.prefix = Bytes::new();
+            } else {
+                self.prefix = self.prefix.slice(n..);
+            }
         }
         let this = &mut *self;
         this.observe(&buf.filled()[before..]);
