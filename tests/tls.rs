@@ -28,16 +28,34 @@ async fn wss_echo(leaf: &Leaf) -> SocketAddr {
     pki::wss_echo(leaf.server_config()).await
 }
 
-/// The proxy on a TLS listener with `resolver`'s certificates, forwarding to `cluster`.
-async fn tls_proxy(resolver: Arc<CertResolver>, cluster: Cluster, limits: ClientLimits) -> SocketAddr {
-    let stack = ServiceBuilder::new()
+/// A WebSocket upgrade request, as a raw client sends it.
+const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// WebSocket upgrades allowed, forwarded to `cluster`.
+fn ws_stack(
+    cluster: Cluster,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<switchback::Body>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
         .layer(
             UpgradeRouterLayer::builder()
                 .upgrade("websocket")
                 .build()
                 .unwrap(),
         )
-        .service(Forward::new(cluster));
+        .service(Forward::new(cluster))
+}
+
+/// The proxy on a TLS listener with `resolver`'s certificates, forwarding to `cluster`.
+async fn tls_proxy(resolver: Arc<CertResolver>, cluster: Cluster, limits: ClientLimits) -> SocketAddr {
+    let stack = ws_stack(cluster);
     let tls = ServerTls::builder(resolver).build().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -195,22 +213,10 @@ async fn sni_picks_the_certificate_and_an_unknown_name_fails_the_handshake() {
 async fn an_upstream_certificate_that_does_not_verify_is_a_503() {
     let (ca, rogue) = (Ca::new("test CA"), Ca::new("someone else"));
     let upstream = wss_echo(&rogue.issue(&["localhost"])).await;
-    let stack = ServiceBuilder::new()
-        .layer(
-            UpgradeRouterLayer::builder()
-                .upgrade("websocket")
-                .build()
-                .unwrap(),
-        )
-        .service(Forward::new(tls_cluster(upstream, &ca)));
+    let stack = ws_stack(tls_cluster(upstream, &ca));
     let proxy = support::start(stack).await;
     // An upgrade...
-    let mut client = support::raw_client(
-        proxy.addr,
-        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await;
+    let mut client = support::raw_client(proxy.addr, UPGRADE).await;
     let (head, _) = within(support::read_head(&mut client)).await;
     assert_eq!(support::status(&head), 503, "{head}");
     // ...and a plain request through the pool.
@@ -367,19 +373,9 @@ async fn mutual_tls_to_an_upstream_that_asks_for_a_client_certificate() {
         .unwrap()
         .build()
         .unwrap();
-    let upgrade = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     for (tls, want) in [(with_identity, 101), (without, 503)] {
-        let stack = ServiceBuilder::new()
-            .layer(
-                UpgradeRouterLayer::builder()
-                    .upgrade("websocket")
-                    .build()
-                    .unwrap(),
-            )
-            .service(Forward::new(cluster(tls)));
-        let proxy = support::start(stack).await;
-        let mut client = support::raw_client(proxy.addr, upgrade).await;
+        let proxy = support::start(ws_stack(cluster(tls))).await;
+        let mut client = support::raw_client(proxy.addr, UPGRADE).await;
         let (head, _) = within(support::read_head(&mut client)).await;
         assert_eq!(support::status(&head), want, "{head}");
         if want == 503 {

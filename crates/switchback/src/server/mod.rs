@@ -296,12 +296,14 @@ where
 
     /// Serves on `threads` workers listening on `addr`, as [`Workers::start`] does.
     pub fn workers(self, addr: SocketAddr, threads: std::num::NonZeroUsize) -> io::Result<Workers> {
-        Workers::bind(addr, threads, self.options, self.service)
+        let (addr, sources) = Workers::bound(addr, threads)?;
+        Workers::start_on(addr, sources, self.options, self.service)
     }
 
     /// Serves one worker on each of `listeners`, as [`Workers::start_from`] does.
     pub fn workers_from(self, listeners: Vec<std::net::TcpListener>) -> io::Result<Workers> {
-        Workers::adopt(listeners, self.options, self.service)
+        let (addr, sources) = Workers::given(listeners)?;
+        Workers::start_on(addr, sources, self.options, self.service)
     }
 }
 

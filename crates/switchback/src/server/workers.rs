@@ -117,48 +117,27 @@ impl Workers {
         super::Server::new(service).limits(limits).workers_from(listeners)
     }
 
-    pub(super) fn bind<S, B>(
-        addr: SocketAddr,
-        threads: NonZeroUsize,
-        options: Options,
-        service: S,
-    ) -> io::Result<Self>
-    where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    /// New `SO_REUSEPORT` sockets on `addr`, one per thread (checked free first).
+    pub(super) fn bound(addr: SocketAddr, threads: NonZeroUsize) -> io::Result<(SocketAddr, Vec<Source>)> {
         #[cfg(not(unix))]
         let threads = NonZeroUsize::MIN;
         if addr.port() != 0 {
             // A plain bind fails on any listener, whatever its options.
             drop(std::net::TcpListener::bind(addr)?);
         }
-        let sources = (0..threads.get()).map(|_| Source::Bind).collect();
-        Self::start_on(addr, sources, options, service)
+        Ok((addr, (0..threads.get()).map(|_| Source::Bind).collect()))
     }
 
-    pub(super) fn adopt<S, B>(
-        listeners: Vec<std::net::TcpListener>,
-        options: Options,
-        service: S,
-    ) -> io::Result<Self>
-    where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    /// Sockets already listening, one worker each.
+    pub(super) fn given(listeners: Vec<std::net::TcpListener>) -> io::Result<(SocketAddr, Vec<Source>)> {
         let addr = listeners
             .first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener to serve"))?
             .local_addr()?;
-        let sources = listeners.into_iter().map(Source::Given).collect();
-        Self::start_on(addr, sources, options, service)
+        Ok((addr, listeners.into_iter().map(Source::Given).collect()))
     }
 
-    fn start_on<S, B>(
+    pub(super) fn start_on<S, B>(
         addr: SocketAddr,
         sources: Vec<Source>,
         options: Options,
@@ -350,7 +329,7 @@ fn worker<S, B>(
 }
 
 /// Where a worker's listener comes from.
-enum Source {
+pub(super) enum Source {
     /// A new `SO_REUSEPORT` socket on the workers' address.
     Bind,
     /// A socket already listening (handed over by another process).
