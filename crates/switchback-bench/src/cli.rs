@@ -63,6 +63,10 @@ pub(crate) struct RunArgs {
     /// the descriptor limit allows; --quick 500].
     #[arg(long)]
     pub(crate) storm_tunnels: Option<usize>,
+    /// Seconds the handshake workloads measure for [default: 5; --quick 1.5]: longer runs for
+    /// a profiler to attach to.
+    #[arg(long)]
+    pub(crate) handshake_seconds: Option<f64>,
     /// The `switchback` binary the TLS workloads run Switchback as [default: `switchback`
     /// next to this executable].
     #[arg(long)]

@@ -56,6 +56,9 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         (Params::full(), "full")
     };
     params.bulk_frame = args.bulk_frame;
+    if let Some(secs) = args.handshake_seconds {
+        params.hs_time = Duration::from_secs_f64(secs.max(0.1));
+    }
     let fit = idle_tunnels_that_fit(nofile);
     match args.idle_tunnels {
         Some(n) => params.idle_tunnels = n.max(1),

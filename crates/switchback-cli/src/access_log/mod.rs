@@ -54,13 +54,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use jiff::Timestamp;
 use pin_project_lite::pin_project;
-use serde::{Serialize, Serializer};
 use switchback::{ClientAddr, TlsSession};
 use switchback::{MatchedRoute, RequestId, TunnelEvent, TunnelInfo, TunnelObserver, UpstreamAddr};
 use switchback_config::AccessLog as Destination;
 use tower::{Layer, Service};
 
 use crate::fatal::Fatal;
+use line::Line;
+
+mod line;
 
 /// Counter: every response sent to a client, local replies (403, 404, 503...) included
 /// (`status`). The library's `switchback_requests_total` counts the filter chains' answers.
@@ -68,6 +70,9 @@ pub(crate) const DOWNSTREAM_RESPONSES: &str = "switchback_downstream_responses_t
 
 /// An upgrade whose `101` went out but whose tunnel never opened is forgotten after this.
 const STALE: Duration = Duration::from_secs(60);
+
+/// The fewest remembered upgrades at which stale ones are swept.
+const SWEEP_FROM: usize = 1024;
 
 /// The access log writer, shared by the request layer and the tunnel observer.
 #[derive(Clone)]
@@ -78,13 +83,29 @@ pub(crate) struct AccessLog {
 struct Inner {
     out: Out,
     /// Upgrades answered `101`, by client address, until their tunnel closes.
-    tunnels: Mutex<HashMap<SocketAddr, Upgrade>>,
+    tunnels: Mutex<Tunnels>,
     /// A write error is reported once, not once per line.
     failed: AtomicBool,
 }
 
+/// Upgrades answered `101`, by client address.
+struct Tunnels {
+    map: HashMap<SocketAddr, Tracked>,
+    /// The size at which stale entries are swept next: twice what a sweep left, so that with
+    /// thousands of live tunnels a new one doesn't scan them all (amortized O(1)).
+    sweep_at: usize,
+}
+
+/// An upgrade answered `101`, until its tunnel closes.
+struct Tracked {
+    /// Shared with the tunnel's open line, not copied.
+    upgrade: Arc<Upgrade>,
+    since: Instant,
+    opened: bool,
+}
+
 /// What the request told about a tunnel.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Upgrade {
     request_id: Option<RequestId>,
     protocol: &'static str,
@@ -92,32 +113,6 @@ struct Upgrade {
     method: Method,
     path: String,
     route: Option<Arc<str>>,
-    since: Instant,
-    opened: bool,
-}
-
-/// One line. Every key is always present.
-#[derive(Serialize)]
-struct Line<'a> {
-    #[serde(serialize_with = "rfc3339_millis")]
-    time: Timestamp,
-    event: &'static str,
-    request_id: Option<&'a str>,
-    client: Option<SocketAddr>,
-    protocol: &'static str,
-    tls: bool,
-    sni: Option<&'a str>,
-    method: &'a str,
-    path: &'a str,
-    route: Option<&'a str>,
-    upgrade: Option<&'a str>,
-    mode: Option<&'static str>,
-    status: u16,
-    upstream: Option<&'a str>,
-    bytes_received: u64,
-    bytes_sent: u64,
-    duration_ms: u64,
-    end: Option<&'a str>,
 }
 
 /// The request's protocol as Envoy's `%PROTOCOL%` writes it.
@@ -129,12 +124,6 @@ fn protocol(version: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
-}
-
-/// `time` in RFC 3339, UTC, always with milliseconds (`2026-01-02T03:04:05.678Z`): one width
-/// for every line, so the log sorts and lines up.
-fn rfc3339_millis<S: Serializer>(time: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&format_args!("{time:.3}"))
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -189,7 +178,10 @@ impl AccessLog {
         Self {
             inner: Arc::new(Inner {
                 out,
-                tunnels: Mutex::new(HashMap::new()),
+                tunnels: Mutex::new(Tunnels {
+                    map: HashMap::new(),
+                    sweep_at: SWEEP_FROM,
+                }),
                 failed: AtomicBool::new(false),
             }),
         }
@@ -207,14 +199,9 @@ impl AccessLog {
     }
 
     fn write(&self, line: &Line<'_>) {
-        // Room for a whole line at once: growing from serde_json's default would take a
-        // reallocation or two for every line.
+        // Room for a whole line at once.
         let mut buf = Vec::with_capacity(512);
-        if let Err(e) = serde_json::to_writer(&mut buf, line) {
-            tracing::warn!(error = %e, "access log: cannot serialize a line");
-            return;
-        }
-        buf.push(b'\n');
+        line.write_to(&mut buf);
         let result = match &self.inner.out {
             Out::Fd(file) => (&*file).write_all(&buf),
             #[cfg(test)]
@@ -232,27 +219,36 @@ impl AccessLog {
 
     /// Remembers an upgrade answered `101` until its tunnel closes.
     fn upgraded(&self, client: SocketAddr, upgrade: Upgrade) {
+        let tracked = Tracked {
+            upgrade: Arc::new(upgrade),
+            since: Instant::now(),
+            opened: false,
+        };
         let mut tunnels = lock(&self.inner.tunnels);
-        if tunnels.len() >= 1024 {
-            tunnels.retain(|_, u| u.opened || u.since.elapsed() < STALE);
+        if tunnels.map.len() >= tunnels.sweep_at {
+            tunnels.map.retain(|_, t| t.opened || t.since.elapsed() < STALE);
+            tunnels.sweep_at = (tunnels.map.len() * 2).max(SWEEP_FROM);
         }
-        tunnels.insert(client, upgrade);
+        tunnels.map.insert(client, tracked);
     }
 
     fn tunnel_event(&self, event: &TunnelEvent<'_>) {
         match *event {
             TunnelEvent::Opened(info) => {
                 let upgrade = info.client.and_then(|c| {
-                    lock(&self.inner.tunnels).get_mut(&c).map(|u| {
-                        u.opened = true;
-                        u.clone()
+                    lock(&self.inner.tunnels).map.get_mut(&c).map(|t| {
+                        t.opened = true;
+                        t.upgrade.clone()
                     })
                 });
-                self.tunnel_line("tunnel_open", info, upgrade.as_ref(), None, Duration::ZERO);
+                self.tunnel_line("tunnel_open", info, upgrade.as_deref(), None, Duration::ZERO);
             }
             TunnelEvent::Closed(info, stats, elapsed) => {
-                let upgrade = info.client.and_then(|c| lock(&self.inner.tunnels).remove(&c));
-                self.tunnel_line("tunnel_close", info, upgrade.as_ref(), Some(stats), elapsed);
+                let upgrade = info
+                    .client
+                    .and_then(|c| lock(&self.inner.tunnels).map.remove(&c))
+                    .map(|t| t.upgrade);
+                self.tunnel_line("tunnel_close", info, upgrade.as_deref(), Some(stats), elapsed);
             }
         }
     }
@@ -479,8 +475,6 @@ where
                         method: entry.method.clone(),
                         path: std::mem::take(&mut entry.path),
                         route: entry.route.take(),
-                        since: Instant::now(),
-                        opened: false,
                     },
                 );
             }
@@ -695,23 +689,6 @@ mod tests {
             Some(&serde_json::Value::Null),
             "no RequestId: null, the key still there"
         );
-    }
-
-    #[test]
-    fn time_is_rfc3339_utc_with_milliseconds() {
-        let at = |millis: i64| {
-            let mut out = Vec::new();
-            rfc3339_millis(
-                &Timestamp::from_millisecond(millis).unwrap(),
-                &mut serde_json::Serializer::new(&mut out),
-            )
-            .unwrap();
-            String::from_utf8(out).unwrap()
-        };
-        assert_eq!(at(0), r#""1970-01-01T00:00:00.000Z""#);
-        assert_eq!(at(951_782_400_005), r#""2000-02-29T00:00:00.005Z""#); // leap day of a /400 year
-        assert_eq!(at(1_709_251_199_999), r#""2024-02-29T23:59:59.999Z""#);
-        assert_eq!(at(4_107_542_400_000), r#""2100-03-01T00:00:00.000Z""#); // 2100 has no leap day
     }
 
     #[test]

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Instructions the `switchback` binary executes per new WebSocket tunnel, counted by valgrind's
+# callgrind: repeatable to a fraction of a percent whatever else the machine is doing, where
+# CPU time per tunnel spreads by ±15% on a shared VM. User space only: the kernel's share
+# (accept, connect, loopback TCP) is not counted, so this is the figure for cuts in our own
+# code, not a replacement for `switchback-bench --only handshake`.
+#
+# Usage: instructions-per-tunnel.sh [SWITCHBACK_BIN] [TUNNELS]
+#   defaults: target/release/switchback next to this workspace, 2000 tunnels.
+#   KEEP=DIR keeps callgrind's output files there, for `callgrind_annotate --inclusive=yes`.
+# Each tunnel, one after another: upgrade, one 64-byte echo, close frames each way, close.
+# The proxy runs one worker; the count is (run with 2N tunnels - run with N) / N, so start-up
+# and shutdown cancel out. Needs valgrind, python3 and `switchback-bench` built beside the binary.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../../.." && pwd)
+bin=${1:-$here/target/release/switchback}
+n=${2:-2000}
+benchbin=$(dirname "$bin")/switchback-bench
+[ -x "$benchbin" ] || benchbin=$here/target/release/switchback-bench
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+"$benchbin" upstream --listen 127.0.0.1:0 >"$work/upstream.out" &
+for _ in $(seq 100); do grep -q LISTENING "$work/upstream.out" 2>/dev/null && break; sleep 0.05; done
+upstream=$(awk '/LISTENING/ {print $2}' "$work/upstream.out")
+
+client() { # PORT COUNT
+  python3 - "$1" "$2" <<'PY'
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+def read_until(s, marker):
+    buf = b""
+    while marker not in buf:
+        chunk = s.recv(4096)
+        if not chunk: raise SystemExit("closed early")
+        buf += chunk
+    return buf
+mask = bytes([1, 2, 3, 4])
+payload = bytes([0x42]) * 64
+frame = bytes([0x82, 0x80 | 64]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+close = bytes([0x88, 0x82]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
+for i in range(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    head = read_until(s, b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"): raise SystemExit(head[:200])
+    rest = head.split(b"\r\n\r\n", 1)[1]
+    s.sendall(frame)
+    while len(rest) < 66: rest += s.recv(4096)
+    s.sendall(close)
+    while len(rest) < 70:
+        chunk = s.recv(4096)
+        if not chunk: break
+        rest += chunk
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(4096): pass
+    s.close()
+PY
+}
+
+count() { # TUNNELS -> instructions of the whole proxy run
+  local port out
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$work/switchback.yaml" <<YAML
+listen: 127.0.0.1:$port
+workers: 1
+access_log: /dev/null
+drain_timeout: 0s
+use_remote_address: false
+x_forwarded_proto: false
+generate_request_id: false
+upgrade_configs:
+  - upgrade_type: websocket
+routes:
+  - match: { prefix: / }
+    cluster: upstream
+clusters:
+  - name: upstream
+    endpoints: [$upstream]
+YAML
+  out="$work/callgrind.$1"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$work/switchback.yaml" \
+    >"$work/proxy.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 400); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port)).close()" 2>/dev/null && break
+    sleep 0.1
+  done
+  client "$port" "$1"
+  kill -TERM $pid; wait $pid || true
+  [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
+  awk '/^summary:|^totals:/ {print $2; exit}' "$out"
+}
+
+one=$(count "$n")
+two=$(count $((2 * n)))
+echo "instructions per tunnel: $(( (two - one) / n )) (N=$n: $one, 2N: $two; $bin)"
