@@ -10,7 +10,7 @@ use http::header::{self, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers that are removed whether or not `Connection` names them. Names, not
 /// strings: removing by a string parses it first, and this runs a few times per request.
-const FIXED: [HeaderName; 8] = [
+static FIXED: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -65,20 +65,39 @@ pub(crate) fn nominated_protected<'a>(headers: &'a HeaderMap, extra: &[HeaderNam
 /// Removes every hop-by-hop header: the fixed set and whatever `Connection` nominates, except
 /// protected names. `TE: trailers` survives as the one `TE` value allowed end to end.
 pub(crate) fn strip(headers: &mut HeaderMap) {
-    // `close` names no header, and the fixed ones go anyway: the common `Connection` values
-    // (`upgrade`, `keep-alive`, `close`) nominate nothing more, and allocate nothing.
-    let nominated: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
-        .filter(|t| !t.eq_ignore_ascii_case("close"))
-        .filter(|t| !FIXED.iter().any(|f| t.eq_ignore_ascii_case(f.as_str())))
-        .filter(|t| !PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    let te_trailers = tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
-    for name in nominated {
-        headers.remove(name);
+    // A head has a handful of names, most of them not hop-by-hop: find which fixed ones are
+    // there in one pass, rather than hash all eight for a removal each.
+    let present = headers.keys().fold(0u8, |found, name| {
+        FIXED
+            .iter()
+            .position(|f| f == name)
+            .map_or(found, |i| found | 1 << i)
+    });
+    let has = |name: &HeaderName| {
+        FIXED
+            .iter()
+            .position(|f| f == name)
+            .is_some_and(|i| present & 1 << i != 0)
+    };
+    if has(&header::CONNECTION) {
+        // `close` names no header, and the fixed ones go anyway: the common values (`upgrade`,
+        // `keep-alive`, `close`) nominate nothing more, and allocate nothing.
+        let nominated: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+            .filter(|t| !t.eq_ignore_ascii_case("close"))
+            .filter(|t| !FIXED.iter().any(|f| t.eq_ignore_ascii_case(f.as_str())))
+            .filter(|t| !PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            headers.remove(name);
+        }
     }
-    for name in &FIXED {
-        headers.remove(name);
+    let te_trailers =
+        has(&header::TE) && tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
+    for (i, name) in FIXED.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -300,10 +300,9 @@ pub(crate) fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> 
 /// The head of an accepted `101` as the client gets it: hop-by-hop headers removed but for
 /// the upgrade pair, with the protocol the upstream chose.
 pub(crate) fn switched_head(parts: &mut http::response::Parts, endpoint: &Endpoint) {
-    let chosen = parts.headers.get(header::UPGRADE).cloned();
-    hop::strip(&mut parts.headers);
-    if let Some(chosen) = chosen {
-        hop::strip_keep_upgrade(&mut parts.headers, chosen);
+    match parts.headers.get(header::UPGRADE).cloned() {
+        Some(chosen) => hop::strip_keep_upgrade(&mut parts.headers, chosen),
+        None => hop::strip(&mut parts.headers),
     }
     parts
         .extensions
