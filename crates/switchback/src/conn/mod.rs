@@ -28,8 +28,10 @@ mod io;
 pub(crate) use io::ClientIo;
 
 /// Descriptors kept back from the default `max_connections` for the admin endpoint, log
-/// files, DNS and the like.
-const RESERVED_FDS: u64 = 64;
+/// files, DNS, each worker's spare splice pipes (two descriptors each) and the like: a
+/// reconnect storm fills the listener, and an `accept` or a `connect` that finds no
+/// descriptor left fails.
+const RESERVED_FDS: u64 = 256;
 
 /// The default `max_connections` for a process allowed `descriptors` open files: every client
 /// connection may need an upstream one (a tunnel's other leg), after a reserve.
@@ -96,18 +98,46 @@ impl Conns {
         live.conns.len() + self.tunnels.load(Relaxed) - live.leaving >= self.max
     }
 
-    /// Waits while the listener is full, up to `patience`: newcomers stay in the kernel's
-    /// queue meanwhile, rather than be taken only to evict someone or be refused. In a
-    /// reconnect storm the places come free as the tunnels being replaced close.
-    pub(crate) async fn room(&self, patience: Duration) {
-        let freed = self.freed.notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        self.waiting.fetch_add(1, Relaxed);
-        if self.is_full(&self.live()) {
-            let _ = tokio::time::timeout(patience, freed).await;
+    /// Waits while the listener is full and nobody should give way yet: newcomers stay in the
+    /// kernel's queue meanwhile, rather than be taken only to evict someone or be refused.
+    ///
+    /// A connection gives way (see [`Conns::admit`]) once it has waited `slow` for its head,
+    /// or sat idle that long. A younger one is not evicted: in a reconnect storm on a busy
+    /// machine, a newcomer's head may wait a while in its socket before its worker reads it,
+    /// and newcomers must not evict each other while the tunnels being replaced close and
+    /// free their places. When every connection is busy, the wait ends after `patience` and
+    /// the newcomer is refused.
+    pub(crate) async fn room(&self, patience: Duration, slow: Duration) {
+        let start = Instant::now();
+        let _waiting = Waiting::new(&self.waiting);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let deadline = {
+                let live = self.live();
+                if !self.is_full(&live) {
+                    return;
+                }
+                let longest = live
+                    .conns
+                    .values()
+                    .filter(|c| c.evictable())
+                    .map(|c| c.waiting_since())
+                    .min();
+                match longest {
+                    Some(since) => self.instant(since) + slow,
+                    None => start + patience,
+                }
+            };
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::select! {
+                () = freed => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
         }
-        self.waiting.fetch_sub(1, Relaxed);
     }
 
     /// A place came free: a worker waiting in [`Conns::room`] may go on.
@@ -173,6 +203,23 @@ impl Conns {
 
     fn instant(&self, millis: u64) -> Instant {
         self.epoch + Duration::from_millis(millis.saturating_sub(1))
+    }
+}
+
+/// A worker counted as waiting in [`Conns::room`] while this lives (the wait may be dropped
+/// part-way, at shutdown).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -371,6 +418,60 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_full_listener_waits_until_someone_is_slow() {
+        let (patience, slow) = (Duration::from_millis(500), Duration::from_secs(2));
+        let conns = conns(2);
+        let busy = admitted(conns.admit());
+        let _busy = busy.begin(true);
+        let other = admitted(conns.admit());
+        let exchange = other.begin(true);
+        let waiter = tokio::spawn({
+            let conns = conns.clone();
+            async move {
+                let t0 = Instant::now();
+                conns.room(patience, slow).await;
+                t0.elapsed()
+            }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(400)).await;
+        // The other connection falls idle: evictable, but only once idle for `slow`, not
+        // because a newcomer waited `patience`.
+        drop(exchange);
+        assert_eq!(waiter.await.unwrap(), Duration::from_millis(2400));
+        assert!(matches!(conns.admit(), Admission::Admitted(_)));
+        tokio::time::timeout(Duration::from_millis(1), other.evicted())
+            .await
+            .expect("evicted once idle for two seconds");
+
+        // A place that comes free ends the wait at once.
+        let conns = self::conns(1);
+        let tunnel = admitted(conns.admit());
+        let _exchange = tunnel.begin(true);
+        let waiter = tokio::spawn({
+            let conns = conns.clone();
+            async move {
+                let t0 = Instant::now();
+                conns.room(patience, slow).await;
+                t0.elapsed()
+            }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(100)).await;
+        drop(_exchange);
+        drop(tunnel);
+        assert_eq!(waiter.await.unwrap(), Duration::from_millis(100));
+
+        // Everyone busy: the wait ends after `patience`, for a refusal.
+        let busy = admitted(conns.admit());
+        let _exchange = busy.begin(true);
+        let t0 = Instant::now();
+        conns.room(patience, slow).await;
+        assert_eq!(t0.elapsed(), patience);
+        assert!(matches!(conns.admit(), Admission::Full));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn deadlines_follow_the_state() {
         let (head, idle) = (Duration::from_secs(10), Some(Duration::from_secs(100)));
         let conns = Conns::new(None);
@@ -404,7 +505,7 @@ mod tests {
 
     #[test]
     fn the_default_cap_leaves_room_for_upstream_legs() {
-        assert_eq!(default_max_connections(Some(1024)), 480);
+        assert_eq!(default_max_connections(Some(1024)), 384);
         assert_eq!(default_max_connections(Some(10)), 1);
         assert!(default_max_connections(None) > 1_000_000);
     }

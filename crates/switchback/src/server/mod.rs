@@ -37,10 +37,15 @@ use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Exchange, Slot};
 /// tunnels are not counted here: drain them with a [`Drain`](crate::Drain).
 const GRACE: Duration = Duration::from_secs(30);
 
-/// How long a full listener leaves newcomers in the kernel's queue, waiting for a place to
-/// come free, before it takes one anyway (to evict a connection that waits for a head or
-/// sits idle, or to refuse it with `503`).
+/// How long a full listener whose connections are all busy leaves a newcomer in the kernel's
+/// queue, for a place to come free, before it takes it to refuse it with `503`.
 const FULL_PATIENCE: Duration = Duration::from_millis(500);
+
+/// How long a connection must have waited for a request head, or sat idle, before a full
+/// listener evicts it for a newcomer. Well past a worker's delay in reading a head that has
+/// arrived, on a machine busy with a reconnect storm; well short of the head timeout, so
+/// that slow clients holding every place don't keep others out for long.
+const SLOW: Duration = Duration::from_secs(2);
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -114,11 +119,12 @@ impl ClientLimits {
     }
 
     /// The most connections a listener keeps open, tunnels included (at least 1). At it, the
-    /// listener first leaves newcomers in the kernel's queue for up to half a second, for a
-    /// place to come free (in a reconnect storm, the tunnels being replaced are closing).
-    /// Then a newcomer takes the place of the connection that has waited longest for a
-    /// request head or sat idle longest, which is closed; when every connection is busy, the
-    /// newcomer is answered `503` and closed. The default is half the process's descriptor limit, less a
+    /// listener leaves newcomers in the kernel's queue while a place may still come free (in
+    /// a reconnect storm, the tunnels being replaced are closing). A newcomer then takes the
+    /// place of the connection that has waited longest for a request head or sat idle
+    /// longest, once that one has waited two seconds (a younger one is not evicted), and
+    /// that one is closed; when every connection is busy, the newcomer is answered `503` and
+    /// closed after half a second. The default is half the process's descriptor limit, less a
     /// reserve: each client connection may need an upstream one.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = Some(connections.max(1));
@@ -327,7 +333,7 @@ where
         // A full listener leaves newcomers queued for a moment before it takes one (and
         // evicts or refuses): places come free fast when tunnels are being replaced.
         tokio::select! {
-            () = conns.room(FULL_PATIENCE) => {}
+            () = conns.room(FULL_PATIENCE, SLOW) => {}
             () = &mut shutdown => break,
         }
         let (stream, addr) = tokio::select! {

@@ -355,7 +355,10 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     #[cfg(unix)]
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    // The deepest accept queue the kernel allows (it caps this at `net.core.somaxconn`): in
+    // a reconnect storm a full listener leaves newcomers there for a while, and a SYN
+    // that finds the queue full is retried only after a second.
+    socket.listen(u32::from(u16::MAX))
 }
 
 /// Resolves once the phase reaches `at` (or the handle is gone: then everything stops).
