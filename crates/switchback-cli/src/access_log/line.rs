@@ -91,6 +91,15 @@ impl Line<'_> {
 fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Nearly every value needs no escape: one branch-free pass tells, then one copy.
+    let plain = bytes
+        .iter()
+        .fold(true, |plain, &b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
