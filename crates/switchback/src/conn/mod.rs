@@ -33,6 +33,16 @@ pub(crate) use io::ClientIo;
 /// descriptor left fails.
 const RESERVED_FDS: u64 = 256;
 
+/// How long a full listener whose connections are all busy leaves a newcomer in the kernel's
+/// queue, for a place to come free, before it takes it to refuse it with `503`.
+const PATIENCE: Duration = Duration::from_millis(500);
+
+/// How long a connection must have waited for a request head, or sat idle, before a full
+/// listener evicts it for a newcomer. Well past a worker's delay in reading a head that has
+/// arrived, on a machine busy with a reconnect storm; well short of the head timeout, so
+/// that slow clients holding every place don't keep others out for long.
+const SLOW: Duration = Duration::from_secs(2);
+
 /// The default `max_connections` for a process allowed `descriptors` open files: every client
 /// connection may need an upstream one (a tunnel's other leg), after a reserve.
 pub(crate) fn default_max_connections(descriptors: Option<u64>) -> usize {
@@ -101,13 +111,13 @@ impl Conns {
     /// Waits while the listener is full and nobody should give way yet: newcomers stay in the
     /// kernel's queue meanwhile, rather than be taken only to evict someone or be refused.
     ///
-    /// A connection gives way (see [`Conns::admit`]) once it has waited `slow` for its head,
-    /// or sat idle that long. A younger one is not evicted: in a reconnect storm on a busy
-    /// machine, a newcomer's head may wait a while in its socket before its worker reads it,
-    /// and newcomers must not evict each other while the tunnels being replaced close and
-    /// free their places. When every connection is busy, the wait ends after `patience` and
-    /// the newcomer is refused.
-    pub(crate) async fn room(&self, patience: Duration, slow: Duration) {
+    /// A connection gives way (see [`Conns::admit`]) once it has waited [`SLOW`] for its
+    /// head, or sat idle that long. A younger one is not evicted: in a reconnect storm on a
+    /// busy machine, a newcomer's head may wait a while in its socket before its worker reads
+    /// it, and newcomers must not evict each other while the tunnels being replaced close and
+    /// free their places. When every connection is busy, the wait ends after [`PATIENCE`]
+    /// and the newcomer is refused.
+    pub(crate) async fn room(&self) {
         let start = Instant::now();
         let _waiting = Waiting::new(&self.waiting);
         loop {
@@ -126,8 +136,8 @@ impl Conns {
                     .map(|c| c.waiting_since())
                     .min();
                 match longest {
-                    Some(since) => self.instant(since) + slow,
-                    None => start + patience,
+                    Some(since) => self.instant(since) + SLOW,
+                    None => start + PATIENCE,
                 }
             };
             if deadline <= Instant::now() {
@@ -153,7 +163,11 @@ impl Conns {
 
     /// Takes a new connection. When the listener is full, the connection that has waited
     /// longest for a head, or sat idle longest, is told to go and the newcomer takes its
-    /// place; when every connection is busy, the newcomer is refused.
+    /// place, if that one has waited [`SLOW`]; when every connection is busy, the newcomer is
+    /// refused. [`Conns::room`] waits for one or the other first, so a full listener with only
+    /// younger candidates is a race between workers for a place that just came free: the
+    /// newcomer is taken over the cap (by at most one per worker) rather than evict another
+    /// newcomer.
     pub(crate) fn admit(self: &Arc<Self>) -> Admission {
         let now = self.millis(Instant::now());
         let mut live = self.live();
@@ -167,10 +181,12 @@ impl Conns {
                 ::metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
                 return Admission::Full;
             };
-            victim.leaving.store(true, Relaxed);
-            victim.evict.notify_one();
-            live.leaving += 1;
-            ::metrics::counter!(crate::metrics::CONNECTIONS_EVICTED).increment(1);
+            if self.instant(victim.waiting_since()) + SLOW <= self.instant(now) {
+                victim.leaving.store(true, Relaxed);
+                victim.evict.notify_one();
+                live.leaving += 1;
+                ::metrics::counter!(crate::metrics::CONNECTIONS_EVICTED).increment(1);
+            }
         }
         let key = live.next;
         live.next += 1;
@@ -397,7 +413,7 @@ mod tests {
         let _exchange = busy.begin(true);
         tokio::time::advance(Duration::from_secs(1)).await;
         let waiting = admitted(conns.admit());
-        tokio::time::advance(Duration::from_secs(1)).await;
+        tokio::time::advance(SLOW).await;
 
         let newcomer = admitted(conns.admit());
         // The waiting connection was told to go; the busy one was not.
@@ -419,7 +435,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_listener_waits_until_someone_is_slow() {
-        let (patience, slow) = (Duration::from_millis(500), Duration::from_secs(2));
         let conns = conns(2);
         let busy = admitted(conns.admit());
         let _busy = busy.begin(true);
@@ -429,16 +444,16 @@ mod tests {
             let conns = conns.clone();
             async move {
                 let t0 = Instant::now();
-                conns.room(patience, slow).await;
+                conns.room().await;
                 t0.elapsed()
             }
         });
         tokio::task::yield_now().await;
         tokio::time::advance(Duration::from_millis(400)).await;
-        // The other connection falls idle: evictable, but only once idle for `slow`, not
-        // because a newcomer waited `patience`.
+        // The other connection falls idle: evictable, but only once idle for `SLOW`, not
+        // because a newcomer waited `PATIENCE`.
         drop(exchange);
-        assert_eq!(waiter.await.unwrap(), Duration::from_millis(2400));
+        assert_eq!(waiter.await.unwrap(), Duration::from_millis(400) + SLOW);
         assert!(matches!(conns.admit(), Admission::Admitted(_)));
         tokio::time::timeout(Duration::from_millis(1), other.evicted())
             .await
@@ -452,7 +467,7 @@ mod tests {
             let conns = conns.clone();
             async move {
                 let t0 = Instant::now();
-                conns.room(patience, slow).await;
+                conns.room().await;
                 t0.elapsed()
             }
         });
@@ -462,13 +477,31 @@ mod tests {
         drop(tunnel);
         assert_eq!(waiter.await.unwrap(), Duration::from_millis(100));
 
-        // Everyone busy: the wait ends after `patience`, for a refusal.
+        // Everyone busy: the wait ends after `PATIENCE`, for a refusal.
         let busy = admitted(conns.admit());
         let _exchange = busy.begin(true);
         let t0 = Instant::now();
-        conns.room(patience, slow).await;
-        assert_eq!(t0.elapsed(), patience);
+        conns.room().await;
+        assert_eq!(t0.elapsed(), PATIENCE);
         assert!(matches!(conns.admit(), Admission::Full));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_workers_racing_for_one_place_evict_no_newcomer() {
+        let conns = conns(1);
+        // The newcomer that won the place, still reading its head.
+        let first = admitted(conns.admit());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // The one that lost the race is taken over the cap, and nobody is told to go.
+        let second = admitted(conns.admit());
+        assert_eq!(conns.len(), 2);
+        for slot in [&first, &second] {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(1), slot.evicted())
+                    .await
+                    .is_err()
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

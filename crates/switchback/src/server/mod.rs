@@ -37,16 +37,6 @@ use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Exchange, Slot};
 /// tunnels are not counted here: drain them with a [`Drain`](crate::Drain).
 const GRACE: Duration = Duration::from_secs(30);
 
-/// How long a full listener whose connections are all busy leaves a newcomer in the kernel's
-/// queue, for a place to come free, before it takes it to refuse it with `503`.
-const FULL_PATIENCE: Duration = Duration::from_millis(500);
-
-/// How long a connection must have waited for a request head, or sat idle, before a full
-/// listener evicts it for a newcomer. Well past a worker's delay in reading a head that has
-/// arrived, on a machine busy with a reconnect storm; well short of the head timeout, so
-/// that slow clients holding every place don't keep others out for long.
-const SLOW: Duration = Duration::from_secs(2);
-
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -333,7 +323,7 @@ where
         // A full listener leaves newcomers queued for a moment before it takes one (and
         // evicts or refuses): places come free fast when tunnels are being replaced.
         tokio::select! {
-            () = conns.room(FULL_PATIENCE, SLOW) => {}
+            () = conns.room() => {}
             () = &mut shutdown => break,
         }
         let (stream, addr) = tokio::select! {
