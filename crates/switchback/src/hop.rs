@@ -79,21 +79,25 @@ pub(crate) fn strip(headers: &mut HeaderMap) {
             .position(|f| f == name)
             .is_some_and(|i| present & 1 << i != 0)
     };
+    let te_trailers =
+        has(&header::TE) && tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     if has(&header::CONNECTION) {
-        // `close` names no header, and the fixed ones go anyway: the common values (`upgrade`,
-        // `keep-alive`, `close`) nominate nothing more, and allocate nothing.
+        // Removed in the order `Connection` names them, then the fixed ones: removal moves
+        // the last header into the gap, so this order keeps the forwarded head's order as
+        // it has always been. Fixed names aren't parsed again.
         let nominated: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
-            .filter(|t| !t.eq_ignore_ascii_case("close"))
-            .filter(|t| !FIXED.iter().any(|f| t.eq_ignore_ascii_case(f.as_str())))
             .filter(|t| !PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter_map(
+                |t| match FIXED.iter().find(|f| t.eq_ignore_ascii_case(f.as_str())) {
+                    Some(fixed) => Some(fixed.clone()),
+                    None => HeaderName::from_bytes(t.as_bytes()).ok(),
+                },
+            )
             .collect();
         for name in nominated {
             headers.remove(name);
         }
     }
-    let te_trailers =
-        has(&header::TE) && tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     for (i, name) in FIXED.iter().enumerate() {
         if present & 1 << i != 0 {
             headers.remove(name);
