@@ -433,6 +433,18 @@ mod tests {
         assert!(matches!(conns.admit(), Admission::Full));
     }
 
+    /// A worker waiting in [`Conns::room`], started; it returns how long it waited.
+    async fn wait_for_room(conns: &Arc<Conns>) -> tokio::task::JoinHandle<Duration> {
+        let conns = conns.clone();
+        let waiter = tokio::spawn(async move {
+            let t0 = Instant::now();
+            conns.room().await;
+            t0.elapsed()
+        });
+        tokio::task::yield_now().await;
+        waiter
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_full_listener_waits_until_someone_is_slow() {
         let conns = conns(2);
@@ -440,15 +452,7 @@ mod tests {
         let _busy = busy.begin(true);
         let other = admitted(conns.admit());
         let exchange = other.begin(true);
-        let waiter = tokio::spawn({
-            let conns = conns.clone();
-            async move {
-                let t0 = Instant::now();
-                conns.room().await;
-                t0.elapsed()
-            }
-        });
-        tokio::task::yield_now().await;
+        let waiter = wait_for_room(&conns).await;
         tokio::time::advance(Duration::from_millis(400)).await;
         // The other connection falls idle: evictable, but only once idle for `SLOW`, not
         // because a newcomer waited `PATIENCE`.
@@ -462,18 +466,10 @@ mod tests {
         // A place that comes free ends the wait at once.
         let conns = self::conns(1);
         let tunnel = admitted(conns.admit());
-        let _exchange = tunnel.begin(true);
-        let waiter = tokio::spawn({
-            let conns = conns.clone();
-            async move {
-                let t0 = Instant::now();
-                conns.room().await;
-                t0.elapsed()
-            }
-        });
-        tokio::task::yield_now().await;
+        let exchange = tunnel.begin(true);
+        let waiter = wait_for_room(&conns).await;
         tokio::time::advance(Duration::from_millis(100)).await;
-        drop(_exchange);
+        drop(exchange);
         drop(tunnel);
         assert_eq!(waiter.await.unwrap(), Duration::from_millis(100));
 

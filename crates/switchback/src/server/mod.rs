@@ -113,9 +113,11 @@ impl ClientLimits {
     /// a reconnect storm, the tunnels being replaced are closing). A newcomer then takes the
     /// place of the connection that has waited longest for a request head or sat idle
     /// longest, once that one has waited two seconds (a younger one is not evicted), and
-    /// that one is closed; when every connection is busy, the newcomer is answered `503` and
-    /// closed after half a second. The default is half the process's descriptor limit, less a
-    /// reserve: each client connection may need an upstream one.
+    /// that one is closed; when every connection has stayed busy for half a second, the
+    /// newcomer is answered `503` and closed. Workers racing for a place that just came free
+    /// may take a newcomer or two over the cap rather than evict a young connection. The
+    /// default is half the process's descriptor limit, less a reserve: each client connection
+    /// may need an upstream one.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = Some(connections.max(1));
         self
