@@ -8,6 +8,8 @@
 # Usage: instructions-per-tunnel.sh [SWITCHBACK_BIN] [TUNNELS]
 #   defaults: target/release/switchback next to this workspace, 2000 tunnels.
 #   KEEP=DIR keeps callgrind's output files there, for `callgrind_annotate --inclusive=yes`.
+#   ROLE=library counts the library's stack instead (`switchback-bench proxy --mode fast`, the
+#   bench's `switchback` system): SWITCHBACK_BIN is then a switchback-bench binary.
 # Each tunnel, one after another: upgrade, one 64-byte echo, close frames each way, close.
 # The proxy runs one worker; the count is (run with 2N tunnels - run with N) / N, so start-up
 # and shutdown cancel out. Needs valgrind, python3 and `switchback-bench` built beside the binary.
@@ -81,8 +83,11 @@ clusters:
     endpoints: [$upstream]
 YAML
   out="$work/callgrind.$1"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$work/switchback.yaml" \
-    >"$work/proxy.log" 2>&1 &
+  local proxy=("$bin" --config "$work/switchback.yaml")
+  if [ "${ROLE:-}" = library ]; then
+    proxy=("$bin" proxy --mode fast --listen "127.0.0.1:$port" --upstream "$upstream")
+  fi
+  valgrind --tool=callgrind --callgrind-out-file="$out" "${proxy[@]}" >"$work/proxy.log" 2>&1 &
   local pid=$!
   for _ in $(seq 400); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1',$port)).close()" 2>/dev/null && break
