@@ -83,6 +83,18 @@ struct Live {
     leaving: usize,
 }
 
+impl Live {
+    /// The connection a newcomer would evict: the one that has waited longest for a head or
+    /// sat idle longest, not busy and not already leaving. O(connections), run only while the
+    /// listener is full.
+    fn longest_waiting(&self) -> Option<&Arc<ConnState>> {
+        self.conns
+            .values()
+            .filter(|c| c.evictable())
+            .min_by_key(|c| c.waiting_since())
+    }
+}
+
 /// What happened to a connection the listener was asked to take.
 pub(crate) enum Admission {
     Admitted(Arc<Slot>),
@@ -129,14 +141,8 @@ impl Conns {
                 if !self.is_full(&live) {
                     return;
                 }
-                let longest = live
-                    .conns
-                    .values()
-                    .filter(|c| c.evictable())
-                    .map(|c| c.waiting_since())
-                    .min();
-                match longest {
-                    Some(since) => self.instant(since) + SLOW,
+                match live.longest_waiting() {
+                    Some(c) => self.instant(c.waiting_since()) + SLOW,
                     None => start + PATIENCE,
                 }
             };
@@ -172,12 +178,7 @@ impl Conns {
         let now = self.millis(Instant::now());
         let mut live = self.live();
         if self.is_full(&live) {
-            let victim = live
-                .conns
-                .values()
-                .filter(|c| c.evictable())
-                .min_by_key(|c| c.waiting_since());
-            let Some(victim) = victim else {
+            let Some(victim) = live.longest_waiting() else {
                 ::metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
                 return Admission::Full;
             };
