@@ -249,15 +249,18 @@ impl Balancer {
             LbPolicy::RoundRobin => candidates[turn % candidates.len()],
             LbPolicy::Random => candidates[rand::random_range(0..candidates.len())],
             LbPolicy::LeastRequest => {
-                // The fewest active; among equals, the one whose turn it is.
-                let fewest = candidates
-                    .iter()
-                    .map(|&i| self.states[i].active.load(Relaxed))
-                    .min()
-                    .unwrap_or(0);
-                let tied: Vec<usize> = candidates
+                // The fewest active; among equals, the one whose turn it is. Each count is read
+                // once: other workers change them meanwhile, and a second read could leave no
+                // endpoint at the minimum of the first.
+                let loads: Vec<(usize, usize)> = candidates
                     .into_iter()
-                    .filter(|&i| self.states[i].active.load(Relaxed) == fewest)
+                    .map(|i| (i, self.states[i].active.load(Relaxed)))
+                    .collect();
+                let fewest = loads.iter().map(|&(_, load)| load).min().unwrap_or(0);
+                let tied: Vec<usize> = loads
+                    .into_iter()
+                    .filter(|&(_, load)| load == fewest)
+                    .map(|(i, _)| i)
                     .collect();
                 tied[turn % tied.len()]
             }
@@ -365,6 +368,33 @@ mod tests {
         );
         // A tried endpoint is skipped whatever its load.
         assert_eq!(b.pick(&[1, 2]), Some(0));
+    }
+
+    #[test]
+    fn least_request_picks_while_other_workers_change_the_counts() {
+        let b = Balancer::new(4, LbPolicy::LeastRequest, None, false);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for worker in 0..2 {
+                let (b, stop) = (&b, &stop);
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for n in 0usize.. {
+                        if stop.load(Relaxed) {
+                            break;
+                        }
+                        held.push(b.activate((n + worker) % 4));
+                        if held.len() > 3 {
+                            held.remove(n % 3);
+                        }
+                    }
+                });
+            }
+            for _ in 0..200_000 {
+                assert!(matches!(b.pick(&[]), Some(0..4)));
+            }
+            stop.store(true, Relaxed);
+        });
     }
 
     #[tokio::test(start_paused = true)]
