@@ -12,6 +12,23 @@ use http::{Request, Version};
 /// replaces `Host` with the target's authority (RFC 9112 §3.2.2). The error says why the
 /// request is refused with 400.
 pub(crate) fn normalise<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    one_authority(req)?;
+    let has_host = req.headers().contains_key(header::HOST);
+    match req.version() {
+        Version::HTTP_11 if !has_host => Err("an HTTP/1.1 request needs a Host header"),
+        Version::HTTP_2 | Version::HTTP_3 if !has_host && req.uri().authority().is_none() => {
+            Err("an HTTP/2 request needs :authority or a Host header")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Leaves `req` with one authority, the one everything below routes and forwards by: an
+/// absolute-form target's replaces `Host`, and an HTTP/2 `Host` must agree with
+/// `:authority`. Whatever is present must be valid; a missing `Host` is [`normalise`]'s
+/// concern. Route matching runs this first, so that no route is picked by a `Host` the
+/// upstream will not get.
+pub(crate) fn one_authority<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     let version = req.version();
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next().cloned();
@@ -33,17 +50,14 @@ pub(crate) fn normalise<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         return Ok(());
     }
     match first {
-        None if version == Version::HTTP_11 => Err("an HTTP/1.1 request needs a Host header"),
-        None => Ok(()),
-        Some(host) if valid(&host) => Ok(()),
-        Some(_) => Err("the Host header is not a valid host[:port]"),
+        Some(host) if !valid(&host) => Err("the Host header is not a valid host[:port]"),
+        _ => Ok(()),
     }
 }
 
 /// HTTP/2 (RFC 9113 §8.3.1): hyper checks `:authority`, but `host` lines are ordinary
 /// headers there, and the HTTP/1.1 request sent upstream keeps one. It must be a valid
-/// `host[:port]` naming the same host as `:authority`; with neither, the upstream would get no
-/// `Host` at all.
+/// `host[:port]` naming the same host as `:authority`.
 fn from_authority(authority: Option<&Authority>, host: Option<&HeaderValue>) -> Result<(), &'static str> {
     if authority.is_some_and(|a| a.as_str().contains('@')) {
         return Err("the request target carries userinfo");
@@ -53,7 +67,6 @@ fn from_authority(authority: Option<&Authority>, host: Option<&HeaderValue>) -> 
         return Err("the request target's authority is not a valid host[:port]");
     }
     match (authority, host) {
-        (None, None) => Err("an HTTP/2 request needs :authority or a Host header"),
         (_, Some(host)) if !valid(host) => Err("the Host header is not a valid host[:port]"),
         (Some(a), Some(host)) if !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
             Err("the Host header differs from :authority")

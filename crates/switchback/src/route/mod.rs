@@ -365,6 +365,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_clients_original_path_never_reaches_the_upstream() {
+        let forged = |uri| {
+            get(uri)
+                .header("x-envoy-original-path", "/admin")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (_, seen) = route(vec![Route::prefix("/")], forged("/x")).await;
+        assert!(seen.unwrap().headers.get("x-envoy-original-path").is_none());
+        let (_, seen) = route(vec![Route::prefix("/v1").prefix_rewrite("/v2")], forged("/v1/x")).await;
+        assert_eq!(
+            seen.unwrap().headers["x-envoy-original-path"],
+            "/v1/x",
+            "the route's own"
+        );
+    }
+
+    #[tokio::test]
+    async fn routes_match_the_authority_of_an_absolute_form_target() {
+        let routes = || {
+            vec![
+                Route::prefix("/")
+                    .header(header::HOST, Some("admin.internal".into()))
+                    .cluster(cluster("admin")),
+                Route::prefix("/")
+                    .header(header::HOST, Some("public.example".into()))
+                    .cluster(cluster("public")),
+            ]
+        };
+        let req = Request::get("http://admin.internal/secret")
+            .header(header::HOST, "public.example")
+            .body(Body::empty())
+            .unwrap();
+        let (_, seen) = route(routes(), req).await;
+        let seen = seen.unwrap();
+        assert_eq!(seen.ext.get::<Cluster>().unwrap().name(), "admin");
+        assert_eq!(seen.headers[header::HOST], "admin.internal");
+        let two_hosts = Request::get("/x")
+            .header(header::HOST, "public.example")
+            .header(header::HOST, "admin.internal")
+            .body(Body::empty())
+            .unwrap();
+        let (res, seen) = route(routes(), two_hosts).await;
+        assert_eq!(res.status(), 400);
+        assert!(seen.is_none(), "refused before routing");
+    }
+
+    #[tokio::test]
     async fn untouched_settings_leave_no_trace() {
         let (_, seen) = route(vec![Route::prefix("/")], get("/x?y").body(Body::empty()).unwrap()).await;
         let seen = seen.unwrap();

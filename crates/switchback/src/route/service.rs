@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 use super::{MatchedRoute, Route, Runtime};
 use crate::reply::Then;
 use crate::router::DuplicateUpgradeType;
-use crate::{Body, BoxError, hop, reply};
+use crate::{Body, BoxError, hop, host, reply};
 
 /// Envoy's route table as a tower layer.
 ///
@@ -137,6 +137,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Routes match on the authority the upstream will get, never on a `Host` that an
+        // absolute-form target or `:authority` overrides further down.
+        if let Err(why) = host::one_authority(&mut req) {
+            tracing::debug!(reason = why, "request refused before routing");
+            return ResponseFuture::local_then(StatusCode::BAD_REQUEST, why, Then::Close);
+        }
+        // Only a route's `prefix_rewrite` says what the original path was (Envoy strips a
+        // client's own from external requests): an upstream that trusts it must not be lied to.
+        req.headers_mut().remove(super::action::ORIGINAL_PATH);
         let found = self
             .routes
             .iter()
@@ -194,10 +203,14 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     fn local<B>(status: StatusCode, message: impl Into<String>, req: &Request<B>) -> Self {
+        Self::local_then(status, message, closes_after_refusal(req))
+    }
+
+    fn local_then(status: StatusCode, message: impl Into<String>, then: Then) -> Self {
         crate::metrics_status(status);
         Self {
             kind: Kind::Local {
-                res: Some(reply::local(status, message, closes_after_refusal(req))),
+                res: Some(reply::local(status, message, then)),
             },
         }
     }
