@@ -216,6 +216,105 @@ async fn a_refusal_is_relayed_and_closes_both_connections() {
     assert!(s.events.opened().is_empty());
 }
 
+/// The websocket-smuggle pattern on a legacy route: an upstream made to answer a bare `101`
+/// (no `Upgrade`, no `Connection`, no `Sec-WebSocket-Accept`) opens no raw pipe. The client
+/// gets a 502, and its smuggled request never reaches the upstream.
+#[tokio::test]
+async fn a_bare_101_is_a_502_and_nothing_passes() {
+    let raw = RawUpstream::bind().await;
+    let s = setup(vec![legacy_route(&raw)]).await;
+    let smuggled = "GET /internal/admin HTTP/1.1\r\nHost: internal\r\n\r\n";
+    for (case, answer) in [
+        ("bare", "HTTP/1.1 101 Switching Protocols\r\n\r\n".to_owned()),
+        (
+            "no Connection: upgrade",
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n", switchback::websocket::accept_key(KEY.as_bytes())),
+        ),
+        (
+            "a wrong accept key",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: eA==\r\n\r\n".to_owned(),
+        ),
+    ] {
+        let request = format!("{}{smuggled}", ws_upgrade("/chat"));
+        let mut client = raw_client(s.proxy.addr, request.as_bytes()).await;
+        let mut up = raw.accept().await;
+        let (_, extra) = read_head(&mut up).await;
+        assert!(extra.is_empty(), "{case}");
+        up.write_all(answer.as_bytes()).await.unwrap();
+        let (head, _) = read_head(&mut client).await;
+        assert_eq!(status(&head), 502, "{case}: {head}");
+        read_to_eof(&mut client).await;
+        assert_eq!(read_to_eof(&mut up).await, b"", "{case}: the upstream got nothing more");
+    }
+    assert!(s.events.opened().is_empty());
+}
+
+/// Draft 76 (hixie-76), which legacy routes serve: the client's 8 key bytes follow its head
+/// undeclared and its server reads them before it answers. They go upstream with the head
+/// (declared: `content-length: 8`); the bytes the client sends after them wait for the `101`,
+/// whose 16-byte answer reaches the client; then frames pass both ways.
+#[tokio::test]
+async fn a_draft_76_handshake_sends_its_key_bytes_with_the_head() {
+    let raw = RawUpstream::bind().await;
+    let s = setup(vec![legacy_route(&raw)]).await;
+    let head = "GET /demo HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\n\
+                Sec-WebSocket-Key2: 12998 5 Y3 1  .P00\r\nUpgrade: WebSocket\r\n\
+                Sec-WebSocket-Key1: 4 @1  46546xW%0l 1 5\r\nOrigin: http://example.com\r\n\r\n";
+    // The key bytes, then a first frame sent before any answer.
+    let mut client = raw_client(s.proxy.addr, format!("{head}^n:ds[4U\x00early\u{ff}").as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (sent, extra) = read_head(&mut up).await;
+    assert_eq!(header(&sent, "content-length"), Some("8"), "{sent}");
+    assert_eq!(header(&sent, "sec-websocket-key1"), Some("4 @1  46546xW%0l 1 5"));
+    assert_eq!(read_n(&mut up, extra, 8).await, b"^n:ds[4U");
+    assert_silent(&mut up).await;
+
+    let answer = b"HTTP/1.1 101 WebSocket Protocol Handshake\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Origin: http://example.com\r\nSec-WebSocket-Location: ws://example.com/demo\r\n\r\n8jKS'y:G*Co,Wxa-";
+    up.write_all(answer).await.unwrap();
+    let (got, rest) = read_head(&mut client).await;
+    assert_eq!(status(&got), 101, "{got}");
+    assert_eq!(
+        header(&got, "sec-websocket-location"),
+        Some("ws://example.com/demo")
+    );
+    assert_eq!(read_n(&mut client, rest, 16).await, b"8jKS'y:G*Co,Wxa-");
+    assert_eq!(read_n(&mut up, Vec::new(), 7).await, "\x00early\u{ff}".as_bytes());
+    up.write_all(b"\x00hi\xff").await.unwrap();
+    assert_eq!(read_n(&mut client, Vec::new(), 4).await, b"\x00hi\xff");
+    assert_eq!(s.events.opened(), [TunnelMode::Legacy]);
+}
+
+/// Draft 75 and others that send no key at all: the `101` is held to `Upgrade` and
+/// `Connection` only, and the tunnel opens.
+#[tokio::test]
+async fn a_keyless_old_draft_still_tunnels() {
+    let raw = RawUpstream::bind().await;
+    let s = setup(vec![legacy_route(&raw)]).await;
+    let head = "GET /demo HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\
+                Origin: http://example.com\r\n\r\n";
+    let mut client = raw_client(s.proxy.addr, head.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (sent, extra) = read_head(&mut up).await;
+    assert!(
+        extra.is_empty() && header(&sent, "content-length").is_none(),
+        "{sent}"
+    );
+    assert!(
+        header(&sent, "sec-websocket-key").is_none(),
+        "legacy routes add no key: {sent}"
+    );
+    up.write_all(
+        b"HTTP/1.1 101 Web Socket Protocol Handshake\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (got, _) = read_head(&mut client).await;
+    assert_eq!(status(&got), 101, "{got}");
+    client.write_all(b"\x00hello\xff").await.unwrap();
+    assert_eq!(read_n(&mut up, Vec::new(), 7).await, b"\x00hello\xff");
+}
+
 /// The upstream closes: what it sent still reaches the client, then the client sees EOF.
 #[tokio::test]
 async fn upstream_close_reaches_the_client_after_its_data() {

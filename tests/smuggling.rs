@@ -252,22 +252,39 @@ async fn websocket_smuggle_a_101_that_is_no_switch_is_a_502() {
     }
 }
 
-/// The limit of the `101` check: a handshake that sends no `Sec-WebSocket-Key` cannot be held
-/// to a `Sec-WebSocket-Accept`, so a `101` with `Upgrade: websocket` and `Connection: upgrade`
-/// opens the tunnel. An upstream that sends those headers did switch protocols: what flows
-/// next is between the client and that upstream.
+/// A handshake that sends no `Sec-WebSocket-Key` goes upstream with one of the proxy's own,
+/// so the upstream's `101` is still held to a `Sec-WebSocket-Accept`: a bare `101` with
+/// `Upgrade` and `Connection` is a 502 and the client's next bytes never reach the upstream;
+/// an upstream that answers the proxy's key opens the tunnel.
 #[tokio::test]
-async fn a_keyless_handshake_is_held_to_upgrade_and_connection_only() {
+async fn a_keyless_handshake_gets_a_key_and_the_answer_is_checked() {
     let raw = RawUpstream::bind().await;
     let proxy = guarded(raw.addr).await;
     let req = "GET /chat HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                Sec-WebSocket-Version: 13\r\n\r\n";
+    let bare = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
     let mut client = raw_client(proxy.addr, req.as_bytes()).await;
     let mut up = raw.accept().await;
-    read_head(&mut up).await;
-    up.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await
-        .unwrap();
+    let (sent, _) = read_head(&mut up).await;
+    assert!(header(&sent, "sec-websocket-key").is_some(), "{sent}");
+    up.write_all(bare.as_bytes()).await.unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), 502, "{head}");
+    let _ = client.write_all(SMUGGLED.as_bytes()).await;
+    read_to_eof(&mut client).await;
+    assert_closed(&mut up, "a bare 101 to a keyless handshake").await;
+
+    let mut client = raw_client(proxy.addr, req.as_bytes()).await;
+    let mut up = raw.accept().await;
+    let (sent, _) = read_head(&mut up).await;
+    let key = header(&sent, "sec-websocket-key").expect("the proxy's key");
+    let accept = switchback::websocket::accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    up.write_all(answer.as_bytes()).await.unwrap();
     let (head, _) = read_head(&mut client).await;
     assert_eq!(status(&head), 101, "{head}");
     client.write_all(b"tunnel").await.unwrap();

@@ -10,7 +10,6 @@ use http::{Request, Response, StatusCode};
 use crate::cluster::Cluster;
 use crate::ext::IdleTimeout;
 use crate::forward::upstream;
-use crate::handoff::Handoff;
 use crate::metrics::HandshakeFailure;
 use crate::{Body, BoxError, UpgradeType};
 
@@ -174,28 +173,10 @@ where
             return fail(reason, status, message);
         }
     };
-    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return upstream::relay_refusal(answer, &UpgradeType::new("websocket"));
-    }
-    let upstream::Answer {
-        res,
-        endpoint,
-        upgraded,
-        active,
-        ..
-    } = answer;
-    let upstream = match upstream::switched_connection(upgraded, &UpgradeType::new("websocket")) {
-        Ok(u) => u,
-        Err(res) => return *res,
-    };
-    let (mut parts, _) = res.into_parts();
-    upstream::switched_head(&mut parts, &endpoint);
     // No layer sees a legacy tunnel: the router joins the connections. Its task waits for the
     // server to write the 101, so bytes the client sent after its request go upstream only
     // then.
-    let handoff = Handoff::new(upstream, Body::empty(), true, active);
-    parts.extensions.insert(handoff.clone());
-    Response::from_parts(parts, Body::upstream_tunnel(handoff))
+    upstream::answer_upgrade(answer, &UpgradeType::new("websocket"), Body::empty(), true)
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+/// The client's handshake key (RFC 6455 §11.3.1).
+pub(crate) const SEC_WEBSOCKET_KEY: http::HeaderName = http::HeaderName::from_static("sec-websocket-key");
+
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The `Sec-WebSocket-Accept` value a server must answer to `key`.

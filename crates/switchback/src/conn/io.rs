@@ -6,11 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Slot;
+use super::key_bytes::{DECLARATION, KeyBytes};
 
 /// A client connection's socket as hyper serves it. Upgraded connections are unwrapped back
 /// to the bare socket (see `tunnel::leg::unwrap_socket`), so this costs nothing in a tunnel.
@@ -24,6 +25,8 @@ pub(crate) struct ClientIo<S = TcpStream> {
     slot: Arc<Slot>,
     /// HTTP/2 only: where the frames are.
     frames: Option<Frames>,
+    /// HTTP/1 only: a draft-76 WebSocket head's undeclared key bytes.
+    key_bytes: KeyBytes,
 }
 
 impl<S> ClientIo<S> {
@@ -33,6 +36,7 @@ impl<S> ClientIo<S> {
             prefix: Bytes::new(),
             slot,
             frames: None,
+            key_bytes: KeyBytes::default(),
         }
     }
 
@@ -55,16 +59,35 @@ impl<S> ClientIo<S> {
         (self.prefix, self.stream)
     }
 
-    fn observe(&mut self, bytes: &[u8]) {
+    /// Follows the bytes hyper is given; for an HTTP/1 head that must declare its body,
+    /// returns where in `bytes` the declaration goes.
+    fn observe(&mut self, bytes: &[u8]) -> Option<usize> {
         match &mut self.frames {
             // An HTTP/1 head begins with the first byte that arrives while nothing is in
             // flight (bytes while busy are a body's, or a pipelined head hyper reads next).
             None => {
                 if !bytes.is_empty() && self.slot.is_idle() {
                     self.slot.head_started();
+                    self.key_bytes.head_started();
                 }
+                self.key_bytes.scan(bytes)
             }
-            Some(frames) => frames.scan(bytes, &self.slot),
+            Some(frames) => {
+                frames.scan(bytes, &self.slot);
+                None
+            }
+        }
+    }
+
+    /// Moves what it can of the prefix into `buf`.
+    fn take_prefix(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        if n == self.prefix.len() {
+            // Even an empty slice would keep the whole first read's buffer alive.
+            self.prefix = Bytes::new();
+        } else {
+            self.prefix = self.prefix.slice(n..);
         }
     }
 }
@@ -75,21 +98,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
+        let mut from = buf.filled().len();
         if self.prefix.is_empty() {
             ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
         } else {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            if n == self.prefix.len() {
-                // Even an empty slice would keep the whole first read's buffer alive.
-                self.prefix = Bytes::new();
-            } else {
-                self.prefix = self.prefix.slice(n..);
-            }
+            self.take_prefix(buf);
         }
         let this = &mut *self;
-        this.observe(&buf.filled()[before..]);
+        while let Some(at) = this.observe(&buf.filled()[from..]) {
+            // The declaration goes in after the line that called for it; what followed that
+            // line comes after it, from the prefix, and is observed as it is handed over
+            // (at least one byte, the line's end, stays in `buf`: never an empty read).
+            let at = from + at;
+            let mut rest =
+                BytesMut::with_capacity(DECLARATION.len() + buf.filled().len() - at + this.prefix.len());
+            rest.extend_from_slice(DECLARATION);
+            rest.extend_from_slice(&buf.filled()[at..]);
+            rest.extend_from_slice(&this.prefix);
+            buf.set_filled(at);
+            this.prefix = rest.freeze();
+            this.take_prefix(buf);
+            from = at;
+        }
         Poll::Ready(Ok(()))
     }
 }

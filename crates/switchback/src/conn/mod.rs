@@ -24,6 +24,7 @@ use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
 mod io;
+mod key_bytes;
 
 pub(crate) use io::ClientIo;
 

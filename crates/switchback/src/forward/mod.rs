@@ -22,10 +22,10 @@ use tower::Service;
 use crate::body::Holding;
 use crate::cluster::{Active, Cluster, Endpoint, Outcome};
 use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
-use crate::handoff::Handoff;
 use crate::metrics::HandshakeFailure;
 use crate::reply::Then;
 use crate::retry::RetryPolicy;
+use crate::websocket::SEC_WEBSOCKET_KEY;
 use crate::{Body, BoxError, hop, reply};
 use pre_body::PreBody;
 
@@ -430,6 +430,12 @@ where
 
     if parts.version == Version::HTTP_2 {
         h2_to_h1_upgrade(&mut parts, &ty);
+    } else if ty.is_websocket() && !parts.headers.contains_key(SEC_WEBSOCKET_KEY) {
+        // With no key of the client's, the upstream's `101` would prove nothing: a key of the
+        // proxy's own makes it show it read this handshake (`verify` checks the answer).
+        parts
+            .headers
+            .insert(SEC_WEBSOCKET_KEY, crate::websocket::new_key());
     }
     // Retried only before the 101, so before any tunnel byte; after a connection that got
     // the request, only when there is no body to replay.
@@ -487,36 +493,7 @@ where
             return fail(reason, status, message);
         }
     };
-    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return upstream::relay_refusal(answer, &ty);
-    }
-    let upstream::Answer {
-        res,
-        endpoint,
-        active,
-        request_headers,
-        upgraded,
-        ..
-    } = answer;
-    if let Err(bad) = verify::verify(&request_headers, res.headers(), ty.is_websocket()) {
-        tracing::info!(
-            endpoint = endpoint.address(),
-            reason = bad.as_str(),
-            "upgrade: refusing the upstream's 101"
-        );
-        return fail(HandshakeFailure::Bad101, StatusCode::BAD_GATEWAY, bad.as_str());
-    }
-    let upgraded = match upstream::switched_connection(upgraded, &ty) {
-        Ok(u) => u,
-        Err(res) => return *res,
-    };
-    let (mut parts, _) = res.into_parts();
-    upstream::switched_head(&mut parts, &endpoint);
-
-    // The tunnel is the router's to open: hand the upstream half back with the `101`.
-    let handoff = Handoff::new(upgraded, client, client_untouched, active);
-    parts.extensions.insert(handoff.clone());
-    Response::from_parts(parts, Body::upstream_tunnel(handoff))
+    upstream::answer_upgrade(answer, &ty, client, client_untouched)
 }
 
 /// The `Host` the upstream gets: the client's, an HTTP/2 request's authority, or the route's
@@ -552,7 +529,7 @@ pub(crate) fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::Upg
     }
     if ty.is_websocket() {
         let key = crate::websocket::new_key();
-        parts.headers.insert("sec-websocket-key", key);
+        parts.headers.insert(SEC_WEBSOCKET_KEY, key);
     }
 }
 

@@ -15,10 +15,10 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{origin_form, upstream_host, with_timeout};
+use super::{origin_form, upstream_host, verify, with_timeout};
 use crate::cluster::{Active, Cluster, ConnectError, Endpoint, Outcome};
 use crate::ext::UpstreamAddr;
-use crate::handoff::{Switch, Switching};
+use crate::handoff::{Handoff, Switch, Switching};
 use crate::metrics::HandshakeFailure;
 use crate::reply::{self, Then};
 use crate::tls::UpstreamStream;
@@ -256,31 +256,69 @@ pub(crate) fn fail(
     reply::local(status, message, Then::Close)
 }
 
-/// The upstream's upgraded connection after its `101`, or the `502` for one lost right after.
-pub(crate) fn switched_connection(
-    upgraded: Option<hyper::Result<Switch>>,
+/// Turns the upstream's answer into the client's: a `101` that [`verify`] accepts carries the
+/// upstream's connection in a [`Handoff`] (with `client`, the body that will carry the
+/// client's tunnel bytes); a `101` it refuses, or one whose connection is lost at once, is a
+/// `502`; anything else is relayed as a refusal. The new-style and the legacy mode both end
+/// here, so neither can open a tunnel on a `101` the other would refuse.
+///
+/// [`verify`]: super::verify::verify
+pub(crate) fn answer_upgrade(
+    answer: Answer,
     ty: &UpgradeType,
-) -> Result<Switch, Box<Response<Body>>> {
-    match upgraded {
-        Some(Ok(u)) => Ok(u),
+    client: Body,
+    client_untouched: bool,
+) -> Response<Body> {
+    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return relay_refusal(answer, ty);
+    }
+    let Answer {
+        res,
+        endpoint,
+        active,
+        request_headers,
+        upgraded,
+        ..
+    } = answer;
+    if let Err(bad) = verify::verify(&request_headers, res.headers(), ty.is_websocket()) {
+        tracing::info!(
+            endpoint = endpoint.address(),
+            reason = bad.as_str(),
+            "upgrade: refusing the upstream's 101"
+        );
+        return fail(
+            ty,
+            HandshakeFailure::Bad101,
+            StatusCode::BAD_GATEWAY,
+            bad.as_str(),
+        );
+    }
+    let upgraded = match upgraded {
+        Some(Ok(u)) => u,
         lost => {
             if let Some(Err(e)) = lost {
                 tracing::debug!(error = %e, upgrade = %ty, "upstream connection lost after its 101");
             }
-            Err(Box::new(fail(
+            return fail(
                 ty,
                 HandshakeFailure::Refused,
                 StatusCode::BAD_GATEWAY,
                 "upstream closed after 101",
-            )))
+            );
         }
-    }
+    };
+    let (mut parts, _) = res.into_parts();
+    switched_head(&mut parts, &endpoint);
+    // The tunnel is the router's to open: the upstream half goes back with the `101`.
+    let handoff = Handoff::new(upgraded, client, client_untouched, active);
+    parts.extensions.insert(handoff.clone());
+    Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }
 
 /// Relays an answer that is not a `101` as an ordinary response: hop-by-hop headers (the
 /// upgrade pair included) removed, and the client's connection closed after it, because the
 /// client may already be sending tunnel bytes that must never be read as HTTP.
-pub(crate) fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> {
+fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> {
     HandshakeFailure::Not101.record(ty);
     let (mut parts, body) = answer.res.into_parts();
     let body = Driven {
@@ -299,7 +337,7 @@ pub(crate) fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> 
 
 /// The head of an accepted `101` as the client gets it: hop-by-hop headers removed but for
 /// the upgrade pair, with the protocol the upstream chose.
-pub(crate) fn switched_head(parts: &mut http::response::Parts, endpoint: &Endpoint) {
+fn switched_head(parts: &mut http::response::Parts, endpoint: &Endpoint) {
     match parts.headers.get(header::UPGRADE).cloned() {
         Some(chosen) => hop::strip_keep_upgrade(&mut parts.headers, chosen),
         None => hop::strip(&mut parts.headers),

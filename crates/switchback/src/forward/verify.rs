@@ -9,9 +9,8 @@ use http::HeaderMap;
 use http::header::{self, HeaderName};
 
 use crate::hop;
-use crate::websocket;
+use crate::websocket::{self, SEC_WEBSOCKET_KEY};
 
-const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
 /// Why a `101` was refused.
@@ -52,7 +51,8 @@ pub(crate) fn verify(request: &HeaderMap, response: &HeaderMap, websocket: bool)
     if !hop::connection_has(response, "upgrade") {
         return Err(Bad101::NoConnectionUpgrade);
     }
-    // A client that sent no key (Envoy's own tests do this) cannot be protected by the check.
+    // Only a request without a key goes without the check: an old draft's (hixie-75/76) on a
+    // legacy route. The new-style path always sends one (`Forward` adds its own).
     if let (true, Some(key)) = (websocket, request.get(SEC_WEBSOCKET_KEY)) {
         let expected = websocket::accept_key(key.as_bytes());
         let accept = response.get(SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes());
