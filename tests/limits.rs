@@ -366,3 +366,114 @@ async fn a_drain_spreads_its_closing_over_the_close_window() {
     assert!(*last < Duration::from_millis(2500), "closed too late: {ends:?}");
     assert_eq!(draining.await.unwrap().closed, 8);
 }
+
+// === HTTP/2 tunnels ===
+
+/// An HTTP/2 client connection through `proxy`, with the server's first SETTINGS in: a
+/// first request's answer comes after them (extended CONNECT needs the setting that allows
+/// it).
+async fn h2_client(
+    proxy: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = http::Request::get(format!("http://{proxy}/"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    within(sender.send_request(get)).await.unwrap();
+    sender
+}
+
+/// An RFC 8441 WebSocket request on an HTTP/2 connection to `proxy`.
+fn h2_websocket(proxy: SocketAddr) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::connect(format!("http://{proxy}/chat"))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// One HTTP/2 connection asking for 300 WebSocket streams at once gets the default 100 open
+/// at a time, each with its upstream connection; the rest wait for a stream to end.
+#[tokio::test]
+async fn an_http2_connection_opens_at_most_max_concurrent_streams_tunnels() {
+    let echo = ws_echo().await;
+    let events = Events::default();
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .observer(events.observer())
+        .build()
+        .unwrap();
+    let proxy = proxy(echo.addr, router, ClientLimits::new()).await;
+    let sender = h2_client(proxy.addr).await;
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..300 {
+        let (mut sender, open_tx, req) = (sender.clone(), open_tx.clone(), h2_websocket(proxy.addr));
+        tokio::spawn(async move {
+            if let Ok(mut res) = sender.send_request(req).await
+                && res.status() == 200
+                && let Ok(stream) = hyper::upgrade::on(&mut res).await
+            {
+                let _ = open_tx.send(stream);
+            }
+        });
+    }
+    let mut open = Vec::new();
+    while open.len() < 100 {
+        open.push(within(open_rx.recv()).await.unwrap());
+    }
+    // No 101st while the first hundred are open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(open_rx.try_recv().is_err(), "a 101st tunnel opened");
+    assert_eq!(events.opened().len(), 100);
+    // One ends: one more opens.
+    drop(open.pop());
+    open.push(within(open_rx.recv()).await.unwrap());
+    assert_eq!(open.len(), 100);
+}
+
+/// Each HTTP/2 tunnel takes a place under `max_connections`, as its upstream socket is a
+/// descriptor: with 3 places, one connection gets 2 tunnels and a third is refused with
+/// `503`, while the connection goes on serving; a place freed is a tunnel again.
+#[tokio::test]
+async fn http2_tunnels_count_towards_max_connections() {
+    let echo = ws_echo().await;
+    let proxy = proxy(echo.addr, router(), ClientLimits::new().max_connections(3)).await;
+    let mut sender = h2_client(proxy.addr).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut res = within(sender.send_request(h2_websocket(proxy.addr)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        open.push(within(hyper::upgrade::on(&mut res)).await.unwrap());
+    }
+    let res = within(sender.send_request(h2_websocket(proxy.addr)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let get = http::Request::get(format!("http://{}/", proxy.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    within(sender.send_request(get))
+        .await
+        .expect("the connection still serves");
+    drop(open.pop());
+    // The freed place comes back once the tunnel's task has seen its end.
+    within(async {
+        loop {
+            let res = sender.send_request(h2_websocket(proxy.addr)).await.unwrap();
+            if res.status() == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -3,8 +3,11 @@
 
 /// Counter: upgrades that reached the router and were allowed (`type`).
 pub const UPGRADES_STARTED: &str = "switchback_upgrades_started_total";
-/// Counter: upgrades refused (`type`, `reason`).
+/// Counter: upgrades refused (`type`, `reason`). An upgrade type that neither the router nor
+/// the route names is counted as [`OTHER_TYPE`]: a label never takes a client's own token.
 pub const UPGRADES_REJECTED: &str = "switchback_upgrades_rejected_total";
+/// The `type` label of upgrades whose type no configuration names.
+pub const OTHER_TYPE: &str = "other";
 /// Counter: upgrade handshakes that did not open a tunnel (`type`, `reason`: `connect`,
 /// `timeout`, `refused`, `not_101`, `bad_101`, `no_upstream`).
 pub const HANDSHAKE_FAILURES: &str = "switchback_handshake_failures_total";

@@ -12,7 +12,9 @@
 //! A tunnel keeps its client connection's place (its descriptor is still open), so that
 //! tunnels count against `max_connections` and are never evicted: an HTTP/1.1 tunnel, whose
 //! connection's HTTP life is over, through a [`Seat`] (a count, no state of its own); an
-//! HTTP/2 one, a stream among others, through an [`Exchange`] that keeps its connection busy.
+//! HTTP/2 one, a stream among others, through an [`Exchange`] that keeps its connection busy
+//! and a [`Seat`] of its own (its upstream leg is a descriptor, as a connection's is), so that
+//! one HTTP/2 connection can't open more tunnels than the listener has places.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -68,7 +70,8 @@ pub(crate) struct Conns {
     max: usize,
     epoch: Instant,
     live: Mutex<Live>,
-    /// HTTP/1.1 tunnels open (their connections have left `live`).
+    /// Tunnels open: HTTP/1.1 ones (their connections have left `live`) and HTTP/2 ones
+    /// (besides their connections).
     tunnels: AtomicUsize,
     /// A worker waits for a place while the listener is full.
     freed: Notify,
@@ -338,15 +341,26 @@ impl Slot {
         }
     }
 
-    /// A tunnel's hold on this connection's place: an HTTP/1.1 tunnel outlives the
-    /// connection's HTTP life, and only needs to be counted; an HTTP/2 one keeps the
-    /// connection busy.
-    pub(crate) fn hold(self: &Arc<Self>, version: http::Version) -> Hold {
+    /// A tunnel's hold on a place in the listener: an HTTP/1.1 tunnel outlives its
+    /// connection's HTTP life and takes over its place; an HTTP/2 one, a stream among others,
+    /// keeps its connection busy and takes a place of its own, since its upstream leg costs a
+    /// descriptor as a connection's would. `None` when the listener has no place left for an
+    /// HTTP/2 tunnel (the stream is refused, the connection goes on).
+    pub(crate) fn hold(self: &Arc<Self>, version: http::Version) -> Option<Hold> {
+        let conns = &self.conns;
         if version == http::Version::HTTP_2 {
-            return Hold::Stream(self.begin(false));
+            // Under the lock that admissions take, so that streams and newcomers racing for
+            // the last place can't both have it.
+            let live = conns.live();
+            if conns.is_full(&live) {
+                return None;
+            }
+            conns.tunnels.fetch_add(1, Relaxed);
+            drop(live);
+            return Some(Hold::Stream(self.begin(false), Seat(conns.clone())));
         }
-        self.conns.tunnels.fetch_add(1, Relaxed);
-        Hold::Seat(Seat(self.conns.clone()))
+        conns.tunnels.fetch_add(1, Relaxed);
+        Some(Hold::Seat(Seat(conns.clone())))
     }
 
     /// Resolves once the listener tells this connection to make room for a newcomer.
@@ -365,10 +379,10 @@ pub(crate) struct ClientConn(pub(crate) Arc<Slot>);
 #[expect(dead_code, reason = "held for what their drops give back")]
 pub(crate) enum Hold {
     Seat(Seat),
-    Stream(Exchange),
+    Stream(Exchange, Seat),
 }
 
-/// An HTTP/1.1 tunnel's place in its listener's count.
+/// A tunnel's place in its listener's count.
 #[derive(Debug)]
 pub(crate) struct Seat(Arc<Conns>);
 
@@ -532,6 +546,23 @@ mod tests {
         assert!(matches!(conns.admit(), Admission::Full));
         drop(seat);
         assert!(matches!(conns.admit(), Admission::Admitted(_)));
+    }
+
+    #[tokio::test]
+    async fn http2_tunnels_take_places_of_their_own() {
+        let conns = conns(3);
+        let slot = admitted(conns.admit());
+        let one = slot.hold(http::Version::HTTP_2).expect("a place");
+        let two = slot.hold(http::Version::HTTP_2).expect("the last place");
+        assert_eq!(conns.len(), 3, "the connection and its two tunnels");
+        assert!(slot.hold(http::Version::HTTP_2).is_none(), "no place for a third");
+        assert!(
+            matches!(conns.admit(), Admission::Full),
+            "the connection is busy: not evicted"
+        );
+        drop(one);
+        assert!(slot.hold(http::Version::HTTP_2).is_some());
+        drop(two);
     }
 
     #[test]

@@ -184,8 +184,15 @@ impl Rejection {
 
     /// Counts the rejection of an upgrade of type `ty`, and answers it (the connection
     /// closes after the answer).
+    ///
+    /// A type that no configuration names is the client's own token: it is counted as
+    /// `other`, so that no client can make the metrics grow (every series is kept forever).
     pub(crate) fn reply(self, ty: &UpgradeType) -> Response<Body> {
-        ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => ty.label(), "reason" => self.as_str())
+        let label = match self {
+            Self::NotConfigured => ::metrics::SharedString::const_str(metrics::OTHER_TYPE),
+            _ => ty.label(),
+        };
+        ::metrics::counter!(metrics::UPGRADES_REJECTED, "type" => label, "reason" => self.as_str())
             .increment(1);
         let (status, msg) = match self {
             Self::NotConfigured => (
@@ -228,7 +235,7 @@ pub(crate) struct RouterConfig {
     pub(crate) tunnel: TunnelConfig,
     pub(crate) drain: Drain,
     pub(crate) observer: Option<TunnelObserver>,
-    pub(crate) max_tunnels: Option<TunnelCap>,
+    pub(crate) max_tunnels: TunnelCap,
 }
 
 impl RouterConfig {
@@ -286,8 +293,10 @@ impl UpgradeRouterBuilder {
     }
 
     /// The most tunnels this router keeps open at once (handshakes in flight included). Past
-    /// it an upgrade is answered `503` before any upstream is contacted. Default: no limit
-    /// (the listener's `max_connections` still bounds them).
+    /// it an upgrade is answered `503` before any upstream is contacted. Default: as many as
+    /// the process's descriptor limit allows, two descriptors a tunnel after a reserve (the
+    /// default `max_connections`), so that tunnels from several listeners or HTTP/2 streams
+    /// can't take every descriptor between them.
     pub fn max_tunnels(mut self, max: usize) -> Self {
         self.max_tunnels = Some(TunnelCap::new(max));
         self
@@ -310,7 +319,10 @@ impl UpgradeRouterBuilder {
                 tunnel: self.tunnel,
                 drain: self.drain,
                 observer: self.observer,
-                max_tunnels: self.max_tunnels,
+                max_tunnels: self.max_tunnels.unwrap_or_else(|| {
+                    let fds = crate::conn::descriptor_limit();
+                    TunnelCap::new(crate::conn::default_max_connections(fds))
+                }),
             }),
         })
     }

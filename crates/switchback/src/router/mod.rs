@@ -221,14 +221,9 @@ impl<S> UpgradeRouter<S> {
         mode: TunnelMode,
         settings: Settings,
         client_reader: oneshot::Sender<TunnelRead>,
-        mut holds: Holds,
+        holds: Holds,
     ) -> Pending {
         let cfg = &self.config;
-        // The tunnel keeps its client connection's place in the listener.
-        holds.conn = req
-            .extensions()
-            .get::<ClientConn>()
-            .map(|c| c.0.hold(req.version()));
         Pending {
             info: TunnelInfo {
                 id: 0,
@@ -249,30 +244,46 @@ impl<S> UpgradeRouter<S> {
         }
     }
 
-    /// Places for one more tunnel under the router's and the route's `max_tunnels`, or
-    /// `None` when either is full.
+    /// Places for one more tunnel under the router's and the route's `max_tunnels` and in
+    /// the client connection's listener (which an HTTP/2 tunnel takes a place of its own in),
+    /// or `None` when any is full.
     fn places<B>(&self, req: &Request<B>) -> Option<Holds> {
         let take = |cap: Option<&TunnelCap>| match cap {
             Some(cap) => cap.take().map(Some).ok_or(cap.max()),
             None => Ok(None),
         };
-        let router = take(self.config.max_tunnels.as_ref());
+        let router = take(Some(&self.config.max_tunnels));
         let route = take(req.extensions().get::<TunnelCap>());
-        match (router, route) {
-            (Ok(router), Ok(route)) => Some(Holds {
-                router,
-                route,
-                ..Holds::default()
-            }),
+        let (router, route) = match (router, route) {
+            (Ok(router), Ok(route)) => (router, route),
             (Err(max), _) | (_, Err(max)) => {
                 tracing::warn!(
                     max,
                     path = req.uri().path(),
                     "upgrade refused: max_tunnels reached"
                 );
-                None
+                return None;
             }
-        }
+        };
+        let conn = match req.extensions().get::<ClientConn>() {
+            Some(ClientConn(slot)) => match slot.hold(req.version()) {
+                Some(hold) => Some(hold),
+                None => {
+                    tracing::warn!(
+                        path = req.uri().path(),
+                        "upgrade refused: the listener's max_connections are taken"
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(Holds {
+            router,
+            route,
+            conn,
+            upstream: None,
+        })
     }
 }
 

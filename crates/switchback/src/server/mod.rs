@@ -64,6 +64,7 @@ pub struct ClientLimits {
     max_request_headers: usize,
     max_headers: usize,
     max_connections: Option<usize>,
+    max_concurrent_streams: u32,
 }
 
 impl Default for ClientLimits {
@@ -74,12 +75,14 @@ impl Default for ClientLimits {
             max_request_headers: 60 * 1024,
             max_headers: 100,
             max_connections: None,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
 
 impl ClientLimits {
-    /// The defaults: 10 s, 1 h, 60 KiB, 100 lines, connections by the descriptor limit.
+    /// The defaults: 10 s, 1 h, 60 KiB, 100 lines, connections by the descriptor limit, 100
+    /// HTTP/2 streams.
     pub fn new() -> Self {
         Self::default()
     }
@@ -135,7 +138,20 @@ impl ClientLimits {
         self.max_headers = lines.max(1);
         self
     }
+
+    /// The most streams (requests and tunnels) an HTTP/2 client may have open at once on one
+    /// connection (at least 1; default 100, HAProxy's; nginx's is 128). The client learns it
+    /// from the server's SETTINGS and a stream past it is reset (`REFUSED_STREAM`). Every
+    /// HTTP/2 tunnel also takes a place under [`max_connections`](Self::max_connections), so
+    /// one connection can't hold more upstream sockets than the listener has places.
+    pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
+        self.max_concurrent_streams = streams.max(1);
+        self
+    }
 }
+
+/// HTTP/2 streams a client may open at once on one connection, by default.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// The size of an HTTP/1 request head as it came on the wire (request line, header lines,
 /// blank line); HTTP/2 heads are bounded by their own framing.
@@ -558,6 +574,7 @@ where
         builder
             .auto_date_header(false)
             .enable_connect_protocol()
+            .max_concurrent_streams(limits.max_concurrent_streams)
             .max_header_list_size(u32::try_from(limits.max_request_headers).unwrap_or(u32::MAX))
             .timer(TokioTimer::new());
         let io = TokioIo::new(Io::http2(stream, slot.clone()).with_prefix(first));
