@@ -7,7 +7,11 @@
 //! bounded by timeouts.
 #![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
 
+#[path = "cli/client_input.rs"]
+mod client_input;
 mod pki;
+#[path = "cli/security.rs"]
+mod security;
 mod support;
 mod webdriver;
 
@@ -521,6 +525,11 @@ fn the_kubernetes_configmap_config_passes_check() {
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
     let dir = TempDir::new("configmap");
+    // The Secret's mount, in the test's folder.
+    let token_file = "/etc/switchback-admin/token";
+    assert!(config.contains(token_file), "{config}");
+    let config = config.replace(token_file, "admin-token");
+    dir.write("admin-token", "a-token-for-the-check-0123456789\n");
     let file = dir.write("switchback.yaml", &config);
     let out = run(&["--check", file.to_str().unwrap()]);
     assert!(
@@ -794,7 +803,8 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
         "{m}"
     );
 
-    // A refused upgrade is counted, and logged with its type.
+    // A refused upgrade is logged with its type, and counted as `other`: a type nobody
+    // configured is the client's own word, and would be a series of its own.
     let refused = http(
         listen,
         "GET",
@@ -812,7 +822,7 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
         metric(
             &m,
             "switchback_upgrades_rejected_total",
-            &["type=\"foo\"", "reason=\"not_configured\""]
+            &["type=\"other\"", "reason=\"not_configured\""]
         ),
         1.0,
         "{m}"

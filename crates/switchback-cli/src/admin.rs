@@ -1,4 +1,5 @@
-//! The admin endpoint (`admin: ADDR:PORT`), served by its own small HTTP/1.1 server.
+//! The admin endpoint (`admin: ADDR:PORT`, or `admin: { address, token_file }`), served by
+//! its own small HTTP/1.1 server.
 //!
 //! | request                        | answer                                                      |
 //! |--------------------------------|-------------------------------------------------------------|
@@ -24,8 +25,12 @@
 //! health, ejection, active requests and tunnels, and connect failures
 //! (`switchback_endpoint_*`, refreshed at each scrape).
 //!
-//! Anyone who reaches this port can change routing: keep it on loopback (the server logs a
-//! warning when it is not).
+//! Who may use what is [`door`]'s: the probes (`/ready`, `/metrics`) answer anyone; every
+//! other path only loopback callers or the bearer of `admin.token_file`'s token, and only
+//! for a `Host` that names the endpoint and, to change anything, no foreign `Origin`.
+//! `GET /config` shows header values as `<redacted>`.
+
+mod door;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -41,8 +46,10 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use switchback::{Cluster, Drain, EndpointStats, LiveTunnel, Runtime};
-use switchback_config::Config;
+use switchback_config::{Config, Filter, HeadersToAdd};
 use tokio::net::TcpListener;
+
+pub(crate) use self::door::{Caller, Door};
 
 use crate::fatal::Fatal;
 use crate::reload::{Reload, SharedView, View};
@@ -270,15 +277,20 @@ impl Admin {
         self.inner.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Serves the admin endpoint on `listener` until the task is dropped.
-    pub(crate) async fn serve(self, listener: TcpListener) {
+    /// Serves the admin endpoint on `listener`, behind `door`, until the task is dropped.
+    pub(crate) async fn serve(self, listener: TcpListener, door: Door) {
         if let Ok(addr) = listener.local_addr()
             && !addr.ip().is_loopback()
         {
-            tracing::warn!(%addr, "the admin endpoint is not on loopback: anyone who reaches it can change routing");
+            tracing::info!(
+                %addr,
+                token = door.has_token(),
+                "the admin endpoint is not on loopback: anyone who reaches it gets /ready and /metrics; the rest needs a loopback client or the admin token"
+            );
         }
+        let door = Arc::new(door);
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin: accept failed");
@@ -286,10 +298,19 @@ impl Admin {
                     continue;
                 }
             };
-            let admin = self.clone();
+            // The Host check compares with the address this connection arrived on.
+            let local = match stream.local_addr() {
+                Ok(local) => local,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin: no local address; connection dropped");
+                    continue;
+                }
+            };
+            let caller = Caller { peer, local };
+            let (admin, door) = (self.clone(), Arc::clone(&door));
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(&req)) }
+                let answer = door.refusal(&req, caller).unwrap_or_else(|| admin.handle(&req));
+                async move { Ok::<_, Infallible>(answer) }
             });
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
@@ -339,6 +360,7 @@ impl Admin {
                 let view = self.view();
                 let mut config = view.config;
                 config.runtime = inner.runtime.snapshot();
+                redact_header_values(&mut config);
                 #[derive(Serialize)]
                 struct Running {
                     generation: u64,
@@ -458,6 +480,50 @@ impl Admin {
                 new: value,
             },
         )
+    }
+}
+
+/// What `GET /config` shows for a header value: they may carry credentials for upstreams.
+const REDACTED: &str = "<redacted>";
+
+/// Replaces every header value the config holds (headers added by filters and routes,
+/// header matches, the `Host` a route rewrites to) with [`REDACTED`]; names stay.
+fn redact_header_values(config: &mut Config) {
+    fn headers(h: &mut HeadersToAdd) {
+        *h = h
+            .names()
+            .map(|name| (name.clone(), HeaderValue::from_static(REDACTED)))
+            .collect();
+    }
+    fn filters(list: &mut [Filter]) {
+        for filter in list {
+            match filter {
+                Filter::RequestHeadersToAdd(h) | Filter::ResponseHeadersToAdd(h) => headers(h),
+                Filter::RequestBodyLimit(_) | Filter::ConcurrencyLimit(_) | Filter::Timeout(_) => {}
+            }
+        }
+    }
+    filters(&mut config.http_filters);
+    for upgrade in &mut config.upgrade_configs {
+        if let Some(list) = &mut upgrade.filters {
+            filters(list);
+        }
+    }
+    for route in &mut config.routes {
+        headers(&mut route.request_headers_to_add);
+        for matcher in &mut route.matcher.headers {
+            if let Some(exact) = &mut matcher.exact {
+                REDACTED.clone_into(exact);
+            }
+        }
+        if let Some(host) = &mut route.host_rewrite_literal {
+            REDACTED.clone_into(host);
+        }
+        for upgrade in &mut route.upgrade_configs {
+            if let Some(list) = &mut upgrade.filters {
+                filters(list);
+            }
+        }
     }
 }
 
@@ -587,6 +653,23 @@ mod tests {
         );
         assert!(parse_set("key=%ZZ&value=1").is_err());
         assert!(parse_set("").is_err());
+    }
+
+    #[test]
+    fn config_shows_no_header_value() {
+        let yaml = "http_filters:\n  - request_headers_to_add: { authorization: secret-1 }\n  - response_headers_to_add: { x-a: secret-2 }\n\
+            upgrade_configs:\n  - upgrade_type: websocket\n    filters: [{ request_headers_to_add: { x-b: secret-3 } }]\n\
+            routes:\n  - match: { prefix: /, headers: [{ name: x-key, exact: secret-4 }, { name: x-present }] }\n\
+            \x20   cluster: c\n    host_rewrite_literal: secret-5\n    request_headers_to_add: { x-c: secret-6 }\n\
+            clusters: [{ name: c, endpoints: [127.0.0.1:1] }]\n";
+        let mut config = Config::from_yaml_str(yaml, "t.yaml").unwrap();
+        redact_header_values(&mut config);
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(!json.contains("secret"), "{json}");
+        for name in ["authorization", "x-a", "x-b", "x-c", "x-key", "x-present"] {
+            assert!(json.contains(&format!("\"{name}\"")), "{name} is kept: {json}");
+        }
+        assert_eq!(json.matches(REDACTED).count(), 6, "{json}");
     }
 
     #[test]

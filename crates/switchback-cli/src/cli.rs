@@ -25,9 +25,10 @@ Modes:
                              open http://127.0.0.1:10000/ in a browser to try it
   switchback echo            run a WebSocket echo server on 127.0.0.1:9001 (--listen ADDR:PORT,
                              repeatable), an upstream to try a config with; GET / is the page
-  switchback drain --admin ADDR:PORT [--after 5s]
+  switchback drain --admin ADDR:PORT [--after 5s] [--token-file FILE]
                              ask a running switchback to drain (a preStop hook): /ready fails
-                             now, the drain starts after --after
+                             now, the drain starts after --after; the token in FILE (the
+                             config's admin.token_file) is needed unless ADDR is loopback
 
 Ready file:
   --ready-file PATH: once every listener is bound, switchback writes the addresses it bound
@@ -42,7 +43,10 @@ Shutdown:
   1001 Going Away close frame each way) and switchback exits 0. A second signal stops
   waiting and exits at once.
 
-Admin endpoint (when `admin: ADDR:PORT` is set; keep it on loopback):
+Admin endpoint (when `admin: ADDR:PORT` or `admin: { address, token_file }` is set):
+  /ready and /metrics answer anyone; every other path answers loopback clients, or others
+  that send `Authorization: Bearer <token>` (the token in `token_file`), with a Host naming
+  the endpoint (else 421) and, for a POST, no foreign Origin (else 403).
   GET  /metrics                  Prometheus text exposition
   GET  /ready                    200, or 503 while draining
   GET  /runtime                  the runtime values as JSON
@@ -134,6 +138,10 @@ enum Command {
         /// How long it keeps accepting after /ready fails, e.g. 5s.
         #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
         after: std::time::Duration,
+        /// The file holding the admin token (the config's admin.token_file), sent as
+        /// `Authorization: Bearer`: needed unless --admin is a loopback address.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -168,12 +176,14 @@ pub(crate) enum Mode {
         /// The addresses to serve on.
         listen: Vec<SocketAddr>,
     },
-    /// `drain --admin ADDR:PORT [--after DURATION]`.
+    /// `drain --admin ADDR:PORT [--after DURATION] [--token-file FILE]`.
     Drain {
         /// The admin endpoint to ask.
         admin: SocketAddr,
         /// How long before the drain starts.
         after: std::time::Duration,
+        /// Where the admin token is.
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -182,7 +192,17 @@ impl Args {
     pub(crate) fn mode(self) -> Mode {
         match self.command {
             Some(Command::Echo { listen }) => return Mode::Echo { listen },
-            Some(Command::Drain { admin, after }) => return Mode::Drain { admin, after },
+            Some(Command::Drain {
+                admin,
+                after,
+                token_file,
+            }) => {
+                return Mode::Drain {
+                    admin,
+                    after,
+                    token_file,
+                };
+            }
             None => {}
         }
         match (self.config, self.check) {
@@ -281,6 +301,37 @@ mod tests {
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         let err = mode(&["switchback", "--config", "a.yaml", "echo"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn drain() {
+        assert_eq!(
+            mode(&["switchback", "drain", "--admin", "127.0.0.1:9901"]).unwrap(),
+            Mode::Drain {
+                admin: "127.0.0.1:9901".parse().unwrap(),
+                after: std::time::Duration::ZERO,
+                token_file: None,
+            }
+        );
+        assert_eq!(
+            mode(&[
+                "switchback",
+                "drain",
+                "--admin",
+                "[::1]:9901",
+                "--after",
+                "5s",
+                "--token-file",
+                "/etc/switchback-admin/token"
+            ])
+            .unwrap(),
+            Mode::Drain {
+                admin: "[::1]:9901".parse().unwrap(),
+                after: std::time::Duration::from_secs(5),
+                token_file: Some("/etc/switchback-admin/token".into()),
+            }
+        );
+        assert!(mode(&["switchback", "drain"]).is_err(), "--admin is required");
     }
 
     #[test]

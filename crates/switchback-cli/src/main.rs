@@ -67,7 +67,11 @@ fn main() -> ExitCode {
         },
         Mode::Demo { ready_file } => block_on(demo::run(ready_file)),
         Mode::Echo { listen } => block_on(echo::run(&listen)),
-        Mode::Drain { admin, after } => block_on(drain_request::run(admin, after)),
+        Mode::Drain {
+            admin,
+            after,
+            token_file,
+        } => block_on(drain_request::run(admin, after, token_file.as_deref())),
     }
 }
 

@@ -161,7 +161,9 @@ pub(crate) fn hash(config: &Config) -> String {
 }
 
 /// The fields a running process can't change: the workers and the client limits they were
-/// started with, the admin endpoint and the access log's destination.
+/// started with, the admin endpoint (its address and token: the token file is read again
+/// on each reload, and a new token is reported here, not used) and the access log's
+/// destination.
 fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
     let mut check = |name, same: bool| {
@@ -192,6 +194,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check(
         "max_headers_count",
         old.max_headers_count == new.max_headers_count,
+    );
+    check(
+        "max_concurrent_streams",
+        old.max_concurrent_streams == new.max_concurrent_streams,
     );
     check("max_connections", old.max_connections == new.max_connections);
     fields
@@ -266,7 +272,7 @@ impl<S: Clone + Send + Sync> Reloader<S> {
         {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             let running = &view.config;
-            effective.admin = running.admin;
+            effective.admin.clone_from(&running.admin);
             effective.workers = running.workers;
             effective.access_log = running.access_log.clone();
             effective.drain_timeout = running.drain_timeout;
@@ -275,6 +281,7 @@ impl<S: Clone + Send + Sync> Reloader<S> {
             effective.connection_idle_timeout = running.connection_idle_timeout;
             effective.max_request_headers_kb = running.max_request_headers_kb;
             effective.max_headers_count = running.max_headers_count;
+            effective.max_concurrent_streams = running.max_concurrent_streams;
             effective.max_connections = running.max_connections;
         }
         let clusters = stack::clusters(&effective).map_err(|e| vec![e])?;

@@ -82,13 +82,19 @@ pub(crate) async fn run(
     let mut limits = ClientLimits::new()
         .request_headers_timeout(config.request_headers_timeout)
         .max_request_headers(config.max_request_headers_kb as usize * 1024)
-        .max_headers(config.max_headers_count as usize);
+        .max_headers(config.max_headers_count as usize)
+        .max_concurrent_streams(config.max_concurrent_streams);
     limits = match config.connection_idle_timeout {
         idle if idle.is_zero() => limits.no_connection_idle_timeout(),
         idle => limits.connection_idle_timeout(idle),
     };
     if let Some(max) = config.max_connections {
         limits = limits.max_connections(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+    // Before anything is taken: a takeover socket no one else may replace.
+    if let Some(path) = &config.takeover_socket {
+        takeover::check_dir(path)
+            .map_err(|why| Fatal::new(format!("takeover_socket {}: {why}", path.display())))?;
     }
     // With --takeover, the sockets come from the running process instead of new binds.
     let taken = match (options.takeover, &config.takeover_socket) {
@@ -136,24 +142,25 @@ pub(crate) async fn run(
     let bound = workers.addresses();
     // Shared with the reloader, which binds, changes and retires listeners.
     let workers = Arc::new(Mutex::new(workers));
-    let admin_listener = match (config.admin, given_admin) {
-        (Some(_), Some(given)) => {
-            let listener = given
+    let admin_listener = match (config.admin.as_mut(), given_admin) {
+        (Some(admin), Some(given)) => {
+            let (address, listener) = given
                 .set_nonblocking(true)
                 .and_then(|()| TcpListener::from_std(given))
+                .and_then(|listener| Ok((listener.local_addr()?, listener)))
                 .map_err(|e| Fatal::new(format!("takeover: the admin socket handed over: {e}")))?;
-            config.admin = listener.local_addr().ok();
+            admin.address = address;
             Some(listener)
         }
-        (Some(addr), _) => {
+        (Some(admin), _) => {
+            let addr = admin.address;
+            let field = admin_field(admin);
             let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?;
-            config.admin = Some(
-                listener
-                    .local_addr()
-                    .map_err(|e| cannot_listen(addr, "admin", &origin, &e))?,
-            );
+                .map_err(|e| cannot_listen(addr, field, &origin, &e))?;
+            admin.address = listener
+                .local_addr()
+                .map_err(|e| cannot_listen(addr, field, &origin, &e))?;
             Some(listener)
         }
         (None, _) => None,
@@ -193,6 +200,7 @@ pub(crate) async fn run(
         let bound = admin_listener
             .local_addr()
             .map_err(|e| cannot_listen(admin_listener_addr(&config), "admin", &origin, &e))?;
+        let door = admin::Door::new(config.admin.as_ref().and_then(|a| a.token.clone()));
         let admin = Admin::new(
             metrics,
             drain.clone(),
@@ -209,7 +217,7 @@ pub(crate) async fn run(
         admin_fd = std::os::fd::AsFd::as_fd(&admin_listener)
             .try_clone_to_owned()
             .ok();
-        admin_task = Some(tokio::spawn(admin.serve(admin_listener)));
+        admin_task = Some(tokio::spawn(admin.serve(admin_listener, door)));
         tracing::info!("admin endpoint on http://{bound}/ (metrics, ready, runtime, config, clusters)");
     }
     // The old process, once this one serves on its sockets, stops accepting and drains.
@@ -233,7 +241,11 @@ pub(crate) async fn run(
     }
     // Last: whoever waits for this file may connect to every listener at once.
     let _ready = match &ready_file {
-        Some(path) => Some(ReadyFile::write(path, &bound, config.admin)?),
+        Some(path) => Some(ReadyFile::write(
+            path,
+            &bound,
+            config.admin.as_ref().map(|a| a.address),
+        )?),
         None => None,
     };
 
@@ -434,7 +446,19 @@ fn raise_descriptor_limit() {}
 
 /// The admin address the config names, for an error about it.
 fn admin_listener_addr(config: &Config) -> SocketAddr {
-    config.admin.unwrap_or(config.listeners[0].address)
+    config
+        .admin
+        .as_ref()
+        .map_or(config.listeners[0].address, |a| a.address)
+}
+
+/// The field that names the admin address: `admin`, or `admin.address` in the long form.
+fn admin_field(admin: &switchback_config::AdminEndpoint) -> &'static str {
+    if admin.token_file.is_some() {
+        "admin.address"
+    } else {
+        "admin"
+    }
 }
 
 /// Offers takeovers on `path`: each connection is a new process asking for the sockets.
@@ -444,11 +468,17 @@ fn offer_takeovers(
     let listener = takeover::offer(path)
         .map_err(|e| Fatal::new(format!("takeover_socket {}: cannot listen: {e}", path.display())))?;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let shown = path.display().to_string();
     // A thread of its own: accepting on a std socket blocks, and takeovers are rare.
     std::thread::Builder::new()
         .name("switchback-takeover".to_owned())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
+                // Dropping the stream closes it: another user gets no socket, and no answer.
+                if let Err(who) = takeover::check_peer(&stream) {
+                    tracing::warn!(socket = shown, "takeover refused: the peer runs as {who}");
+                    continue;
+                }
                 if tx.blocking_send(stream).is_err() {
                     return;
                 }

@@ -42,7 +42,8 @@
 //!
 //! ```yaml
 //! listen: 127.0.0.1:10000          # HTTP/1.1 and HTTP/2 prior knowledge on one port
-//! admin: 127.0.0.1:9901            # optional
+//! admin: 127.0.0.1:9901            # optional; loopback callers only (probes: anyone)
+//! # admin: { address: 0.0.0.0:9901, token_file: admin-token }   # others with the token too
 //! drain_timeout: 30s
 //! stream_idle_timeout: 5m          # default idle timeout of upgraded streams
 //! upgrade_configs:                 # listener-level upgrade types
@@ -122,6 +123,7 @@
 //! );
 //! ```
 
+mod admin;
 mod duration;
 mod error;
 mod health;
@@ -139,6 +141,7 @@ mod validate;
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub use crate::admin::{AdminEndpoint, AdminToken};
 pub use crate::duration::{format_duration, parse_duration};
 pub use crate::error::ConfigError;
 pub use crate::health::{DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_TIMEOUT, HealthCheck};

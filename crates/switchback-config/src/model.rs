@@ -38,9 +38,10 @@ pub struct Config {
     /// port) or TLS (HTTP/2 by ALPN). `listen: ADDR` in the file is one plaintext listener.
     /// Default: one plaintext listener on `127.0.0.1:10000`.
     pub listeners: Vec<crate::Listener>,
-    /// Address of the admin listener. Default: none (no admin listener).
+    /// The admin endpoint: its address and, optionally, the token that lets callers other
+    /// than loopback ones in. Default: none (no admin listener).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<crate::AdminEndpoint>,
     /// Worker threads serving the listener, each with its own event loop and its own
     /// `SO_REUSEPORT` listener; a connection and its tunnel stay on the worker that accepted
     /// it. Default: one per CPU the process may use. At most 1024.
@@ -74,6 +75,11 @@ pub struct Config {
     pub max_request_headers_kb: u32,
     /// The most header lines a request may have; more is answered `431`. Default 100.
     pub max_headers_count: u32,
+    /// The most streams (requests and tunnels) an HTTP/2 client may have open at once on one
+    /// connection (Envoy's `http2_protocol_options.max_concurrent_streams`). Default 100
+    /// (HAProxy's; Envoy's is 2^31 - 1), from 1 to 2^31 - 1. Each HTTP/2 tunnel also takes a
+    /// place under `max_connections`.
+    pub max_concurrent_streams: u32,
     /// How long a client connection may sit idle between requests before it is closed
     /// (HTTP/2: GOAWAY first). Envoy's `idle_timeout`; default `1h`; `0s` = never.
     #[serde(serialize_with = "duration::serialize")]
@@ -85,7 +91,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
     /// The most tunnels open at once (handshakes in flight included); past it an upgrade
-    /// gets `503` before any upstream contact. Absent: no cap of its own.
+    /// gets `503` before any upstream contact. Absent: what the descriptor limit allows, as
+    /// for `max_connections`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tunnels: Option<u64>,
     /// Listener-level upgrade types (YAML `upgrade_configs`), in file order. Default: empty,
@@ -146,6 +153,7 @@ impl Default for Config {
             request_headers_timeout: Duration::from_secs(10),
             max_request_headers_kb: 60,
             max_headers_count: 100,
+            max_concurrent_streams: 100,
             connection_idle_timeout: Duration::from_secs(3600),
             max_connections: None,
             max_tunnels: None,

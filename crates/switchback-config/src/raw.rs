@@ -2,6 +2,7 @@
 //! location. Only structure and scalar types are checked here (every problem reported, see
 //! [`read`](crate::read)); everything else is checked in `validate`.
 
+use crate::admin::RawAdmin;
 use crate::error::Ctx;
 use crate::health::RawHealthCheck;
 use crate::locate::join_key;
@@ -19,6 +20,11 @@ pub(crate) const WORKERS: Whole = Whole {
 pub(crate) const HEADERS_KB: Whole = Whole { min: 8, max: 8192 };
 /// `max_headers_count`.
 pub(crate) const HEADERS_COUNT: Whole = Whole { min: 1, max: 10_000 };
+/// `max_concurrent_streams`: HTTP/2's SETTINGS value is 31 bits wide (RFC 9113 §6.5.2).
+pub(crate) const CONCURRENT_STREAMS: Whole = Whole {
+    min: 1,
+    max: 2_147_483_647,
+};
 /// `request_body_limit`, in bytes; 0 allows only empty bodies.
 pub(crate) const BODY_LIMIT: Whole = Whole::at_least(0);
 /// `xff_num_trusted_hops`: more than a few dozen proxies in a row is a typo.
@@ -46,7 +52,7 @@ pub(crate) const CONNECT_ATTEMPTS: Whole = Whole {
 pub(crate) struct RawConfig {
     pub(crate) listen: Option<S<String>>,
     pub(crate) listeners: Option<S<List<RawListener>>>,
-    pub(crate) admin: Option<S<String>>,
+    pub(crate) admin: Option<S<RawAdmin>>,
     pub(crate) workers: Option<S<u64>>,
     pub(crate) drain_timeout: Option<S<String>>,
     pub(crate) drain_close_window: Option<S<String>>,
@@ -55,6 +61,7 @@ pub(crate) struct RawConfig {
     pub(crate) request_headers_timeout: Option<S<String>>,
     pub(crate) max_request_headers_kb: Option<S<u64>>,
     pub(crate) max_headers_count: Option<S<u64>>,
+    pub(crate) max_concurrent_streams: Option<S<u64>>,
     pub(crate) connection_idle_timeout: Option<S<String>>,
     pub(crate) max_connections: Option<S<u64>>,
     pub(crate) max_tunnels: Option<S<u64>>,
@@ -86,6 +93,7 @@ impl RawConfig {
         "request_headers_timeout",
         "max_request_headers_kb",
         "max_headers_count",
+        "max_concurrent_streams",
         "connection_idle_timeout",
         "max_connections",
         "max_tunnels",
@@ -115,7 +123,7 @@ impl RawConfig {
                     ctx.list(node, path, RawListener::read)
                 })
                 .ok(),
-            admin: f.optional(ctx, "admin", Ctx::string).ok(),
+            admin: f.optional(ctx, "admin", RawAdmin::read).ok(),
             workers: f
                 .optional(ctx, "workers", |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
                     ctx.whole(node, path, WORKERS)
@@ -138,6 +146,13 @@ impl RawConfig {
                     ctx,
                     "max_headers_count",
                     |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, HEADERS_COUNT),
+                )
+                .ok(),
+            max_concurrent_streams: f
+                .optional(
+                    ctx,
+                    "max_concurrent_streams",
+                    |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, CONCURRENT_STREAMS),
                 )
                 .ok(),
             connection_idle_timeout: f.optional(ctx, "connection_idle_timeout", Ctx::string).ok(),
@@ -635,6 +650,7 @@ pub(crate) fn keys_at(path: &str) -> Keys {
     }
     match shape.as_str() {
         "" => Keys::Fields(RawConfig::FIELDS),
+        "admin" => Keys::Fields(RawAdmin::FIELDS),
         "upgrade_configs" | "routes.upgrade_configs" => Keys::Fields(RawUpgradeConfig::FIELDS),
         "http_filters" | "upgrade_configs.filters" => Keys::Fields(Filter::NAMES),
         "routes" => Keys::Fields(RawRoute::FIELDS),

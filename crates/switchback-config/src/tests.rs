@@ -137,7 +137,7 @@ fn attempts(n: u32) -> NonZeroU32 {
 fn full_example_lands_everywhere() {
     let c = parse(FULL);
     assert_eq!(c.listeners[0].address, addr("127.0.0.1:10000"));
-    assert_eq!(c.admin, Some(addr("127.0.0.1:9901")));
+    assert_eq!(c.admin, Some(AdminEndpoint::new(addr("127.0.0.1:9901"))));
     assert_eq!(c.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
 
@@ -1405,8 +1405,8 @@ fn type_errors_say_what_they_found() {
             "config.yaml:2:5: http_filters[0]: a filter entry is a mapping with exactly one key, e.g. `- request_body_limit: 1024`; found \"timeout\"",
         ),
         (
-            "admin: { host: a }\n",
-            "config.yaml:1:8: admin: expected a single value (a string) here, found a mapping",
+            "admin: [127.0.0.1:9901]\n",
+            "config.yaml:1:8: admin: expected a single value (a string) here, found a list",
         ),
     ] {
         assert_eq!(one(yaml).to_string(), expected);
@@ -2070,4 +2070,128 @@ fn a_clusters_tls() {
         ("clusters[0].tls.private_key_file", Some(4))
     );
     assert!(e[0].message.contains("needs its key"), "{}", e[0]);
+}
+
+// ---------------------------------------------------------------- the admin endpoint
+
+/// A folder holding `token` with `text` in it; returns the folder.
+fn token_dir(test: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchback-config-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), text).unwrap();
+    dir
+}
+
+#[test]
+fn admin_short_and_long_forms() {
+    let dir = token_dir("admin-forms", "0123456789abcdef0123\n");
+    let file = dir.join("switchback.yaml");
+    let load = |yaml: &str| Config::from_yaml_str(yaml, file.to_str().unwrap());
+
+    let short = load("admin: 127.0.0.1:9901\n").unwrap().admin.unwrap();
+    assert_eq!(short, AdminEndpoint::new(addr("127.0.0.1:9901")));
+
+    let long = load("admin: { address: \"[::]:9901\", token_file: token }\n")
+        .unwrap()
+        .admin
+        .unwrap();
+    assert_eq!(long.address, addr("[::]:9901"));
+    assert_eq!(
+        long.token_file.as_deref(),
+        Some(dir.join("token").as_path()),
+        "relative to the file"
+    );
+    let token = long.token.unwrap();
+    assert_eq!(token.secret(), "0123456789abcdef0123", "the newline is dropped");
+    assert!(token.matches(b"0123456789abcdef0123"));
+
+    // Without a token file the mapping is the short form.
+    let bare = load("admin:\n  address: 127.0.0.1:9901\n")
+        .unwrap()
+        .admin
+        .unwrap();
+    assert_eq!(bare, short);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn admin_token_file_errors_name_the_file_the_field_and_the_fix() {
+    let dir = token_dir("admin-errors", "\n");
+    std::fs::write(dir.join("short"), "abc\n").unwrap();
+    let file = dir.join("switchback.yaml");
+    let name = file.to_str().unwrap();
+    let one = |yaml: &str| {
+        let errors = Config::from_yaml_str(yaml, name).unwrap_err();
+        assert_eq!(errors.len(), 1, "{}", render(&errors));
+        errors.into_iter().next().unwrap()
+    };
+
+    let empty = one("admin: { address: 0.0.0.0:9901, token_file: token }\n");
+    assert_eq!(empty.path, "admin.token_file");
+    assert_eq!(empty.line, Some(1));
+    let token = dir.join("token");
+    assert_eq!(
+        empty.message,
+        format!(
+            "the admin token in {}: it is empty; e.g. write one with `openssl rand -hex 32 > FILE`",
+            token.display()
+        )
+    );
+
+    let missing = one("admin: { address: 0.0.0.0:9901, token_file: nope }\n");
+    assert_eq!(missing.path, "admin.token_file");
+    assert!(
+        missing
+            .message
+            .starts_with(&format!("cannot read {}: ", dir.join("nope").display()))
+            && missing.message.ends_with(
+                "give the path of a file holding the admin token, absolute or relative to the config file"
+            ),
+        "{missing}"
+    );
+
+    let short = one("admin: { address: 0.0.0.0:9901, token_file: short }\n");
+    assert!(
+        short.message.contains("it is 3 characters long; use at least 16"),
+        "{short}"
+    );
+
+    let blank = one("admin: { address: 0.0.0.0:9901, token_file: \"\" }\n");
+    assert!(blank.message.contains("the file name is empty"), "{blank}");
+
+    // Every problem at once: the missing address and the empty token.
+    let both = Config::from_yaml_str("admin: { token_file: token }\n", name).unwrap_err();
+    assert_eq!(both.len(), 2, "{}", render(&both));
+    assert!(
+        both[0].message.contains("missing required field `address`"),
+        "{}",
+        both[0]
+    );
+    assert_eq!(both[1].path, "admin.token_file");
+
+    let bad_address = errors("admin: { address: 9901 }\n");
+    check(
+        &bad_address[0],
+        "admin.address",
+        1,
+        "\"9901\" is not a socket address",
+    );
+
+    let unknown = one("admin: { address: 127.0.0.1:9901, token: abc }\n");
+    assert!(unknown.message.contains("unknown field `token`"), "{unknown}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn max_concurrent_streams_is_bounded_by_http2() {
+    assert_eq!(parse("listen: 127.0.0.1:1\n").max_concurrent_streams, 100);
+    for (text, value) in [("1", 1), ("128", 128), ("2147483647", 2_147_483_647)] {
+        let c = parse(&format!("max_concurrent_streams: {text}\n"));
+        assert_eq!(c.max_concurrent_streams, value, "{text}");
+    }
+    for bad in ["0", "2147483648", "-1", "many"] {
+        let e = one(&format!("max_concurrent_streams: {bad}\n"));
+        assert!(e.to_string().contains("max_concurrent_streams"), "{bad}: {e}");
+        assert!(e.to_string().contains("2147483647"), "{bad}: {e}");
+    }
 }

@@ -25,9 +25,9 @@ use crate::model::{
 };
 use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
-    CONNECT_ATTEMPTS, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RETRIES, RawCluster, RawConfig, RawEndpoint,
-    RawFilter, RawMatch, RawOutlierDetection, RawRetryPolicy, RawRoute, RawUpgradeConfig, WEIGHT, WORKERS,
-    XFF_HOPS,
+    CONCURRENT_STREAMS, CONNECT_ATTEMPTS, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RETRIES, RawCluster,
+    RawConfig, RawEndpoint, RawFilter, RawMatch, RawOutlierDetection, RawRetryPolicy, RawRoute,
+    RawUpgradeConfig, WEIGHT, WORKERS, XFF_HOPS,
 };
 use crate::read::{Field, List, Pairs, S};
 use crate::suggest;
@@ -45,7 +45,7 @@ enum Zero {
 const HEADER_NAME_RULE: &str = "header names are non-empty and use only letters, digits and !#$%&'*+-.^_`|~";
 
 impl Ctx<'_> {
-    fn socket_addr(&mut self, value: &S<String>, path: &str, example: &str) -> Option<SocketAddr> {
+    pub(crate) fn socket_addr(&mut self, value: &S<String>, path: &str, example: &str) -> Option<SocketAddr> {
         match value.value.trim().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -843,7 +843,7 @@ impl Ctx<'_> {
             config.listeners = self.listeners(listeners);
         }
         if let Some(admin) = &raw.admin {
-            config.admin = self.socket_addr(admin, "admin", "127.0.0.1:9901");
+            config.admin = self.admin(admin);
         }
         if let Some(workers) = &raw.workers {
             // The bounds of WORKERS, which the type error names too.
@@ -916,6 +916,12 @@ impl Ctx<'_> {
                 &raw.max_headers_count,
                 HEADERS_COUNT,
                 &mut config.max_headers_count,
+            ),
+            (
+                "max_concurrent_streams",
+                &raw.max_concurrent_streams,
+                CONCURRENT_STREAMS,
+                &mut config.max_concurrent_streams,
             ),
         ] {
             let Some(v) = value else { continue };
