@@ -23,9 +23,9 @@ const CAPTURE: usize = 20;
 #[derive(Debug, Default)]
 pub(super) struct KeyBytes {
     scanning: bool,
-    /// The current line's first bytes, and its length so far.
-    line: [u8; CAPTURE],
-    line_len: usize,
+    /// The first bytes of a line that began in an earlier read.
+    carried: [u8; CAPTURE],
+    carried_len: usize,
     /// The request line has gone by.
     request_line: bool,
     get: bool,
@@ -55,28 +55,37 @@ impl KeyBytes {
         let mut at = 0;
         while self.scanning && at < bytes.len() {
             let rest = &bytes[at..];
-            let (taken, line_ended) = match rest.iter().position(|&b| b == b'\n') {
-                Some(eol) => (&rest[..eol], true),
-                None => (rest, false),
+            let Some(eol) = memchr::memchr(b'\n', rest) else {
+                self.carry(rest);
+                return None;
             };
-            let room = CAPTURE - self.line_len.min(CAPTURE);
-            let n = taken.len().min(room);
-            self.line[CAPTURE - room..CAPTURE - room + n].copy_from_slice(&taken[..n]);
-            self.line_len = self.line_len.saturating_add(taken.len());
-            at += taken.len() + usize::from(line_ended);
-            if line_ended && self.line_ended() {
+            at += eol + 1;
+            let declare = if self.carried_len == 0 {
+                self.line_ended(&rest[..eol])
+            } else {
+                self.carry(&rest[..eol]);
+                let carried = self.carried;
+                let len = std::mem::take(&mut self.carried_len);
+                self.line_ended(&carried[..len])
+            };
+            if declare {
                 return Some(at);
             }
         }
         None
     }
 
-    /// A line has ended; whether to declare the key bytes after it.
-    fn line_ended(&mut self) -> bool {
-        let line = &self.line[..self.line_len.min(CAPTURE)];
-        let len = self.line_len;
-        self.line_len = 0;
-        let empty = len == 0 || (len == 1 && line == b"\r");
+    /// Keeps what the line's start needs of `part` for when the line ends.
+    fn carry(&mut self, part: &[u8]) {
+        let n = part.len().min(CAPTURE - self.carried_len);
+        self.carried[self.carried_len..self.carried_len + n].copy_from_slice(&part[..n]);
+        self.carried_len += n;
+    }
+
+    /// A line (its first bytes at least, without the `\n`) has ended; whether to declare the
+    /// key bytes after it.
+    fn line_ended(&mut self, line: &[u8]) -> bool {
+        let empty = line.is_empty() || line == b"\r";
         if !self.request_line {
             // Empty lines before the request line are allowed (RFC 9112 §2.2).
             if !empty {
@@ -91,15 +100,18 @@ impl KeyBytes {
         }
         let named = |name: &[u8]| {
             line.len() > name.len()
-                && line[..name.len()].eq_ignore_ascii_case(name)
                 && line[name.len()] == b':'
+                && line[..name.len()].eq_ignore_ascii_case(name)
         };
-        if named(b"content-length") || named(b"transfer-encoding") {
-            self.framed = true;
+        // Most lines are none of these: their first letter tells.
+        match line[0].to_ascii_lowercase() {
+            b'c' if named(b"content-length") => self.framed = true,
+            b't' if named(b"transfer-encoding") => self.framed = true,
+            b's' if named(b"sec-websocket-key1") => self.key1 = true,
+            b's' if named(b"sec-websocket-key2") => self.key2 = true,
+            b'u' if named(b"upgrade") => self.upgrade = true,
+            _ => return false,
         }
-        self.key1 |= named(b"sec-websocket-key1");
-        self.key2 |= named(b"sec-websocket-key2");
-        self.upgrade |= named(b"upgrade");
         if self.get && self.key1 && self.key2 && self.upgrade && !self.framed {
             self.framed = true;
             return true;
