@@ -9,8 +9,10 @@ use http::{Request, Response, StatusCode};
 
 use crate::cluster::Cluster;
 use crate::ext::IdleTimeout;
+use crate::forward::attempt::Attempts;
 use crate::forward::upstream;
 use crate::metrics::HandshakeFailure;
+use crate::retry::{RetryOn, RetryPolicy};
 use crate::{Body, BoxError, UpgradeType};
 
 /// Settings of a route's legacy WebSocket mode: Envoy's old `use_websocket` routes (with
@@ -139,44 +141,40 @@ where
     Box::pin(run(req, has_body, idle))
 }
 
-fn fail(why: HandshakeFailure, status: StatusCode, message: &str) -> Response<Body> {
-    upstream::fail(&UpgradeType::new("websocket"), why, status, message)
-}
-
 async fn run<B>(req: Request<B>, has_body: bool, idle: Option<Duration>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let ty = UpgradeType::new("websocket");
     let Some(cluster) = req.extensions().get::<Cluster>().cloned() else {
-        return fail(
-            HandshakeFailure::Connect,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no cluster for this request",
-        );
+        let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no cluster for this request");
+        return upstream::fail(&ty, HandshakeFailure::Connect, status, message);
     };
-    let attempts = req
+    let connects = req
         .extensions()
         .get::<LegacyConfig>()
         .map_or(1, |c| c.max_connect_attempts);
+    // Envoy's old mode: connect failures are tried on further endpoints and answer 504;
+    // nothing else is retried, and the route's `timeout` doesn't apply: the idle timeout
+    // bounds the wait for the answer instead.
+    let policy = RetryPolicy::new()
+        .retry_on(RetryOn::CONNECT_FAILURE)
+        .num_retries(u32::try_from(connects - 1).unwrap_or(u32::MAX));
+    let mut attempts = Attempts::new(idle, policy).connect_failed(StatusCode::GATEWAY_TIMEOUT);
     let (parts, body) = req.into_parts();
     // Without a declared body, send none: a body hyper can't see the end of would make it add
     // `Transfer-Encoding: chunked` to a GET.
     let body = if has_body { Body::new(body) } else { Body::empty() };
-    // The route `timeout` doesn't apply to legacy tunnels (as in Envoy's old mode); the idle
-    // timeout bounds the wait for the answer instead.
-    let answer = match upstream::exchange(&cluster, &mut Vec::new(), attempts, parts, body, idle).await {
-        Ok(answer) => answer,
-        Err(failure) => {
-            tracing::debug!(error = %failure, cluster = cluster.name(), "legacy websocket: no answer from upstream");
-            let (reason, status, message) = failure.reply(StatusCode::GATEWAY_TIMEOUT);
-            return fail(reason, status, message);
-        }
-    };
     // No layer sees a legacy tunnel: the router joins the connections. Its task waits for the
     // server to write the 101, so bytes the client sent after its request go upstream only
     // then.
-    upstream::answer_upgrade(answer, &UpgradeType::new("websocket"), Body::empty(), true)
+    let tunnel = upstream::Tunnel {
+        ty: &ty,
+        client: Body::empty(),
+        client_untouched: true,
+    };
+    upstream::switch(&cluster, &mut attempts, parts, body, tunnel).await
 }
 
 #[cfg(test)]

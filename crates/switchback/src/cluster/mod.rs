@@ -350,31 +350,6 @@ impl Cluster {
         .await
     }
 
-    /// Connects to endpoints not in `tried` (adding each one tried), up to `attempts` of
-    /// them; connect failures count toward outlier ejection.
-    pub(crate) async fn connect_next(
-        &self,
-        tried: &mut Vec<usize>,
-        attempts: usize,
-    ) -> Result<(UpstreamStream, usize, Endpoint, Active), ConnectError> {
-        let mut last = ConnectError::NoEndpoint;
-        for _ in 0..attempts.max(1) {
-            let Some((i, endpoint, active)) = self.choose(tried) else {
-                break;
-            };
-            tried.push(i);
-            match self.connect(&endpoint).await {
-                Ok(s) => return Ok((s, i, endpoint, active)),
-                Err(e) => {
-                    tracing::debug!(cluster = %self.name(), endpoint = endpoint.address(), error = %e, "connect failed");
-                    self.report(&active, &endpoint, Outcome::ConnectFailure);
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
     pub(crate) fn client(&self) -> &Client<connect::Connector, Body> {
         &self.inner.client
     }

@@ -1,5 +1,6 @@
 //! [`Forward`](crate::Forward): the terminal service that sends requests upstream.
 
+pub(crate) mod attempt;
 mod pre_body;
 pub(crate) mod upstream;
 pub(crate) mod verify;
@@ -20,13 +21,13 @@ use tokio::sync::oneshot;
 use tower::Service;
 
 use crate::body::Holding;
-use crate::cluster::{Active, Cluster, Endpoint, Outcome};
+use crate::cluster::{Active, Cluster, ConnectError, Endpoint};
 use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
-use crate::metrics::HandshakeFailure;
 use crate::reply::Then;
 use crate::retry::RetryPolicy;
 use crate::websocket::SEC_WEBSOCKET_KEY;
 use crate::{Body, BoxError, hop, reply};
+use attempt::{Attempts, Failure};
 use pre_body::PreBody;
 
 /// The terminal "router" service: sends requests to an upstream cluster (the request's own,
@@ -181,85 +182,71 @@ where
         .get::<RetryPolicy>()
         .copied()
         .unwrap_or(inner.retry);
-    let attempt = Attempts::new(timeout, retry);
+    let attempts = Attempts::new(timeout, retry);
     match req.extensions_mut().remove::<Upgrading>() {
-        Some(upgrading) => upgrade(&cluster, req, upgrading, attempt).await,
-        None => plain(&cluster, req, attempt).await,
+        Some(upgrading) => upgrade(&cluster, req, upgrading, attempts).await,
+        None => plain(&cluster, req, attempts).await,
     }
 }
 
 /// A plain request, through the cluster's pool, retried as its policy says on endpoints not
 /// tried yet. A request with a body is sent once: the body can't be replayed.
-async fn plain<B>(cluster: &Cluster, req: Request<B>, mut attempt: Attempts) -> Response<Body>
+async fn plain<B>(cluster: &Cluster, req: Request<B>, attempts: Attempts) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
     parts.version = Version::HTTP_11;
-    let replayable = body.is_end_stream();
-    // A reused pooled connection the upstream closed meanwhile fails before any response
-    // byte: an idempotent request without a body is tried once more, whatever the policy.
-    attempt.stale_retry = replayable && parts.method.is_idempotent();
-    let mut body = Some(Body::new(body));
-    let mut tried = Vec::new();
-    loop {
-        let Some((i, endpoint, active)) = cluster.choose(&tried).or_else(|| cluster.choose(&[])) else {
-            return reply::local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream",
-                Then::KeepAlive,
-            );
-        };
-        tried.push(i);
-        let Ok(req) = upstream_request(&parts, &endpoint, body.take().unwrap_or_default()) else {
-            return reply::local(StatusCode::BAD_GATEWAY, "bad upstream address", Then::KeepAlive);
-        };
-        let sent = with_timeout(attempt.per_try(), cluster.client().request(req)).await;
-        let failure = match sent {
-            Some(Ok(res)) => {
-                let gateway = matches!(res.status().as_u16(), 502..=504);
-                cluster.report(
-                    &active,
-                    &endpoint,
-                    if gateway {
-                        Outcome::GatewayFailure
-                    } else {
-                        Outcome::Success
-                    },
-                );
-                if replayable && attempt.retry_status(res.status()) {
-                    continue;
-                }
-                return relayed(res, &endpoint, active);
-            }
-            Some(Err(e))
-                if e.is_connect()
-                    || crate::cluster::refused_session(cluster.name(), endpoint.address(), &e).is_some() =>
-            {
-                tracing::debug!(error = %e, cluster = cluster.name(), "upstream connect failed");
-                cluster.report(&active, &endpoint, Outcome::ConnectFailure);
-                Failed::Connect
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, cluster = cluster.name(), "upstream request failed");
-                cluster.report(&active, &endpoint, Outcome::GatewayFailure);
-                Failed::Reset
-            }
-            None => {
-                cluster.report(&active, &endpoint, Outcome::GatewayFailure);
-                Failed::Timeout
-            }
-        };
-        if replayable && attempt.retry(failure) {
-            continue;
+    let body = Body::new(body);
+    let stale_retry = http_body::Body::is_end_stream(&body) && parts.method.is_idempotent();
+    let mut attempts = attempts.stale_retry(stale_retry);
+    let sent = attempts.run(cluster, body, &mut Pooled { cluster, parts }).await;
+    match sent {
+        Ok(attempt::Answer {
+            answer,
+            endpoint,
+            active,
+        }) => relayed(answer, &endpoint, active),
+        Err(failure) => {
+            let (status, message) = attempts.status(&failure);
+            reply::local(status, message, Then::KeepAlive)
         }
-        let (status, message) = match failure {
-            Failed::Connect => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
-            Failed::Reset => (StatusCode::BAD_GATEWAY, "upstream reset before response"),
-            Failed::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream response timeout"),
-        };
-        return reply::local(status, message, Then::KeepAlive);
+    }
+}
+
+/// A plain request's attempts, through the cluster's pool.
+struct Pooled<'a> {
+    cluster: &'a Cluster,
+    parts: http::request::Parts,
+}
+
+impl attempt::Sender for Pooled<'_> {
+    type Answer = Response<hyper::body::Incoming>;
+    const REPEATS_ENDPOINTS: bool = true;
+
+    async fn send(
+        &mut self,
+        endpoint: &Endpoint,
+        timeout: Option<Duration>,
+        body: &mut Option<Body>,
+    ) -> Result<Self::Answer, Failure> {
+        let body = body.take().unwrap_or_default();
+        let req = upstream_request(&self.parts, endpoint, body).map_err(|e| {
+            Failure::Connect(ConnectError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad upstream address: {e}"),
+            )))
+        })?;
+        let cluster = self.cluster;
+        match with_timeout(timeout, cluster.client().request(req)).await {
+            Some(Ok(res)) => Ok(res),
+            Some(Err(e)) => Err(match attempt::pooled_connect_failure(cluster, endpoint, &e) {
+                Some(connect) => Failure::Connect(connect),
+                None => Failure::Reset(e.into()),
+            }),
+            None => Err(Failure::Timeout),
+        }
     }
 }
 
@@ -285,7 +272,7 @@ fn upstream_request(
 }
 
 /// A request head to send again.
-fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+pub(crate) fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
@@ -313,106 +300,17 @@ fn relayed(res: Response<hyper::body::Incoming>, endpoint: &Endpoint, active: Ac
     Response::from_parts(parts, Body::new(Holding::new(body, active)))
 }
 
-/// How an attempt failed before any response head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failed {
-    Connect,
-    Reset,
-    Timeout,
-}
-
-/// The retries left to a request and its time.
-#[derive(Debug)]
-struct Attempts {
-    policy: RetryPolicy,
-    retries: u32,
-    /// When the route's timeout ends, for all attempts together.
-    deadline: Option<tokio::time::Instant>,
-    /// One retry of a reset, outside the policy (see [`plain`]).
-    stale_retry: bool,
-}
-
-impl Attempts {
-    fn new(timeout: Option<Duration>, policy: RetryPolicy) -> Self {
-        Self {
-            policy,
-            retries: policy.num_retries,
-            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
-            stale_retry: false,
-        }
-    }
-
-    /// This attempt's time: the per-try timeout, within what is left of the route's.
-    fn per_try(&self) -> Option<Duration> {
-        let left = self
-            .deadline
-            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-        match (left, self.policy.per_try_timeout) {
-            (Some(left), Some(per_try)) => Some(left.min(per_try)),
-            (left, per_try) => left.or(per_try),
-        }
-    }
-
-    fn time_left(&self) -> bool {
-        self.deadline.is_none_or(|d| tokio::time::Instant::now() < d)
-    }
-
-    /// Whether to try again after `failure` (using up a retry).
-    fn retry(&mut self, failure: Failed) -> bool {
-        let on = self.policy.retry_on;
-        let wanted = match failure {
-            Failed::Connect => on.connect_failure(),
-            Failed::Reset | Failed::Timeout => on.reset(),
-        };
-        if wanted && self.retries > 0 && self.time_left() {
-            self.retries -= 1;
-            return true;
-        }
-        if failure == Failed::Reset && std::mem::take(&mut self.stale_retry) {
-            return self.time_left();
-        }
-        false
-    }
-
-    /// Whether to try again after an answer with `status` (using up a retry).
-    fn retry_status(&mut self, status: StatusCode) -> bool {
-        if self.policy.retry_on.status(status) && self.retries > 0 && self.time_left() {
-            self.retries -= 1;
-            return true;
-        }
-        false
-    }
-
-    /// Whether a request that reached an upstream may be sent again.
-    fn may_resend(&self) -> bool {
-        let on = self.policy.retry_on;
-        self.retries > 0 && (on.reset() || on.server_error || on.gateway_error)
-    }
-
-    /// How many endpoints a connect may try: this one, and the retries left if connect
-    /// failures are retried (those use the retries up).
-    fn connects(&self) -> usize {
-        if self.policy.retry_on.connect_failure() {
-            self.retries as usize + 1
-        } else {
-            1
-        }
-    }
-}
-
 async fn upgrade<B>(
     cluster: &Cluster,
     req: Request<B>,
     upgrading: Upgrading,
-    mut attempt: Attempts,
+    mut attempts: Attempts,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let ty = upgrading.ty.clone();
-    let fail = |why, status, message: &str| upstream::fail(&ty, why, status, message);
-
+    let ty = upgrading.ty;
     let (mut parts, body) = req.into_parts();
     // Untouched by any layer, the request body is still Switchback's own: its HTTP part goes
     // upstream as the request body, and the connections may be joined. A layer's body is sent
@@ -422,7 +320,7 @@ where
         Some(pre) => (pre, client, true),
         None if upgrading.has_body => {
             let (tx, rx) = oneshot::channel();
-            let pre = PreBody::new(client, upgrading.pre_body_end.clone(), tx);
+            let pre = PreBody::new(client, upgrading.pre_body_end, tx);
             (Body::new(pre), Body::returning(rx), false)
         }
         None => (Body::empty(), client, false),
@@ -437,63 +335,12 @@ where
             .headers
             .insert(SEC_WEBSOCKET_KEY, crate::websocket::new_key());
     }
-    // Retried only before the 101, so before any tunnel byte; after a connection that got
-    // the request, only when there is no body to replay.
-    let replayable = !upgrading.has_body;
-    // Connect failures are retried before the head is sent; only a policy that retries
-    // after it needs a copy of the head (most handshakes don't).
-    let resend = replayable && attempt.may_resend();
-    let mut parts = Some(parts);
-    let mut upstream_body = Some(upstream_body);
-    let mut tried = Vec::new();
-    let answer = loop {
-        let head = match &parts {
-            Some(p) if resend => clone_parts(p),
-            _ => match parts.take() {
-                Some(p) => p,
-                None => {
-                    return fail(
-                        HandshakeFailure::Refused,
-                        StatusCode::BAD_GATEWAY,
-                        "no retry left",
-                    );
-                }
-            },
-        };
-        let body = upstream_body.take().unwrap_or_default();
-        let before = tried.len();
-        let per_try = attempt.per_try();
-        let connects = attempt.connects();
-        let result = upstream::exchange(cluster, &mut tried, connects, head, body, per_try).await;
-        // Each endpoint tried after the first used up a retry.
-        let extra = u32::try_from((tried.len() - before).saturating_sub(1)).unwrap_or(u32::MAX);
-        attempt.retries = attempt.retries.saturating_sub(extra);
-        let failure = match result {
-            Ok(answer)
-                if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS
-                    && replayable
-                    && attempt.retry_status(answer.res.status()) =>
-            {
-                tracing::debug!(status = %answer.res.status(), "upgrade: retrying after the upstream's answer");
-                continue;
-            }
-            Ok(answer) => break answer,
-            Err(failure) => failure,
-        };
-        let retried = match &failure {
-            upstream::Failure::Reset(_) | upstream::Failure::Handshake(_) => {
-                replayable && attempt.retry(Failed::Reset)
-            }
-            upstream::Failure::Timeout => replayable && attempt.retry(Failed::Timeout),
-            _ => false,
-        };
-        tracing::debug!(error = %failure, cluster = cluster.name(), retried, "upgrade: no answer from upstream");
-        if !retried {
-            let (reason, status, message) = failure.reply(StatusCode::SERVICE_UNAVAILABLE);
-            return fail(reason, status, message);
-        }
+    let tunnel = upstream::Tunnel {
+        ty: &ty,
+        client,
+        client_untouched,
     };
-    upstream::answer_upgrade(answer, &ty, client, client_untouched)
+    upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await
 }
 
 /// The `Host` the upstream gets: the client's, an HTTP/2 request's authority, or the route's

@@ -1,7 +1,7 @@
-//! One upgrade attempt on a dedicated upstream connection, shared by [`Forward`](super::Forward)
-//! and the legacy WebSocket mode: connect, write the head, read the answer.
+//! An upgrade's attempts on dedicated upstream connections, shared by
+//! [`Forward`](super::Forward) and the legacy WebSocket mode: connect, write the head, read
+//! the answer, and turn it into the client's.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,8 +15,9 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::attempt::{Answer, Answered, Attempts, Failure, Sender};
 use super::{origin_form, upstream_host, verify, with_timeout};
-use crate::cluster::{Active, Cluster, ConnectError, Endpoint, Outcome};
+use crate::cluster::{Cluster, ConnectError, Endpoint};
 use crate::ext::UpstreamAddr;
 use crate::handoff::{Handoff, Switch, Switching};
 use crate::metrics::HandshakeFailure;
@@ -24,119 +25,116 @@ use crate::reply::{self, Then};
 use crate::tls::UpstreamStream;
 use crate::{Body, UpgradeType, hop};
 
-/// The upstream's answer to an upgrade attempt.
-pub(crate) struct Answer {
+/// The upstream's answer to an upgrade attempt, on its dedicated connection.
+pub(crate) struct Exchanged {
     pub(crate) res: Response<Incoming>,
-    pub(crate) endpoint: Endpoint,
-    /// The endpoint's count of what is in flight there, for its tunnel to keep.
-    pub(crate) active: Option<Active>,
     /// The head as sent, for checking a `101` against it.
-    pub(crate) request_headers: HeaderMap,
+    request_headers: HeaderMap,
     /// For a `101`: the upstream's upgraded connection (the bytes that came with the `101`
     /// included), or its switch still under way while the request body is sent.
-    pub(crate) upgraded: Option<hyper::Result<Switch>>,
+    upgraded: Option<hyper::Result<Switch>>,
     /// For anything else: the connection, still to be driven while the body is read.
     conn: Option<Pin<Box<Conn>>>,
+}
+
+impl Answered for Exchanged {
+    fn status(&self) -> StatusCode {
+        self.res.status()
+    }
 }
 
 /// An upgrade attempt's connection to the upstream, driven by whoever waits on it.
 type Conn = dyn Future<Output = hyper::Result<()>> + Send;
 
-/// Why an upgrade attempt got no answer.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    Connect(ConnectError),
-    Handshake(hyper::Error),
-    Timeout,
-    Reset(hyper::Error),
-    /// A `101` in a response that isn't HTTP/1.1: `101` exists only there (RFC 9110 §15.2.2).
-    NotHttp11Switch,
+/// What the tunnel needs from the upgrade that asks: its type, and the body that will carry
+/// the client's tunnel bytes (`client_untouched`: no layer wrapped it).
+pub(crate) struct Tunnel<'a> {
+    pub(crate) ty: &'a UpgradeType,
+    pub(crate) client: Body,
+    pub(crate) client_untouched: bool,
 }
 
-impl Failure {
-    /// The metric reason, status and message for the client. Connect failures answer
-    /// `connect_failed` (Forward: 503; legacy mode: 504, as Envoy's old mode); a cluster
-    /// without endpoints is always 503.
-    pub(crate) fn reply(&self, connect_failed: StatusCode) -> (HandshakeFailure, StatusCode, &'static str) {
-        use HandshakeFailure::{Connect, Refused, Timeout};
-        match self {
-            Self::Connect(ConnectError::NoEndpoint) => {
-                (Connect, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
-            }
-            Self::Connect(_) => (Connect, connect_failed, "upstream connect error"),
-            Self::Handshake(_) => (Connect, StatusCode::BAD_GATEWAY, "upstream handshake failed"),
-            Self::Timeout => (Timeout, StatusCode::GATEWAY_TIMEOUT, "upstream response timeout"),
-            Self::Reset(_) => (Refused, StatusCode::BAD_GATEWAY, "upstream reset before response"),
-            Self::NotHttp11Switch => (
-                HandshakeFailure::Bad101,
-                StatusCode::BAD_GATEWAY,
-                "the upstream answered 101 outside HTTP/1.1",
-            ),
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Connect(e) => write!(f, "{e}"),
-            Self::Handshake(e) => write!(f, "handshake failed: {e}"),
-            Self::Timeout => f.write_str("no response head before the timeout"),
-            Self::Reset(e) => write!(f, "failed before answering: {e}"),
-            Self::NotHttp11Switch => f.write_str("a 101 outside HTTP/1.1"),
-        }
-    }
-}
-
-/// Connects to one of `cluster`'s endpoints (up to `attempts` of them) on a fresh connection
-/// that no pool will see, sends the request as HTTP/1.1 in origin form, and waits up to
-/// `timeout` for the response head.
-pub(crate) async fn exchange(
+/// An upgrade's way upstream, for [`Forward`](super::Forward) and the legacy mode alike: each
+/// attempt connects to an endpoint afresh (a connection no pool will see), sends the head as
+/// HTTP/1.1 in origin form with `body`, and reads the answer; [`Attempts`] decides which
+/// endpoint and whether to try again (never after a `101`). The answer becomes the client's
+/// ([`answer_upgrade`]).
+pub(crate) async fn switch(
     cluster: &Cluster,
-    tried: &mut Vec<usize>,
-    attempts: usize,
+    attempts: &mut Attempts,
     parts: http::request::Parts,
     body: Body,
-    timeout: Option<Duration>,
-) -> Result<Answer, Failure> {
-    let (tcp, index, endpoint, active) = cluster
-        .connect_next(tried, attempts)
-        .await
-        .map_err(Failure::Connect)?;
-    let answer = match send(tcp, endpoint.clone(), parts, body, timeout).await {
-        // A TLS 1.3 endpoint that refuses our certificate says so on the first read: a
-        // connect failure (503), as a refusal during the handshake is.
-        Err(Failure::Reset(e)) => {
-            match crate::cluster::refused_session(cluster.name(), endpoint.address(), &e) {
-                Some(refused) => Err(Failure::Connect(ConnectError::Tls(refused))),
-                None => Err(Failure::Reset(e)),
-            }
+    tunnel: Tunnel<'_>,
+) -> Response<Body> {
+    // Only a policy that sends the head again after it reached an upstream needs a copy of
+    // it (most handshakes don't); a connect failure is retried before the head is taken.
+    let resend = attempts.may_resend() && http_body::Body::is_end_stream(&body);
+    let mut dedicated = Dedicated {
+        cluster,
+        parts: Some(parts),
+        resend,
+    };
+    let answered = attempts.run(cluster, body, &mut dedicated).await;
+    match answered {
+        Ok(answer) => answer_upgrade(answer, tunnel),
+        Err(failure) => {
+            let (status, message) = attempts.status(&failure);
+            fail(tunnel.ty, failure.reason(), status, message)
         }
-        answer => answer,
-    };
-    // What outlier detection counts: an answer other than a gateway error is a success.
-    let outcome = match &answer {
-        Ok(a) if matches!(a.res.status().as_u16(), 502..=504) => Outcome::GatewayFailure,
-        Ok(_) => Outcome::Success,
-        Err(_) => Outcome::GatewayFailure,
-    };
-    cluster.report(&active, &endpoint, outcome);
-    let _ = index;
-    answer.map(|answer| Answer {
-        active: Some(active),
-        ..answer
-    })
+    }
+}
+
+/// An upgrade's attempts, each on a connection of its own.
+struct Dedicated<'a> {
+    cluster: &'a Cluster,
+    /// The head, kept for another attempt only when `resend`.
+    parts: Option<http::request::Parts>,
+    resend: bool,
+}
+
+impl Sender for Dedicated<'_> {
+    type Answer = Exchanged;
+    const REPEATS_ENDPOINTS: bool = false;
+
+    async fn send(
+        &mut self,
+        endpoint: &Endpoint,
+        timeout: Option<Duration>,
+        body: &mut Option<Body>,
+    ) -> Result<Exchanged, Failure> {
+        let cluster = self.cluster;
+        let stream = cluster.connect(endpoint).await.map_err(Failure::Connect)?;
+        let head = match &self.parts {
+            Some(p) if self.resend => super::clone_parts(p),
+            _ => self
+                .parts
+                .take()
+                .ok_or_else(|| Failure::Reset("the head was sent already".into()))?,
+        };
+        let body = body.take().unwrap_or_default();
+        match send(stream, endpoint, head, body, timeout).await {
+            // A TLS 1.3 endpoint that refuses our certificate says so on the first read: a
+            // connect failure, as a refusal during the handshake is.
+            Err(Failure::Reset(e)) => {
+                match crate::cluster::refused_session(cluster.name(), endpoint.address(), &*e) {
+                    Some(refused) => Err(Failure::Connect(ConnectError::Tls(refused))),
+                    None => Err(Failure::Reset(e)),
+                }
+            }
+            answer => answer,
+        }
+    }
 }
 
 /// One attempt on a connected endpoint. A plain connection stays a bare `TcpStream` under
 /// hyper, so that its tunnel can be spliced.
 async fn send(
     stream: UpstreamStream,
-    endpoint: Endpoint,
+    endpoint: &Endpoint,
     parts: http::request::Parts,
     body: Body,
     timeout: Option<Duration>,
-) -> Result<Answer, Failure> {
+) -> Result<Exchanged, Failure> {
     match stream {
         UpstreamStream::Plain(tcp) => send_on(tcp, endpoint, parts, body, timeout).await,
         UpstreamStream::Tls(tls) => send_on(tls, endpoint, parts, body, timeout).await,
@@ -145,18 +143,18 @@ async fn send(
 
 async fn send_on<I>(
     io: I,
-    endpoint: Endpoint,
+    endpoint: &Endpoint,
     mut parts: http::request::Parts,
     body: Body,
     timeout: Option<Duration>,
-) -> Result<Answer, Failure>
+) -> Result<Exchanged, Failure>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(Failure::Handshake)?;
-    upgrade_head(&mut parts, &endpoint, !http_body::Body::is_end_stream(&body));
+        .map_err(|e| Failure::Reset(e.into()))?;
+    upgrade_head(&mut parts, endpoint, !http_body::Body::is_end_stream(&body));
     let request_headers = parts.headers.clone();
 
     // The connection is driven here, not on a task of its own: an upgrade's connection has
@@ -184,7 +182,7 @@ where
     };
     let mut res = match res {
         None => return Err(Failure::Timeout),
-        Some(Err(e)) => return Err(Failure::Reset(e)),
+        Some(Err(e)) => return Err(Failure::Reset(e.into())),
         Some(Ok(res)) => res,
     };
     if res.status() == StatusCode::SWITCHING_PROTOCOLS && res.version() != Version::HTTP_11 {
@@ -207,10 +205,8 @@ where
             Poll::Ready(upgraded) => upgraded.map(Switch::Done),
             Poll::Pending => Ok(Switch::Switching(switching)),
         };
-        return Ok(Answer {
+        return Ok(Exchanged {
             res,
-            endpoint,
-            active: None,
             request_headers,
             upgraded: Some(upgraded),
             conn: None,
@@ -218,10 +214,8 @@ where
     }
     // A refusal may have a body to stream: its body drives the connection (no task of its
     // own: only the tunnel and server modules start tasks).
-    Ok(Answer {
+    Ok(Exchanged {
         res,
-        endpoint,
-        active: None,
         request_headers,
         upgraded: None,
         conn,
@@ -257,25 +251,24 @@ pub(crate) fn fail(
 }
 
 /// Turns the upstream's answer into the client's: a `101` that [`verify`] accepts carries the
-/// upstream's connection in a [`Handoff`] (with `client`, the body that will carry the
-/// client's tunnel bytes); a `101` it refuses, or one whose connection is lost at once, is a
-/// `502`; anything else is relayed as a refusal. The new-style and the legacy mode both end
-/// here, so neither can open a tunnel on a `101` the other would refuse.
+/// upstream's connection in a [`Handoff`] (with the tunnel's client body); a `101` it refuses,
+/// or one whose connection is lost at once, is a `502`; anything else is relayed as a
+/// refusal. The new-style and the legacy mode both end here, so neither can open a tunnel on a
+/// `101` the other would refuse.
 ///
 /// [`verify`]: super::verify::verify
-pub(crate) fn answer_upgrade(
-    answer: Answer,
-    ty: &UpgradeType,
-    client: Body,
-    client_untouched: bool,
-) -> Response<Body> {
-    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return relay_refusal(answer, ty);
-    }
+fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Body> {
     let Answer {
-        res,
+        answer,
         endpoint,
         active,
+    } = answer;
+    let ty = tunnel.ty;
+    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return relay_refusal(answer, &endpoint, ty);
+    }
+    let Exchanged {
+        res,
         request_headers,
         upgraded,
         ..
@@ -310,7 +303,7 @@ pub(crate) fn answer_upgrade(
     let (mut parts, _) = res.into_parts();
     switched_head(&mut parts, &endpoint);
     // The tunnel is the router's to open: the upstream half goes back with the `101`.
-    let handoff = Handoff::new(upgraded, client, client_untouched, active);
+    let handoff = Handoff::new(upgraded, tunnel.client, tunnel.client_untouched, Some(active));
     parts.extensions.insert(handoff.clone());
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }
@@ -318,7 +311,7 @@ pub(crate) fn answer_upgrade(
 /// Relays an answer that is not a `101` as an ordinary response: hop-by-hop headers (the
 /// upgrade pair included) removed, and the client's connection closed after it, because the
 /// client may already be sending tunnel bytes that must never be read as HTTP.
-fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> {
+fn relay_refusal(answer: Exchanged, endpoint: &Endpoint, ty: &UpgradeType) -> Response<Body> {
     HandshakeFailure::Not101.record(ty);
     let (mut parts, body) = answer.res.into_parts();
     let body = Driven {
@@ -331,7 +324,7 @@ fn relay_refusal(answer: Answer, ty: &UpgradeType) -> Response<Body> {
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     parts
         .extensions
-        .insert(UpstreamAddr(answer.endpoint.address().to_owned()));
+        .insert(UpstreamAddr(endpoint.address().to_owned()));
     Response::from_parts(parts, Body::new(body))
 }
 

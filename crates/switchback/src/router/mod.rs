@@ -129,25 +129,15 @@ where
             }
             Inspection::Upgrade(ty) => ty,
         };
-        if ty.is_websocket() && req.extensions().get::<LegacyConfig>().is_some() {
-            return self.legacy(req, has_body);
-        }
-
+        let legacy = ty.is_websocket() && req.extensions().get::<LegacyConfig>().is_some();
         let entry = cfg.entry(&ty);
-        let route = req.extensions().get::<RouteUpgrades>().and_then(|r| r.get(&ty));
-        if let Err(why) = decide(entry.map(|e| e.enabled), route) {
-            return ResponseFuture::ready(why.reply(&ty));
-        }
-        if cfg.drain.is_draining() {
-            return ResponseFuture::ready(Rejection::Draining.reply(&ty));
-        }
-        if let Err(msg) = proxied(&ty, req.version()) {
-            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::Close));
-        }
-        let Some(holds) = self.places(&req) else {
-            return ResponseFuture::ready(Rejection::TooManyTunnels.reply(&ty));
+        let holds = match self.admit(&req, &ty, entry, legacy) {
+            Ok(holds) => holds,
+            Err(refusal) => return ResponseFuture::ready(*refusal),
         };
-        ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.label()).increment(1);
+        if legacy {
+            return self.legacy(req, ty, has_body, holds);
+        }
 
         let idle = req
             .extensions()
@@ -172,25 +162,55 @@ where
 }
 
 impl<S> UpgradeRouter<S> {
-    /// A WebSocket upgrade on a `use_websocket` route: no decision table, no chain.
-    fn legacy<B>(&self, mut req: Request<B>, has_body: bool) -> ResponseFuture<S>
+    /// What every upgrade goes through before anything is sent upstream, in order: Envoy's
+    /// decision table (which a legacy `use_websocket` route skips), the drain, whether the
+    /// type and version are proxied at all, and places under the caps. `Err` is the answer.
+    fn admit<B>(
+        &self,
+        req: &Request<B>,
+        ty: &UpgradeType,
+        entry: Option<&UpgradeConfig>,
+        legacy: bool,
+    ) -> Result<Holds, Box<Response<Body>>> {
+        let cfg = &self.config;
+        let refused = |res: Response<Body>| Err(Box::new(res));
+        if !legacy {
+            let route = req.extensions().get::<RouteUpgrades>().and_then(|r| r.get(ty));
+            if let Err(why) = decide(entry.map(|e| e.enabled), route) {
+                return refused(why.reply(ty));
+            }
+        }
+        if cfg.drain.is_draining() {
+            return refused(Rejection::Draining.reply(ty));
+        }
+        if legacy && req.version() != http::Version::HTTP_11 {
+            let msg = "legacy WebSocket routes serve HTTP/1.1 clients only";
+            return refused(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::KeepAlive));
+        }
+        if let Err(msg) = proxied(ty, req.version()) {
+            return refused(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::Close));
+        }
+        let Some(holds) = self.places(req) else {
+            return refused(Rejection::TooManyTunnels.reply(ty));
+        };
+        ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => ty.label()).increment(1);
+        Ok(holds)
+    }
+
+    /// A WebSocket upgrade on a `use_websocket` route, admitted: no chain.
+    fn legacy<B>(
+        &self,
+        mut req: Request<B>,
+        ty: UpgradeType,
+        has_body: bool,
+        holds: Holds,
+    ) -> ResponseFuture<S>
     where
         S: Service<Request<Body>>,
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let cfg = &self.config;
-        if cfg.drain.is_draining() {
-            return ResponseFuture::ready(Rejection::Draining.reply(&UpgradeType::new("websocket")));
-        }
-        let Some(holds) = self.places(&req) else {
-            return ResponseFuture::ready(Rejection::TooManyTunnels.reply(&UpgradeType::new("websocket")));
-        };
-        if req.version() != http::Version::HTTP_11 {
-            let msg = "legacy WebSocket routes serve HTTP/1.1 clients only";
-            return ResponseFuture::ready(reply::local(StatusCode::NOT_IMPLEMENTED, msg, Then::KeepAlive));
-        }
-        ::metrics::counter!(metrics::UPGRADES_STARTED, "type" => "websocket").increment(1);
         let route_idle = req.extensions().get::<IdleTimeout>().copied();
         let idle = req
             .extensions()
@@ -202,14 +222,7 @@ impl<S> UpgradeRouter<S> {
         let settings = cfg.tunnel.settings(idle, longest, true);
         // Nothing reads a legacy client as a body: the connections are always joined.
         let no_reader = tokio::sync::oneshot::channel().0;
-        let pending = self.pending(
-            &mut req,
-            UpgradeType::new("websocket"),
-            TunnelMode::Legacy,
-            settings,
-            no_reader,
-            holds,
-        );
+        let pending = self.pending(&mut req, ty, TunnelMode::Legacy, settings, no_reader, holds);
         ResponseFuture::legacy(legacy::proxy(req, has_body, idle), pending)
     }
 
