@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -62,6 +62,9 @@ impl<S> ClientIo<S> {
     /// Follows the bytes hyper is given; for an HTTP/1 head that must declare its body,
     /// returns where in `bytes` the declaration goes.
     fn observe(&mut self, bytes: &[u8]) -> Option<usize> {
+        if !bytes.is_empty() {
+            self.slot.bytes_came();
+        }
         match &mut self.frames {
             // An HTTP/1 head begins with the first byte that arrives while nothing is in
             // flight (bytes while busy are a body's, or a pipelined head hyper reads next).
@@ -100,7 +103,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     ) -> Poll<io::Result<()>> {
         let mut from = buf.filled().len();
         if self.prefix.is_empty() {
-            ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+            if Pin::new(&mut self.stream).poll_read(cx, buf)?.is_pending() {
+                self.slot.found_nothing();
+                return Poll::Pending;
+            }
         } else {
             self.take_prefix(buf);
         }

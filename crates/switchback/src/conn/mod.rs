@@ -31,13 +31,15 @@ mod key_bytes;
 pub(crate) use io::ClientIo;
 
 /// Descriptors kept back from the default `max_connections` for the admin endpoint, log
-/// files, DNS, each worker's spare splice pipes (two descriptors each) and the like: a
-/// reconnect storm fills the listener, and an `accept` or a `connect` that finds no
-/// descriptor left fails.
-const RESERVED_FDS: u64 = 256;
+/// files, DNS, each worker's spare splice pipes (two descriptors each), refusals in flight
+/// and the like: a reconnect storm fills the listener, and an `accept` or a `connect` that
+/// finds no descriptor left fails. A quarter of the limit, so that a small limit still
+/// leaves most of it to connections (256 descriptors: 96 connections), and no more than 256.
+const MAX_RESERVED_FDS: u64 = 256;
 
-/// How long a full listener whose connections are all busy leaves a newcomer in the kernel's
-/// queue, for a place to come free, before it takes it to refuse it with `503`.
+/// How long a listener full of busy connections leaves newcomers in the kernel's queue, for a
+/// place to come free, before it refuses them with `503`: once that long, every newcomer is
+/// refused as it comes, until a place frees.
 const PATIENCE: Duration = Duration::from_millis(500);
 
 /// How long a connection must have waited for a request head, or sat idle, before a full
@@ -46,11 +48,18 @@ const PATIENCE: Duration = Duration::from_millis(500);
 /// that slow clients holding every place don't keep others out for long.
 const SLOW: Duration = Duration::from_secs(2);
 
+/// How long a connection whose worker found nothing to read must stay silent before a full
+/// listener evicts it. Shorter than [`SLOW`]: its head can't be waiting in its socket for a
+/// busy worker, which is what `SLOW` allows for, since the worker looked and there was none.
+/// A flood of connections that send nothing then gives way twice as fast.
+const QUIET: Duration = Duration::from_secs(1);
+
 /// The default `max_connections` for a process allowed `descriptors` open files: every client
 /// connection may need an upstream one (a tunnel's other leg), after a reserve.
 pub(crate) fn default_max_connections(descriptors: Option<u64>) -> usize {
     let fds = descriptors.unwrap_or(2 * 1024 * 1024);
-    usize::try_from((fds.saturating_sub(RESERVED_FDS) / 2).max(1)).unwrap_or(usize::MAX)
+    let reserve = (fds / 4).min(MAX_RESERVED_FDS);
+    usize::try_from((fds.saturating_sub(reserve) / 2).max(1)).unwrap_or(usize::MAX)
 }
 
 /// The process's current (soft) descriptor limit, `None` when unlimited or unknown.
@@ -77,6 +86,9 @@ pub(crate) struct Conns {
     freed: Notify,
     /// Workers waiting in [`Conns::room`].
     waiting: AtomicUsize,
+    /// Since when (see [`Conns::millis`]) the listener has been full with no connection to
+    /// evict, or zero: newcomers wait [`PATIENCE`] from then, not each from its own arrival.
+    full_of_busy: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -88,14 +100,15 @@ struct Live {
 }
 
 impl Live {
-    /// The connection a newcomer would evict: the one that has waited longest for a head or
-    /// sat idle longest, not busy and not already leaving. O(connections), run only while the
-    /// listener is full.
-    fn longest_waiting(&self) -> Option<&Arc<ConnState>> {
+    /// The connection a newcomer would evict, and from when (see [`Conns::millis`]): the one
+    /// that may give way first, not busy and not already leaving. O(connections), run only
+    /// while the listener is full.
+    fn next_to_evict(&self) -> Option<(&Arc<ConnState>, u64)> {
         self.conns
             .values()
             .filter(|c| c.evictable())
-            .min_by_key(|c| c.waiting_since())
+            .map(|c| (c, c.evictable_from()))
+            .min_by_key(|&(_, from)| from)
     }
 }
 
@@ -116,6 +129,7 @@ impl Conns {
             tunnels: AtomicUsize::new(0),
             freed: Notify::new(),
             waiting: AtomicUsize::new(0),
+            full_of_busy: AtomicU64::new(0),
         })
     }
 
@@ -132,9 +146,10 @@ impl Conns {
     /// busy machine, a newcomer's head may wait a while in its socket before its worker reads
     /// it, and newcomers must not evict each other while the tunnels being replaced close and
     /// free their places. When every connection is busy, the wait ends after [`PATIENCE`]
-    /// and the newcomer is refused.
+    /// and the newcomer is refused; while every connection stays busy, later newcomers are
+    /// refused as they come (a queue of them would otherwise be refused one per half second
+    /// per worker, and wait minutes for an answer).
     pub(crate) async fn room(&self) {
-        let start = Instant::now();
         let _waiting = Waiting::new(&self.waiting);
         loop {
             let freed = self.freed.notified();
@@ -145,9 +160,16 @@ impl Conns {
                 if !self.is_full(&live) {
                     return;
                 }
-                match live.longest_waiting() {
-                    Some(c) => self.instant(c.waiting_since()) + SLOW,
-                    None => start + PATIENCE,
+                match live.next_to_evict() {
+                    Some((_, from)) => self.instant(from),
+                    None => {
+                        let now = self.millis(Instant::now());
+                        let since = match self.full_of_busy.compare_exchange(0, now, Relaxed, Relaxed) {
+                            Ok(_) => now,
+                            Err(since) => since,
+                        };
+                        self.instant(since) + PATIENCE
+                    }
                 }
             };
             if deadline <= Instant::now() {
@@ -160,8 +182,10 @@ impl Conns {
         }
     }
 
-    /// A place came free: a worker waiting in [`Conns::room`] may go on.
+    /// A place came free: a worker waiting in [`Conns::room`] may go on, and a listener that
+    /// fills up again waits [`PATIENCE`] anew.
     fn free(&self) {
+        self.full_of_busy.store(0, Relaxed);
         if self.waiting.load(Relaxed) > 0 {
             self.freed.notify_waiters();
         }
@@ -182,11 +206,11 @@ impl Conns {
         let now = self.millis(Instant::now());
         let mut live = self.live();
         if self.is_full(&live) {
-            let Some(victim) = live.longest_waiting() else {
+            let Some((victim, from)) = live.next_to_evict() else {
                 ::metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
                 return Admission::Full;
             };
-            if self.instant(victim.waiting_since()) + SLOW <= self.instant(now) {
+            if from <= now {
                 victim.leaving.store(true, Relaxed);
                 victim.evict.notify_one();
                 live.leaving += 1;
@@ -199,6 +223,7 @@ impl Conns {
             busy: AtomicU32::new(0),
             head: AtomicU64::new(now),
             idle: AtomicU64::new(now),
+            quiet: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
             evict: Notify::new(),
             fresh: AtomicBool::new(true),
@@ -253,6 +278,9 @@ struct ConnState {
     head: AtomicU64,
     /// When the connection last fell idle.
     idle: AtomicU64,
+    /// Since when its worker has found nothing to read while no request was in flight, or
+    /// zero (a byte came since).
+    quiet: AtomicU64,
     leaving: AtomicBool,
     evict: Notify,
     /// No request has come on this connection yet.
@@ -270,6 +298,20 @@ impl ConnState {
             head => head,
         }
     }
+
+    /// From when a full listener may evict it: [`SLOW`] after it began to wait, or [`QUIET`]
+    /// after its worker found it silent, whichever comes first.
+    fn evictable_from(&self) -> u64 {
+        let waited = self.waiting_since() + millis(SLOW);
+        match self.quiet.load(Relaxed) {
+            0 => waited,
+            quiet => waited.min(quiet + millis(QUIET)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A connection's place in its listener, held by its driver, each request's extensions and
@@ -300,6 +342,22 @@ impl Slot {
         if self.state.head.load(Relaxed) == 0 {
             let now = self.conns.millis(Instant::now());
             self.state.head.store(now, Relaxed);
+        }
+    }
+
+    /// The worker read from the socket and found nothing there: with no request in flight,
+    /// the connection is quiet from now on, until a byte comes ([`Slot::bytes_came`]).
+    pub(crate) fn found_nothing(&self) {
+        let state = &self.state;
+        if state.quiet.load(Relaxed) == 0 && state.busy.load(Relaxed) == 0 {
+            state.quiet.store(self.conns.millis(Instant::now()), Relaxed);
+        }
+    }
+
+    /// Bytes came: the connection is not quiet.
+    pub(crate) fn bytes_came(&self) {
+        if self.state.quiet.load(Relaxed) != 0 {
+            self.state.quiet.store(0, Relaxed);
         }
     }
 
@@ -423,6 +481,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_connection_found_silent_gives_way_sooner() {
+        let conns = conns(2);
+        // Its worker looked and found nothing: evictable after `QUIET`.
+        let silent = admitted(conns.admit());
+        silent.found_nothing();
+        // Bytes came after the look: a head on its way, `SLOW` as for any.
+        let talking = admitted(conns.admit());
+        talking.found_nothing();
+        talking.bytes_came();
+        let t0 = Instant::now();
+        conns.room().await;
+        assert_eq!(t0.elapsed(), QUIET);
+        let newcomer = admitted(conns.admit());
+        tokio::time::timeout(Duration::from_millis(1), silent.evicted())
+            .await
+            .expect("the silent one gave way");
+        drop(silent);
+        // The next newcomer waits for the talking one's `SLOW`.
+        conns.room().await;
+        assert_eq!(t0.elapsed(), SLOW);
+        drop((talking, newcomer));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_full_listener_evicts_the_longest_waiting_and_spares_busy_ones() {
         let conns = conns(2);
         let busy = admitted(conns.admit());
@@ -496,6 +578,19 @@ mod tests {
         conns.room().await;
         assert_eq!(t0.elapsed(), PATIENCE);
         assert!(matches!(conns.admit(), Admission::Full));
+        // ...and while all stay busy, the next newcomers are refused as they come.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let t1 = Instant::now();
+        conns.room().await;
+        assert_eq!(t1.elapsed(), Duration::ZERO);
+        assert!(matches!(conns.admit(), Admission::Full));
+        // A place that frees makes the listener patient again.
+        drop((_exchange, busy));
+        let busy = admitted(conns.admit());
+        let _exchange = busy.begin(true);
+        let t2 = Instant::now();
+        conns.room().await;
+        assert_eq!(t2.elapsed(), PATIENCE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -568,7 +663,11 @@ mod tests {
     #[test]
     fn the_default_cap_leaves_room_for_upstream_legs() {
         assert_eq!(default_max_connections(Some(1024)), 384);
-        assert_eq!(default_max_connections(Some(10)), 1);
+        assert_eq!(default_max_connections(Some(256)), 96);
+        assert_eq!(default_max_connections(Some(20_000)), 9872);
+        assert_eq!(default_max_connections(Some(10)), 4);
+        assert_eq!(default_max_connections(Some(1)), 1);
+        assert_eq!(default_max_connections(Some(0)), 1);
         assert!(default_max_connections(None) > 1_000_000);
     }
 }

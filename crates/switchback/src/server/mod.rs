@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -336,6 +337,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (stop, stopping) = watch::channel(false);
+    let refusing = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         // A full listener leaves newcomers queued for a moment before it takes one (and
@@ -361,9 +363,16 @@ where
             Admission::Full => {
                 tracing::warn!(client = %addr, "listener full of busy connections: refusing one");
                 // A TLS client can't read a plaintext 503, and a TLS handshake is the work
-                // a full listener can't take on: it is closed.
-                if options.tls.is_none() {
-                    tokio::spawn(refuse(stream));
+                // a full listener can't take on: it is closed. So is a newcomer when this
+                // worker's refusals in flight already hold as many descriptors as it may
+                // spend on them: a crowd that doesn't hang up must not take the last ones.
+                if options.tls.is_none() && refusing.load(Relaxed) < MAX_REFUSING {
+                    refusing.fetch_add(1, Relaxed);
+                    let refusing = refusing.clone();
+                    tokio::spawn(async move {
+                        refuse(stream).await;
+                        refusing.fetch_sub(1, Relaxed);
+                    });
                 }
                 continue;
             }
@@ -451,6 +460,9 @@ where
     })
 }
 
+/// Refusals (`503`s waiting for their client to hang up) one worker keeps in flight at most.
+const MAX_REFUSING: usize = 16;
+
 /// Answers a connection the full listener can't take: `503`, then close once the client
 /// has read it (or after a second).
 async fn refuse(mut stream: TcpStream) {
@@ -500,6 +512,7 @@ async fn connection<S, B>(
                 .map(|s| Opened::Tls(Box::new(s))),
         }
     };
+    let opening = noting_silence(&accepted.slot, opening);
     let opened = tokio::select! {
         opened = tokio::time::timeout(limits.request_headers_timeout, opening) => opened,
         () = accepted.slot.evicted() => return,
@@ -541,6 +554,22 @@ async fn connection<S, B>(
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");
     }
+}
+
+/// Runs a new connection's opening (its first read, or its TLS handshake), telling its slot
+/// when the first look finds nothing sent yet: a full listener lets such a connection give
+/// way sooner.
+async fn noting_silence<F: Future>(slot: &Slot, opening: F) -> F::Output {
+    let mut opening = std::pin::pin!(opening);
+    let mut first = true;
+    std::future::poll_fn(|cx| {
+        let polled = opening.as_mut().poll(cx);
+        if std::mem::take(&mut first) && polled.is_pending() {
+            slot.found_nothing();
+        }
+        polled
+    })
+    .await
 }
 
 /// A connection ready for HTTP: a plain one, whether it opened with the HTTP/2 preface and
