@@ -1,4 +1,5 @@
-//! The command line: which of the four modes to run.
+//! The command line: which of the five modes to run (the proxy, `--check`, the demo,
+//! `echo`, `drain`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

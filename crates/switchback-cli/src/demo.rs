@@ -10,6 +10,7 @@ use switchback_config::{Config, DEFAULT_LISTEN};
 use crate::cli::DEMO_LISTEN_ENV;
 use crate::echo;
 use crate::fatal::Fatal;
+use crate::reload::Loaded;
 use crate::run::{self, Origin};
 
 /// Runs the demo until a signal drains it; `ready_file` as for a config file.
@@ -21,7 +22,13 @@ pub(crate) async fn run(ready_file: Option<PathBuf>) -> Result<(), Fatal> {
     tracing::info!(%upstream, "demo: WebSocket echo upstream started");
     let mut config = Config::demo(upstream);
     config.listeners[0].address = listen;
-    run::run(config, Origin::Demo, ready_file, run::Options::default()).await
+    run::run(
+        Loaded::built_in(config),
+        Origin::Demo,
+        ready_file,
+        run::Options::default(),
+    )
+    .await
 }
 
 /// The proxy's address: `value` (the environment variable) when set, else `127.0.0.1:10000`.

@@ -20,8 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::fatal::{self, Fatal};
-use crate::run::why_not_listening;
+use crate::fatal::{self, Fatal, why_not_listening};
 use crate::signals::Signals;
 
 /// The demo page: a WebSocket client with live counters, self-contained (no external

@@ -1,10 +1,27 @@
 //! `switchback`: the Switchback tower stack driven by a YAML file, with an admin endpoint,
-//! a JSON access log and graceful drain. Run `switchback --help` for the command line.
+//! a JSON access log, config reloads, binary takeover and graceful drain. Run
+//! `switchback --help` for the command line.
 //!
-//! Modules, in the order a request meets them: [`cli`] (arguments), [`stack`] (config to
-//! tower stack), [`access_log`], [`filters`] (`http_filters` to tower layers), [`run`]
-//! (serve and drain, on [`signals`]), [`ready`] (the `--ready-file`), [`admin`], [`demo`] and
-//! [`echo`] (the WebSocket echo upstream and its page, `switchback echo`).
+//! Modules:
+//! - the command line: [`cli`] (arguments and modes), [`fatal`] (a startup failure as one
+//!   line), [`signals`] (SIGTERM and SIGINT);
+//! - the proxy's life: [`run`] (the steps, in order) walks [`proxy`] (the one owner of the
+//!   running proxy: listeners, admin endpoint, reloader, takeover offer and drain, and its
+//!   lifecycle), which starts [`listeners`] (each listener's workers, changed by a reload),
+//!   [`reload`] (SIGHUP, `--watch` and `POST /reload`; the config file's digest),
+//!   [`takeover`] (the listening sockets handed to a new process) and [`ready`] (the
+//!   `--ready-file`);
+//! - what a request meets, in order: [`stack`] (config to tower stack), [`access_log`],
+//!   [`filters`] (`http_filters` to tower layers), with [`tls`] (certificates and keys as the
+//!   library's TLS);
+//! - beside the proxy: [`admin`] (the admin endpoint, behind its access rules), [`demo`] and
+//!   [`echo`] (the WebSocket echo upstream and its page, `switchback echo`), and
+//!   [`drain_request`] (`switchback drain`, the preStop hook).
+//!
+//! Threads: every mode runs on one current-thread runtime on the main thread ([`block_on`]).
+//! For the proxy that runtime carries the owner, the admin endpoint, signals, reloads and
+//! the clusters' health checks; the proxy itself runs on each listener's worker threads,
+//! each with a single-threaded runtime of its own.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +34,7 @@ mod echo;
 mod fatal;
 mod filters;
 mod listeners;
+mod proxy;
 mod ready;
 mod reload;
 mod run;
@@ -53,7 +71,7 @@ fn main() -> ExitCode {
             ready_file,
             watch,
             takeover,
-        } => match Config::load(&config) {
+        } => match reload::load(&config) {
             Ok(loaded) => block_on(run::run(
                 loaded,
                 run::Origin::File(config),
@@ -148,10 +166,10 @@ fn report(errors: &[ConfigError]) {
     }
 }
 
-/// Runs `main` on a multi-threaded runtime; a failure is one line on standard error.
+/// Runs `main` on a current-thread runtime; a failure is one line on standard error.
 fn block_on(main: impl Future<Output = Result<(), Fatal>>) -> ExitCode {
-    // Signals, the admin endpoint and the drain run here; the proxy itself runs on the worker
-    // threads (`workers`), each with a runtime of its own.
+    // One thread is enough for what runs here (see the module documentation): the proxy's
+    // traffic runs on the listeners' workers.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&Fatal::new(format!("cannot start the async runtime: {e}"))),
@@ -164,6 +182,7 @@ fn block_on(main: impl Future<Output = Result<(), Fatal>>) -> ExitCode {
     }
 }
 
+/// Reports `e` and exits 1.
 fn fail(e: &Fatal) -> ExitCode {
     fatal::print_err(&format!("switchback: error: {e}"));
     ExitCode::FAILURE

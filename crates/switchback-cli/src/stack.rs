@@ -16,8 +16,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use switchback::{
     BoxError, Cluster, Drain, Endpoint, ForwardedLayer, HealthCheck, IgnoreUpgrades, LbPolicy, LegacyConfig,
-    OutlierDetection, RetryOn, RetryPolicy, Route, RouteLayer, Runtime, SystemResolver, TunnelConfig,
-    UpgradeConfig, UpgradeRouterLayer,
+    OutlierDetection, RetryOn, RetryPolicy, Route, RouteLayer, SystemResolver, TunnelConfig, UpgradeConfig,
+    UpgradeRouterLayer,
 };
 use switchback_config::{self as config, Config, PathMatch, RouteTarget};
 use tower::{Service, ServiceBuilder};
@@ -25,16 +25,44 @@ use tower::{Service, ServiceBuilder};
 use crate::access_log::AccessLog;
 use crate::fatal::Fatal;
 use crate::filters;
+use crate::reload::RuntimeValues;
+
+/// What every stack is built with, the same across reloads: the drain its tunnels register
+/// with, the runtime values its routes read, the access log it writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    /// Counts, lists and drains the tunnels.
+    pub(crate) drain: Drain,
+    /// The runtime values, some perhaps set on the admin endpoint.
+    pub(crate) runtime: RuntimeValues,
+    /// A line per request and two per tunnel.
+    pub(crate) log: AccessLog,
+}
+
+impl Shared {
+    /// What `config` asks for: the drain lists its tunnels only with an admin endpoint to
+    /// show them (a listed tunnel costs a little more).
+    pub(crate) fn new(config: &Config) -> Result<Self, Fatal> {
+        let drain = if config.admin.is_some() {
+            Drain::listing()
+        } else {
+            Drain::new()
+        };
+        drain.set_close_window(config.drain_close_window);
+        Ok(Self {
+            drain,
+            runtime: RuntimeValues::new(&config.runtime),
+            log: AccessLog::open(&config.access_log)?,
+        })
+    }
+}
 
 /// Builds the proxy's service from `config`, its routes sending to `clusters` (see
-/// [`clusters`]). Tunnels register with `drain`; routes read `runtime`; `log` gets a line per
-/// request and two per tunnel.
+/// [`clusters`]), with what every stack shares.
 pub(crate) fn build(
     config: &Config,
     clusters: &[Cluster],
-    drain: &Drain,
-    runtime: &Runtime,
-    log: &AccessLog,
+    shared: &Shared,
 ) -> Result<
     impl Service<
         Request<Incoming>,
@@ -52,12 +80,13 @@ pub(crate) fn build(
     Fatal,
 > {
     let routes = routes(config, clusters)?;
-    let router = router(config, drain, log)?;
+    let router = router(config, &shared.drain, &shared.log)?;
     let default_chain = filters::chain(&config.http_filters);
+    let runtime = shared.runtime.runtime().clone();
     Ok(ServiceBuilder::new()
         .layer(forwarded(config))
-        .layer(log.layer())
-        .layer(RouteLayer::new(routes, runtime.clone()).map_err(|e| Fatal::new(e.to_string()))?)
+        .layer(shared.log.layer())
+        .layer(RouteLayer::new(routes, runtime).map_err(|e| Fatal::new(e.to_string()))?)
         .layer(router)
         .service(default_chain))
 }
