@@ -9,6 +9,8 @@
 
 #[path = "cli/client_input.rs"]
 mod client_input;
+#[path = "cli/descriptors.rs"]
+mod descriptors;
 mod pki;
 #[path = "cli/security.rs"]
 mod security;
@@ -1610,8 +1612,10 @@ async fn a_new_process_takes_the_sockets_over_without_refusing_anyone() {
 
     // Clients keep connecting while the sockets change hands.
     let stop = Arc::new(AtomicBool::new(false));
+    // Connections served so far, for waiting on.
+    let served = Arc::new(AtomicUsize::new(0));
     let clients = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, served) = (stop.clone(), served.clone());
         async move {
             let (mut ok, mut failed) = (0, Vec::new());
             while !stop.load(Ordering::Relaxed) {
@@ -1619,6 +1623,7 @@ async fn a_new_process_takes_the_sockets_over_without_refusing_anyone() {
                     Ok((mut ws, _)) => {
                         ws_roundtrip(&mut ws, Message::text("meanwhile")).await;
                         ok += 1;
+                        served.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => failed.push(e.to_string()),
                 }
@@ -1626,13 +1631,33 @@ async fn a_new_process_takes_the_sockets_over_without_refusing_anyone() {
             (ok, failed)
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let served_at_least = |n: usize| {
+        let served = served.clone();
+        async move {
+            while served.load(Ordering::Relaxed) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    within("the clients to connect before the takeover", served_at_least(1)).await;
     let new_dir = TempDir::new("takeover-new");
     let (_new, bound) =
         Proxy::start_ready(&new_dir, &["--config", file.to_str().unwrap(), "--takeover"], &[]).await;
     assert_eq!(bound.listen, listen);
     assert_eq!(bound.admin, Some(admin));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old process has let go of the sockets; clients go on connecting after that.
+    within("the old process to report the takeover", async {
+        while !old.stderr().contains("taken over") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let after = served.load(Ordering::Relaxed) + 5;
+    within(
+        "the clients to connect after the takeover",
+        served_at_least(after),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = clients.await.unwrap();
     assert!(
@@ -1702,7 +1727,12 @@ async fn running_out_of_descriptors_never_busy_loops() {
     for _ in 0..12 {
         held.push(TcpStream::connect(listen).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    within("the proxy to run out of descriptors", async {
+        while !proxy.stderr().contains("accept failed") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     let before = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = cpu_ticks(pid) - before;
@@ -1994,11 +2024,14 @@ async fn the_example_config_runs_against_switchback_echo() {
 async fn the_demo_page_echoes_in_a_browser() {
     use futures_util::FutureExt as _;
 
+    let Some(chromium) = webdriver::Chromium::installed() else {
+        return;
+    };
     let dir = TempDir::new("demo-page");
     let (mut proxy, bound) =
         Proxy::start_ready(&dir, &[], &[("SWITCHBACK_DEMO_LISTEN", "127.0.0.1:0")]).await;
     let listen = bound.listen;
-    let driver = webdriver::Chromedriver::start(&dir.0).await;
+    let driver = chromium.start_driver(&dir.0).await;
     let browser = driver.session().await;
     // Whatever happens in between, close the browser; then report what happened.
     let outcome = std::panic::AssertUnwindSafe(async {
@@ -2020,7 +2053,7 @@ async fn the_demo_page_echoes_in_a_browser() {
 
         // Enter sends too; bytes are UTF-8 bytes.
         browser
-            .send_keys(&input, &format!("grüße{}", webdriver::ENTER))
+            .send_keys(&input, &format!("grüße{}", webdriver::Key::Enter))
             .await;
         browser
             .wait_text("#received", "the second echo", |s| s == "2")
@@ -2268,6 +2301,9 @@ fn check_parses_certificates_and_names_the_field_and_file() {
 async fn chromium_echoes_100_kb_over_wss() {
     use futures_util::FutureExt as _;
 
+    let Some(chromium) = webdriver::Chromium::installed() else {
+        return;
+    };
     let dir = TempDir::new("tls-browser");
     let ca = pki::Ca::new("test CA");
     ca.issue(&["localhost", "127.0.0.1"]).write(&dir.0, "proxy");
@@ -2289,7 +2325,7 @@ async fn chromium_echoes_100_kb_over_wss() {
         ),
     );
     let (mut proxy, listen) = Proxy::serve(&dir, &config).await;
-    let driver = webdriver::Chromedriver::start(&dir.0).await;
+    let driver = chromium.start_driver(&dir.0).await;
     let browser = driver.session_accepting_test_certificates().await;
     let outcome = std::panic::AssertUnwindSafe(async {
         browser
@@ -2443,7 +2479,15 @@ async fn drain_subcommand_makes_the_pod_unready_then_drains() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The kubelet's SIGTERM: the drain goes on, tunnels keep working within drain_timeout.
     proxy.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    within("the proxy to take the SIGTERM", async {
+        while !["draining: no new connections", "second signal"]
+            .iter()
+            .any(|line| proxy.stderr().contains(line))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     ws_roundtrip(&mut tunnel, Message::text("still within drain_timeout")).await;
     assert!(
         TcpStream::connect(listen).await.is_err(),

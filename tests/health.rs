@@ -8,7 +8,7 @@ mod support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +28,8 @@ use switchback::{Cluster, Endpoint, Forward, HealthCheck, UpgradeRouterLayer};
 struct Upstream {
     addr: SocketAddr,
     health: Arc<AtomicU16>,
+    /// `/healthz` requests answered so far.
+    probes: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -35,12 +37,16 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(AtomicU16::new(200));
-        let status = health.clone();
+        let probes = Arc::new(AtomicUsize::new(0));
+        let (status, probed) = (health.clone(), probes.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let status = status.clone();
+                let (status, probed) = (status.clone(), probed.clone());
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let health = status.load(Ordering::Relaxed);
+                    if req.uri().path() == "/healthz" {
+                        probed.fetch_add(1, Ordering::Relaxed);
+                    }
                     async move { Ok::<_, Infallible>(answer(name, health, req)) }
                 });
                 tokio::spawn(
@@ -50,7 +56,7 @@ impl Upstream {
                 );
             }
         });
-        Self { addr, health }
+        Self { addr, health, probes }
     }
 
     fn set_health(&self, status: u16) {
@@ -230,8 +236,15 @@ async fn tunnels_close_on_health_failure_only_when_asked() {
             .close_connections_on_host_health_failure(close);
         let checker = tokio::spawn(cluster.health_checker());
         let proxy = proxy(cluster.clone()).await;
-        // The first round is in: the endpoint counts as checked and healthy.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The first round is in: the endpoint counts as checked and healthy. A round starts
+        // only after the last one's verdicts are recorded, so a second probe means the first
+        // one's verdict is in.
+        within(async {
+            while up.probes.load(Ordering::Relaxed) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
         let (mut c, _) = tunnel(proxy.addr).await;
         c.write_all(b"ping").await.unwrap();
         assert_eq!(read_n(&mut c, Vec::new(), 4).await, b"ping");

@@ -916,9 +916,8 @@ async fn an_http2_extended_connect_for_an_ignored_protocol_is_refused() {
         .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
         .await
         .unwrap();
-    tokio::spawn(conn);
     // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    support::spawn_once_extended_connect(conn).await;
     for protocol in ["h2c", "H2C", "tls/1.3"] {
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
@@ -950,9 +949,8 @@ async fn an_http2_websocket_with_two_versions_is_refused() {
         .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
         .await
         .unwrap();
-    tokio::spawn(conn);
     // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    support::spawn_once_extended_connect(conn).await;
     let req = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(format!("http://{}/chat", proxy.addr))

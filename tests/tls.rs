@@ -158,9 +158,8 @@ async fn http2_extended_connect_over_tls_by_alpn() {
         .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tls))
         .await
         .unwrap();
-    tokio::spawn(conn);
-    // The server's SETTINGS (with SETTINGS_ENABLE_CONNECT_PROTOCOL) arrive first.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
+    support::spawn_once_extended_connect(conn).await;
     let req = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri("https://proxy.test/chat")

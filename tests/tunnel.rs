@@ -370,19 +370,22 @@ async fn mixed_frames_in_flight_survive_splicing_and_a_drain() {
                 tokio::spawn(
                     async move { while tx.send(Message::binary(vec![7u8; FLOOD])).await.is_ok() {} },
                 );
+            // Set once a flood frame has come back: frames then flow both ways.
+            let flowing = tokio::sync::Notify::new();
             let closed = async {
                 loop {
                     match within(rx.next()).await {
                         Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
                         Some(Ok(Message::Binary(b))) => {
-                            assert!(b.len() == FLOOD && b.iter().all(|&x| x == 7), "{path:?}")
+                            assert!(b.len() == FLOOD && b.iter().all(|&x| x == 7), "{path:?}");
+                            flowing.notify_one();
                         }
                         other => panic!("{path:?}: client expected frames then a close, got {other:?}"),
                     }
                 }
             };
             let drain = async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                within(flowing.notified()).await;
                 s.drain.drain(Duration::from_millis(50)).await
             };
             let (outcome, code) = tokio::join!(drain, closed);
@@ -410,12 +413,18 @@ async fn a_flood_one_way_does_not_starve_the_other() {
             let chunk = vec![0x5a; 64 * 1024];
             while client_wr.write_all(&chunk).await.is_ok() {}
         });
-        let sink = tokio::spawn(async move {
-            let mut buf = vec![0; 256 * 1024];
-            while matches!(up_rd.read(&mut buf).await, Ok(n) if n > 0) {}
+        let flowing = std::sync::Arc::new(tokio::sync::Notify::new());
+        let sink = tokio::spawn({
+            let flowing = flowing.clone();
+            async move {
+                let mut buf = vec![0; 256 * 1024];
+                while matches!(up_rd.read(&mut buf).await, Ok(n) if n > 0) {
+                    flowing.notify_one();
+                }
+            }
         });
-        // Let the flood get going first.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the flood get going first: its bytes reach the upstream.
+        within(flowing.notified()).await;
         let talk = async {
             for _ in 0..10 {
                 up_wr.write_all(b"hello").await.unwrap();
@@ -437,7 +446,13 @@ async fn drain_waits_for_tunnels_that_finish_in_time() {
     let s = setup(Path::Spliced, TunnelConfig::new()).await;
     let (mut client, mut up) = open(&s).await;
     let finisher = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The tunnel finishes once the drain is under way.
+        within(async {
+            while !s.drain.is_draining() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
         client.write_all(b"done").await.unwrap();
         drop(client);
         assert_eq!(read_to_eof(&mut up).await, b"done");

@@ -297,9 +297,8 @@ async fn websocket_over_http2_extended_connect() {
         .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tcp))
         .await
         .unwrap();
-    tokio::spawn(conn);
     // The server announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS frame.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    support::spawn_once_extended_connect(conn).await;
     let req = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(format!("http://{}/chat", proxy.addr))

@@ -23,6 +23,33 @@ pub async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(WAIT, f).await.expect("timed out")
 }
 
+/// Drives a new HTTP/2 client connection until it has taken in the server's SETTINGS frame,
+/// then spawns it. RFC 8441 lets a client send an extended CONNECT only once the server has
+/// enabled it there (`SETTINGS_ENABLE_CONNECT_PROTOCOL`), and the handshake returns before
+/// that frame arrives.
+pub async fn spawn_once_extended_connect<T>(
+    mut conn: hyper::client::conn::http2::Connection<
+        T,
+        http_body_util::Empty<bytes::Bytes>,
+        hyper_util::rt::TokioExecutor,
+    >,
+) where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    within(async {
+        // h2 applies the peer's settings on the poll after it reads them (when it writes the
+        // acknowledgement), so the connection is polled again until the flag is set.
+        while !conn.is_extended_connect_protocol_enabled() {
+            tokio::select! {
+                ended = &mut conn => panic!("the HTTP/2 connection ended before extended CONNECT was enabled: {ended:?}"),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+    })
+    .await;
+    tokio::spawn(conn);
+}
+
 /// A running proxy; dropping it stops accepting.
 pub struct Proxy {
     pub addr: SocketAddr,

@@ -7,7 +7,10 @@
 #
 # Usage: instructions-per-tunnel.sh [SWITCHBACK_BIN] [TUNNELS]
 #   defaults: target/release/switchback next to this workspace, 2000 tunnels.
-#   KEEP=DIR keeps callgrind's output files there, for `callgrind_annotate --inclusive=yes`.
+#   KEEP=DIR keeps callgrind's output files there, for `callgrind_annotate --inclusive=yes`;
+#   for annotated source, build the `profiling` profile (release with full debug info:
+#   `cargo build --profile profiling -p switchback-cli -p switchback-bench`) and pass
+#   target/profiling/switchback (docs/performance.md, "Profiling").
 #   ROLE=library counts the library's stack instead (`switchback-bench proxy --mode fast`, the
 #   bench's `switchback` system): SWITCHBACK_BIN is then a switchback-bench binary.
 # Each tunnel, one after another: upgrade, one 64-byte echo, close frames each way, close.

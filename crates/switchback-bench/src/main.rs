@@ -13,7 +13,7 @@
 //! Every system runs in its own process: the harness re-executes itself with the hidden
 //! `proxy` and `upstream` subcommands (or starts nginx and HAProxy with generated configs),
 //! so proxy RSS is measured per process and the load generator (this process) shares no
-//! runtime with what it measures. See the crate's README section "Performance".
+//! runtime with what it measures. See docs/performance.md.
 
 mod child;
 mod cli;
