@@ -86,8 +86,8 @@ pub struct Config {
     pub connection_idle_timeout: Duration,
     /// The most client connections open at once, tunnels included. When full, a newcomer
     /// takes the place of the connection that waited longest for a request head or sat idle
-    /// longest; when all are busy it gets `503`. Absent: half the descriptor limit, less a
-    /// reserve.
+    /// longest; when all are busy it gets `503`. Absent: half the descriptor limit, after a
+    /// quarter of it (at most 256) is kept back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
     /// The most tunnels open at once (handshakes in flight included); past it an upgrade

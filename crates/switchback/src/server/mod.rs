@@ -115,13 +115,14 @@ impl ClientLimits {
     /// The most connections a listener keeps open, tunnels included (at least 1). At it, the
     /// listener leaves newcomers in the kernel's queue while a place may still come free (in
     /// a reconnect storm, the tunnels being replaced are closing). A newcomer then takes the
-    /// place of the connection that has waited longest for a request head or sat idle
-    /// longest, once that one has waited two seconds (a younger one is not evicted), and
-    /// that one is closed; when every connection has stayed busy for half a second, the
-    /// newcomer is answered `503` and closed. Workers racing for a place that just came free
-    /// may take a newcomer or two over the cap rather than evict a young connection. The
-    /// default is half the process's descriptor limit, less a reserve: each client connection
-    /// may need an upstream one.
+    /// place of a connection waiting for a request head or sitting idle, once that one has
+    /// waited two seconds (one, when its worker looked and found it had sent nothing; a
+    /// younger one is not evicted), and that one is closed; when every connection has stayed
+    /// busy for half a second, newcomers are answered `503` and closed as they come, until a
+    /// place frees. Workers racing for a place that just came free may take a newcomer or two
+    /// over the cap rather than evict a young connection. The default is half the process's
+    /// descriptor limit after a reserve of a quarter of it (at most 256): each client
+    /// connection may need an upstream one, and 256 descriptors give 96 connections.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = Some(connections.max(1));
         self
