@@ -16,9 +16,11 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::BoxError;
-use crate::handoff::{Handoff, TunnelRead, UpstreamTunnel};
+use crate::handoff::{Handoff, TunnelRead};
 use crate::pool;
+
+/// The error type of bodies and chains: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Size of the chunks read from a tunnel when it is pumped through body-aware layers.
 const CHUNK: usize = 16 * 1024;
@@ -146,7 +148,7 @@ impl Body {
     }
 
     /// A `101`'s body: the upstream's tunnel bytes.
-    pub(crate) fn upstream_tunnel(handoff: Handoff) -> Self {
+    pub(crate) fn upstream_tunnel(handoff: Handoff<Body>) -> Self {
         Self {
             kind: Kind::Upstream(Box::new(UpstreamTunnel::Unread(handoff))),
         }
@@ -365,5 +367,31 @@ impl<B: http_body::Body<Data = Bytes>, T> http_body::Body for Holding<B, T> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The `101`'s body: the upstream's tunnel bytes, read only if a layer reads it (else the
+/// connections are joined and it is dropped unread).
+#[derive(Debug)]
+pub(crate) enum UpstreamTunnel {
+    Unread(Handoff<Body>),
+    Reading(TunnelRead),
+    /// The connection's read half is gone (taken by another reader).
+    Gone,
+}
+
+impl UpstreamTunnel {
+    /// The read half to read from, splitting the connection on the first read.
+    pub(crate) fn reader(&mut self) -> Option<&mut TunnelRead> {
+        if let Self::Unread(handoff) = self {
+            *self = match handoff.take_read() {
+                Some(read) => Self::Reading(read),
+                None => Self::Gone,
+            };
+        }
+        match self {
+            Self::Reading(read) => Some(read),
+            Self::Unread(_) | Self::Gone => None,
+        }
     }
 }

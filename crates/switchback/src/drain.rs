@@ -13,7 +13,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::TunnelInfo;
+use crate::tunnel_info::TunnelInfo;
 
 /// A handle on the set of live tunnels, to drain them gracefully. Cheap to clone; all clones
 /// share one state.

@@ -19,8 +19,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::UpgradeType;
 use crate::body::PreBodyEnd;
+use crate::detect::UpgradeType;
 
 /// The client's address, put in every request's extensions by
 /// [`serve`](crate::serve) and [`Workers`](crate::Workers).

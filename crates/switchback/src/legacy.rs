@@ -7,13 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 
+use crate::body::{Body, BoxError};
 use crate::cluster::Cluster;
+use crate::detect::UpgradeType;
 use crate::ext::IdleTimeout;
-use crate::forward::attempt::Attempts;
-use crate::forward::upstream;
+use crate::forward::{attempt::Attempts, upstream};
 use crate::metrics::HandshakeFailure;
 use crate::retry::{RetryOn, RetryPolicy};
-use crate::{Body, BoxError, UpgradeType};
 
 /// Settings of a route's legacy WebSocket mode: Envoy's old `use_websocket` routes (with
 /// their `websocket_config`).

@@ -79,11 +79,12 @@ mod router;
 mod server;
 pub mod tls;
 mod tunnel;
+mod tunnel_info;
 #[doc(hidden)]
 pub mod websocket;
 
 #[doc(inline)]
-pub use body::Body;
+pub use body::{Body, BoxError};
 #[doc(inline)]
 pub use cluster::{
     Cluster, ConnectError, Endpoint, EndpointStats, HealthCheck, LbPolicy, OutlierDetection, Resolve,
@@ -115,9 +116,9 @@ pub use router::{
 #[doc(inline)]
 pub use server::{ClientLimits, Server, Workers, serve, serve_with};
 #[doc(inline)]
-pub use tunnel::{
-    TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelInfo, TunnelMode, TunnelObserver, TunnelStats,
-};
+pub use tunnel::{TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelObserver, TunnelStats};
+#[doc(inline)]
+pub use tunnel_info::{TunnelInfo, TunnelMode};
 
 /// The response futures of the services above, named apart.
 pub mod future {
@@ -127,13 +128,6 @@ pub mod future {
     pub use crate::route::ResponseFuture as RouteFuture;
     #[doc(inline)]
     pub use crate::router::ResponseFuture as UpgradeRouterFuture;
-}
-
-/// The error type of bodies and chains: any error, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn metrics_status(status: http::StatusCode) {
-    ::metrics::counter!(metrics::REQUESTS, "status" => status.as_str().to_owned()).increment(1);
 }
 
 /// The README's Rust code, compiled and run with the doc tests so that it stays true.

@@ -48,6 +48,11 @@ pub const ENDPOINT_CONNECT_FAILURES: &str = "switchback_endpoint_connect_failure
 /// (`cluster`).
 pub const CLUSTER_ENDPOINTS_AVAILABLE: &str = "switchback_cluster_endpoints_available";
 
+/// Counts a response by its status ([`REQUESTS`]).
+pub(crate) fn count_status(status: http::StatusCode) {
+    ::metrics::counter!(REQUESTS, "status" => status.as_str().to_owned()).increment(1);
+}
+
 /// Why an upgrade handshake opened no tunnel: the `reason` of [`HANDSHAKE_FAILURES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HandshakeFailure {
@@ -78,7 +83,7 @@ impl HandshakeFailure {
     }
 
     /// Counts one failure of an upgrade of type `ty`.
-    pub(crate) fn record(self, ty: &crate::UpgradeType) {
+    pub(crate) fn record(self, ty: &crate::detect::UpgradeType) {
         ::metrics::counter!(HANDSHAKE_FAILURES, "type" => ty.label(), "reason" => self.as_str()).increment(1);
     }
 }

@@ -3,7 +3,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::Body;
+use crate::body::Body;
 
 /// What becomes of the client's connection after a local reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -152,6 +152,22 @@ impl Drop for Active {
     }
 }
 
+/// An [`Active`] on its way, in a response's extensions, from the forwarder to whoever
+/// keeps it while the request or tunnel lives (the router, for a tunnel). Extensions are
+/// cloned; the count is taken once.
+#[derive(Debug, Clone)]
+pub(crate) struct Carried(Arc<Mutex<Option<Active>>>);
+
+impl Carried {
+    pub(crate) fn new(active: Active) -> Self {
+        Self(Arc::new(Mutex::new(Some(active))))
+    }
+
+    pub(crate) fn take(&self) -> Option<Active> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// A snapshot of one endpoint, for the admin endpoint and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointStats {

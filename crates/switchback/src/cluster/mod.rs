@@ -22,7 +22,7 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::Body;
+use crate::body::Body;
 use crate::tls::{ClientTls, UpstreamStream};
 
 mod balance;
@@ -33,7 +33,7 @@ mod dns;
 mod health;
 
 use balance::Balancer;
-pub(crate) use balance::{Active, Outcome};
+pub(crate) use balance::{Active, Carried, Outcome};
 pub use balance::{EndpointStats, LbPolicy, OutlierDetection};
 use dns::Discovery;
 pub use dns::{Resolve, SystemResolver};

@@ -14,10 +14,10 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::time::Instant;
 
+use crate::body::{Body, BoxError};
 use crate::cluster::{Active, Cluster, ConnectError, Endpoint, Outcome};
 use crate::metrics::HandshakeFailure;
 use crate::retry::RetryPolicy;
-use crate::{Body, BoxError};
 
 /// Why an attempt at one endpoint got no answer.
 #[derive(Debug)]

@@ -20,13 +20,13 @@ use http::{Request, Response, StatusCode, Version};
 use tokio::sync::oneshot;
 use tower::Service;
 
-use crate::body::Holding;
+use crate::body::{Body, BoxError, Holding};
 use crate::cluster::{Active, Cluster, ConnectError, Endpoint};
 use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
 use crate::reply::Then;
 use crate::retry::RetryPolicy;
 use crate::websocket::SEC_WEBSOCKET_KEY;
-use crate::{Body, BoxError, hop, reply};
+use crate::{hop, reply};
 use attempt::{Attempts, Failure};
 use pre_body::PreBody;
 
@@ -368,7 +368,7 @@ fn auto_host_rewrite(parts: &mut http::request::Parts, endpoint: &Endpoint) {
 /// Turns an HTTP/2 extended CONNECT (RFC 8441) into the HTTP/1.1 upgrade the upstream
 /// expects: `GET` with the upgrade pair and, for WebSocket, a fresh `Sec-WebSocket-Key`, whose
 /// answer [`verify`] then checks like any client's.
-pub(crate) fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::UpgradeType) {
+pub(crate) fn h2_to_h1_upgrade(parts: &mut http::request::Parts, ty: &crate::detect::UpgradeType) {
     parts.method = http::Method::GET;
     parts.extensions.remove::<hyper::ext::Protocol>();
     if let Ok(upgrade) = HeaderValue::from_str(ty.as_str()) {

@@ -7,8 +7,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
 use tokio::sync::oneshot;
 
-use crate::body::PreBodyEnd;
-use crate::{Body, BoxError};
+use crate::body::{Body, BoxError, PreBodyEnd};
 
 /// Yields a layer's upgrade request body up to the end of its HTTP part (see
 /// [`PreBodyEnd`]), then hands the body back for the tunnel.

@@ -17,13 +17,15 @@ use hyper_util::rt::TokioIo;
 
 use super::attempt::{Answer, Answered, Attempts, Failure, Sender};
 use super::{origin_form, upstream_host, verify, with_timeout};
-use crate::cluster::{Cluster, ConnectError, Endpoint};
+use crate::body::Body;
+use crate::cluster::{Carried, Cluster, ConnectError, Endpoint};
+use crate::detect::UpgradeType;
 use crate::ext::UpstreamAddr;
 use crate::handoff::{Handoff, Switch, Switching};
+use crate::hop;
 use crate::metrics::HandshakeFailure;
 use crate::reply::{self, Then};
 use crate::tls::UpstreamStream;
-use crate::{Body, UpgradeType, hop};
 
 /// The upstream's answer to an upgrade attempt, on its dedicated connection.
 pub(crate) struct Exchanged {
@@ -303,8 +305,9 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
     let (mut parts, _) = res.into_parts();
     switched_head(&mut parts, &endpoint);
     // The tunnel is the router's to open: the upstream half goes back with the `101`.
-    let handoff = Handoff::new(upgraded, tunnel.client, tunnel.client_untouched, Some(active));
+    let handoff = Handoff::new(upgraded, tunnel.client, tunnel.client_untouched);
     parts.extensions.insert(handoff.clone());
+    parts.extensions.insert(Carried::new(active));
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
 }
 

@@ -10,10 +10,11 @@ use http::{Request, StatusCode};
 
 use super::MatchedRoute;
 use super::runtime;
+use crate::cluster::Cluster;
+use crate::detect::UpgradeType;
 use crate::ext::{AutoHostRewrite, IdleTimeout, MaxStreamDuration, ResponseTimeout};
 use crate::legacy::LegacyConfig;
 use crate::router::{DuplicateUpgradeType, RouteUpgrades};
-use crate::{Cluster, UpgradeType};
 
 /// The header that carries the path as the client sent it when a route rewrote it.
 pub(super) const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
@@ -282,7 +283,7 @@ fn rewrite_path(uri: &Uri, kept: usize, rewrite: &str) -> Result<Option<(Uri, He
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Endpoint;
+    use crate::cluster::Endpoint;
 
     fn rewrite(uri: &str, kept: usize, to: &str) -> (String, String) {
         let uri: Uri = uri.parse().expect("uri");

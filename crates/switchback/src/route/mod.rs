@@ -13,11 +13,11 @@ use http::{HeaderName, HeaderValue};
 pub use runtime::Runtime;
 pub use service::{ResponseFuture, RouteLayer, RouteService};
 
+use crate::cluster::Cluster;
+use crate::detect::UpgradeType;
 pub(crate) use crate::ext::MatchedRoute;
-use crate::ext::ResponseTimeout;
-use crate::ext::{IdleTimeout, MaxStreamDuration};
+use crate::ext::{IdleTimeout, MaxStreamDuration, ResponseTimeout};
 use crate::legacy::LegacyConfig;
-use crate::{Cluster, UpgradeType};
 use action::{Action, HostRewrite, Target};
 use matcher::{Fraction, HeaderMatch, Matcher, PathMatch};
 
@@ -233,8 +233,10 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     use super::*;
+    use crate::body::Body;
+    use crate::cluster::Endpoint;
+    use crate::ext::AutoHostRewrite;
     use crate::router::RouteUpgrades;
-    use crate::{AutoHostRewrite, Body, Endpoint};
 
     /// What the layer below the routes received.
     #[derive(Debug)]

@@ -12,9 +12,10 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{MatchedRoute, Route, Runtime};
+use crate::body::{Body, BoxError};
 use crate::reply::Then;
 use crate::router::DuplicateUpgradeType;
-use crate::{Body, BoxError, hop, host, reply};
+use crate::{hop, host, reply};
 
 /// Envoy's route table as a tower layer.
 ///
@@ -207,7 +208,7 @@ impl<F> ResponseFuture<F> {
     }
 
     fn local_then(status: StatusCode, message: impl Into<String>, then: Then) -> Self {
-        crate::metrics_status(status);
+        crate::metrics::count_status(status);
         Self {
             kind: Kind::Local {
                 res: Some(reply::local(status, message, then)),

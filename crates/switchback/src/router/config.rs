@@ -9,12 +9,13 @@ use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
+use crate::body::{Body, BoxError};
 use crate::cap::TunnelCap;
 use crate::detect::{IgnoreUpgrades, UpgradeType};
 use crate::drain::Drain;
+use crate::metrics;
 use crate::reply::{self, Then};
 use crate::tunnel::{TunnelConfig, TunnelObserver};
-use crate::{Body, BoxError, metrics};
 
 /// A filter chain for one upgrade type: any tower service stack taking `Request<Body>`,
 /// usually ending in [`Forward`](crate::Forward). Cloned per request.

@@ -14,8 +14,8 @@ use tower::util::Oneshot;
 
 use super::Chain;
 use super::open::Pending;
+use crate::body::{Body, BoxError};
 use crate::legacy::LegacyFuture;
-use crate::{Body, BoxError};
 
 pin_project! {
     /// Response future of [`UpgradeRouter`](super::UpgradeRouter).
@@ -99,7 +99,7 @@ where
             (Err(e), upgrade) => super::error_response(e, upgrade.is_some()),
         };
         // Every response the router hands back is counted here, its own refusals included.
-        crate::metrics_status(res.status());
+        crate::metrics::count_status(res.status());
         Poll::Ready(Ok(res))
     }
 }

@@ -17,16 +17,17 @@ pub use config::{Chain, DuplicateUpgradeType, RouteUpgrades, UpgradeConfig, Upgr
 use config::{Rejection, decide};
 pub use future::ResponseFuture;
 
-use crate::body::PreBodyEnd;
+use crate::body::{Body, BoxError, PreBodyEnd};
 use crate::cap::{Holds, TunnelCap};
 use crate::conn::ClientConn;
-use crate::detect::{Inspection, inspect};
+use crate::detect::{Inspection, UpgradeType, inspect};
 use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, Upgrading};
 use crate::handoff::TunnelRead;
 use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
-use crate::tunnel::{Settings, TunnelInfo, TunnelMode};
-use crate::{Body, BoxError, UpgradeType, metrics, reply};
+use crate::tunnel::Settings;
+use crate::tunnel_info::{TunnelInfo, TunnelMode};
+use crate::{metrics, reply};
 use config::RouterConfig;
 use open::Pending;
 use tokio::sync::oneshot;
@@ -67,7 +68,7 @@ impl UpgradeRouterLayer {
     /// The drain handle this router's tunnels register with: the one given to
     /// [`UpgradeRouterBuilder::drain`], else one of the router's own. Drain it on shutdown,
     /// or live tunnels are cut when the process exits.
-    pub fn drain(&self) -> &crate::Drain {
+    pub fn drain(&self) -> &crate::drain::Drain {
         &self.config.drain
     }
 }

@@ -5,14 +5,17 @@ use http::{Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::oneshot;
 
+use crate::body::Body;
 use crate::cap::Holds;
+use crate::cluster::Carried;
 use crate::drain::Drain;
 use crate::ext::UpstreamAddr;
-use crate::handoff::{Ends, Handoff, TunnelRead};
+use crate::handoff::{Handoff, TunnelRead};
 use crate::metrics::HandshakeFailure;
+use crate::reply;
 use crate::reply::Then;
-use crate::tunnel::{self, Opening, Settings, TunnelInfo, TunnelMode, TunnelObserver};
-use crate::{Body, reply};
+use crate::tunnel::{self, Ends, Opening, Settings, TunnelObserver};
+use crate::tunnel_info::{TunnelInfo, TunnelMode};
 
 /// An allowed upgrade waiting for its answer.
 pub(crate) struct Pending {
@@ -41,8 +44,8 @@ impl Pending {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Response::from_parts(parts, body);
         }
-        let handoff = parts.extensions.remove::<Handoff>();
-        self.holds.upstream = handoff.as_ref().and_then(Handoff::take_active);
+        let handoff = parts.extensions.remove::<Handoff<Body>>();
+        self.holds.upstream = parts.extensions.remove::<Carried>().and_then(|c| c.take());
         let Some(ends) = Ends::new(body, handoff, self.client_reader) else {
             tracing::warn!(
                 upgrade = %self.info.upgrade,

@@ -20,10 +20,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
+use crate::body::{Body, BoxError};
 use crate::ext::{ClientAddr, TlsSession};
 use crate::reply::{self, Then};
 use crate::tls::ServerTls;
-use crate::{Body, BoxError};
 use http::StatusCode;
 use http_body_util::Either;
 

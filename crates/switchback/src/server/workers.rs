@@ -17,7 +17,7 @@ use crate::conn::Conns;
 use std::sync::Arc;
 use tower::Service;
 
-use crate::BoxError;
+use crate::body::BoxError;
 
 /// How far the workers are along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

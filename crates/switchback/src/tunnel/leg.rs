@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::held::Held;
-use crate::Body;
+use crate::body::Body;
 
 /// One end of a tunnel.
 pub(crate) trait Leg: AsyncWrite + Unpin {

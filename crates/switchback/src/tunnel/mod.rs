@@ -18,6 +18,7 @@
 //! start a task: they hand the upstream's upgraded connection back in the `101`'s extensions
 //! (`handoff`), and the router calls [`open`].
 
+mod ends;
 mod engine;
 mod held;
 mod leg;
@@ -32,6 +33,8 @@ use std::time::Duration;
 use hyper::upgrade::OnUpgrade;
 
 use crate::drain::TunnelGuard;
+use crate::tunnel_info::TunnelInfo;
+pub(crate) use ends::{Ends, UpstreamWriter};
 pub(crate) use engine::Settings;
 pub use task::TunnelHandle;
 pub(crate) use task::next_id;
@@ -181,51 +184,6 @@ pub struct TunnelStats {
     pub downstream_bytes: u64,
 }
 
-/// How a tunnel carries its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelMode {
-    /// The two upgraded connections joined directly (no layer touched a body).
-    Joined,
-    /// Body frames pumped through the layers that wrap the bodies.
-    Pumped,
-    /// A legacy `use_websocket` route: raw TCP to the upstream.
-    Legacy,
-}
-
-impl TunnelMode {
-    /// `joined`, `pumped` or `legacy`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Joined => "joined",
-            Self::Pumped => "pumped",
-            Self::Legacy => "legacy",
-        }
-    }
-}
-
-/// What is known about a tunnel when it opens.
-#[derive(Debug, Clone)]
-pub struct TunnelInfo {
-    /// Unique among the tunnels of this process, and the same as its [`TunnelHandle::id`].
-    pub id: u64,
-    /// The upgrade type.
-    pub upgrade: crate::UpgradeType,
-    /// How the bytes are carried.
-    pub mode: TunnelMode,
-    /// The client's address, when the server put a [`ClientAddr`](crate::ClientAddr)
-    /// in the request.
-    pub client: Option<std::net::SocketAddr>,
-    /// The request path.
-    pub path: String,
-    /// The name of the route that took the request, when a [`RouteLayer`](crate::RouteLayer)
-    /// matched one.
-    pub route: Option<std::sync::Arc<str>>,
-    /// The client's HTTP version: `HTTP/1.1` for an upgrade, `HTTP/2` for an extended CONNECT.
-    pub version: http::Version,
-    /// The upstream endpoint, when [`Forward`](crate::Forward) made the connection.
-    pub upstream: Option<String>,
-}
-
 /// A tunnel opened or closed.
 #[derive(Debug, Clone, Copy)]
 pub enum TunnelEvent<'a> {
@@ -288,7 +246,7 @@ pub(crate) struct Opening {
 /// Starts a tunnel: the one place tunnels are born. Its task waits for the client's connection
 /// to upgrade (the server writes the `101` first), then relays `ends` until the tunnel ends.
 /// The handle goes in the `101`'s extensions.
-pub(crate) fn open(client: OnUpgrade, ends: crate::handoff::Ends, opening: Opening) -> TunnelHandle {
+pub(crate) fn open(client: OnUpgrade, ends: Ends, opening: Opening) -> TunnelHandle {
     let (task, handle) = task::TunnelTask::new(client, ends, opening);
     tokio::spawn(task);
     handle

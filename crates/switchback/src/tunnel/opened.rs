@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use super::{TunnelEvent, TunnelInfo, TunnelObserver, TunnelStats};
+use super::{TunnelEvent, TunnelObserver, TunnelStats};
 use crate::metrics;
+use crate::tunnel_info::TunnelInfo;
 
 /// Metrics, logs and observer calls of one open tunnel, from opening to closing.
 pub(crate) struct Opened {

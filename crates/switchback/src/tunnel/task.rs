@@ -21,9 +21,10 @@ use tokio::time::Sleep;
 use super::engine::{Duplex, Settings};
 use super::leg::{self, BodyLeg, Prefixed};
 use super::opened::Opened;
-use super::{Opening, TunnelInfo, TunnelObserver, TunnelStats};
+use super::{Ends, UpstreamWriter};
+use super::{Opening, TunnelObserver, TunnelStats};
 use crate::drain::TunnelGuard;
-use crate::handoff::{Ends, UpstreamWriter};
+use crate::tunnel_info::TunnelInfo;
 
 /// A handle on one tunnel, in the `101`'s response extensions: an access log or a test ties
 /// the tunnel to its request with it (under HTTP/2 one connection carries many tunnels, so
