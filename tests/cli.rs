@@ -29,6 +29,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use support::{RawUpstream, raw_client, read_head, ws_echo};
@@ -714,9 +715,16 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
         Message::binary(vec![7u8; 3000])
     );
     let open = wait_log_line(&log, "tunnel_open", None).await;
-    // The closing handshake: the upstream answers and closes its connection first (RFC 6455
-    // §7.1.1), the proxy passes the FIN on, then the client closes its own.
-    ws_close(ws).await;
+    // The closing handshake, with a code of the client's: the upstream answers and closes its
+    // connection first (RFC 6455 §7.1.1), the proxy passes the FIN on, then the client
+    // closes its own.
+    let bye = CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "done".into(),
+    };
+    ws.close(Some(bye)).await.unwrap();
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+    drop(ws);
 
     // A plain request too.
     let reply = http(listen, "GET", "/page?q=1", &[], b"").await;
@@ -744,6 +752,11 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
     assert!(down > 3005, "{down}");
     assert!(close["duration_ms"].is_u64());
     assert!(close["time"].as_str().unwrap().ends_with('Z'));
+    // Two messages each way, and the first close frame's code, the client's.
+    assert_eq!(close["messages_received"], 2, "{close}");
+    assert_eq!(close["messages_sent"], 2, "{close}");
+    assert_eq!(close["close_code"], 4001, "{close}");
+    assert!(open["messages_received"].is_null() && open["close_code"].is_null());
     let page = wait_log_line(&log, "request", Some("/page")).await;
     assert_eq!(page["status"], 200);
     assert_eq!(page["route"], "routes[1]");
@@ -793,6 +806,22 @@ async fn websocket_through_the_proxy_with_access_log_and_metrics() {
     assert!(
         m.contains("switchback_tunnel_duration_seconds_bucket{"),
         "a histogram: {m}"
+    );
+    for direction in ["direction=\"upstream\"", "direction=\"downstream\""] {
+        assert_eq!(
+            metric(m, "switchback_websocket_messages_total", &[direction]),
+            2.0,
+            "{m}"
+        );
+    }
+    assert_eq!(
+        metric(
+            m,
+            "switchback_websocket_closes_total",
+            &["by=\"client\"", "code=\"4xxx\""]
+        ),
+        1.0,
+        "{m}"
     );
     assert_eq!(
         metric(m, "switchback_downstream_responses_total", &["status=\"101\""]),

@@ -14,8 +14,8 @@ use tower::ServiceBuilder;
 
 use support::*;
 use switchback::{
-    Drain, Forward, LegacyConfig, Route, RouteLayer, Runtime, TunnelConfig, TunnelEnd, TunnelMode,
-    UpgradeRouterLayer,
+    CloseFrame, ClosedBy, Drain, Forward, LegacyConfig, Route, RouteLayer, Runtime, TunnelConfig, TunnelEnd,
+    TunnelMode, UpgradeRouterLayer,
 };
 
 /// The ways a tunnel can carry bytes; every scenario runs on each.
@@ -311,6 +311,67 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
         let (mode, stats) = s.events.closed(1).await;
         assert_eq!(stats.end, TunnelEnd::Drain, "{path:?}");
         assert_eq!(mode, path.mode());
+        // The first close frame was the proxy's own.
+        let by_proxy = CloseFrame {
+            by: ClosedBy::Proxy,
+            code: Some(1001),
+        };
+        assert_eq!(stats.close, Some(by_proxy), "{path:?}");
+        assert_eq!(
+            (stats.upstream_messages, stats.downstream_messages),
+            (1, 1),
+            "{path:?}"
+        );
+    }
+}
+
+/// Every path follows WebSocket frames, splice included: a tunnel reports the messages it
+/// carried each way (a large one spliced counts as one) and the first close frame, here the
+/// client's `4001`.
+#[tokio::test]
+async fn every_path_counts_messages_and_the_first_close_frame() {
+    for path in PATHS {
+        let s = setup(path, TunnelConfig::new()).await;
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            while let Some(Ok(m)) = within(ws.next()).await {
+                if m.is_close() {
+                    break;
+                }
+                ws.send(m).await.unwrap();
+            }
+        };
+        let client = async {
+            let url = format!("ws://{}/count", s.proxy.addr);
+            let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+            for m in [
+                Message::text("small"),
+                Message::binary(vec![1u8; 200_000]),
+                Message::binary(vec![2u8; 70_000]),
+            ] {
+                ws.send(m.clone()).await.unwrap();
+                assert_eq!(within(ws.next()).await.unwrap().unwrap(), m, "{path:?}");
+            }
+            let bye = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 4001.into(),
+                reason: "bye".into(),
+            };
+            ws.close(Some(bye)).await.unwrap();
+            while let Some(Ok(_)) = within(ws.next()).await {}
+        };
+        tokio::join!(upstream, client);
+        let (_, stats) = s.events.closed(1).await;
+        assert_eq!(
+            (stats.upstream_messages, stats.downstream_messages),
+            (3, 3),
+            "{path:?}"
+        );
+        let by_client = CloseFrame {
+            by: ClosedBy::Client,
+            code: Some(4001),
+        };
+        assert_eq!(stats.close, Some(by_client), "{path:?}");
     }
 }
 

@@ -20,8 +20,10 @@
 //! `metrics-exporter-prometheus` (its own HTTP listener is not used): upgrades started
 //! (`switchback_upgrades_started_total`), rejected (`switchback_upgrades_rejected_total`,
 //! by type and reason), handshake failures by reason, tunnels opened and active (by type and
-//! mode, legacy included), tunnel bytes each way, the tunnel duration histogram, the chains'
-//! responses by status (`switchback_requests_total`) and, from the CLI's access-log layer,
+//! mode, legacy included), tunnel bytes each way, the tunnel duration histogram, WebSocket
+//! messages each way (`switchback_websocket_messages_total`) and tunnels by their first close
+//! frame (`switchback_websocket_closes_total`, by who sent it and a bounded code label), the
+//! chains' responses by status (`switchback_requests_total`) and, from the CLI's access-log layer,
 //! every response sent to clients by status (`switchback_downstream_responses_total`), and
 //! per cluster and endpoint: health-check results (`switchback_health_checks_total`),
 //! health, ejection, active requests and tunnels, and connect failures

@@ -116,7 +116,9 @@ pub use router::{
 #[doc(inline)]
 pub use server::{ClientLimits, Server, Workers, serve, serve_with};
 #[doc(inline)]
-pub use tunnel::{TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelObserver, TunnelStats};
+pub use tunnel::{
+    CloseFrame, ClosedBy, TunnelConfig, TunnelEnd, TunnelEvent, TunnelHandle, TunnelObserver, TunnelStats,
+};
 #[doc(inline)]
 pub use tunnel_info::{TunnelInfo, TunnelMode};
 

@@ -19,6 +19,14 @@ pub const TUNNELS_OPENED: &str = "switchback_tunnels_opened_total";
 pub const TUNNEL_BYTES: &str = "switchback_tunnel_bytes_total";
 /// Histogram: tunnel lifetimes in seconds (`type`, `end`).
 pub const TUNNEL_DURATION: &str = "switchback_tunnel_duration_seconds";
+/// Counter: WebSocket messages relayed (`type`, `direction`: `upstream` or `downstream`); a
+/// fragmented message counts once, control frames not at all.
+pub const WEBSOCKET_MESSAGES: &str = "switchback_websocket_messages_total";
+/// Counter: WebSocket tunnels by their first close frame (`by`: `client`, `upstream` or
+/// `proxy`; `code`: a code RFC 6455 defines (`1000` to `1015`), `3xxx` (registered), `4xxx`
+/// (private), `none` (a close frame without a code) or `invalid`). Never a peer's raw value:
+/// the labels stay a bounded set whatever peers send.
+pub const WEBSOCKET_CLOSES: &str = "switchback_websocket_closes_total";
 /// Counter: connections closed to make room for a newcomer when a listener was full.
 pub const CONNECTIONS_EVICTED: &str = "switchback_connections_evicted_total";
 /// Counter: connections answered `503` because a listener was full of busy ones.
@@ -47,6 +55,21 @@ pub const ENDPOINT_CONNECT_FAILURES: &str = "switchback_endpoint_connect_failure
 /// Gauge: a cluster's endpoints that get new requests, neither unhealthy nor ejected
 /// (`cluster`).
 pub const CLUSTER_ENDPOINTS_AVAILABLE: &str = "switchback_cluster_endpoints_available";
+
+/// The `code` label of [`WEBSOCKET_CLOSES`].
+pub(crate) fn close_code_label(code: Option<u16>) -> &'static str {
+    const DEFINED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+        "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        None => "none",
+        Some(c @ 1000..=1015) => DEFINED[usize::from(c - 1000)],
+        Some(3000..=3999) => "3xxx",
+        Some(4000..=4999) => "4xxx",
+        Some(_) => "invalid",
+    }
+}
 
 /// Counts a response by its status ([`REQUESTS`]).
 pub(crate) fn count_status(status: http::StatusCode) {
@@ -85,5 +108,24 @@ impl HandshakeFailure {
     /// Counts one failure of an upgrade of type `ty`.
     pub(crate) fn record(self, ty: &crate::detect::UpgradeType) {
         ::metrics::counter!(HANDSHAKE_FAILURES, "type" => ty.label(), "reason" => self.as_str()).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn close_code_labels_are_a_bounded_set() {
+        use super::close_code_label as label;
+        assert_eq!(label(Some(1000)), "1000");
+        assert_eq!(label(Some(1015)), "1015");
+        assert_eq!(label(Some(1016)), "invalid");
+        assert_eq!(label(Some(999)), "invalid");
+        assert_eq!(label(Some(3000)), "3xxx");
+        assert_eq!(label(Some(4999)), "4xxx");
+        assert_eq!(label(Some(5000)), "invalid");
+        assert_eq!(label(Some(u16::MAX)), "invalid");
+        assert_eq!(label(None), "none");
+        let all: std::collections::BTreeSet<_> = (0..=u16::MAX).map(|c| label(Some(c))).collect();
+        assert_eq!(all.len(), 16 + 3, "{all:?}");
     }
 }

@@ -70,6 +70,23 @@ pub(crate) struct FrameTracker {
     remaining: u64,
     /// A close frame's header has gone by.
     close_seen: bool,
+    /// Data messages whose final frame's header has gone by.
+    messages: u64,
+    /// The first close frame's code, as its payload goes by.
+    close: CloseCode,
+}
+
+/// The status code of the first close frame in a stream: its first two payload bytes,
+/// unmasked.
+#[derive(Debug, Clone, Copy, Default)]
+enum CloseCode {
+    /// No close frame yet.
+    #[default]
+    None,
+    /// Reading its first payload bytes (`got` of them, in `code`), unmasking with `mask`.
+    Reading { code: [u8; 2], got: u8, mask: [u8; 4] },
+    /// Read: the code, or none (a close frame without a payload has no code).
+    Read(Option<u16>),
 }
 
 impl FrameTracker {
@@ -92,6 +109,21 @@ impl FrameTracker {
     /// Whether a close frame has begun in the stream fed so far.
     pub(crate) fn close_seen(&self) -> bool {
         self.close_seen
+    }
+
+    /// Data messages (text or binary) whose last frame has begun so far; control frames are
+    /// not messages.
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// The first close frame's status code: `None` before one has gone by (and while its
+    /// code is arriving), `Some(None)` for one that carried none.
+    pub(crate) fn close_code(&self) -> Option<Option<u16>> {
+        match self.close {
+            CloseCode::Read(code) => Some(code),
+            CloseCode::None | CloseCode::Reading { .. } => None,
+        }
     }
 
     /// How many more bytes can be relayed without passing the end of the current frame: the
@@ -128,6 +160,9 @@ impl FrameTracker {
         while !bytes.is_empty() {
             if self.remaining > 0 {
                 let skip = usize::try_from(self.remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
+                if let CloseCode::Reading { .. } = self.close {
+                    self.read_close_code(&bytes[..skip]);
+                }
                 self.remaining -= skip as u64;
                 bytes = &bytes[skip..];
                 continue;
@@ -138,7 +173,7 @@ impl FrameTracker {
             let filled = have + take;
             match header_len(&self.header[..filled]) {
                 Some((len, payload)) => {
-                    self.close_seen |= self.header[0] & 0x0f == OPCODE_CLOSE;
+                    self.frame_began(len, payload);
                     // `len > have`: this frame's header ends inside the bytes just copied.
                     let used = len - have;
                     bytes = &bytes[used..];
@@ -150,6 +185,59 @@ impl FrameTracker {
                     bytes = &[];
                 }
             }
+        }
+    }
+}
+
+impl FrameTracker {
+    /// A frame's whole header (`len` bytes, in `header`) has gone by: count a message's end,
+    /// and start reading the first close frame's code.
+    fn frame_began(&mut self, len: usize, payload: u64) {
+        let [b0, b1, ..] = self.header;
+        let opcode = b0 & 0x0f;
+        // A data frame (text, binary or a continuation) with FIN ends a message.
+        if b0 & 0x80 != 0 && matches!(opcode, 0x0..=0x2) {
+            self.messages += 1;
+        }
+        if opcode == OPCODE_CLOSE {
+            self.close_seen = true;
+            if let CloseCode::None = self.close {
+                let mask = if b1 & 0x80 != 0 {
+                    let mut m = [0u8; 4];
+                    m.copy_from_slice(&self.header[len - 4..len]);
+                    m
+                } else {
+                    [0; 4]
+                };
+                self.close = match payload {
+                    0 | 1 => CloseCode::Read(None),
+                    _ => CloseCode::Reading {
+                        code: [0; 2],
+                        got: 0,
+                        mask,
+                    },
+                };
+            }
+        }
+    }
+
+    /// The first payload bytes of the first close frame.
+    fn read_close_code(&mut self, payload: &[u8]) {
+        if let CloseCode::Reading {
+            mut code,
+            mut got,
+            mask,
+        } = self.close
+        {
+            for &b in payload.iter().take(2 - usize::from(got)) {
+                code[usize::from(got)] = b ^ mask[usize::from(got)];
+                got += 1;
+            }
+            self.close = if got == 2 {
+                CloseCode::Read(Some(u16::from_be_bytes(code)))
+            } else {
+                CloseCode::Reading { code, got, mask }
+            };
         }
     }
 }
@@ -172,6 +260,43 @@ pub(crate) fn header_len(buf: &[u8]) -> Option<(usize, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_and_the_first_close_code_are_counted_in_any_split() {
+        let masked = |opcode: u8, fin: bool, payload: &[u8]| {
+            let mask = [0x37, 0xfa, 0x21, 0x3d];
+            let mut f = vec![opcode | if fin { 0x80 } else { 0 }, 0x80 | payload.len() as u8];
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            f
+        };
+        let stream = [
+            masked(0x1, true, b"one"),
+            masked(0x2, false, b"two, "),
+            masked(0x9, true, b"ping"), // a control frame inside a fragmented message
+            masked(0x0, false, b"in "),
+            masked(0x0, true, b"three"),
+            masked(0x8, true, &[0x0f, 0xa1, b'b', b'y', b'e']), // 4001
+            masked(0x8, true, &[0x03, 0xe8]),                   // a second close: not the first
+        ]
+        .concat();
+        for size in [1, 2, 3, 5, 7, stream.len()] {
+            let mut t = FrameTracker::new();
+            for chunk in stream.chunks(size) {
+                t.feed(chunk);
+            }
+            assert_eq!(t.messages(), 2, "reads of {size}");
+            assert_eq!(t.close_code(), Some(Some(4001)), "reads of {size}");
+        }
+        let mut t = FrameTracker::new();
+        t.feed(&[0x88, 0x00]); // unmasked, no code
+        assert_eq!(t.close_code(), Some(None));
+        let mut t = FrameTracker::new();
+        t.feed(&[0x88, 0x02, 0x03]);
+        assert_eq!(t.close_code(), None, "the code is still arriving");
+        t.feed(&[0xe8]);
+        assert_eq!(t.close_code(), Some(Some(1000)));
+    }
 
     #[test]
     fn accept_key_matches_rfc6455_example() {

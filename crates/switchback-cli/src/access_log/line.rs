@@ -32,6 +32,9 @@ pub(super) struct Line<'a> {
     pub(super) bytes_sent: u64,
     pub(super) duration_ms: u64,
     pub(super) end: Option<&'a str>,
+    pub(super) messages_received: Option<u64>,
+    pub(super) messages_sent: Option<u64>,
+    pub(super) close_code: Option<u16>,
 }
 
 impl Line<'_> {
@@ -83,7 +86,21 @@ impl Line<'_> {
         push_u64(out, self.duration_ms);
         out.extend_from_slice(b",\"end\":");
         push_opt_str(out, self.end);
+        out.extend_from_slice(b",\"messages_received\":");
+        push_opt_u64(out, self.messages_received);
+        out.extend_from_slice(b",\"messages_sent\":");
+        push_opt_u64(out, self.messages_sent);
+        out.extend_from_slice(b",\"close_code\":");
+        push_opt_u64(out, self.close_code.map(u64::from));
         out.extend_from_slice(b"}\n");
+    }
+}
+
+/// A number, or `null`.
+fn push_opt_u64(out: &mut Vec<u8>, n: Option<u64>) {
+    match n {
+        Some(n) => push_u64(out, n),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
@@ -220,6 +237,9 @@ mod tests {
             bytes_sent: u64::MAX,
             duration_ms: 0,
             end: None,
+            messages_received: Some(3),
+            messages_sent: None,
+            close_code: Some(1000),
         }
     }
 
@@ -239,7 +259,8 @@ mod tests {
                 r#""client":"127.0.0.1:50514","protocol":"HTTP/1.1","tls":true,"sni":null,"#,
                 r#""method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","#,
                 r#""mode":"joined","status":101,"upstream":"[::1]:9001","bytes_received":12,"#,
-                r#""bytes_sent":18446744073709551615,"duration_ms":0,"end":null}"#,
+                r#""bytes_sent":18446744073709551615,"duration_ms":0,"end":null,"#,
+                r#""messages_received":3,"messages_sent":null,"close_code":1000}"#,
                 "\n"
             )
         );

@@ -8,7 +8,11 @@
 //! - `tunnel_open`: an upgrade answered `101`, written when the tunnel starts.
 //! - `tunnel_close`: written when the tunnel has ended, with the bytes relayed each way, its
 //!   duration and `end`: `client_close`, `upstream_close`, `idle_timeout`,
-//!   `half_close_timeout`, `drain` or `error`.
+//!   `half_close_timeout`, `drain` or `error`; on a WebSocket tunnel also the messages
+//!   relayed each way (`messages_received` from the client, `messages_sent` to it; a
+//!   fragmented message counts once, control frames not at all) and `close_code`, the first
+//!   close frame's code whoever sent it (the proxy's own `1001` on a drain included; `null`
+//!   when none came or it carried no code).
 //!
 //! Every line has the same keys (`null` when unknown):
 //!
@@ -18,7 +22,8 @@
 //!  "protocol":"HTTP/1.1","tls":true,"sni":"chat.example.com",
 //!  "method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","mode":"joined",
 //!  "status":101,"upstream":"127.0.0.1:9001","bytes_received":12,"bytes_sent":12,
-//!  "duration_ms":1532,"end":"client_close"}
+//!  "duration_ms":1532,"end":"client_close","messages_received":1,"messages_sent":1,
+//!  "close_code":1000}
 //! ```
 //!
 //! `time` is when the line was written (RFC 3339, UTC); `bytes_received` counts bytes from
@@ -261,6 +266,8 @@ impl AccessLog {
         stats: Option<&switchback::TunnelStats>,
         elapsed: Duration,
     ) {
+        // Message counts and close codes mean something on WebSocket tunnels only.
+        let websocket = stats.filter(|_| info.upgrade.is_websocket());
         self.write(&Line {
             time: Timestamp::now(),
             event,
@@ -280,6 +287,9 @@ impl AccessLog {
             bytes_sent: stats.map_or(0, |s| s.downstream_bytes),
             duration_ms: millis(elapsed),
             end: stats.map(|s| s.end.as_str()),
+            messages_received: websocket.map(|s| s.upstream_messages),
+            messages_sent: websocket.map(|s| s.downstream_messages),
+            close_code: websocket.and_then(|s| s.close?.code),
         });
     }
 }
@@ -420,6 +430,9 @@ impl Entry {
             bytes_sent: sent,
             duration_ms: millis(self.start.elapsed()),
             end: Some(end),
+            messages_received: None,
+            messages_sent: None,
+            close_code: None,
         });
     }
 }

@@ -26,7 +26,7 @@ use super::held::Held;
 use super::leg::Leg;
 #[cfg(target_os = "linux")]
 use super::splice;
-use super::{TunnelEnd, TunnelStats};
+use super::{CloseFrame, ClosedBy, TunnelEnd, TunnelStats};
 use crate::websocket::{self, FrameTracker};
 
 /// Time a draining tunnel gets to finish the frame in flight, write its close frames and
@@ -71,6 +71,8 @@ pin_project! {
         last_activity: Instant,
         half_closed_at: Option<Instant>,
         first_close: Option<TunnelEnd>,
+        // The first WebSocket close frame either way, the proxy's own included.
+        close_frame: Option<CloseFrame>,
         life: Life,
         down_first: bool,
         #[pin]
@@ -106,6 +108,7 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             last_activity: now,
             half_closed_at: None,
             first_close: None,
+            close_frame: None,
             life: Life::Running {
                 expires: settings.max_duration.map(|d| now + d),
             },
@@ -125,10 +128,14 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
     }
 
     fn stats(&self, end: TunnelEnd) -> TunnelStats {
+        let messages = |half: &Half| half.frames.as_ref().map_or(0, FrameTracker::messages);
         TunnelStats {
             end,
             upstream_bytes: self.to_upstream.bytes,
             downstream_bytes: self.to_client.bytes,
+            upstream_messages: messages(&self.to_upstream),
+            downstream_messages: messages(&self.to_client),
+            close: self.close_frame,
         }
     }
 
@@ -188,6 +195,12 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         }
         if moved {
             *this.last_activity = Instant::now();
+        }
+        if this.close_frame.is_none() {
+            *this.close_frame = this
+                .to_upstream
+                .close_frame(ClosedBy::Client)
+                .or_else(|| this.to_client.close_frame(ClosedBy::Upstream));
         }
         if this.first_close.is_none() {
             if this.to_upstream.source_ended {
@@ -295,6 +308,8 @@ struct Half {
     size: u32,
     /// The source reached its end (rather than a drain or an error ending this direction).
     source_ended: bool,
+    /// This direction's sink got a close frame of Switchback's.
+    sent_close: bool,
     need_flush: bool,
     bytes: u64,
     frames: Option<FrameTracker>,
@@ -312,9 +327,23 @@ impl Half {
             bulk: false,
             size: u32::try_from(settings.buffer_size).unwrap_or(u32::MAX),
             source_ended: false,
+            sent_close: false,
             need_flush: false,
             bytes: 0,
             frames: settings.websocket.then(FrameTracker::new),
+        }
+    }
+
+    /// The first close frame this direction carried (its source, `by`, sent it) or, failing
+    /// that, the one Switchback sent down it.
+    fn close_frame(&self, by: ClosedBy) -> Option<CloseFrame> {
+        match self.frames.as_ref()?.close_code() {
+            Some(code) => Some(CloseFrame { by, code }),
+            None if self.sent_close => Some(CloseFrame {
+                by: ClosedBy::Proxy,
+                code: Some(websocket::GOING_AWAY),
+            }),
+            None => None,
         }
     }
 
@@ -442,6 +471,7 @@ impl Half {
     }
 
     fn queue_close(&mut self) {
+        self.sent_close = true;
         self.held.release();
         self.held = Held::Chunk(super::going_away(match self.direction {
             Direction::ToUpstream => super::CloseFrameFor::Upstream,

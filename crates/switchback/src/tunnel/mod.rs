@@ -182,6 +182,45 @@ pub struct TunnelStats {
     pub upstream_bytes: u64,
     /// Bytes relayed from the upstream to the client.
     pub downstream_bytes: u64,
+    /// WebSocket messages (text or binary; all frames of a fragmented one count once)
+    /// relayed from the client to the upstream; 0 for other upgrade types.
+    pub upstream_messages: u64,
+    /// WebSocket messages relayed from the upstream to the client.
+    pub downstream_messages: u64,
+    /// The first WebSocket close frame of the tunnel, whoever sent it; `None` when none did
+    /// (or the upgrade isn't WebSocket).
+    pub close: Option<CloseFrame>,
+}
+
+/// A WebSocket close frame a tunnel carried or sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseFrame {
+    /// Who sent it.
+    pub by: ClosedBy,
+    /// Its status code (RFC 6455 §7.4); `None` for a close frame without one.
+    pub code: Option<u16>,
+}
+
+/// Who sent a WebSocket close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// The client.
+    Client,
+    /// The upstream.
+    Upstream,
+    /// Switchback itself (`1001` on a drain or at a tunnel's longest life).
+    Proxy,
+}
+
+impl ClosedBy {
+    /// `client`, `upstream` or `proxy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Proxy => "proxy",
+        }
+    }
 }
 
 /// A tunnel opened or closed.

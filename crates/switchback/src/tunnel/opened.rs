@@ -41,12 +41,26 @@ impl Opened {
             .increment(stats.downstream_bytes);
         ::metrics::histogram!(metrics::TUNNEL_DURATION, "type" => ty.label(), "end" => stats.end.as_str())
             .record(elapsed.as_secs_f64());
+        if ty.is_websocket() {
+            ::metrics::counter!(metrics::WEBSOCKET_MESSAGES, "type" => ty.label(), "direction" => "upstream")
+                .increment(stats.upstream_messages);
+            ::metrics::counter!(metrics::WEBSOCKET_MESSAGES, "type" => ty.label(), "direction" => "downstream")
+                .increment(stats.downstream_messages);
+            if let Some(close) = stats.close {
+                let code = metrics::close_code_label(close.code);
+                ::metrics::counter!(metrics::WEBSOCKET_CLOSES, "by" => close.by.as_str(), "code" => code)
+                    .increment(1);
+            }
+        }
         tracing::debug!(
             upgrade = %self.info.upgrade,
             mode,
             end = %stats.end,
             upstream_bytes = stats.upstream_bytes,
             downstream_bytes = stats.downstream_bytes,
+            upstream_messages = stats.upstream_messages,
+            downstream_messages = stats.downstream_messages,
+            close_code = stats.close.and_then(|c| c.code),
             duration_s = elapsed.as_secs_f64(),
             "tunnel closed"
         );
