@@ -369,36 +369,6 @@ async fn a_drain_spreads_its_closing_over_the_close_window() {
 
 // === HTTP/2 tunnels ===
 
-/// An HTTP/2 client connection through `proxy`, with the server's first SETTINGS in: a
-/// first request's answer comes after them (extended CONNECT needs the setting that allows
-/// it).
-async fn h2_client(
-    proxy: SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let get = http::Request::get(format!("http://{proxy}/"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    within(sender.send_request(get)).await.unwrap();
-    sender
-}
-
-/// An RFC 8441 WebSocket request on an HTTP/2 connection to `proxy`.
-fn h2_websocket(proxy: SocketAddr) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
-    http::Request::connect(format!("http://{proxy}/chat"))
-        .version(http::Version::HTTP_2)
-        .header("sec-websocket-version", "13")
-        .extension(hyper::ext::Protocol::from_static("websocket"))
-        .body(http_body_util::Empty::new())
-        .unwrap()
-}
-
 /// One HTTP/2 connection asking for 300 WebSocket streams at once gets the default 100 open
 /// at a time, each with its upstream connection; the rest wait for a stream to end.
 #[tokio::test]
@@ -412,18 +382,7 @@ async fn an_http2_connection_opens_at_most_max_concurrent_streams_tunnels() {
         .unwrap();
     let proxy = proxy(echo.addr, router, ClientLimits::new()).await;
     let sender = h2_client(proxy.addr).await;
-    let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel();
-    for _ in 0..300 {
-        let (mut sender, open_tx, req) = (sender.clone(), open_tx.clone(), h2_websocket(proxy.addr));
-        tokio::spawn(async move {
-            if let Ok(mut res) = sender.send_request(req).await
-                && res.status() == 200
-                && let Ok(stream) = hyper::upgrade::on(&mut res).await
-            {
-                let _ = open_tx.send(stream);
-            }
-        });
-    }
+    let mut open_rx = h2_tunnels(&sender, proxy.addr, 300);
     let mut open = Vec::new();
     while open.len() < 100 {
         open.push(within(open_rx.recv()).await.unwrap());

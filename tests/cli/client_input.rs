@@ -156,9 +156,6 @@ async fn a_forged_101_on_a_legacy_route_is_a_502() {
 /// `max_concurrent_streams` of them open at a time, each with its upstream connection.
 #[tokio::test]
 async fn an_http2_client_gets_at_most_max_concurrent_streams_tunnels() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    type Empty = http_body_util::Empty<bytes::Bytes>;
-
     let dir = TempDir::new("h2-streams");
     let echo = ws_echo().await;
     let file = dir.write(
@@ -171,38 +168,8 @@ async fn an_http2_client_gets_at_most_max_concurrent_streams_tunnels() {
         ),
     );
     let (_proxy, listen) = Proxy::serve(&dir, &file).await;
-    let tcp = TcpStream::connect(listen).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Empty>(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    // A first answer comes after the server's SETTINGS, which allow extended CONNECT.
-    let get = http::Request::get(format!("http://{listen}/"))
-        .body(Empty::new())
-        .unwrap();
-    within("a first HTTP/2 answer", sender.send_request(get))
-        .await
-        .unwrap();
-
-    let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel();
-    for _ in 0..300 {
-        let (mut sender, open_tx) = (sender.clone(), open_tx.clone());
-        let req = http::Request::connect(format!("http://{listen}/chat"))
-            .version(http::Version::HTTP_2)
-            .header("sec-websocket-version", "13")
-            .extension(hyper::ext::Protocol::from_static("websocket"))
-            .body(Empty::new())
-            .unwrap();
-        tokio::spawn(async move {
-            if let Ok(mut res) = sender.send_request(req).await
-                && res.status() == 200
-                && let Ok(stream) = hyper::upgrade::on(&mut res).await
-            {
-                let _ = open_tx.send(stream);
-            }
-        });
-    }
+    let sender = support::h2_client(listen).await;
+    let mut open_rx = support::h2_tunnels(&sender, listen, 300);
     let mut open = Vec::new();
     while open.len() < 20 {
         open.push(within("20 tunnels", open_rx.recv()).await.unwrap());

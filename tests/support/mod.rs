@@ -50,6 +50,51 @@ pub async fn spawn_once_extended_connect<T>(
     tokio::spawn(conn);
 }
 
+/// An HTTP/2 client connection to `proxy`, ready for extended CONNECT.
+pub async fn h2_client(
+    proxy: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    spawn_once_extended_connect(conn).await;
+    sender
+}
+
+/// An RFC 8441 WebSocket request for `proxy`'s `/chat`.
+pub fn h2_websocket(proxy: SocketAddr) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::connect(format!("http://{proxy}/chat"))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// Asks for `n` WebSocket streams at once on `sender`'s connection; each one that opens
+/// comes out of the receiver (and stays open while it is held).
+pub fn h2_tunnels(
+    sender: &hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    proxy: SocketAddr,
+    n: usize,
+) -> mpsc::UnboundedReceiver<hyper::upgrade::Upgraded> {
+    let (open_tx, open_rx) = mpsc::unbounded_channel();
+    for _ in 0..n {
+        let (mut sender, open_tx, req) = (sender.clone(), open_tx.clone(), h2_websocket(proxy));
+        tokio::spawn(async move {
+            if let Ok(mut res) = sender.send_request(req).await
+                && res.status() == 200
+                && let Ok(stream) = hyper::upgrade::on(&mut res).await
+            {
+                let _ = open_tx.send(stream);
+            }
+        });
+    }
+    open_rx
+}
+
 /// A running proxy; dropping it stops accepting.
 pub struct Proxy {
     pub addr: SocketAddr,

@@ -34,6 +34,21 @@ pub struct ConfigError {
     pub syntax: bool,
 }
 
+impl ConfigError {
+    /// The config file at `file` could not be read (`e` says why).
+    pub fn unreadable(file: String, e: &std::io::Error) -> Self {
+        Self {
+            file,
+            line: None,
+            column: None,
+            path: String::new(),
+            message: format!("cannot read the config file: {e}"),
+            hint: None,
+            syntax: false,
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.file)?;

@@ -195,15 +195,7 @@ impl Config {
         let file = path.display().to_string();
         match std::fs::read_to_string(path) {
             Ok(text) => Config::from_yaml_str(&text, &file),
-            Err(e) => Err(vec![ConfigError {
-                file,
-                line: None,
-                column: None,
-                path: String::new(),
-                message: format!("cannot read the config file: {e}"),
-                hint: None,
-                syntax: false,
-            }]),
+            Err(e) => Err(vec![ConfigError::unreadable(file, &e)]),
         }
     }
 

@@ -47,15 +47,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
             config: Config::from_yaml_str(&text, &file)?,
             digest: Digest::of(text.as_bytes()),
         }),
-        Err(e) => Err(vec![ConfigError {
-            file,
-            line: None,
-            column: None,
-            path: String::new(),
-            message: format!("cannot read the config file: {e}"),
-            hint: None,
-            syntax: false,
-        }]),
+        Err(e) => Err(vec![ConfigError::unreadable(file, &e)]),
     }
 }
 
