@@ -620,7 +620,7 @@ fn check_reports_errors_of_every_kind_in_one_run() {
              {f}:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat)\n\
              {f}:6:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, \
              weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, \
-             request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config\n"
+             request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config, websocket\n"
         )
     );
 }

@@ -13,9 +13,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tower::ServiceBuilder;
 
 use support::*;
+use switchback::ws::WebSocketLimits;
 use switchback::{
     CloseFrame, ClosedBy, Drain, Forward, LegacyConfig, Route, RouteLayer, Runtime, TunnelConfig, TunnelEnd,
-    TunnelMode, UpgradeRouterLayer,
+    TunnelMode, UpgradeConfig, UpgradeRouterLayer,
 };
 
 /// The ways a tunnel can carry bytes; every scenario runs on each.
@@ -76,6 +77,11 @@ struct Setup {
 }
 
 async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
+    setup_with(path, tunnel, WebSocketLimits::new()).await
+}
+
+/// As [`setup`], with WebSocket `limits` on the `websocket` type (and on the legacy route).
+async fn setup_with(path: Path, tunnel: TunnelConfig, limits: WebSocketLimits) -> Setup {
     let tunnel = if matches!(path, Path::Copied) {
         tunnel.splice(false)
     } else {
@@ -86,7 +92,7 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
     let drain = Drain::new();
     let router = UpgradeRouterLayer::builder()
         .upgrade("foo")
-        .upgrade("websocket")
+        .upgrade_config(UpgradeConfig::new("websocket").websocket(limits))
         .tunnel(tunnel)
         .drain(drain.clone())
         .observer(events.observer())
@@ -99,7 +105,8 @@ async fn setup(path: Path, tunnel: TunnelConfig) -> Setup {
         Path::Legacy => {
             let route = Route::prefix("/")
                 .cluster(cluster(raw.addr))
-                .use_websocket(LegacyConfig::new());
+                .use_websocket(LegacyConfig::new())
+                .websocket(limits);
             let routes = RouteLayer::new(vec![route], Runtime::new()).unwrap();
             start(
                 ServiceBuilder::new()
@@ -322,6 +329,69 @@ async fn drain_refuses_new_upgrades_and_closes_websocket_tunnels_with_1001() {
             (1, 1),
             "{path:?}"
         );
+    }
+}
+
+/// A client past its frame rate is closed on every path: frames within the burst pass, then a
+/// flood gets the client a `1008` and the upstream a `1001`, each after whole frames.
+#[tokio::test]
+async fn a_client_past_its_frame_rate_gets_1008_and_the_upstream_1001() {
+    for path in PATHS {
+        let limits = WebSocketLimits::new().max_frames_per_second(20);
+        let s = setup_with(path, TunnelConfig::new(), limits).await;
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            loop {
+                match within(ws.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(m)) => {
+                        let _ = ws.send(m).await;
+                    }
+                    other => panic!("{path:?}: upstream expected frames then a close, got {other:?}"),
+                }
+            }
+        };
+        let client = async {
+            let url = format!("ws://{}/rate", s.proxy.addr);
+            let (ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+            let (mut tx, mut rx) = ws.split();
+            // Within the burst: echoed.
+            for i in 0..5 {
+                tx.send(Message::text(format!("m{i}"))).await.unwrap();
+                assert_eq!(
+                    within(rx.next()).await.unwrap().unwrap(),
+                    Message::text(format!("m{i}"))
+                );
+            }
+            // A flood: the proxy closes.
+            let flood = tokio::spawn(async move {
+                for i in 0..1000 {
+                    if tx.send(Message::binary(vec![i as u8; 100])).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let code = loop {
+                match within(rx.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+                    Some(Ok(_)) => continue,
+                    other => panic!("{path:?}: client expected echoes then a close, got {other:?}"),
+                }
+            };
+            flood.abort();
+            code
+        };
+        let (up_code, client_code) = tokio::join!(upstream, client);
+        assert_eq!((client_code, up_code), (1008, 1001), "{path:?}");
+        let (_, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::RateLimited, "{path:?}");
+        let policy = CloseFrame {
+            by: ClosedBy::Proxy,
+            code: Some(1008),
+        };
+        assert_eq!(stats.close, Some(policy), "{path:?}");
+        assert!(stats.upstream_messages < 1000, "{path:?}: {stats:?}");
     }
 }
 

@@ -184,3 +184,51 @@ async fn an_http2_client_gets_at_most_max_concurrent_streams_tunnels() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(open_rx.try_recv().is_err(), "more than 20 at once");
 }
+
+/// A route's `websocket: { max_frames_per_second }` from the YAML: a client that floods gets
+/// `1008` (the upstream `1001`), and the access log says why the tunnel ended.
+#[tokio::test]
+async fn a_flooding_client_is_closed_with_1008() {
+    let dir = TempDir::new("frame-rate");
+    let mut echo = ws_echo().await;
+    let log = dir.path("access.jsonl");
+    let file = dir.write(
+        "rate.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\naccess_log: {}\nupgrade_configs:\n  - upgrade_type: websocket\n\
+             \x20   websocket: {{ max_frames_per_second: 1000 }}\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n    websocket: {{ max_frames_per_second: 20 }}\n\
+             clusters:\n  - name: echo\n    endpoints: [{}]\n",
+            log.display(),
+            echo.addr
+        ),
+    );
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+    let (ws, _) = ws_connect(format!("ws://{listen}/chat")).await;
+    let (mut tx, mut rx) = ws.split();
+    let flood = tokio::spawn(async move {
+        for i in 0..1000u32 {
+            if tx.send(Message::text(format!("{i}"))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let code = within("the close frame", async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+                Some(Ok(_)) => continue,
+                other => panic!("expected echoes then a close, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    flood.abort();
+    assert_eq!(code, 1008, "the route's 20 a second, not the type's 1000");
+    let upstream = within("the upstream's close", echo.close_codes.recv()).await;
+    assert_eq!(upstream, Some(1001));
+    drop(rx);
+    let close = wait_log_line(&log, "tunnel_close", None).await;
+    assert_eq!(close["end"], "rate_limited", "{close}");
+    assert_eq!(close["close_code"], 1008, "{close}");
+}

@@ -121,6 +121,9 @@ fn router(config: &Config, drain: &Drain, log: &AccessLog) -> Result<UpgradeRout
         if let Some(filters) = &u.filters {
             entry = entry.chain(filters::chain(filters));
         }
+        if let Some(limits) = &u.websocket {
+            entry = entry.websocket(websocket_limits(limits));
+        }
         builder = builder.upgrade_config(entry);
     }
     for name in protected_headers(config) {
@@ -290,6 +293,9 @@ fn routes(config: &Config, clusters: &[Cluster]) -> Result<Vec<Route>, Fatal> {
         for u in &r.upgrade_configs {
             route = route.upgrade(u.upgrade_type.as_str(), u.enabled);
         }
+        if let Some(limits) = &r.websocket {
+            route = route.websocket(websocket_limits(limits));
+        }
         if r.use_websocket {
             // u32 to usize only narrows on 16-bit targets; saturate there.
             let attempts =
@@ -308,6 +314,15 @@ fn routes(config: &Config, clusters: &[Cluster]) -> Result<Vec<Route>, Fatal> {
 /// `0s` turns a timeout off.
 fn off_if_zero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
+}
+
+/// The library's WebSocket limits for the config's.
+fn websocket_limits(config: &switchback_config::WebSocketLimits) -> switchback::ws::WebSocketLimits {
+    let mut limits = switchback::ws::WebSocketLimits::new();
+    if let Some(n) = config.max_frames_per_second {
+        limits = limits.max_frames_per_second(n);
+    }
+    limits
 }
 
 #[cfg(test)]

@@ -149,8 +149,8 @@ pub use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
     Endpoint, Filter, HeaderMatcher, LbPolicy, MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route,
-    RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster,
-    default_workers,
+    RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WebSocketLimits,
+    WeightedCluster, default_workers,
 };
 pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 pub use crate::tls::{CertificateFiles, Listener, ListenerTls, TlsMinVersion, UpstreamTls};
@@ -209,6 +209,7 @@ impl Config {
                 upgrade_type: UpgradeToken::from_static("websocket"),
                 enabled: true,
                 filters: None,
+                websocket: None,
             }],
             routes: vec![Route {
                 matcher: RouteMatch {
@@ -233,6 +234,7 @@ impl Config {
                     idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
                     max_connect_attempts: DEFAULT_MAX_CONNECT_ATTEMPTS,
                 },
+                websocket: None,
             }],
             clusters: vec![Cluster {
                 name: "echo".to_owned(),

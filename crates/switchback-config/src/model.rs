@@ -215,6 +215,21 @@ pub struct UpgradeConfig {
     /// route-level entries (a route entry with `filters` is rejected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filters: Option<Vec<Filter>>,
+    /// Listener level, `websocket` entries only: limits of every WebSocket tunnel (YAML
+    /// `websocket:`); a route's own override them field by field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketLimits>,
+}
+
+/// WebSocket limits (YAML `websocket:` on a listener's `websocket` upgrade type, or on a
+/// route). They need only frame headers, so they keep the joined (splice) path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WebSocketLimits {
+    /// The most frames a second from the client (a token bucket allowing a second's worth at
+    /// once); past it the client gets `1008`, the upstream `1001`. From 1 to 1 000 000;
+    /// absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frames_per_second: Option<u32>,
 }
 
 /// An HTTP filter: one single-key mapping in `http_filters` (or an upgrade type's
@@ -323,6 +338,10 @@ pub struct Route {
     /// Settings of the legacy WebSocket mode (used when `use_websocket` is `true`), with
     /// defaults filled in.
     pub websocket_config: WebSocketConfig,
+    /// WebSocket limits of this route's tunnels (YAML `websocket:`), new style and legacy;
+    /// each field set here overrides the listener's `websocket` type's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketLimits>,
 }
 
 impl Route {

@@ -204,10 +204,11 @@ pub(crate) struct RawUpgradeConfig {
     pub(crate) upgrade_type: Option<S<String>>,
     pub(crate) enabled: Option<bool>,
     pub(crate) filters: Option<S<List<RawFilter>>>,
+    pub(crate) websocket: Option<S<RawWebSocketLimits>>,
 }
 
 impl RawUpgradeConfig {
-    pub(crate) const FIELDS: &'static [&'static str] = &["upgrade_type", "enabled", "filters"];
+    pub(crate) const FIELDS: &'static [&'static str] = &["upgrade_type", "enabled", "filters", "websocket"];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
         let f = ctx.fields(node, path, Self::FIELDS)?;
@@ -220,6 +221,7 @@ impl RawUpgradeConfig {
                         ctx.list(node, path, RawFilter::read)
                     })
                     .ok(),
+                websocket: f.optional(ctx, "websocket", RawWebSocketLimits::read).ok(),
             }),
         )
     }
@@ -306,6 +308,7 @@ pub(crate) struct RawRoute {
     pub(crate) upgrade_configs: List<RawUpgradeConfig>,
     pub(crate) use_websocket: bool,
     pub(crate) websocket_config: Option<S<RawWebSocketConfig>>,
+    pub(crate) websocket: Option<S<RawWebSocketLimits>>,
 }
 
 impl RawRoute {
@@ -326,6 +329,7 @@ impl RawRoute {
         "upgrade_configs",
         "use_websocket",
         "websocket_config",
+        "websocket",
     ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
@@ -360,6 +364,7 @@ impl RawRoute {
                     .ok()
                     .is_some_and(|b| b.value),
                 websocket_config: f.optional(ctx, "websocket_config", RawWebSocketConfig::read).ok(),
+                websocket: f.optional(ctx, "websocket", RawWebSocketLimits::read).ok(),
             }),
         )
     }
@@ -443,6 +448,36 @@ impl RawWeightedCluster {
                 ctx.whole(node, path, WEIGHT)
             }),
         }))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RawWebSocketLimits {
+    pub(crate) max_frames_per_second: Option<S<u64>>,
+}
+
+/// `max_frames_per_second`.
+pub(crate) const FRAMES_PER_SECOND: Whole = Whole {
+    min: 1,
+    max: 1_000_000,
+};
+
+impl RawWebSocketLimits {
+    pub(crate) const FIELDS: &'static [&'static str] = &["max_frames_per_second"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(
+            f.at(RawWebSocketLimits {
+                max_frames_per_second: f
+                    .optional(
+                        ctx,
+                        "max_frames_per_second",
+                        |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, FRAMES_PER_SECOND),
+                    )
+                    .ok(),
+            }),
+        )
     }
 }
 

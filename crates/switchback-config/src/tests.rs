@@ -148,11 +148,13 @@ fn full_example_lands_everywhere() {
                 upgrade_type: token("websocket"),
                 enabled: true,
                 filters: None,
+                websocket: None,
             },
             UpgradeConfig {
                 upgrade_type: token("foo"),
                 enabled: false,
                 filters: Some(vec![]),
+                websocket: None,
             },
         ]
     );
@@ -201,7 +203,8 @@ fn full_example_lands_everywhere() {
         vec![UpgradeConfig {
             upgrade_type: token("foo"),
             enabled: true,
-            filters: None
+            filters: None,
+            websocket: None,
         }]
     );
     assert_eq!(r.upgrade_override("FOO"), Some(true));
@@ -1378,7 +1381,7 @@ config.yaml:1:10: workers: expected a whole number from 1 to 1024 here, found \"
 config.yaml:2:9: listen: \"nowhere\" is not a socket address; write ip:port, e.g. 127.0.0.1:10000 or [::1]:10000
 config.yaml:5:14: routes[0].cluster: unknown cluster \"chta\"; did you mean `chat`? (known: chat, feed)
 config.yaml:6:14: routes[0].timeout: invalid duration \"soon\": expected an integer followed by a unit: ms, s, m or h (e.g. 250ms, 30s, 5m, 1h; 0s turns a timeout off where allowed)
-config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config
+config.yaml:7:5: routes[0].retries: unknown field `retries`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config, websocket
 config.yaml:10:31: routes[1].weighted_clusters[0].weight: expected a whole number from 0 to 4294967295 here, found \"lots\"
 config.yaml:11:17: routes[1].weighted_clusters[1].name: unknown cluster \"feeds\"; did you mean `feed`? (known: chat, feed)
 config.yaml:16:33: clusters[1].endpoints[1]: expected an endpoint: a string host:port or a mapping {address, hostname}; found \"9003\"";
@@ -1474,7 +1477,7 @@ fn a_misspelt_field_is_not_also_missing() {
     let e = one("upgrade_configs:\n  - upgrade_typ: websocket\n");
     assert_eq!(
         e.to_string(),
-        "config.yaml:2:5: upgrade_configs[0].upgrade_typ: unknown field `upgrade_typ`; did you mean `upgrade_type`? (known fields: upgrade_type, enabled, filters)"
+        "config.yaml:2:5: upgrade_configs[0].upgrade_typ: unknown field `upgrade_typ`; did you mean `upgrade_type`? (known fields: upgrade_type, enabled, filters, websocket)"
     );
     // A misspelt target is not also "no target".
     let e = one(&with_clusters(
@@ -1703,7 +1706,7 @@ fn indentation_that_parses_into_something_else() {
     assert_eq!(
         render(&found),
         "config.yaml:7:10: routes[0].match: expected a mapping (key: value) here, found nothing
-config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config
+config.yaml:8:5: routes[0].prefix: unknown field `prefix`; remove it or use one of the known fields: match, cluster, weighted_clusters, prefix_rewrite, host_rewrite_literal, auto_host_rewrite, request_headers_to_add, request_headers_to_remove, timeout, idle_timeout, max_stream_duration, max_tunnels, retry_policy, upgrade_configs, use_websocket, websocket_config, websocket
   hint: check the indentation of line 8: `prefix` is a field of `match` (line 7), which is left empty; indent `prefix:` further than `match:` to put it inside"
     );
 }
@@ -2193,5 +2196,55 @@ fn max_concurrent_streams_is_bounded_by_http2() {
         let e = one(&format!("max_concurrent_streams: {bad}\n"));
         assert!(e.to_string().contains("max_concurrent_streams"), "{bad}: {e}");
         assert!(e.to_string().contains("2147483647"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn websocket_limits_on_the_type_and_on_routes() {
+    let c = parse(
+        "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frames_per_second: 100 }\n\
+         routes:\n  - match: { prefix: /chat }\n    cluster: c\n    websocket: { max_frames_per_second: 1 }\n\
+         \x20 - match: { prefix: / }\n    cluster: c\n\
+         clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
+    );
+    let limits = |n| {
+        Some(WebSocketLimits {
+            max_frames_per_second: Some(n),
+        })
+    };
+    assert_eq!(c.upgrade_configs[0].websocket, limits(100));
+    assert_eq!(c.routes[0].websocket, limits(1));
+    assert_eq!(c.routes[1].websocket, None);
+    let c = parse(
+        "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frames_per_second: 1000000 }\n",
+    );
+    assert_eq!(c.upgrade_configs[0].websocket, limits(1_000_000));
+
+    for (yaml, says) in [
+        (
+            "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frames_per_second: 0 }\n",
+            "max_frames_per_second must be a whole number from 1 to 1000000",
+        ),
+        (
+            "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frames_per_second: 1000001 }\n",
+            "from 1 to 1000000",
+        ),
+        (
+            "upgrade_configs:\n  - upgrade_type: foo\n    websocket: { max_frames_per_second: 5 }\n",
+            "apply to the `websocket` upgrade type only",
+        ),
+        (
+            "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frame_per_second: 5 }\n",
+            "max_frame_per_second",
+        ),
+        (
+            "routes:\n  - match: { prefix: / }\n    cluster: c\n    upgrade_configs:\n      - upgrade_type: websocket\n        websocket: { max_frames_per_second: 5 }\n\
+             clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
+            "go on the route itself",
+        ),
+    ] {
+        let e = one(yaml);
+        assert!(e.to_string().contains(says), "{yaml}: {e}");
+        assert!(e.to_string().contains("websocket"), "{yaml}: the path: {e}");
     }
 }

@@ -21,13 +21,13 @@ const NO_CAP: &str = "leave it out for no cap of its own";
 use crate::model::{
     AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, Endpoint, Filter,
     HeaderMatcher, LbPolicy, MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route, RouteMatch,
-    RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WeightedCluster,
+    RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WebSocketLimits, WeightedCluster,
 };
 use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
-    CONCURRENT_STREAMS, CONNECT_ATTEMPTS, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RETRIES, RawCluster,
-    RawConfig, RawEndpoint, RawFilter, RawMatch, RawOutlierDetection, RawRetryPolicy, RawRoute,
-    RawUpgradeConfig, WEIGHT, WORKERS, XFF_HOPS,
+    CONCURRENT_STREAMS, CONNECT_ATTEMPTS, FRAMES_PER_SECOND, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RETRIES,
+    RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawOutlierDetection, RawRetryPolicy, RawRoute,
+    RawUpgradeConfig, RawWebSocketLimits, WEIGHT, WORKERS, XFF_HOPS,
 };
 use crate::read::{Field, List, Pairs, S};
 use crate::suggest;
@@ -221,6 +221,7 @@ impl Ctx<'_> {
                 upgrade_type,
                 enabled,
                 filters,
+                websocket,
             } = &entry.value;
             let type_path = join_key(&entry_path, "upgrade_type");
             let token = upgrade_type
@@ -264,13 +265,57 @@ impl Ctx<'_> {
                 }
                 Some(list) => Some(self.filters(&list.value, &join_key(&entry_path, "filters"))),
             };
+            let ws_path = join_key(&entry_path, "websocket");
+            let websocket = match websocket {
+                None => None,
+                Some(raw) if route_level => {
+                    self.error(
+                        raw.at,
+                        &ws_path,
+                        "`websocket` limits of a route go on the route itself (`routes[..].websocket`), not in its upgrade_configs".to_owned(),
+                    );
+                    None
+                }
+                Some(raw) if token.as_ref().is_some_and(|t| t.as_str() != "websocket") => {
+                    self.error(
+                        raw.at,
+                        &ws_path,
+                        "`websocket` limits apply to the `websocket` upgrade type only; move them to that entry".to_owned(),
+                    );
+                    None
+                }
+                Some(raw) => Some(self.websocket_limits(&raw.value, &ws_path)),
+            };
             out.extend(token.map(|upgrade_type| UpgradeConfig {
                 upgrade_type,
                 enabled: enabled.unwrap_or(true),
                 filters,
+                websocket,
             }));
         }
         out
+    }
+
+    /// A `websocket:` block of limits.
+    fn websocket_limits(&mut self, raw: &RawWebSocketLimits, path: &str) -> WebSocketLimits {
+        let mut limits = WebSocketLimits::default();
+        if let Some(n) = &raw.max_frames_per_second {
+            let field = join_key(path, "max_frames_per_second");
+            match u32::try_from(n.value) {
+                Ok(v) if (FRAMES_PER_SECOND.min..=FRAMES_PER_SECOND.max).contains(&n.value) => {
+                    limits.max_frames_per_second = Some(v);
+                }
+                _ => self.error(
+                    n.at,
+                    &field,
+                    format!(
+                        "max_frames_per_second must be a whole number from {} to {}",
+                        FRAMES_PER_SECOND.min, FRAMES_PER_SECOND.max
+                    ),
+                ),
+            }
+        }
+        limits
     }
 
     fn endpoint(&mut self, raw: &S<RawEndpoint>, path: &str) -> Option<Endpoint> {
@@ -820,6 +865,10 @@ impl Ctx<'_> {
             upgrade_configs,
             use_websocket: r.use_websocket,
             websocket_config,
+            websocket: r
+                .websocket
+                .as_ref()
+                .map(|w| self.websocket_limits(&w.value, &join_key(path, "websocket"))),
         }
     }
 

@@ -82,6 +82,7 @@ mod tunnel;
 mod tunnel_info;
 #[doc(hidden)]
 pub mod websocket;
+pub mod ws;
 
 #[doc(inline)]
 pub use body::{Body, BoxError};

@@ -31,6 +31,8 @@ pub(crate) fn new_key() -> http::HeaderValue {
 
 /// Close status 1001, "going away": the endpoint is shutting down.
 pub const GOING_AWAY: u16 = 1001;
+/// Close code `1008 Policy Violation`: what a client past its limits gets.
+pub const POLICY_VIOLATION: u16 = 1008;
 
 /// The opcode of a close frame.
 const OPCODE_CLOSE: u8 = 0x8;
@@ -72,6 +74,8 @@ pub(crate) struct FrameTracker {
     close_seen: bool,
     /// Data messages whose final frame's header has gone by.
     messages: u64,
+    /// Frames whose header has gone by.
+    frames: u64,
     /// The first close frame's code, as its payload goes by.
     close: CloseCode,
 }
@@ -109,6 +113,11 @@ impl FrameTracker {
     /// Whether a close frame has begun in the stream fed so far.
     pub(crate) fn close_seen(&self) -> bool {
         self.close_seen
+    }
+
+    /// Frames (data and control) whose header has gone by.
+    pub(crate) fn frames(&self) -> u64 {
+        self.frames
     }
 
     /// Data messages (text or binary) whose last frame has begun so far; control frames are
@@ -195,6 +204,7 @@ impl FrameTracker {
     fn frame_began(&mut self, len: usize, payload: u64) {
         let [b0, b1, ..] = self.header;
         let opcode = b0 & 0x0f;
+        self.frames += 1;
         // A data frame (text, binary or a continuation) with FIN ends a message.
         if b0 & 0x80 != 0 && matches!(opcode, 0x0..=0x2) {
             self.messages += 1;

@@ -152,6 +152,7 @@ pub(super) struct Action {
     pub(super) idle_timeout: Option<IdleTimeout>,
     pub(super) max_stream_duration: Option<MaxStreamDuration>,
     pub(super) max_tunnels: Option<crate::cap::TunnelCap>,
+    pub(super) websocket: Option<crate::ws::WebSocketLimits>,
     pub(super) retry_policy: Option<crate::RetryPolicy>,
     pub(super) upgrades: Vec<(UpgradeType, bool)>,
     /// Built from `upgrades` when the route table is built, so a request only clones an `Arc`.
@@ -233,6 +234,9 @@ impl Action {
         }
         if let Some(cap) = &self.max_tunnels {
             ext.insert(cap.clone());
+        }
+        if let Some(limits) = self.websocket {
+            ext.insert(limits);
         }
         if let Some(policy) = self.retry_policy {
             ext.insert(policy);

@@ -186,6 +186,14 @@ impl Route {
         self
     }
 
+    /// WebSocket limits of this route's tunnels: its set fields override those of the
+    /// upgrade type's ([`UpgradeConfig::websocket`](crate::UpgradeConfig::websocket)), on
+    /// new-style and legacy (`use_websocket`) tunnels alike.
+    pub fn websocket(mut self, limits: crate::ws::WebSocketLimits) -> Self {
+        self.action.websocket = Some(limits);
+        self
+    }
+
     /// The most tunnels this route keeps open at once (handshakes in flight included); past
     /// it an upgrade is answered `503` before any upstream is contacted. Clones of the route
     /// share the count.

@@ -16,6 +16,7 @@ use crate::drain::Drain;
 use crate::metrics;
 use crate::reply::{self, Then};
 use crate::tunnel::{TunnelConfig, TunnelObserver};
+use crate::ws::WebSocketLimits;
 
 /// A filter chain for one upgrade type: any tower service stack taking `Request<Body>`,
 /// usually ending in [`Forward`](crate::Forward). Cloned per request.
@@ -71,6 +72,7 @@ pub struct UpgradeConfig {
     pub(crate) ty: UpgradeType,
     pub(crate) enabled: bool,
     pub(crate) chain: Option<Chain>,
+    pub(crate) websocket: WebSocketLimits,
 }
 
 impl UpgradeConfig {
@@ -80,12 +82,21 @@ impl UpgradeConfig {
             ty: ty.into(),
             enabled: true,
             chain: None,
+            websocket: WebSocketLimits::default(),
         }
     }
 
     /// Enables or disables the type at listener level (a route can still enable it).
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
+        self
+    }
+
+    /// WebSocket limits of this type's tunnels (when it is `websocket`); a route's own
+    /// ([`Route::websocket`](crate::Route::websocket)) override them field by field. They
+    /// keep the joined (splice) path.
+    pub fn websocket(mut self, limits: WebSocketLimits) -> Self {
+        self.websocket = limits;
         self
     }
 

@@ -27,6 +27,7 @@ use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
 use crate::tunnel::Settings;
 use crate::tunnel_info::{TunnelInfo, TunnelMode};
+use crate::ws::WebSocketLimits;
 use crate::{metrics, reply};
 use config::RouterConfig;
 use open::Pending;
@@ -145,7 +146,12 @@ where
             .get::<IdleTimeout>()
             .map_or(cfg.tunnel.idle_timeout, |t| t.0);
         let longest = req.extensions().get::<MaxStreamDuration>().map(|m| m.0);
-        let settings = cfg.tunnel.settings(idle, longest, ty.is_websocket());
+        let limits = entry.map(|e| e.websocket).unwrap_or_default();
+        let limits = limits.overridden_by(req.extensions().get::<WebSocketLimits>());
+        let settings = cfg
+            .tunnel
+            .settings(idle, longest, ty.is_websocket())
+            .with_limits(limits);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pending = self.pending(&mut req, ty.clone(), TunnelMode::Joined, settings, tx, holds);
         let pre_body_end = PreBodyEnd::default();
@@ -220,7 +226,8 @@ impl<S> UpgradeRouter<S> {
             .unwrap_or_default()
             .tunnel_idle_timeout(route_idle, cfg.tunnel.idle_timeout);
         let longest = req.extensions().get::<MaxStreamDuration>().map(|m| m.0);
-        let settings = cfg.tunnel.settings(idle, longest, true);
+        let limits = WebSocketLimits::default().overridden_by(req.extensions().get::<WebSocketLimits>());
+        let settings = cfg.tunnel.settings(idle, longest, true).with_limits(limits);
         // Nothing reads a legacy client as a body: the connections are always joined.
         let no_reader = tokio::sync::oneshot::channel().0;
         let pending = self.pending(&mut req, ty, TunnelMode::Legacy, settings, no_reader, holds);

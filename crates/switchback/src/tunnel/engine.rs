@@ -28,6 +28,7 @@ use super::leg::Leg;
 use super::splice;
 use super::{CloseFrame, ClosedBy, TunnelEnd, TunnelStats};
 use crate::websocket::{self, FrameTracker};
+use crate::ws::{FrameBucket, WebSocketLimits};
 
 /// Time a draining tunnel gets to finish the frame in flight, write its close frames and
 /// read the peers' replies, before it is dropped.
@@ -50,6 +51,16 @@ pub(crate) struct Settings {
     pub(crate) websocket: bool,
     /// Splice between bare sockets (Linux).
     pub(crate) splice: bool,
+    /// WebSocket limits (with `websocket` only).
+    pub(crate) limits: WebSocketLimits,
+}
+
+impl Settings {
+    /// These settings with WebSocket `limits`.
+    pub(crate) fn with_limits(mut self, limits: WebSocketLimits) -> Self {
+        self.limits = limits;
+        self
+    }
 }
 
 /// Which way a direction carries bytes.
@@ -73,6 +84,8 @@ pin_project! {
         first_close: Option<TunnelEnd>,
         // The first WebSocket close frame either way, the proxy's own included.
         close_frame: Option<CloseFrame>,
+        // The client's frame budget, when its rate is limited.
+        frame_budget: Option<FrameBucket>,
         life: Life,
         down_first: bool,
         #[pin]
@@ -109,6 +122,10 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
             half_closed_at: None,
             first_close: None,
             close_frame: None,
+            frame_budget: settings
+                .websocket
+                .then(|| settings.limits.frame_bucket())
+                .flatten(),
             life: Life::Running {
                 expires: settings.max_duration.map(|d| now + d),
             },
@@ -161,7 +178,10 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
         let mut moved = false;
         let this = self.as_mut().project();
-        let draining = matches!(this.life, Life::Closing { .. });
+        let closing = match this.life {
+            Life::Closing { why, .. } => Some(*why),
+            Life::Running { .. } => None,
+        };
         // Each direction goes first every other time: one that always has bytes (a flood)
         // would otherwise use up the task's I/O budget on every poll and starve the other.
         *this.down_first = !*this.down_first;
@@ -173,7 +193,7 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
                     cx,
                     &mut *this.client,
                     &mut *this.upstream,
-                    Turn { draining, last },
+                    Turn { closing, last },
                     &mut moved,
                 );
             } else {
@@ -182,7 +202,7 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
                     cx,
                     &mut *this.upstream,
                     &mut *this.client,
-                    Turn { draining, last },
+                    Turn { closing, last },
                     &mut moved,
                 );
             }
@@ -196,11 +216,17 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         if moved {
             *this.last_activity = Instant::now();
         }
+        if let (Some(budget), Some(frames)) = (this.frame_budget.as_mut(), &this.to_upstream.frames)
+            && !budget.allows(frames.frames())
+        {
+            // Past its frame rate, the client is closed as a drain closes: frames in flight
+            // finish, then `1008` to it and `1001` upstream.
+            *this.frame_budget = None;
+            this.life.close(TunnelEnd::RateLimited);
+            cx.waker().wake_by_ref();
+        }
         if this.close_frame.is_none() {
-            *this.close_frame = this
-                .to_upstream
-                .close_frame(ClosedBy::Client)
-                .or_else(|| this.to_client.close_frame(ClosedBy::Upstream));
+            *this.close_frame = first_close_frame(this.to_upstream, this.to_client);
         }
         if this.first_close.is_none() {
             if this.to_upstream.source_ended {
@@ -253,6 +279,27 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
     }
 }
 
+/// The tunnel's first close frame so far: a peer's, else one of Switchback's (the client's
+/// first: it says why, where the upstream's is always `1001`).
+fn first_close_frame(to_upstream: &Half, to_client: &Half) -> Option<CloseFrame> {
+    let peer = |half: &Half, by| {
+        Some(CloseFrame {
+            by,
+            code: half.frames.as_ref()?.close_code()?,
+        })
+    };
+    let ours = |half: &Half| {
+        half.sent_close.map(|code| CloseFrame {
+            by: ClosedBy::Proxy,
+            code: Some(code),
+        })
+    };
+    peer(to_upstream, ClosedBy::Client)
+        .or_else(|| peer(to_client, ClosedBy::Upstream))
+        .or_else(|| ours(to_client))
+        .or_else(|| ours(to_upstream))
+}
+
 impl Life {
     fn close(&mut self, why: TunnelEnd) {
         if let Life::Running { .. } = self {
@@ -267,8 +314,8 @@ impl Life {
 /// What a direction's turn knows of the tunnel.
 #[derive(Debug, Clone, Copy)]
 struct Turn {
-    /// The tunnel is closing for a drain.
-    draining: bool,
+    /// The tunnel is closing (for a drain, its longest life, or a limit): why.
+    closing: Option<TunnelEnd>,
     /// The other direction ended with its source: this one is the last.
     last: bool,
 }
@@ -308,8 +355,10 @@ struct Half {
     size: u32,
     /// The source reached its end (rather than a drain or an error ending this direction).
     source_ended: bool,
-    /// This direction's sink got a close frame of Switchback's.
-    sent_close: bool,
+    /// The code of the close frame of Switchback's this direction's sink got.
+    sent_close: Option<u16>,
+    /// The code of the close frame this direction sends when the tunnel closes.
+    close_code: u16,
     need_flush: bool,
     bytes: u64,
     frames: Option<FrameTracker>,
@@ -327,23 +376,11 @@ impl Half {
             bulk: false,
             size: u32::try_from(settings.buffer_size).unwrap_or(u32::MAX),
             source_ended: false,
-            sent_close: false,
+            sent_close: None,
+            close_code: websocket::GOING_AWAY,
             need_flush: false,
             bytes: 0,
             frames: settings.websocket.then(FrameTracker::new),
-        }
-    }
-
-    /// The first close frame this direction carried (its source, `by`, sent it) or, failing
-    /// that, the one Switchback sent down it.
-    fn close_frame(&self, by: ClosedBy) -> Option<CloseFrame> {
-        match self.frames.as_ref()?.close_code() {
-            Some(code) => Some(CloseFrame { by, code }),
-            None if self.sent_close => Some(CloseFrame {
-                by: ClosedBy::Proxy,
-                code: Some(websocket::GOING_AWAY),
-            }),
-            None => None,
         }
     }
 
@@ -362,7 +399,13 @@ impl Half {
         turn: Turn,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
-        let Turn { draining, last } = turn;
+        let Turn { closing, last } = turn;
+        let draining = closing.is_some();
+        // A client past its limit is told so; everyone else is going away.
+        self.close_code = match (closing, self.direction) {
+            (Some(TunnelEnd::RateLimited), Direction::ToClient) => websocket::POLICY_VIOLATION,
+            _ => websocket::GOING_AWAY,
+        };
         loop {
             match self.phase {
                 Phase::Done => return Poll::Ready(Ok(())),
@@ -471,12 +514,13 @@ impl Half {
     }
 
     fn queue_close(&mut self) {
-        self.sent_close = true;
+        self.sent_close = Some(self.close_code);
         self.held.release();
-        self.held = Held::Chunk(super::going_away(match self.direction {
+        let to = match self.direction {
             Direction::ToUpstream => super::CloseFrameFor::Upstream,
             Direction::ToClient => super::CloseFrameFor::Client,
-        }));
+        };
+        self.held = Held::Chunk(super::close_frame(to, self.close_code));
         self.phase = Phase::Closing;
     }
 

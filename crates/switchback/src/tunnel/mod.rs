@@ -129,6 +129,7 @@ impl TunnelConfig {
             buffer_size: self.buffer_size,
             websocket,
             splice: self.splice,
+            limits: crate::ws::WebSocketLimits::default(),
         }
     }
 }
@@ -148,6 +149,9 @@ pub enum TunnelEnd {
     Drain,
     /// The tunnel reached its longest life (a route's `max_stream_duration`).
     MaxDuration,
+    /// The client sent frames faster than its [`WebSocketLimits`](crate::ws::WebSocketLimits)
+    /// allow: it got `1008`, the upstream `1001`.
+    RateLimited,
     /// A read or write failed, or a layer's body failed (e.g. a body limit).
     Error,
 }
@@ -162,6 +166,7 @@ impl TunnelEnd {
             Self::HalfCloseTimeout => "half_close_timeout",
             Self::Drain => "drain",
             Self::MaxDuration => "max_stream_duration",
+            Self::RateLimited => "rate_limited",
             Self::Error => "error",
         }
     }
@@ -208,7 +213,8 @@ pub enum ClosedBy {
     Client,
     /// The upstream.
     Upstream,
-    /// Switchback itself (`1001` on a drain or at a tunnel's longest life).
+    /// Switchback itself (`1001` on a drain or at a tunnel's longest life, `1008` to a client
+    /// past its frame rate).
     Proxy,
 }
 
@@ -261,14 +267,13 @@ pub(crate) enum CloseFrameFor {
     Client,
 }
 
-/// The `1001 Going Away` close frame Switchback sends each way on drain.
-pub(crate) fn going_away(to: CloseFrameFor) -> bytes::Bytes {
-    use crate::websocket::{GOING_AWAY, client_close_frame, server_close_frame};
+/// A close frame of Switchback's with `code`: masked towards the upstream (Switchback is its
+/// client), not towards the client.
+pub(crate) fn close_frame(to: CloseFrameFor, code: u16) -> bytes::Bytes {
+    use crate::websocket::{client_close_frame, server_close_frame};
     match to {
-        CloseFrameFor::Upstream => {
-            bytes::Bytes::copy_from_slice(&client_close_frame(GOING_AWAY, rand::random()))
-        }
-        CloseFrameFor::Client => bytes::Bytes::copy_from_slice(&server_close_frame(GOING_AWAY)),
+        CloseFrameFor::Upstream => bytes::Bytes::copy_from_slice(&client_close_frame(code, rand::random())),
+        CloseFrameFor::Client => bytes::Bytes::copy_from_slice(&server_close_frame(code)),
     }
 }
 
