@@ -156,6 +156,9 @@ pub(crate) enum ProxyMode {
     Chain,
     /// A legacy `use_websocket` route.
     Legacy,
+    /// The fast path with WebSocket limits on (a frame rate no workload reaches): what
+    /// checking them costs.
+    Limits,
 }
 
 /// Arguments of the `proxy` role.

@@ -18,8 +18,10 @@ use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use rustix::process::Signal;
 use switchback::Workers;
+use switchback::ws::WebSocketLimits;
 use switchback::{
-    Body, Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer,
+    Body, Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeConfig,
+    UpgradeRouterLayer,
 };
 use tower::ServiceBuilder;
 
@@ -61,6 +63,16 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
                 .map_request(|req: Request<Body>| req.map(|b| Body::new(b.map_frame(|f| f))))
                 .map_response(|res: Response<Body>| res.map(|b| b.map_frame(|f| f)))
                 .service(Forward::new(cluster));
+            Workers::start(args.listen, threads, stack)
+        }
+        ProxyMode::Limits => {
+            // Far above any workload's rate: the limit is checked on every frame, never hit.
+            let limits = WebSocketLimits::new().max_frames_per_second(1_000_000_000);
+            let router = UpgradeRouterLayer::builder()
+                .upgrade_config(UpgradeConfig::new("websocket").websocket(limits))
+                .build()
+                .context("upgrade router")?;
+            let stack = ServiceBuilder::new().layer(router).service(Forward::new(cluster));
             Workers::start(args.listen, threads, stack)
         }
         ProxyMode::Legacy => {

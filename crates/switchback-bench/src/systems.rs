@@ -31,6 +31,9 @@ pub(crate) enum SystemKind {
     SwitchbackChain,
     /// Switchback's legacy `use_websocket` route mode.
     SwitchbackLegacy,
+    /// Switchback's fast path with WebSocket limits on (never reached): what checking them
+    /// costs. Not run unless asked for (`--systems switchback-limits`).
+    SwitchbackLimits,
     /// Switchback's binary (`switchback`, from a YAML file) with a plain listener: the same
     /// process the TLS workloads measure as `switchback`, without TLS, for the plain
     /// workloads. Not run unless asked for (`--systems switchback-bin`).
@@ -43,21 +46,23 @@ pub(crate) enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order.
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Direct,
         Self::Switchback,
         Self::SwitchbackChain,
         Self::SwitchbackLegacy,
+        Self::SwitchbackLimits,
         Self::SwitchbackBin,
         Self::Nginx,
         Self::Haproxy,
     ];
 
-    /// The systems a run without `--systems` measures: all but `switchback-bin`.
+    /// The systems a run without `--systems` measures: all but `switchback-bin` and
+    /// `switchback-limits`.
     pub(crate) fn default_set() -> Vec<Self> {
         Self::ALL
             .into_iter()
-            .filter(|&s| s != Self::SwitchbackBin)
+            .filter(|&s| s != Self::SwitchbackBin && s != Self::SwitchbackLimits)
             .collect()
     }
 
@@ -68,6 +73,7 @@ impl SystemKind {
             Self::Switchback => "switchback",
             Self::SwitchbackChain => "switchback-chain",
             Self::SwitchbackLegacy => "switchback-legacy",
+            Self::SwitchbackLimits => "switchback-limits",
             Self::SwitchbackBin => "switchback-bin",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
@@ -156,10 +162,17 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
             return Err(Error::new(format!("{} does not terminate TLS", kind.name())));
         }
         (SystemKind::Direct, None) => (None, upstream_addr),
-        (SystemKind::Switchback | SystemKind::SwitchbackChain | SystemKind::SwitchbackLegacy, None) => {
+        (
+            SystemKind::Switchback
+            | SystemKind::SwitchbackChain
+            | SystemKind::SwitchbackLegacy
+            | SystemKind::SwitchbackLimits,
+            None,
+        ) => {
             let mode = match kind {
                 SystemKind::SwitchbackChain => ProxyMode::Chain,
                 SystemKind::SwitchbackLegacy => ProxyMode::Legacy,
+                SystemKind::SwitchbackLimits => ProxyMode::Limits,
                 _ => ProxyMode::Fast,
             };
             let mode = mode.to_possible_value().context("proxy mode name")?;

@@ -22,6 +22,7 @@ fn colour(system: SystemKind) -> &'static str {
         SystemKind::Switchback => "#1f6fb4",
         SystemKind::SwitchbackChain => "#5fa2d9",
         SystemKind::SwitchbackLegacy => "#9cc6ea",
+        SystemKind::SwitchbackLimits => "#3b8bd0",
         SystemKind::SwitchbackBin => "#0b3d6b",
         SystemKind::Nginx => "#2f9e44",
         SystemKind::Haproxy => "#d9480f",
