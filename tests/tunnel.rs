@@ -395,6 +395,93 @@ async fn a_client_past_its_frame_rate_gets_1008_and_the_upstream_1001() {
     }
 }
 
+/// A message past its size limit is never delivered whole, on every path, either way: the
+/// sender gets `1009`, the other side `1001`; messages within the limit pass, one that fills
+/// it exactly too, and so does a fragmented one whose sum fits.
+#[tokio::test]
+async fn a_message_past_its_size_limit_gets_1009_and_is_not_delivered() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    const LIMIT: usize = 1 << 20;
+    for (path, client_sends) in PATHS.into_iter().flat_map(|p| [(p, true), (p, false)]) {
+        let limits = WebSocketLimits::new()
+            .max_message_size(LIMIT as u64)
+            .max_upstream_message_size(LIMIT as u64);
+        let s = setup_with(path, TunnelConfig::new(), limits).await;
+        let big = vec![7u8; 2 * LIMIT];
+        // The sending side: three messages that fit (one of exactly the limit, one in three
+        // fragments), then one that doesn't; it then expects a 1009.
+        let send = |ws: tokio_tungstenite::WebSocketStream<_>| async move {
+            let (mut tx, mut rx) = futures_util::StreamExt::split(ws);
+            tx.send(Message::binary(vec![1u8; 900 * 1024])).await.unwrap();
+            tx.send(Message::binary(vec![2u8; LIMIT])).await.unwrap();
+            for (i, fin) in [(0, false), (1, false), (2, true)] {
+                let opcode = if i == 0 {
+                    OpCode::Data(Data::Binary)
+                } else {
+                    OpCode::Data(Data::Continue)
+                };
+                let frame = Frame::message(vec![3u8; LIMIT / 3], opcode, fin);
+                tx.send(Message::Frame(frame)).await.unwrap();
+            }
+            let _ = tx.send(Message::binary(big)).await;
+            loop {
+                match within(rx.next()).await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(_)) => continue,
+                    other => panic!("{path:?}: the sender expected a close, got {other:?}"),
+                }
+            }
+        };
+        // The receiving side: the three messages that fit, whole, then a close (1001).
+        let receive = |ws: tokio_tungstenite::WebSocketStream<_>| async move {
+            let mut ws = ws;
+            let mut sizes = Vec::new();
+            loop {
+                match within(ws.next()).await {
+                    Some(Ok(Message::Binary(b))) => sizes.push(b.len()),
+                    Some(Ok(Message::Close(Some(f)))) => return (sizes, u16::from(f.code)),
+                    other => panic!("{path:?}: the receiver expected messages then a close, got {other:?}"),
+                }
+            }
+        };
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            tokio_tungstenite::accept_async(tcp).await.unwrap()
+        };
+        let client = async {
+            let tcp = TcpStream::connect(s.proxy.addr).await.unwrap();
+            let url = format!("ws://{}/size", s.proxy.addr);
+            within(tokio_tungstenite::client_async(url, tcp)).await.unwrap().0
+        };
+        let (up, cl) = tokio::join!(upstream, client);
+        let (sender_code, (sizes, receiver_code)) = if client_sends {
+            tokio::join!(send(cl), receive(up))
+        } else {
+            let (r, c) = tokio::join!(receive(cl), send(up));
+            (c, r)
+        };
+        let case = format!(
+            "{path:?}, from the {}",
+            if client_sends { "client" } else { "upstream" }
+        );
+        assert_eq!(sizes, [900 * 1024, LIMIT, LIMIT / 3 * 3], "{case}");
+        assert_eq!((sender_code, receiver_code), (1009, 1001), "{case}");
+        let (_, stats) = s.events.closed(1).await;
+        let end = if client_sends {
+            TunnelEnd::ClientMessageTooBig
+        } else {
+            TunnelEnd::UpstreamMessageTooBig
+        };
+        assert_eq!(stats.end, end, "{case}");
+        let too_big = CloseFrame {
+            by: ClosedBy::Proxy,
+            code: Some(1009),
+        };
+        assert_eq!(stats.close, Some(too_big), "{case}");
+    }
+}
+
 /// Every path follows WebSocket frames, splice included: a tunnel reports the messages it
 /// carried each way (a large one spliced counts as one) and the first close frame, here the
 /// client's `4001`.

@@ -232,3 +232,67 @@ async fn a_flooding_client_is_closed_with_1008() {
     assert_eq!(close["end"], "rate_limited", "{close}");
     assert_eq!(close["close_code"], 1008, "{close}");
 }
+
+/// `websocket: { max_message_size: 1048576 }` from the YAML: 900 KiB passes; 2 MiB, in one
+/// frame or in three fragments, is never delivered: its sender gets `1009`, the upstream
+/// `1001`, and the access log says why the tunnel ended.
+#[tokio::test]
+async fn a_message_past_max_message_size_is_refused_with_1009() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let dir = TempDir::new("message-size");
+    let mut echo = ws_echo().await;
+    let log = dir.path("access.jsonl");
+    let file = dir.write(
+        "size.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\naccess_log: {}\nupgrade_configs:\n  - upgrade_type: websocket\n\
+             \x20   websocket: {{ max_message_size: 1048576 }}\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n\
+             clusters:\n  - name: echo\n    endpoints: [{}]\n",
+            log.display(),
+            echo.addr
+        ),
+    );
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+    let fragments = |n: usize| {
+        (0..n)
+            .map(|i| {
+                let opcode = if i == 0 {
+                    OpCode::Data(Data::Binary)
+                } else {
+                    OpCode::Data(Data::Continue)
+                };
+                Message::Frame(Frame::message(vec![9u8; 700 * 1024], opcode, i == n - 1))
+            })
+            .collect::<Vec<_>>()
+    };
+    for (case, too_big) in [
+        ("one frame", vec![Message::binary(vec![8u8; 2 << 20])]),
+        ("three fragments", fragments(3)),
+    ] {
+        let (mut ws, _) = ws_connect(format!("ws://{listen}/size")).await;
+        ws_roundtrip(&mut ws, Message::binary(vec![1u8; 900 * 1024])).await;
+        for m in too_big {
+            let _ = ws.send(m).await;
+        }
+        let code = within("the close frame", async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+                    Some(Ok(Message::Binary(b))) => panic!("{case}: {} bytes came back", b.len()),
+                    Some(Ok(_)) => continue,
+                    other => panic!("{case}: expected a close, got {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(code, 1009, "{case}");
+        let upstream = within("the upstream's close", echo.close_codes.recv()).await;
+        assert_eq!(upstream, Some(1001), "{case}");
+        drop(ws);
+    }
+    let close = wait_log_line(&log, "tunnel_close", None).await;
+    assert_eq!(close["end"], "client_message_too_big", "{close}");
+    assert_eq!(close["close_code"], 1009, "{close}");
+}

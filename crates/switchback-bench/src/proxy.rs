@@ -66,8 +66,12 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
             Workers::start(args.listen, threads, stack)
         }
         ProxyMode::Limits => {
-            // Far above any workload's rate: the limit is checked on every frame, never hit.
-            let limits = WebSocketLimits::new().max_frames_per_second(1_000_000_000);
+            // Far above any workload's rate and message size: checked on every frame, never
+            // hit.
+            let limits = WebSocketLimits::new()
+                .max_frames_per_second(1_000_000_000)
+                .max_message_size(16 << 20)
+                .max_upstream_message_size(16 << 20);
             let router = UpgradeRouterLayer::builder()
                 .upgrade_config(UpgradeConfig::new("websocket").websocket(limits))
                 .build()

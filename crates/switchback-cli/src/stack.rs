@@ -322,6 +322,12 @@ fn websocket_limits(config: &switchback_config::WebSocketLimits) -> switchback::
     if let Some(n) = config.max_frames_per_second {
         limits = limits.max_frames_per_second(n);
     }
+    if let Some(n) = config.max_message_size {
+        limits = limits.max_message_size(n);
+    }
+    if let Some(n) = config.max_upstream_message_size {
+        limits = limits.max_upstream_message_size(n);
+    }
     limits
 }
 

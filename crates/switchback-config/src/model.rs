@@ -230,6 +230,15 @@ pub struct WebSocketLimits {
     /// absent: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_frames_per_second: Option<u32>,
+    /// The largest message from the client, in payload bytes (a fragmented one's frames
+    /// together); past it the client gets `1009`, the upstream `1001`, and the message is
+    /// never delivered whole. Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_size: Option<u64>,
+    /// The largest message from the upstream; past it the upstream gets `1009`, the client
+    /// `1001`. Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_upstream_message_size: Option<u64>,
 }
 
 /// An HTTP filter: one single-key mapping in `http_filters` (or an upgrade type's

@@ -454,6 +454,8 @@ impl RawWeightedCluster {
 #[derive(Debug)]
 pub(crate) struct RawWebSocketLimits {
     pub(crate) max_frames_per_second: Option<S<u64>>,
+    pub(crate) max_message_size: Option<S<u64>>,
+    pub(crate) max_upstream_message_size: Option<S<u64>>,
 }
 
 /// `max_frames_per_second`.
@@ -461,23 +463,33 @@ pub(crate) const FRAMES_PER_SECOND: Whole = Whole {
     min: 1,
     max: 1_000_000,
 };
+/// `max_message_size`, `max_upstream_message_size`: bytes, from 0 (empty messages only) to
+/// the largest length a frame header can say (2^63 - 1).
+pub(crate) const MESSAGE_SIZE: Whole = Whole {
+    min: 0,
+    max: i64::MAX as u64,
+};
 
 impl RawWebSocketLimits {
-    pub(crate) const FIELDS: &'static [&'static str] = &["max_frames_per_second"];
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "max_frames_per_second",
+        "max_message_size",
+        "max_upstream_message_size",
+    ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
         let f = ctx.fields(node, path, Self::FIELDS)?;
-        Some(
-            f.at(RawWebSocketLimits {
-                max_frames_per_second: f
-                    .optional(
-                        ctx,
-                        "max_frames_per_second",
-                        |ctx: &mut Ctx<'_>, node: &Node, path: &str| ctx.whole(node, path, FRAMES_PER_SECOND),
-                    )
-                    .ok(),
-            }),
-        )
+        let mut whole = |name: &str, range: Whole| {
+            f.optional(ctx, name, |ctx: &mut Ctx<'_>, node: &Node, path: &str| {
+                ctx.whole(node, path, range)
+            })
+            .ok()
+        };
+        Some(f.at(RawWebSocketLimits {
+            max_frames_per_second: whole("max_frames_per_second", FRAMES_PER_SECOND),
+            max_message_size: whole("max_message_size", MESSAGE_SIZE),
+            max_upstream_message_size: whole("max_upstream_message_size", MESSAGE_SIZE),
+        }))
     }
 }
 

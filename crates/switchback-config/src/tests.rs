@@ -2210,6 +2210,7 @@ fn websocket_limits_on_the_type_and_on_routes() {
     let limits = |n| {
         Some(WebSocketLimits {
             max_frames_per_second: Some(n),
+            ..WebSocketLimits::default()
         })
     };
     assert_eq!(c.upgrade_configs[0].websocket, limits(100));
@@ -2219,6 +2220,19 @@ fn websocket_limits_on_the_type_and_on_routes() {
         "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frames_per_second: 1000000 }\n",
     );
     assert_eq!(c.upgrade_configs[0].websocket, limits(1_000_000));
+    let c = parse(
+        "upgrade_configs:\n  - upgrade_type: websocket\n    websocket:\n      max_message_size: 1048576\n\
+         \x20     max_upstream_message_size: 9223372036854775807\n",
+    );
+    let sizes = WebSocketLimits {
+        max_message_size: Some(1_048_576),
+        max_upstream_message_size: Some(i64::MAX as u64),
+        ..WebSocketLimits::default()
+    };
+    assert_eq!(c.upgrade_configs[0].websocket, Some(sizes));
+    let c = parse("upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_message_size: 0 }\n");
+    let zero = c.upgrade_configs[0].websocket.unwrap().max_message_size;
+    assert_eq!(zero, Some(0), "empty messages only");
 
     for (yaml, says) in [
         (
@@ -2232,6 +2246,14 @@ fn websocket_limits_on_the_type_and_on_routes() {
         (
             "upgrade_configs:\n  - upgrade_type: foo\n    websocket: { max_frames_per_second: 5 }\n",
             "apply to the `websocket` upgrade type only",
+        ),
+        (
+            "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_message_size: 9223372036854775808 }\n",
+            "max_message_size must be a whole number from 0 to 9223372036854775807",
+        ),
+        (
+            "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_upstream_message_size: -1 }\n",
+            "max_upstream_message_size",
         ),
         (
             "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frame_per_second: 5 }\n",

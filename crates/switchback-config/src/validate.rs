@@ -25,11 +25,11 @@ use crate::model::{
 };
 use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 use crate::raw::{
-    CONCURRENT_STREAMS, CONNECT_ATTEMPTS, FRAMES_PER_SECOND, HEADERS_COUNT, HEADERS_KB, PERCENTAGE, RETRIES,
-    RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawOutlierDetection, RawRetryPolicy, RawRoute,
-    RawUpgradeConfig, RawWebSocketLimits, WEIGHT, WORKERS, XFF_HOPS,
+    CONCURRENT_STREAMS, CONNECT_ATTEMPTS, FRAMES_PER_SECOND, HEADERS_COUNT, HEADERS_KB, MESSAGE_SIZE,
+    PERCENTAGE, RETRIES, RawCluster, RawConfig, RawEndpoint, RawFilter, RawMatch, RawOutlierDetection,
+    RawRetryPolicy, RawRoute, RawUpgradeConfig, RawWebSocketLimits, WEIGHT, WORKERS, XFF_HOPS,
 };
-use crate::read::{Field, List, Pairs, S};
+use crate::read::{Field, List, Pairs, S, Whole};
 use crate::suggest;
 
 /// Whether a zero duration is acceptable for a field.
@@ -298,24 +298,35 @@ impl Ctx<'_> {
 
     /// A `websocket:` block of limits.
     fn websocket_limits(&mut self, raw: &RawWebSocketLimits, path: &str) -> WebSocketLimits {
-        let mut limits = WebSocketLimits::default();
-        if let Some(n) = &raw.max_frames_per_second {
-            let field = join_key(path, "max_frames_per_second");
-            match u32::try_from(n.value) {
-                Ok(v) if (FRAMES_PER_SECOND.min..=FRAMES_PER_SECOND.max).contains(&n.value) => {
-                    limits.max_frames_per_second = Some(v);
-                }
-                _ => self.error(
-                    n.at,
-                    &field,
-                    format!(
-                        "max_frames_per_second must be a whole number from {} to {}",
-                        FRAMES_PER_SECOND.min, FRAMES_PER_SECOND.max
-                    ),
-                ),
+        let mut within = |value: &Option<S<u64>>, name: &str, range: Whole| {
+            let n = value.as_ref()?;
+            if (range.min..=range.max).contains(&n.value) {
+                return Some(n.value);
             }
+            self.error(
+                n.at,
+                &join_key(path, name),
+                format!(
+                    "{name} must be a whole number from {} to {}",
+                    range.min, range.max
+                ),
+            );
+            None
+        };
+        WebSocketLimits {
+            max_frames_per_second: within(
+                &raw.max_frames_per_second,
+                "max_frames_per_second",
+                FRAMES_PER_SECOND,
+            )
+            .and_then(|n| u32::try_from(n).ok()),
+            max_message_size: within(&raw.max_message_size, "max_message_size", MESSAGE_SIZE),
+            max_upstream_message_size: within(
+                &raw.max_upstream_message_size,
+                "max_upstream_message_size",
+                MESSAGE_SIZE,
+            ),
         }
-        limits
     }
 
     fn endpoint(&mut self, raw: &S<RawEndpoint>, path: &str) -> Option<Endpoint> {

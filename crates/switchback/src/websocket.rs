@@ -33,6 +33,8 @@ pub(crate) fn new_key() -> http::HeaderValue {
 pub const GOING_AWAY: u16 = 1001;
 /// Close code `1008 Policy Violation`: what a client past its limits gets.
 pub const POLICY_VIOLATION: u16 = 1008;
+/// Close code `1009 Message Too Big`: what the sender of a message past its limit gets.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
 
 /// The opcode of a close frame.
 const OPCODE_CLOSE: u8 = 0x8;

@@ -10,8 +10,13 @@
 //! use switchback::ws::WebSocketLimits;
 //! use switchback::{Route, UpgradeConfig};
 //!
-//! // At most 100 frames a second from each client, in bursts of up to 200.
-//! let limits = WebSocketLimits::new().max_frames_per_second(100).frame_burst(200);
+//! // At most 100 frames a second from each client, in bursts of up to 200; messages of at
+//! // most 1 MiB from clients and 16 MiB from the upstream (Kong's defaults).
+//! let limits = WebSocketLimits::new()
+//!     .max_frames_per_second(100)
+//!     .frame_burst(200)
+//!     .max_message_size(1 << 20)
+//!     .max_upstream_message_size(16 << 20);
 //! let ws = UpgradeConfig::new("websocket").websocket(limits);
 //! // A route's own limits override the type's, field by field.
 //! let chat = Route::prefix("/chat").websocket(WebSocketLimits::new().max_frames_per_second(10));
@@ -26,6 +31,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WebSocketLimits {
     frame_rate: Option<FrameRate>,
+    max_message_size: Option<u64>,
+    max_upstream_message_size: Option<u64>,
 }
 
 /// A token bucket's shape: `per_second` frames a second, `burst` at once.
@@ -52,6 +59,28 @@ impl WebSocketLimits {
         self
     }
 
+    /// The largest message the client may send, in payload bytes (all frames of a fragmented
+    /// one together). A larger one is never delivered whole: the frame that would make it so
+    /// is not relayed, the client gets `1009 Message Too Big`, the upstream `1001`, and the
+    /// tunnel ends ([`TunnelEnd::ClientMessageTooBig`](crate::TunnelEnd::ClientMessageTooBig)).
+    /// Counted from frame headers as the message arrives: nothing is buffered to decide.
+    pub fn max_message_size(mut self, bytes: u64) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// The largest message the upstream may send to the client; past it the upstream gets
+    /// `1009` and the client `1001`.
+    pub fn max_upstream_message_size(mut self, bytes: u64) -> Self {
+        self.max_upstream_message_size = Some(bytes);
+        self
+    }
+
+    /// The client's and the upstream's message size limits.
+    pub(crate) fn message_limits(&self) -> (Option<u64>, Option<u64>) {
+        (self.max_message_size, self.max_upstream_message_size)
+    }
+
     /// How many frames the client may send at once before the rate applies (at least 1).
     /// Has an effect only with [`max_frames_per_second`](Self::max_frames_per_second).
     pub fn frame_burst(mut self, burst: u32) -> Self {
@@ -66,6 +95,8 @@ impl WebSocketLimits {
         match route {
             Some(route) => Self {
                 frame_rate: route.frame_rate.or(self.frame_rate),
+                max_message_size: route.max_message_size.or(self.max_message_size),
+                max_upstream_message_size: route.max_upstream_message_size.or(self.max_upstream_message_size),
             },
             None => self,
         }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::gate::{Gate, Verdict};
 use super::held::Held;
 use super::leg::Leg;
 #[cfg(target_os = "linux")]
@@ -216,6 +217,18 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         if moved {
             *this.last_activity = Instant::now();
         }
+        // A message past its limit: the direction that carried it has stopped before it; the
+        // tunnel closes as a drain does (`1009` to its sender).
+        for (half, why) in [
+            (&*this.to_upstream, TunnelEnd::ClientMessageTooBig),
+            (&*this.to_client, TunnelEnd::UpstreamMessageTooBig),
+        ] {
+            if half.gate.as_ref().is_some_and(|g| g.too_big) && matches!(this.life, Life::Running { .. }) {
+                this.life.close(why);
+                limit_close(this.close_frame, websocket::MESSAGE_TOO_BIG);
+                cx.waker().wake_by_ref();
+            }
+        }
         if let (Some(budget), Some(frames)) = (this.frame_budget.as_mut(), &this.to_upstream.frames)
             && !budget.allows(frames.frames())
         {
@@ -223,6 +236,7 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             // finish, then `1008` to it and `1001` upstream.
             *this.frame_budget = None;
             this.life.close(TunnelEnd::RateLimited);
+            limit_close(this.close_frame, websocket::POLICY_VIOLATION);
             cx.waker().wake_by_ref();
         }
         if this.close_frame.is_none() {
@@ -276,6 +290,18 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+/// A limit closes the tunnel: the close frame that says so (`code`, to the peer past the
+/// limit) is the one reported, unless a peer closed first. The `1001` the stopped direction
+/// may already have queued towards the other side is not the news.
+fn limit_close(first: &mut Option<CloseFrame>, code: u16) {
+    if first.is_none_or(|f| f.by == ClosedBy::Proxy) {
+        *first = Some(CloseFrame {
+            by: ClosedBy::Proxy,
+            code: Some(code),
+        });
     }
 }
 
@@ -362,6 +388,8 @@ struct Half {
     need_flush: bool,
     bytes: u64,
     frames: Option<FrameTracker>,
+    /// The message size limit of what this direction carries, when there is one.
+    gate: Option<Gate>,
 }
 
 impl Half {
@@ -381,6 +409,14 @@ impl Half {
             need_flush: false,
             bytes: 0,
             frames: settings.websocket.then(FrameTracker::new),
+            gate: {
+                let (client, upstream) = settings.limits.message_limits();
+                let max = match direction {
+                    Direction::ToUpstream => client,
+                    Direction::ToClient => upstream,
+                };
+                max.filter(|_| settings.websocket).map(Gate::new)
+            },
         }
     }
 
@@ -404,6 +440,8 @@ impl Half {
         // A client past its limit is told so; everyone else is going away.
         self.close_code = match (closing, self.direction) {
             (Some(TunnelEnd::RateLimited), Direction::ToClient) => websocket::POLICY_VIOLATION,
+            (Some(TunnelEnd::ClientMessageTooBig), Direction::ToClient)
+            | (Some(TunnelEnd::UpstreamMessageTooBig), Direction::ToUpstream) => websocket::MESSAGE_TOO_BIG,
             _ => websocket::GOING_AWAY,
         };
         loop {
@@ -475,13 +513,31 @@ impl Half {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             match reader.poll_fill(cx, &mut self.held, self.size as usize, limit) {
                 Poll::Ready(Ok(())) if self.held.is_empty() => {
+                    // A frame header cut short by the end of the stream goes out as it came.
+                    if let Some(gate) = self.gate.as_mut().filter(|g| !g.carry.is_empty()) {
+                        let carry = std::mem::take(&mut gate.carry);
+                        gate.admitted = carry.len();
+                        self.held = Held::Chunk(carry.into());
+                        continue;
+                    }
                     self.source_ended = true;
                     return self.end_of_source(draining);
                 }
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => self.join_carry(),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return self.poll_idle(cx, writer),
             }
+        }
+    }
+
+    /// A frame header kept back (cut by the previous read) goes in front of what was just
+    /// read.
+    fn join_carry(&mut self) {
+        if let Some(gate) = self.gate.as_mut().filter(|g| !g.carry.is_empty()) {
+            let mut joined = std::mem::take(&mut gate.carry);
+            joined.extend_from_slice(self.held.bytes());
+            self.held.release();
+            self.held = Held::Chunk(joined.into());
         }
     }
 
@@ -491,6 +547,9 @@ impl Half {
     fn stop_for_drain(&mut self) {
         match &mut self.frames {
             Some(frames) => {
+                if let Some(gate) = &mut self.gate {
+                    frames.feed(&std::mem::take(&mut gate.carry));
+                }
                 frames.feed(self.held.bytes());
                 self.held.release();
                 self.queue_close();
@@ -572,18 +631,32 @@ impl Half {
         let relayed = self.phase == Phase::Copying;
         while !self.held.is_empty() {
             let bytes = self.held.bytes();
-            let len = match &self.frames {
+            let mut len = match &self.frames {
                 Some(f) if draining && relayed => {
                     usize::try_from(f.to_boundary()).map_or(bytes.len(), |l| l.min(bytes.len()))
                 }
                 _ => bytes.len(),
             };
+            // Only what the size gate admitted goes out; a header cut by the read waits for
+            // its rest, out of the way (the next read goes in after it).
+            if let Some(gate) = self.gate.as_mut().filter(|_| relayed) {
+                let verdict = gate.admit(bytes);
+                len = len.min(gate.admitted);
+                if len == 0 && verdict == Verdict::Partial {
+                    gate.carry = bytes.to_vec();
+                    self.held.release();
+                    break;
+                }
+            }
             if len == 0 {
                 break;
             }
             let n = ready!(Pin::new(&mut *writer).poll_write(cx, &bytes[..len]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if let Some(gate) = self.gate.as_mut().filter(|_| relayed) {
+                gate.admitted -= n;
             }
             if relayed {
                 if let Some(frames) = &mut self.frames {
@@ -639,6 +712,10 @@ impl Half {
     ) -> Poll<io::Result<bool>> {
         let mut head = [0u8; 14];
         let mut header = None;
+        // A header kept back for its rest is copied, with its rest.
+        if self.gate.as_ref().is_some_and(|g| !g.carry.is_empty()) {
+            return Poll::Ready(Ok(false));
+        }
         let max = match &self.frames {
             None => splice::CHUNK,
             Some(f) if f.at_boundary() => {
@@ -648,7 +725,15 @@ impl Half {
                 let Some((len, payload)) = ready!(self.poll_peek_header(cx, from, &mut head))? else {
                     return Poll::Ready(Ok(false));
                 };
-                header = Some(len);
+                // A frame past the size limit is not spliced: the copy path stops before it.
+                if self
+                    .gate
+                    .as_ref()
+                    .is_some_and(|g| !g.admits_peeked(head[0], payload))
+                {
+                    return Poll::Ready(Ok(false));
+                }
+                header = Some((len, payload));
                 usize::try_from(payload)
                     .ok()
                     .and_then(|p| p.checked_add(len))
@@ -674,9 +759,13 @@ impl Half {
         if let Some(frames) = &mut self.frames {
             // The peeked header went in first; the tracker sees it as if copied (a short
             // splice leaves it mid-header, and the copy path reads the rest).
-            let fed = header.map_or(0, |len| len.min(n));
+            let fed = header.map_or(0, |(len, _)| len.min(n));
             frames.feed(&head[..fed]);
             frames.skip((n - fed) as u64);
+            if let Some(gate) = &mut self.gate {
+                let (len, payload) = header.unwrap_or((0, 0));
+                gate.spliced(&head[..len], payload, fed, (n - fed) as u64);
+            }
         }
         Poll::Ready(Ok(true))
     }

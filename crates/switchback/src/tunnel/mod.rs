@@ -20,6 +20,7 @@
 
 mod ends;
 mod engine;
+mod gate;
 mod held;
 mod leg;
 mod opened;
@@ -152,6 +153,11 @@ pub enum TunnelEnd {
     /// The client sent frames faster than its [`WebSocketLimits`](crate::ws::WebSocketLimits)
     /// allow: it got `1008`, the upstream `1001`.
     RateLimited,
+    /// The client sent a message larger than its limit: it got `1009`, the upstream `1001`,
+    /// and the message was not delivered whole.
+    ClientMessageTooBig,
+    /// The upstream sent a message larger than its limit: it got `1009`, the client `1001`.
+    UpstreamMessageTooBig,
     /// A read or write failed, or a layer's body failed (e.g. a body limit).
     Error,
 }
@@ -167,6 +173,8 @@ impl TunnelEnd {
             Self::Drain => "drain",
             Self::MaxDuration => "max_stream_duration",
             Self::RateLimited => "rate_limited",
+            Self::ClientMessageTooBig => "client_message_too_big",
+            Self::UpstreamMessageTooBig => "upstream_message_too_big",
             Self::Error => "error",
         }
     }
