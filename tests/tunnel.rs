@@ -482,6 +482,96 @@ async fn a_message_past_its_size_limit_gets_1009_and_is_not_delivered() {
     }
 }
 
+/// Keepalive on every path: a client that answers the proxy's pings stays open well past
+/// the ping interval, and the upstream sees no ping and no pong; a client that never answers
+/// is closed after the interval and the pong timeout (the upstream gets `1001`).
+#[tokio::test]
+async fn keepalive_pings_a_quiet_client_and_closes_one_that_never_answers() {
+    use std::time::Instant;
+    let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(300));
+    for path in PATHS {
+        let limits = WebSocketLimits::new()
+            .ping_interval(interval)
+            .pong_timeout(timeout);
+        // A client that answers (tungstenite answers pings while it reads).
+        let s = setup_with(path, TunnelConfig::new(), limits).await;
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            // The first thing the upstream gets is the client's text, a second later: no
+            // ping, no pong.
+            let first = within(ws.next()).await.unwrap().unwrap();
+            assert_eq!(first, Message::text("still here"), "{path:?}");
+            ws.send(Message::text("me too")).await.unwrap();
+            ws
+        };
+        let client = async {
+            let url = format!("ws://{}/keepalive", s.proxy.addr);
+            let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+            // A second of quiet: the proxy pings every 200 ms, tungstenite answers each.
+            let mut pings = 0;
+            let quiet = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(quiet);
+            loop {
+                tokio::select! {
+                    () = &mut quiet => break,
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Ping(_))) => pings += 1,
+                        other => panic!("{path:?}: only pings while quiet, got {other:?}"),
+                    },
+                }
+            }
+            assert!(pings >= 3, "{path:?}: {pings} pings in a second");
+            ws.send(Message::text("still here")).await.unwrap();
+            let echo = loop {
+                match within(ws.next()).await.unwrap().unwrap() {
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    m => break m,
+                }
+            };
+            assert_eq!(echo, Message::text("me too"), "{path:?}");
+            ws
+        };
+        let (_up, _client) = tokio::join!(upstream, client);
+        assert!(s.events.opened().len() == 1, "{path:?}");
+
+        // A client that never answers: the tunnel ends after the interval and the timeout.
+        let s = setup_with(path, TunnelConfig::new(), limits).await;
+        let upstream = async {
+            let tcp = s.raw.accept().await;
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            close_code(&mut ws, "upstream").await
+        };
+        let silent = async {
+            let request = format!(
+                "GET /mute HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            );
+            let mut client = raw_client(s.proxy.addr, request.as_bytes()).await;
+            let (head, _) = read_head(&mut client).await;
+            assert_eq!(status(&head), 101, "{path:?}");
+            let start = Instant::now();
+            // Read what comes (a ping, then a close) and never answer.
+            let got = read_to_eof(&mut client).await;
+            (start.elapsed(), got)
+        };
+        let (up_code, (took, got)) = tokio::join!(upstream, silent);
+        assert_eq!(up_code, 1001, "{path:?}");
+        assert_eq!(&got[..2], &[0x89, 0x08], "{path:?}: a ping first: {got:?}");
+        assert!(
+            got.windows(4).any(|w| w == [0x88, 0x02, 0x03, 0xe9]),
+            "{path:?}: then a 1001: {got:?}"
+        );
+        assert!(took >= interval + timeout, "{path:?}: closed after {took:?}");
+        assert!(
+            took < interval + timeout + Duration::from_secs(2),
+            "{path:?}: closed after {took:?}"
+        );
+        let (_, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::PongTimeout, "{path:?}");
+    }
+}
+
 /// Every path follows WebSocket frames, splice included: a tunnel reports the messages it
 /// carried each way (a large one spliced counts as one) and the first close frame, here the
 /// client's `4001`.

@@ -296,3 +296,60 @@ async fn a_message_past_max_message_size_is_refused_with_1009() {
     assert_eq!(close["end"], "client_message_too_big", "{close}");
     assert_eq!(close["close_code"], 1009, "{close}");
 }
+
+/// `websocket: { ping_interval, pong_timeout }` from the YAML: a client that answers stays
+/// open past the interval and the upstream never sees a ping or a pong; one that never
+/// answers is closed within the interval and the timeout plus a second.
+#[tokio::test]
+async fn keepalive_from_the_yaml() {
+    let dir = TempDir::new("keepalive");
+    let mut echo = ws_echo().await;
+    let log = dir.path("access.jsonl");
+    let file = dir.write(
+        "keepalive.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\naccess_log: {}\nupgrade_configs:\n  - upgrade_type: websocket\n\
+             routes:\n  - match: {{ prefix: / }}\n    cluster: echo\n    websocket: {{ ping_interval: 300ms, pong_timeout: 300ms }}\n\
+             clusters:\n  - name: echo\n    endpoints: [{}]\n",
+            log.display(),
+            echo.addr
+        ),
+    );
+    let (_proxy, listen) = Proxy::serve(&dir, &file).await;
+
+    // Answers (tungstenite does, while it reads): open after 1.2 s, and the echo upstream
+    // sends back exactly the message, no pong of the client's.
+    let (mut ws, _) = ws_connect(format!("ws://{listen}/alive")).await;
+    let quiet = tokio::time::sleep(Duration::from_millis(1200));
+    tokio::pin!(quiet);
+    let mut pings = 0;
+    loop {
+        tokio::select! {
+            () = &mut quiet => break,
+            m = ws.next() => match m {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                other => panic!("only pings while quiet, got {other:?}"),
+            },
+        }
+    }
+    assert!(pings >= 2, "{pings} pings");
+    ws_roundtrip(&mut ws, Message::text("alive")).await;
+
+    // Never answers: a raw client that reads nothing after its 101.
+    let request = "GET /mute HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let mut mute = raw_client(listen, request.as_bytes()).await;
+    let (head, _) = read_head(&mut mute).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let start = Instant::now();
+    let upstream = within("the upstream's close", echo.close_codes.recv()).await;
+    assert_eq!(upstream, Some(1001));
+    assert!(
+        start.elapsed() < Duration::from_millis(600) + Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let close = wait_log_line(&log, "tunnel_close", Some("/mute")).await;
+    assert_eq!(close["end"], "pong_timeout", "{close}");
+    drop((ws, mute));
+}

@@ -156,8 +156,8 @@ pub(crate) enum ProxyMode {
     Chain,
     /// A legacy `use_websocket` route.
     Legacy,
-    /// The fast path with WebSocket limits on (a frame rate and message sizes no workload
-    /// reaches): what checking them costs.
+    /// The fast path with WebSocket limits on (a frame rate, message sizes and a ping
+    /// interval no workload reaches): what checking them costs.
     Limits,
 }
 

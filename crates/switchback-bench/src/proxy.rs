@@ -66,12 +66,13 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
             Workers::start(args.listen, threads, stack)
         }
         ProxyMode::Limits => {
-            // Far above any workload's rate and message size: checked on every frame, never
-            // hit.
+            // Far above any workload's rate and message size, and pings no workload waits
+            // for: checked on every frame, never hit.
             let limits = WebSocketLimits::new()
                 .max_frames_per_second(1_000_000_000)
                 .max_message_size(16 << 20)
-                .max_upstream_message_size(16 << 20);
+                .max_upstream_message_size(16 << 20)
+                .ping_interval(std::time::Duration::from_secs(30));
             let router = UpgradeRouterLayer::builder()
                 .upgrade_config(UpgradeConfig::new("websocket").websocket(limits))
                 .build()

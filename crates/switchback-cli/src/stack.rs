@@ -328,6 +328,12 @@ fn websocket_limits(config: &switchback_config::WebSocketLimits) -> switchback::
     if let Some(n) = config.max_upstream_message_size {
         limits = limits.max_upstream_message_size(n);
     }
+    if let Some(d) = config.ping_interval {
+        limits = limits.ping_interval(d);
+    }
+    if let Some(d) = config.pong_timeout {
+        limits = limits.pong_timeout(d);
+    }
     limits
 }
 

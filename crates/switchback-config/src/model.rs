@@ -239,6 +239,20 @@ pub struct WebSocketLimits {
     /// `1001`. Absent: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_upstream_message_size: Option<u64>,
+    /// After this long without a byte from the client, the proxy pings it; its pong is not
+    /// forwarded. Absent: no pings.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_opt"
+    )]
+    pub ping_interval: Option<Duration>,
+    /// How long the client has to answer a ping before the tunnel is closed (`1001` each
+    /// way). Absent: 10 s.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_opt"
+    )]
+    pub pong_timeout: Option<Duration>,
 }
 
 /// An HTTP filter: one single-key mapping in `http_filters` (or an upgrade type's

@@ -456,6 +456,8 @@ pub(crate) struct RawWebSocketLimits {
     pub(crate) max_frames_per_second: Option<S<u64>>,
     pub(crate) max_message_size: Option<S<u64>>,
     pub(crate) max_upstream_message_size: Option<S<u64>>,
+    pub(crate) ping_interval: Option<S<String>>,
+    pub(crate) pong_timeout: Option<S<String>>,
 }
 
 /// `max_frames_per_second`.
@@ -475,6 +477,8 @@ impl RawWebSocketLimits {
         "max_frames_per_second",
         "max_message_size",
         "max_upstream_message_size",
+        "ping_interval",
+        "pong_timeout",
     ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
@@ -485,10 +489,15 @@ impl RawWebSocketLimits {
             })
             .ok()
         };
+        let max_frames_per_second = whole("max_frames_per_second", FRAMES_PER_SECOND);
+        let max_message_size = whole("max_message_size", MESSAGE_SIZE);
+        let max_upstream_message_size = whole("max_upstream_message_size", MESSAGE_SIZE);
         Some(f.at(RawWebSocketLimits {
-            max_frames_per_second: whole("max_frames_per_second", FRAMES_PER_SECOND),
-            max_message_size: whole("max_message_size", MESSAGE_SIZE),
-            max_upstream_message_size: whole("max_upstream_message_size", MESSAGE_SIZE),
+            max_frames_per_second,
+            max_message_size,
+            max_upstream_message_size,
+            ping_interval: f.optional(ctx, "ping_interval", Ctx::string).ok(),
+            pong_timeout: f.optional(ctx, "pong_timeout", Ctx::string).ok(),
         }))
     }
 }

@@ -2233,6 +2233,15 @@ fn websocket_limits_on_the_type_and_on_routes() {
     let c = parse("upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_message_size: 0 }\n");
     let zero = c.upgrade_configs[0].websocket.unwrap().max_message_size;
     assert_eq!(zero, Some(0), "empty messages only");
+    let c = parse(
+        "routes:\n  - match: { prefix: / }\n    cluster: c\n    websocket: { ping_interval: 30s, pong_timeout: 250ms }\n\
+         clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n",
+    );
+    let ws = c.routes[0].websocket.unwrap();
+    assert_eq!(
+        (ws.ping_interval, ws.pong_timeout),
+        (Some(Duration::from_secs(30)), Some(Duration::from_millis(250)))
+    );
 
     for (yaml, says) in [
         (
@@ -2254,6 +2263,14 @@ fn websocket_limits_on_the_type_and_on_routes() {
         (
             "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_upstream_message_size: -1 }\n",
             "max_upstream_message_size",
+        ),
+        (
+            "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { ping_interval: 0s }\n",
+            "a keepalive needs some time",
+        ),
+        (
+            "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { pong_timeout: soon }\n",
+            "pong_timeout",
         ),
         (
             "upgrade_configs:\n  - upgrade_type: websocket\n    websocket: { max_frame_per_second: 5 }\n",

@@ -313,7 +313,7 @@ impl Ctx<'_> {
             );
             None
         };
-        WebSocketLimits {
+        let limits = WebSocketLimits {
             max_frames_per_second: within(
                 &raw.max_frames_per_second,
                 "max_frames_per_second",
@@ -326,6 +326,22 @@ impl Ctx<'_> {
                 "max_upstream_message_size",
                 MESSAGE_SIZE,
             ),
+            ping_interval: None,
+            pong_timeout: None,
+        };
+        let never = Zero::Rejected(
+            "a keepalive needs some time: give a duration such as 30s, or leave the field out",
+        );
+        WebSocketLimits {
+            ping_interval: raw
+                .ping_interval
+                .as_ref()
+                .and_then(|d| self.duration(d, &join_key(path, "ping_interval"), never)),
+            pong_timeout: raw
+                .pong_timeout
+                .as_ref()
+                .and_then(|d| self.duration(d, &join_key(path, "pong_timeout"), never)),
+            ..limits
         }
     }
 

@@ -16,12 +16,17 @@
 //!     .max_frames_per_second(100)
 //!     .frame_burst(200)
 //!     .max_message_size(1 << 20)
-//!     .max_upstream_message_size(16 << 20);
+//!     .max_upstream_message_size(16 << 20)
+//!     // A ping to clients quiet for 30 s; no pong within 10 s closes the tunnel.
+//!     .ping_interval(std::time::Duration::from_secs(30))
+//!     .pong_timeout(std::time::Duration::from_secs(10));
 //! let ws = UpgradeConfig::new("websocket").websocket(limits);
 //! // A route's own limits override the type's, field by field.
 //! let chat = Route::prefix("/chat").websocket(WebSocketLimits::new().max_frames_per_second(10));
 //! # let _ = (ws, chat);
 //! ```
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -33,7 +38,13 @@ pub struct WebSocketLimits {
     frame_rate: Option<FrameRate>,
     max_message_size: Option<u64>,
     max_upstream_message_size: Option<u64>,
+    ping_interval: Option<Duration>,
+    pong_timeout: Option<Duration>,
 }
+
+/// How long a client has to answer a ping, when [`WebSocketLimits::pong_timeout`] says
+/// nothing.
+const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A token bucket's shape: `per_second` frames a second, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +87,33 @@ impl WebSocketLimits {
         self
     }
 
+    /// After this long without a byte from the client, Switchback sends it a ping (at a frame
+    /// boundary, never inside a frame); a client that doesn't answer within
+    /// [`pong_timeout`](Self::pong_timeout) is closed (`1001` each way;
+    /// [`TunnelEnd::PongTimeout`](crate::TunnelEnd::PongTimeout)). The client's pong to it is not
+    /// forwarded: the upstream sees none of this, and neither counts as activity for the
+    /// tunnel's idle timeout. NATs and load balancers that drop idle flows keep the tunnel's.
+    /// At least a millisecond.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = Some(interval.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How long a client has to answer the proxy's ping (default 10 s; at least a
+    /// millisecond).
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = Some(timeout.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// The keepalive: the ping interval and the pong timeout, when pings are on.
+    pub(crate) fn keepalive(&self) -> Option<(Duration, Duration)> {
+        Some((
+            self.ping_interval?,
+            self.pong_timeout.unwrap_or(DEFAULT_PONG_TIMEOUT),
+        ))
+    }
+
     /// The client's and the upstream's message size limits.
     pub(crate) fn message_limits(&self) -> (Option<u64>, Option<u64>) {
         (self.max_message_size, self.max_upstream_message_size)
@@ -97,6 +135,8 @@ impl WebSocketLimits {
                 frame_rate: route.frame_rate.or(self.frame_rate),
                 max_message_size: route.max_message_size.or(self.max_message_size),
                 max_upstream_message_size: route.max_upstream_message_size.or(self.max_upstream_message_size),
+                ping_interval: route.ping_interval.or(self.ping_interval),
+                pong_timeout: route.pong_timeout.or(self.pong_timeout),
             },
             None => self,
         }
@@ -156,17 +196,13 @@ impl FrameBucket {
 
     /// How long until one more frame fits (for tests and docs: the bucket has no timer).
     #[cfg(test)]
-    fn refill_time(&self) -> std::time::Duration {
-        std::time::Duration::from_micros(
-            u64::try_from(SCALE / u128::from(self.rate.per_second)).unwrap_or(u64::MAX),
-        )
+    fn refill_time(&self) -> Duration {
+        Duration::from_micros(u64::try_from(SCALE / u128::from(self.rate.per_second)).unwrap_or(u64::MAX))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test(start_paused = true)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::gate::{Gate, Verdict};
+use super::gate::{Gate, PONG_LEN, Verdict};
 use super::held::Held;
 use super::leg::Leg;
 #[cfg(target_os = "linux")]
@@ -87,6 +87,8 @@ pin_project! {
         close_frame: Option<CloseFrame>,
         // The client's frame budget, when its rate is limited.
         frame_budget: Option<FrameBucket>,
+        // Pings to a quiet client, when on.
+        keepalive: Option<Keepalive>,
         life: Life,
         down_first: bool,
         #[pin]
@@ -127,6 +129,15 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
                 .websocket
                 .then(|| settings.limits.frame_bucket())
                 .flatten(),
+            keepalive: settings.limits.keepalive().filter(|_| settings.websocket).map(
+                |(interval, timeout)| Keepalive {
+                    interval,
+                    timeout,
+                    heard: 0,
+                    quiet_since: now,
+                    ping_sent: None,
+                },
+            ),
             life: Life::Running {
                 expires: settings.max_duration.map(|d| now + d),
             },
@@ -171,6 +182,27 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
         };
         [idle, half, life].into_iter().flatten().min_by_key(|(at, _)| *at)
     }
+
+    /// When the keepalive next has something to do (send a ping, or give up on its pong).
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        let k = self.keepalive.as_ref()?;
+        Some(match k.ping_sent {
+            None => k.quiet_since + k.interval,
+            Some(sent) => sent + k.timeout,
+        })
+    }
+}
+
+/// Pings to a client that has gone quiet.
+#[derive(Debug)]
+struct Keepalive {
+    interval: Duration,
+    timeout: Duration,
+    /// The client's bytes relayed when it was last heard from.
+    heard: u64,
+    quiet_since: Instant,
+    /// When the unanswered ping went out.
+    ping_sent: Option<Instant>,
 }
 
 impl<C: Leg, U: Leg> Future for Duplex<C, U> {
@@ -239,6 +271,36 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             limit_close(this.close_frame, websocket::POLICY_VIOLATION);
             cx.waker().wake_by_ref();
         }
+        if let Some(k) = this.keepalive.as_mut() {
+            let now = Instant::now();
+            // Any byte from the client, or its pong, says it is there.
+            if this.to_upstream.bytes != k.heard || std::mem::take(&mut this.to_upstream.pong_seen) {
+                k.heard = this.to_upstream.bytes;
+                k.quiet_since = now;
+                k.ping_sent = None;
+                if let Some(gate) = &mut this.to_upstream.gate {
+                    gate.pong = None;
+                }
+            }
+            match k.ping_sent {
+                _ if !matches!(this.life, Life::Running { .. }) => *this.keepalive = None,
+                None if now >= k.quiet_since + k.interval => {
+                    let payload: [u8; 8] = rand::random();
+                    this.to_client.inject = Some(ping_frame(payload));
+                    if let Some(gate) = &mut this.to_upstream.gate {
+                        gate.pong = Some(payload);
+                    }
+                    k.ping_sent = Some(now);
+                    cx.waker().wake_by_ref();
+                }
+                Some(sent) if now >= sent + k.timeout => {
+                    *this.keepalive = None;
+                    this.life.close(TunnelEnd::PongTimeout);
+                    cx.waker().wake_by_ref();
+                }
+                _ => {}
+            }
+        }
         if this.close_frame.is_none() {
             *this.close_frame = first_close_frame(this.to_upstream, this.to_client);
         }
@@ -264,9 +326,30 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         }
 
         loop {
+            let tick = self.keepalive_deadline();
             let Some((deadline, end)) = self.next_deadline() else {
+                if let Some(tick) = tick {
+                    let mut timer = self.as_mut().project().timer;
+                    if timer.deadline() > tick || timer.is_elapsed() {
+                        timer.as_mut().reset(tick);
+                    }
+                    if timer.poll(cx).is_ready() {
+                        cx.waker().wake_by_ref();
+                    }
+                }
                 return Poll::Pending;
             };
+            // The keepalive's next step comes first: wake for it (it is handled above).
+            if let Some(tick) = tick.filter(|&t| t < deadline) {
+                let mut timer = self.as_mut().project().timer;
+                if timer.deadline() > tick || timer.is_elapsed() {
+                    timer.as_mut().reset(tick);
+                }
+                if timer.poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+                return Poll::Pending;
+            }
             // Read the clock on every turn: a timer that fired means time has moved on.
             if deadline <= Instant::now() {
                 let life = self.as_mut().project().life;
@@ -291,6 +374,13 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             }
         }
     }
+}
+
+/// A ping as a server sends it (unmasked), with `payload`.
+fn ping_frame(payload: [u8; 8]) -> bytes::Bytes {
+    let mut frame = vec![0x89, 0x08];
+    frame.extend_from_slice(&payload);
+    frame.into()
 }
 
 /// A limit closes the tunnel: the close frame that says so (`code`, to the peer past the
@@ -388,8 +478,15 @@ struct Half {
     need_flush: bool,
     bytes: u64,
     frames: Option<FrameTracker>,
-    /// The message size limit of what this direction carries, when there is one.
+    /// The message size limit of what this direction carries, when there is one (and, on
+    /// the client's direction with keepalive on, the pong watch).
     gate: Option<Gate>,
+    /// A control frame of Switchback's (a ping) to write at the next frame boundary.
+    inject: Option<bytes::Bytes>,
+    /// What is held is Switchback's own frame, not relayed bytes.
+    ours: bool,
+    /// The client's pong to Switchback's ping was taken out of the stream.
+    pong_seen: bool,
 }
 
 impl Half {
@@ -415,8 +512,19 @@ impl Half {
                     Direction::ToUpstream => client,
                     Direction::ToClient => upstream,
                 };
-                max.filter(|_| settings.websocket).map(Gate::new)
+                // With keepalive on, the client's direction walks frames ahead of the writer
+                // to take out the pongs to Switchback's pings, limit or not.
+                let pongs = direction == Direction::ToUpstream && settings.limits.keepalive().is_some();
+                match max {
+                    Some(max) => Some(Gate::new(max)),
+                    None if pongs => Some(Gate::new(u64::MAX)),
+                    None => None,
+                }
+                .filter(|_| settings.websocket)
             },
+            inject: None,
+            ours: false,
+            pong_seen: false,
         }
     }
 
@@ -487,6 +595,16 @@ impl Half {
             ready!(self.poll_write_held(cx, writer, draining, moved))?;
             #[cfg(target_os = "linux")]
             ready!(self.poll_write_pipe(cx, writer.socket(), moved))?;
+            // A ping of Switchback's goes out between two frames.
+            if !draining
+                && self.held.is_empty()
+                && self.frames.as_ref().is_some_and(FrameTracker::at_boundary)
+                && let Some(ping) = self.inject.take()
+            {
+                self.held = Held::Chunk(ping);
+                self.ours = true;
+                continue;
+            }
             // Draining stops reading at the next frame boundary (a frame in flight is
             // finished, so that the close frame can follow it), or at once on opaque streams.
             let limit = match &self.frames {
@@ -628,7 +746,7 @@ impl Half {
         draining: bool,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
-        let relayed = self.phase == Phase::Copying;
+        let relayed = self.phase == Phase::Copying && !self.ours;
         while !self.held.is_empty() {
             let bytes = self.held.bytes();
             let mut len = match &self.frames {
@@ -646,6 +764,13 @@ impl Half {
                     gate.carry = bytes.to_vec();
                     self.held.release();
                     break;
+                }
+                if len == 0 && verdict == Verdict::Pong {
+                    // The client's answer to our ping: never written, never counted.
+                    gate.pong = None;
+                    self.pong_seen = true;
+                    self.held.consume(PONG_LEN);
+                    continue;
                 }
             }
             if len == 0 {
@@ -672,6 +797,9 @@ impl Half {
             }
             self.held.consume(n);
             self.need_flush = true;
+        }
+        if self.held.is_empty() {
+            self.ours = false;
         }
         Poll::Ready(Ok(()))
     }

@@ -14,6 +14,9 @@ use crate::websocket::{FrameTracker, header_len};
 pub(super) enum Verdict {
     /// Everything held is admitted.
     Admitted,
+    /// The frame at the admitted end is the client's pong to Switchback's ping
+    /// ([`PONG_LEN`] bytes): it is not relayed.
+    Pong,
     /// The held bytes end inside a frame header: the bytes from the admitted end on are its
     /// start.
     Partial,
@@ -39,7 +42,13 @@ pub(super) struct Gate {
     /// Bytes of a header admitted whole when it was peeked, that a short splice left for
     /// the next read: they pass without a second look.
     owed: usize,
+    /// The payload of Switchback's ping still unanswered: the client's pong with it is
+    /// taken out of the stream.
+    pub(super) pong: Option<[u8; 8]>,
 }
+
+/// A client's pong to Switchback's ping: header (2), mask (4), the ping's 8 payload bytes.
+pub(super) const PONG_LEN: usize = 14;
 
 impl Gate {
     pub(super) fn new(max: u64) -> Self {
@@ -51,6 +60,7 @@ impl Gate {
             carry: Vec::new(),
             too_big: false,
             owed: 0,
+            pong: None,
         }
     }
 
@@ -71,6 +81,24 @@ impl Gate {
                 self.walker.skip(n as u64);
                 self.admitted += n;
                 continue;
+            }
+            if let Some(ours) = self.pong
+                && rest[0] == 0x8a
+                && rest.get(1).is_none_or(|&b1| b1 == 0x88)
+            {
+                // Perhaps the client's pong to our ping: wait for all of it, then look.
+                let Some(frame) = rest.get(..PONG_LEN) else {
+                    return Verdict::Partial;
+                };
+                let mask = &frame[2..6];
+                if frame[6..]
+                    .iter()
+                    .zip(mask.iter().cycle())
+                    .map(|(b, m)| b ^ m)
+                    .eq(ours)
+                {
+                    return Verdict::Pong;
+                }
             }
             let Some((len, payload)) = header_len(rest) else {
                 return Verdict::Partial;
@@ -175,9 +203,48 @@ mod tests {
                     gate.carry = held[gate.admitted..].to_vec();
                 }
                 Verdict::TooBig => return (written + gate.admitted, true),
+                Verdict::Pong => panic!("no pong is watched here"),
             }
         }
         (written, false)
+    }
+
+    #[test]
+    fn the_clients_pong_to_our_ping_is_found_whole_in_any_split() {
+        let ours = *b"sbk-ping";
+        let mask = [1, 2, 3, 4];
+        let pong = |payload: &[u8; 8]| {
+            let mut f = vec![0x8a, 0x88];
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            f
+        };
+        let before = frame(0x1, true, 5);
+        for split in 0..PONG_LEN {
+            let mut gate = Gate::new(u64::MAX);
+            gate.pong = Some(ours);
+            let stream = [before.clone(), pong(&ours)].concat();
+            let (first, rest) = stream.split_at(before.len() + split);
+            // The pong's start waits for the rest of it...
+            let verdict = gate.admit(first);
+            assert_eq!(gate.admitted, before.len(), "split at {split}");
+            let expected = if split == 0 {
+                Verdict::Admitted
+            } else {
+                Verdict::Partial
+            };
+            assert_eq!(verdict, expected, "split at {split}");
+            // ...and, whole, is recognised.
+            gate.admitted = 0;
+            let held = [&first[before.len()..], rest].concat();
+            assert_eq!(gate.admit(&held), Verdict::Pong, "split at {split}");
+        }
+        // Another pong (the upstream's ping answered) passes.
+        let mut gate = Gate::new(u64::MAX);
+        gate.pong = Some(ours);
+        let theirs = pong(b"upstream");
+        assert_eq!(gate.admit(&theirs), Verdict::Admitted);
+        assert_eq!(gate.admitted, theirs.len());
     }
 
     #[test]

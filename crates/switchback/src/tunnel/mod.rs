@@ -158,6 +158,8 @@ pub enum TunnelEnd {
     ClientMessageTooBig,
     /// The upstream sent a message larger than its limit: it got `1009`, the client `1001`.
     UpstreamMessageTooBig,
+    /// The client didn't answer Switchback's keepalive ping in time.
+    PongTimeout,
     /// A read or write failed, or a layer's body failed (e.g. a body limit).
     Error,
 }
@@ -175,6 +177,7 @@ impl TunnelEnd {
             Self::RateLimited => "rate_limited",
             Self::ClientMessageTooBig => "client_message_too_big",
             Self::UpstreamMessageTooBig => "upstream_message_too_big",
+            Self::PongTimeout => "pong_timeout",
             Self::Error => "error",
         }
     }
