@@ -543,10 +543,8 @@ async fn keepalive_pings_a_quiet_client_and_closes_one_that_never_answers() {
             close_code(&mut ws, "upstream").await
         };
         let silent = async {
-            let request = format!(
-                "GET /mute HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            );
+            let request = "GET /mute HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
             let mut client = raw_client(s.proxy.addr, request.as_bytes()).await;
             let (head, _) = read_head(&mut client).await;
             assert_eq!(status(&head), 101, "{path:?}");
