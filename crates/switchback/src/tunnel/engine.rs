@@ -255,10 +255,8 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             (&*this.to_upstream, TunnelEnd::ClientMessageTooBig),
             (&*this.to_client, TunnelEnd::UpstreamMessageTooBig),
         ] {
-            if half.gate.as_ref().is_some_and(|g| g.too_big) && matches!(this.life, Life::Running { .. }) {
-                this.life.close(why);
-                limit_close(this.close_frame, websocket::MESSAGE_TOO_BIG);
-                cx.waker().wake_by_ref();
+            if half.gate.as_ref().is_some_and(|g| g.too_big) {
+                close_for_limit(this.life, this.close_frame, why, websocket::MESSAGE_TOO_BIG, cx);
             }
         }
         if let (Some(budget), Some(frames)) = (this.frame_budget.as_mut(), &this.to_upstream.frames)
@@ -267,9 +265,8 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
             // Past its frame rate, the client is closed as a drain closes: frames in flight
             // finish, then `1008` to it and `1001` upstream.
             *this.frame_budget = None;
-            this.life.close(TunnelEnd::RateLimited);
-            limit_close(this.close_frame, websocket::POLICY_VIOLATION);
-            cx.waker().wake_by_ref();
+            let why = TunnelEnd::RateLimited;
+            close_for_limit(this.life, this.close_frame, why, websocket::POLICY_VIOLATION, cx);
         }
         if let Some(k) = this.keepalive.as_mut() {
             let now = Instant::now();
@@ -383,16 +380,28 @@ fn ping_frame(payload: [u8; 8]) -> bytes::Bytes {
     frame.into()
 }
 
-/// A limit closes the tunnel: the close frame that says so (`code`, to the peer past the
-/// limit) is the one reported, unless a peer closed first. The `1001` the stopped direction
-/// may already have queued towards the other side is not the news.
-fn limit_close(first: &mut Option<CloseFrame>, code: u16) {
+/// A limit was passed (`why`): the tunnel closes as a drain does, once, and the close frame
+/// that says so (`code`, to the peer past the limit) is the one reported, unless a peer
+/// closed first. The `1001` the stopped direction may already have queued towards the other
+/// side is not the news.
+fn close_for_limit(
+    life: &mut Life,
+    first: &mut Option<CloseFrame>,
+    why: TunnelEnd,
+    code: u16,
+    cx: &Context<'_>,
+) {
+    if !matches!(life, Life::Running { .. }) {
+        return;
+    }
+    life.close(why);
     if first.is_none_or(|f| f.by == ClosedBy::Proxy) {
         *first = Some(CloseFrame {
             by: ClosedBy::Proxy,
             code: Some(code),
         });
     }
+    cx.waker().wake_by_ref();
 }
 
 /// The tunnel's first close frame so far: a peer's, else one of Switchback's (the client's
