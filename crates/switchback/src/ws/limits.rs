@@ -1,30 +1,4 @@
-//! WebSocket-aware limits on a tunnel: [`WebSocketLimits`].
-//!
-//! The tunnel engine already follows every WebSocket frame's header on every path (spliced,
-//! copied, pumped through layers, legacy), so limits that need only headers cost next to
-//! nothing and keep the joined (splice) path. A limit that is passed closes the tunnel the
-//! way a drain does: each direction finishes the frame in flight, then gets a close frame,
-//! never one inside a frame.
-//!
-//! ```
-//! use switchback::ws::WebSocketLimits;
-//! use switchback::{Route, UpgradeConfig};
-//!
-//! // At most 100 frames a second from each client, in bursts of up to 200; messages of at
-//! // most 1 MiB from clients and 16 MiB from the upstream (Kong's defaults).
-//! let limits = WebSocketLimits::new()
-//!     .max_frames_per_second(100)
-//!     .frame_burst(200)
-//!     .max_message_size(1 << 20)
-//!     .max_upstream_message_size(16 << 20)
-//!     // A ping to clients quiet for 30 s; no pong within 10 s closes the tunnel.
-//!     .ping_interval(std::time::Duration::from_secs(30))
-//!     .pong_timeout(std::time::Duration::from_secs(10));
-//! let ws = UpgradeConfig::new("websocket").websocket(limits);
-//! // A route's own limits override the type's, field by field.
-//! let chat = Route::prefix("/chat").websocket(WebSocketLimits::new().max_frames_per_second(10));
-//! # let _ = (ws, chat);
-//! ```
+//! [`WebSocketLimits`]: frame-header limits and keepalive, kept on the joined path.
 
 use std::time::Duration;
 
