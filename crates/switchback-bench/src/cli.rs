@@ -159,6 +159,8 @@ pub(crate) enum ProxyMode {
     /// The fast path with WebSocket limits on (a frame rate, message sizes and a ping
     /// interval no workload reaches): what checking them costs.
     Limits,
+    /// A WebSocket message filter that passes every message: what reading messages costs.
+    Filter,
 }
 
 /// Arguments of the `proxy` role.
@@ -173,6 +175,10 @@ pub(crate) struct ProxyArgs {
     /// The upstream to forward to.
     #[arg(long)]
     pub(crate) upstream: SocketAddr,
+    /// Sends every request upstream with this `Host` (for upstreams that check it, such as
+    /// Autobahn's echo server).
+    #[arg(long)]
+    pub(crate) host_rewrite: Option<http::HeaderValue>,
 }
 
 /// Arguments of the `exec` role.
@@ -189,4 +195,9 @@ pub(crate) struct UpstreamArgs {
     /// Where to listen (port 0: any; the bound address is printed as `LISTENING addr`).
     #[arg(long)]
     pub(crate) listen: SocketAddr,
+    /// Echo as a WebSocket server: each frame back unmasked (RFC 6455 forbids a server's
+    /// masks, and a proxy that reads frames refuses them). Without it, bytes come back as
+    /// they came, masks and all: the cheapest echo, for proxies that don't read frames.
+    #[arg(long)]
+    pub(crate) frames: bool,
 }

@@ -73,12 +73,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
         Ok(())
     }
 
-    /// Sends `frame` and reads the same bytes back from the echo upstream.
+    /// Sends `frame` (masked, at most 125 payload bytes: a probe, a ping, a close) and reads
+    /// it back from the echo upstream: the same bytes, or the same frame unmasked from a
+    /// WebSocket echo (`upstream --frames`).
     pub(crate) async fn echo(&mut self, frame: &[u8]) -> Result<()> {
         self.stream.write_all(frame).await?;
-        let mut back = vec![0u8; frame.len()];
-        self.read_exact(&mut back).await?;
-        if back != frame {
+        let mut head = [0u8; 2];
+        self.read_exact(&mut head).await?;
+        let masked = head[1] & 0x80 != 0;
+        let mut back = head.to_vec();
+        back.resize(if masked { frame.len() } else { frame.len() - 4 }, 0);
+        self.read_exact(&mut back[2..]).await?;
+        let want = if masked { frame.to_vec() } else { unmasked(frame) };
+        if back != want {
             return Err(Error::new("the echo differs from what was sent"));
         }
         Ok(())
@@ -122,6 +129,15 @@ pub(crate) fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8>
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
     frame
+}
+
+/// A short masked frame (see [`masked_frame`]) as a server sends it: mask bit and key gone,
+/// payload unmasked.
+fn unmasked(frame: &[u8]) -> Vec<u8> {
+    let mask = [frame[2], frame[3], frame[4], frame[5]];
+    let mut out = vec![frame[0], frame[1] & 0x7f];
+    out.extend(frame[6..].iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    out
 }
 
 /// Reads an HTTP head (at most 16 KiB) through its blank line; returns it and the bytes read

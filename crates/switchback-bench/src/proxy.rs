@@ -9,21 +9,29 @@
 //!   identity function). Both bodies are then foreign types, so the payload is pumped through
 //!   the chain both ways. The wrapper does no work of its own: this measures the pumped path.
 //! - `legacy`: a `use_websocket` route (`RouteLayer` above the router, `Forward::routed()`).
+//! - `limits`: the fast path with every WebSocket limit on, none reached.
+//! - `filter`: a `ws::MessageFilterLayer` whose filter passes every message, on the
+//!   `websocket` type's chain: frames parsed, messages reassembled and sent on rebuilt.
+//!
+//! `--host-rewrite` sets every request's `Host` before the stack sees it (Autobahn's echo
+//! server, the upstream of `scripts/autobahn.sh`, checks it).
 //!
 //! Library defaults everywhere else (tunnel buffers, idle timeout).
 
 use std::num::NonZeroUsize;
 
-use http::{Request, Response};
+use std::convert::Infallible;
+
+use http::{Request, Response, header};
 use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use rustix::process::Signal;
-use switchback::Workers;
-use switchback::ws::WebSocketLimits;
+use switchback::ws::{Message, MessageFilterLayer, Verdict, WebSocketLimits};
 use switchback::{
-    Body, Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeConfig,
-    UpgradeRouterLayer,
+    Body, Chain, Cluster, Endpoint, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeConfig,
+    UpgradeRouterLayer, Workers,
 };
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder, service_fn};
 
 use crate::cli::{ProxyArgs, ProxyMode};
 use crate::error::{Context, Result};
@@ -55,7 +63,7 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
     match args.mode {
         ProxyMode::Fast => {
             let stack = ServiceBuilder::new().layer(router).service(Forward::new(cluster));
-            Workers::start(args.listen, threads, stack)
+            serve(args, threads, stack)
         }
         ProxyMode::Chain => {
             let stack = ServiceBuilder::new()
@@ -63,7 +71,7 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
                 .map_request(|req: Request<Body>| req.map(|b| Body::new(b.map_frame(|f| f))))
                 .map_response(|res: Response<Body>| res.map(|b| b.map_frame(|f| f)))
                 .service(Forward::new(cluster));
-            Workers::start(args.listen, threads, stack)
+            serve(args, threads, stack)
         }
         ProxyMode::Limits => {
             // Far above any workload's rate and message size, and pings no workload waits
@@ -78,7 +86,22 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
                 .build()
                 .context("upgrade router")?;
             let stack = ServiceBuilder::new().layer(router).service(Forward::new(cluster));
-            Workers::start(args.listen, threads, stack)
+            serve(args, threads, stack)
+        }
+        ProxyMode::Filter => {
+            let pass = service_fn(|_: Message| std::future::ready(Ok::<_, Infallible>(Verdict::Pass)));
+            let forward = Forward::new(cluster);
+            let filtered = Chain::new(
+                ServiceBuilder::new()
+                    .layer(MessageFilterLayer::new(pass))
+                    .service(forward.clone()),
+            );
+            let router = UpgradeRouterLayer::builder()
+                .upgrade_config(UpgradeConfig::new("websocket").chain(filtered))
+                .build()
+                .context("upgrade router")?;
+            let stack = ServiceBuilder::new().layer(router).service(forward);
+            serve(args, threads, stack)
         }
         ProxyMode::Legacy => {
             let routes = vec![
@@ -91,8 +114,28 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
                 .layer(RouteLayer::new(routes, Runtime::new()).context("routes")?)
                 .layer(UpgradeRouterLayer::builder().build().context("upgrade router")?)
                 .service(Forward::routed());
-            Workers::start(args.listen, threads, stack)
+            serve(args, threads, stack)
         }
     }
     .context(format_args!("proxy: serving on {}", args.listen))
+}
+
+/// Serves `stack` on the workers, behind the `Host` rewrite if one was asked for.
+fn serve<S, B>(args: &ProxyArgs, threads: NonZeroUsize, stack: S) -> std::io::Result<Workers>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = hyper::body::Bytes> + Send + 'static,
+    B::Error: Into<switchback::BoxError>,
+{
+    let host = args.host_rewrite.clone();
+    let stack = ServiceBuilder::new()
+        .map_request(move |mut req: Request<Incoming>| {
+            if let Some(host) = &host {
+                req.headers_mut().insert(header::HOST, host.clone());
+            }
+            req
+        })
+        .service(stack);
+    Workers::start(args.listen, threads, stack)
 }

@@ -34,6 +34,9 @@ pub(crate) enum SystemKind {
     /// Switchback's fast path with WebSocket limits on (never reached): what checking them
     /// costs. Not run unless asked for (`--systems switchback-limits`).
     SwitchbackLimits,
+    /// Switchback with a WebSocket message filter that passes every message (pumped
+    /// tunnels, frames parsed and rebuilt). Not run unless asked for.
+    SwitchbackFilter,
     /// Switchback's binary (`switchback`, from a YAML file) with a plain listener: the same
     /// process the TLS workloads measure as `switchback`, without TLS, for the plain
     /// workloads. Not run unless asked for (`--systems switchback-bin`).
@@ -46,23 +49,29 @@ pub(crate) enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order.
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::Direct,
         Self::Switchback,
         Self::SwitchbackChain,
         Self::SwitchbackLegacy,
         Self::SwitchbackLimits,
+        Self::SwitchbackFilter,
         Self::SwitchbackBin,
         Self::Nginx,
         Self::Haproxy,
     ];
 
-    /// The systems a run without `--systems` measures: all but `switchback-bin` and
-    /// `switchback-limits`.
+    /// The systems a run without `--systems` measures: all but `switchback-bin`,
+    /// `switchback-limits` and `switchback-filter`.
     pub(crate) fn default_set() -> Vec<Self> {
         Self::ALL
             .into_iter()
-            .filter(|&s| s != Self::SwitchbackBin && s != Self::SwitchbackLimits)
+            .filter(|&s| {
+                !matches!(
+                    s,
+                    Self::SwitchbackBin | Self::SwitchbackLimits | Self::SwitchbackFilter
+                )
+            })
             .collect()
     }
 
@@ -74,6 +83,7 @@ impl SystemKind {
             Self::SwitchbackChain => "switchback-chain",
             Self::SwitchbackLegacy => "switchback-legacy",
             Self::SwitchbackLimits => "switchback-limits",
+            Self::SwitchbackFilter => "switchback-filter",
             Self::SwitchbackBin => "switchback-bin",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
@@ -131,7 +141,13 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
     } else {
         None
     };
-    let mut upstream = role(env, "upstream", &["upstream", "--listen", "127.0.0.1:0"])?;
+    // A proxy that reads frames needs a real WebSocket server behind it.
+    let frames = matches!(kind, SystemKind::SwitchbackFilter);
+    let mut args = vec!["upstream", "--listen", "127.0.0.1:0"];
+    if frames {
+        args.push("--frames");
+    }
+    let mut upstream = role(env, "upstream", &args)?;
     let upstream_addr = upstream.listening().await?;
     let up = upstream_addr.to_string();
     let (proxy, addr) = match (kind, certs) {
@@ -166,13 +182,15 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
             SystemKind::Switchback
             | SystemKind::SwitchbackChain
             | SystemKind::SwitchbackLegacy
-            | SystemKind::SwitchbackLimits,
+            | SystemKind::SwitchbackLimits
+            | SystemKind::SwitchbackFilter,
             None,
         ) => {
             let mode = match kind {
                 SystemKind::SwitchbackChain => ProxyMode::Chain,
                 SystemKind::SwitchbackLegacy => ProxyMode::Legacy,
                 SystemKind::SwitchbackLimits => ProxyMode::Limits,
+                SystemKind::SwitchbackFilter => ProxyMode::Filter,
                 _ => ProxyMode::Fast,
             };
             let mode = mode.to_possible_value().context("proxy mode name")?;

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustix::process::Signal;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::cli::UpstreamArgs;
@@ -41,10 +41,10 @@ pub(crate) fn main(args: &UpstreamArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(serve(args.listen))
+    rt.block_on(serve(args.listen, args.frames))
 }
 
-async fn serve(listen: SocketAddr) -> Result<()> {
+async fn serve(listen: SocketAddr, frames: bool) -> Result<()> {
     let socket = if listen.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -72,12 +72,12 @@ async fn serve(listen: SocketAddr) -> Result<()> {
         };
         tokio::spawn(async move {
             // Clients vanish mid-workload by design (a bulk run ends by dropping them).
-            let _ = connection(stream).await;
+            let _ = connection(stream, frames).await;
         });
     }
 }
 
-async fn connection(mut stream: TcpStream) -> io::Result<()> {
+async fn connection(mut stream: TcpStream, frames: bool) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (head, rest) = tokio::time::timeout(HEAD_TIMEOUT, crate::client::read_head(&mut stream))
         .await
@@ -98,8 +98,72 @@ async fn connection(mut stream: TcpStream) -> io::Result<()> {
             stream.write_all(&FLOOD).await?;
         }
     }
+    if frames {
+        return frame_echo(stream, rest).await;
+    }
     stream.write_all(&rest).await?;
     echo(stream).await
+}
+
+/// Echoes each frame back unmasked, as a WebSocket server does, until EOF. `rest`: bytes
+/// read past the handshake.
+async fn frame_echo(stream: TcpStream, rest: Vec<u8>) -> io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(ECHO_BUF, std::io::Cursor::new(rest).chain(rd));
+    let (mut payload, mut out) = (Vec::new(), Vec::new());
+    loop {
+        let mut head = [0u8; 2];
+        match rd.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return wr.shutdown().await,
+            Err(e) => return Err(e),
+        }
+        let len = match head[1] & 0x7f {
+            126 => u64::from(rd.read_u16().await?),
+            127 => rd.read_u64().await?,
+            n => u64::from(n),
+        };
+        let mut mask = [0u8; 4];
+        if head[1] & 0x80 != 0 {
+            rd.read_exact(&mut mask).await?;
+        }
+        let len = usize::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
+        payload.resize(len, 0);
+        rd.read_exact(&mut payload).await?;
+        unmask(&mut payload, mask);
+        out.clear();
+        out.push(head[0]);
+        match len {
+            0..=125 => out.push(len as u8),
+            126..=0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&payload);
+        wr.write_all(&out).await?;
+    }
+}
+
+/// XORs `buf` with `mask`, eight bytes at a time (a byte loop would make this upstream the
+/// slowest part of a bulk run).
+fn unmask(buf: &mut [u8], mask: [u8; 4]) {
+    let word = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(w) ^ word).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
 }
 
 /// Echoes until EOF, then closes.

@@ -23,6 +23,7 @@ fn colour(system: SystemKind) -> &'static str {
         SystemKind::SwitchbackChain => "#5fa2d9",
         SystemKind::SwitchbackLegacy => "#9cc6ea",
         SystemKind::SwitchbackLimits => "#3b8bd0",
+        SystemKind::SwitchbackFilter => "#7b5fc0",
         SystemKind::SwitchbackBin => "#0b3d6b",
         SystemKind::Nginx => "#2f9e44",
         SystemKind::Haproxy => "#d9480f",

@@ -37,7 +37,7 @@ const PONG: u8 = 0xA;
 /// A reassembled message's first bytes are reserved at most this much at once: a frame that
 /// declares a large payload and sends it slowly gets memory as its bytes arrive.
 const RESERVE: u64 = 64 * 1024;
-/// Unmasked payloads at least this large go on after their header without being copied.
+/// Payloads at least this large go on after a header of their own, not copied behind it.
 const COPY_BELOW: usize = 4 * 1024;
 
 /// What both directions of one tunnel share.
@@ -445,14 +445,27 @@ where
             MessageKind::Text => TEXT,
             MessageKind::Binary => BINARY,
         };
-        if self.dir == Direction::ToClient && payload.len() >= COPY_BELOW {
-            let mut head = BytesMut::with_capacity(10);
-            put_head(&mut head, opcode, payload.len(), None);
-            self.out.push_back(head.freeze());
-            self.out.push_back(payload);
-        } else {
+        if payload.len() < COPY_BELOW {
             self.out.push_back(data_frame(self.dir, opcode, &payload));
+            return;
         }
+        // Large payloads go on after a header of their own, masked in place when nobody
+        // else holds them (the filter let go of the message), else copied once.
+        let mask = (self.dir == Direction::ToUpstream).then(rand::random::<[u8; 4]>);
+        let payload = match mask {
+            None => payload,
+            Some(mask) => {
+                let mut own = payload
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                xor_mask(&mut own, mask, 0);
+                own.freeze()
+            }
+        };
+        let mut head = BytesMut::with_capacity(14);
+        put_head(&mut head, opcode, payload.len(), mask);
+        self.out.push_back(head.freeze());
+        self.out.push_back(payload);
     }
 }
 
