@@ -13,6 +13,9 @@ mod custom_chain_example;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../examples/hyper.rs"]
 mod hyper_example;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/message_filter.rs"]
+mod message_filter_example;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -108,4 +111,51 @@ async fn custom_chain_example_counts_websocket_payload_only() {
     assert_eq!(read_n(&mut client, rest, 4).await, b"also");
     assert_eq!(counts.up.load(Ordering::Relaxed), up_before);
     assert_eq!(counts.down.load(Ordering::Relaxed), down_before);
+}
+
+#[tokio::test]
+async fn message_filter_example_wants_the_token_first_and_redacts_a_field() {
+    let echo = ws_echo().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = message_filter_example::app(echo.addr, Arc::from("t0ken"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("ws://{addr}/chat/room");
+    // Without the token first: 1008, and the upstream is told the client went away.
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(&url)).await.unwrap();
+    ws.send(Message::text(r#"{"name":"ada"}"#)).await.unwrap();
+    match within(ws.next()).await.unwrap().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1008),
+        other => panic!("expected 1008, got {other:?}"),
+    }
+    let mut codes = echo.close_codes;
+    assert_eq!(within(codes.recv()).await, Some(1001));
+    // With it: the token message goes nowhere, the field is redacted on the way up (so the
+    // echo carries the redacted text), other messages pass as they are.
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(&url)).await.unwrap();
+    ws.send(Message::text(r#"{"token":"t0ken"}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"name":"ada","ssn":"078-05-1120"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::text(r#"{"name":"ada","ssn":"[redacted]"}"#)
+    );
+    ws.send(Message::text("not json")).await.unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::text("not json")
+    );
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::binary(vec![1, 2, 3])
+    );
+    // A second tunnel has its own guard: it must send the token too.
+    let (mut other, _) = within(tokio_tungstenite::connect_async(&url)).await.unwrap();
+    other.send(Message::text("hello")).await.unwrap();
+    assert!(matches!(
+        within(other.next()).await.unwrap().unwrap(),
+        Message::Close(Some(_))
+    ));
 }
