@@ -41,12 +41,15 @@ fn test_filter(msg: Message) -> std::future::Ready<Result<Verdict, std::io::Erro
 }
 
 /// A proxy with the test filter on the `websocket` type's chain (messages of at most
-/// `max` bytes), `foo` with the default chain, both to `upstream`.
-async fn proxy(upstream: std::net::SocketAddr, max: u64, events: &Events) -> Proxy {
+/// `max` bytes, or the default), `foo` with the default chain, both to `upstream`.
+async fn proxy(upstream: std::net::SocketAddr, max: Option<u64>, events: &Events) -> Proxy {
     let forward = Forward::new(cluster(upstream)).response_timeout(Duration::from_secs(2));
-    let filtered = ServiceBuilder::new()
-        .layer(MessageFilterLayer::new(service_fn(test_filter)).max_message_size(max))
-        .service(forward.clone());
+    let layer = MessageFilterLayer::new(service_fn(test_filter));
+    let layer = match max {
+        Some(max) => layer.max_message_size(max),
+        None => layer,
+    };
+    let filtered = ServiceBuilder::new().layer(layer).service(forward.clone());
     let router = UpgradeRouterLayer::builder()
         .upgrade_config(UpgradeConfig::new("websocket").chain(Chain::new(filtered)))
         .upgrade("foo")
@@ -60,7 +63,7 @@ async fn proxy(upstream: std::net::SocketAddr, max: u64, events: &Events) -> Pro
 async fn messages_are_passed_replaced_dropped_and_closed_each_way() {
     let echo = ws_echo().await;
     let events = Events::default();
-    let proxy = proxy(echo.addr, 1 << 20, &events).await;
+    let proxy = proxy(echo.addr, None, &events).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", proxy.addr))
         .await
         .unwrap();
@@ -111,7 +114,7 @@ async fn messages_are_passed_replaced_dropped_and_closed_each_way() {
 async fn a_filter_error_closes_with_1011() {
     let echo = ws_echo().await;
     let events = Events::default();
-    let proxy = proxy(echo.addr, 1 << 20, &events).await;
+    let proxy = proxy(echo.addr, None, &events).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", proxy.addr))
         .await
         .unwrap();
@@ -128,7 +131,7 @@ async fn a_filter_error_closes_with_1011() {
 async fn other_upgrade_types_pass_untouched_and_stay_joined() {
     let raw = RawUpstream::bind().await;
     let events = Events::default();
-    let proxy = proxy(raw.addr, 1 << 20, &events).await;
+    let proxy = proxy(raw.addr, None, &events).await;
     let mut client = raw_client(proxy.addr, foo_upgrade("/").as_bytes()).await;
     let mut up = raw.accept().await;
     read_head(&mut up).await;
@@ -216,7 +219,7 @@ fn code(payload: &[u8]) -> u16 {
 
 /// A tunnel through the filter between a raw client and a raw upstream; `extra` goes into
 /// the client's handshake, `answer` is the upstream's `101` (or another answer).
-async fn raw_tunnel(extra: &str, max: u64) -> (TcpStream, TcpStream, String, Proxy, RawUpstream) {
+async fn raw_tunnel(extra: &str, max: Option<u64>) -> (TcpStream, TcpStream, String, Proxy, RawUpstream) {
     let raw = RawUpstream::bind().await;
     let events = Events::default();
     let proxy = proxy(raw.addr, max, &events).await;
@@ -242,7 +245,7 @@ async fn raw_tunnel(extra: &str, max: u64) -> (TcpStream, TcpStream, String, Pro
 async fn fragments_are_joined_control_frames_pass_untouched_and_masks_are_fresh() {
     let (mut client, mut up, up_head, _proxy, _raw) = raw_tunnel(
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
-        1 << 20,
+        None,
     )
     .await;
     assert!(
@@ -343,7 +346,7 @@ async fn bad_frames_close_with_the_right_code_and_deliver_nothing() {
         ("one frame past the limit", masked(0x82, &[7; 101], mask), 1009),
     ];
     for (case, bytes, want) in cases {
-        let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", 100).await;
+        let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", Some(100)).await;
         client.write_all(&bytes).await.unwrap();
         let (first, _, payload) = read_frame(&mut client).await;
         assert_eq!(
@@ -378,7 +381,7 @@ async fn bad_frames_close_with_the_right_code_and_deliver_nothing() {
 async fn the_limit_edges_zero_and_exact() {
     let mask = [5, 6, 7, 8];
     // A limit of 0 admits empty messages only.
-    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", 0).await;
+    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", Some(0)).await;
     client.write_all(&masked(0x82, b"", mask)).await.unwrap();
     let (first, _, payload) = read_frame(&mut up).await;
     assert_eq!((first, payload.len()), (0x82, 0));
@@ -386,18 +389,40 @@ async fn the_limit_edges_zero_and_exact() {
     let (_, _, payload) = read_frame(&mut client).await;
     assert_eq!(code(&payload), 1009);
     // A message of exactly the limit passes.
-    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", 100).await;
+    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", Some(100)).await;
     client.write_all(&masked(0x02, &[1; 50], mask)).await.unwrap();
     client.write_all(&masked(0x80, &[1; 50], mask)).await.unwrap();
     let (first, _, payload) = read_frame(&mut up).await;
     assert_eq!((first, payload), (0x82, vec![1; 100]));
+    // The default, 1 MiB: exactly that passes, one byte more is refused from its header.
+    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", None).await;
+    client
+        .write_all(&masked(0x82, &vec![2; 1 << 20], mask))
+        .await
+        .unwrap();
+    let (first, _, payload) = read_frame(&mut up).await;
+    assert_eq!((first, payload.len()), (0x82, 1 << 20));
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&((1u64 << 20) + 1).to_be_bytes());
+    head.extend_from_slice(&mask);
+    client.write_all(&head).await.unwrap();
+    let (_, _, payload) = read_frame(&mut client).await;
+    assert_eq!(code(&payload), 1009, "refused before a byte of its payload");
+    // The largest: no limit to speak of.
+    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", Some(u64::MAX)).await;
+    client
+        .write_all(&masked(0x82, &vec![3; 2 << 20], mask))
+        .await
+        .unwrap();
+    let (first, _, payload) = read_frame(&mut up).await;
+    assert_eq!((first, payload.len()), (0x82, 2 << 20));
 }
 
 #[tokio::test]
 async fn the_handshake_is_refused_where_frames_cannot_be_read() {
     let raw = RawUpstream::bind().await;
     let events = Events::default();
-    let proxy = proxy(raw.addr, 1 << 20, &events).await;
+    let proxy = proxy(raw.addr, None, &events).await;
     // An older protocol version: 426 naming the one we read.
     let old = "GET / HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -487,7 +512,7 @@ fn pattern(len: usize) -> Vec<u8> {
 async fn http2_websockets_are_filtered_too() {
     let echo = ws_echo().await;
     let events = Events::default();
-    let proxy = proxy(echo.addr, 1 << 20, &events).await;
+    let proxy = proxy(echo.addr, None, &events).await;
     let mut sender = h2_client(proxy.addr).await;
     let mut req = h2_websocket(proxy.addr);
     req.headers_mut().insert(

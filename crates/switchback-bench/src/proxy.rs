@@ -93,7 +93,8 @@ fn start(args: &ProxyArgs) -> Result<Workers> {
             let forward = Forward::new(cluster);
             let filtered = Chain::new(
                 ServiceBuilder::new()
-                    .layer(MessageFilterLayer::new(pass))
+                    // Above Autobahn's largest message (16 MiB).
+                    .layer(MessageFilterLayer::new(pass).max_message_size(64 << 20))
                     .service(forward.clone()),
             );
             let router = UpgradeRouterLayer::builder()

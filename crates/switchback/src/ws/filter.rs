@@ -182,7 +182,7 @@ impl Verdict {
 ///   use). Upstream-bound frames are re-masked with a fresh key.
 /// - Control frames (ping, pong, close) pass untouched and in order with the messages around
 ///   them; one sent in the middle of a fragmented message goes on at once.
-/// - A message larger than [`max_message_size`](Self::max_message_size) (16 MiB unless set)
+/// - A message larger than [`max_message_size`](Self::max_message_size) (1 MiB unless set)
 ///   is never buffered whole: its sender gets `1009 Message Too Big`, the other side `1001`.
 ///   Text that is not UTF-8 gets `1007`, and a frame that breaks RFC 6455 (reserved bits or
 ///   opcodes, a client frame without a mask, an upstream frame with one, a fragmented or
@@ -208,8 +208,9 @@ pub struct MessageFilterLayer<F> {
     max_message_size: u64,
 }
 
-/// The largest message a filter buffers unless told otherwise.
-const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 << 20;
+/// The largest message a filter buffers unless told otherwise: Kong's default for clients.
+/// A tunnel can make the proxy hold up to twice this (a message each way).
+const DEFAULT_MAX_MESSAGE_SIZE: u64 = 1 << 20;
 
 impl<F> MessageFilterLayer<F> {
     /// Hands every message to `filter`.
@@ -221,8 +222,9 @@ impl<F> MessageFilterLayer<F> {
     }
 
     /// The largest message (in payload bytes, either way) the filter is given; a larger one
-    /// closes the tunnel with `1009` to its sender. Default 16 MiB; 0 admits empty messages
-    /// only.
+    /// closes the tunnel with `1009` to its sender. Default 1 MiB; 0 admits empty messages
+    /// only. Messages are held whole while the filter looks at them, so each tunnel may hold
+    /// up to twice this.
     pub fn max_message_size(mut self, bytes: u64) -> Self {
         self.max_message_size = bytes;
         self
