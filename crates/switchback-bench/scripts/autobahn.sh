@@ -15,13 +15,16 @@
 #
 # Needs target/release/{switchback,switchback-bench}
 # (`cargo build --release -p switchback-cli -p switchback-bench`) and Python 2.7 under pyenv;
-# installs autobahntestsuite 0.8.2 there when `wstest` is missing. Cases 12.* and 13.*
-# (permessage-deflate; slow, and a filtered route takes the offer out by design) run only
-# with FULL=1; CASES='["1.*", "9.1.1"]' runs a subset. Writes OUT_DIR/autobahn.md and exits
-# non-zero if any case through a path ends other than directly, unless it met the suite's
-# strict expectation where the direct run met only the lenient one (OK for NON-STRICT).
+# installs autobahntestsuite 0.8.2 there when `wstest` is missing, every dependency pinned
+# to its last release for Python 2.7. Cases 12.* and 13.* (permessage-deflate, which this
+# echo server does not accept: all UNIMPLEMENTED) run only with FULL=1;
+# CASES='["1.*", "9.1.1"]' runs a subset. Writes OUT_DIR/autobahn.md, prints the time taken,
+# and exits non-zero if any case through a path ends other than directly. One exception: an
+# OK/NON-STRICT swap on a case graded by whether an echo escapes the server's abort (3.4,
+# 4.1.5, 4.2.5 are byte-chopped and race; docs/conformance.md), in either direction.
 set -euo pipefail
 
+started=$SECONDS
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 out=$(mkdir -p "${1:-$root/target/autobahn}" && cd "${1:-$root/target/autobahn}" && pwd)
 paths=${PATHS:-joined limits legacy pumped filter}
@@ -36,7 +39,13 @@ export PYENV_VERSION=2.7.18
 wstest=$(pyenv prefix 2>/dev/null || echo "$HOME/.pyenv/versions/2.7.18")/bin/wstest
 if [[ ! -x $wstest ]]; then
     echo "installing autobahntestsuite 0.8.2 (Python 2.7)" >&2
-    python2.7 -m pip install --quiet autobahntestsuite==0.8.2
+    python2.7 -m pip install --quiet autobahntestsuite==0.8.2 autobahn==0.10.9 Twisted==20.3.0 \
+        pyOpenSSL==21.0.0 cryptography==3.3.2 service-identity==21.1.0 txaio==2.1.0 \
+        zope.interface==5.5.2 attrs==21.4.0 Automat==22.10.0 hyperlink==21.0.0 idna==2.10 \
+        incremental==22.10.0 klein==20.6.0 Werkzeug==1.0.1 Jinja2==2.11.3 MarkupSafe==1.1.1 \
+        unittest2==1.1.0 six==1.17.0 cffi==1.15.1 pycparser==2.21 ujson==2.0.3 wsaccel==0.6.6 \
+        PyHamcrest==1.10.1 Tubes==0.2.1 constantly==15.1.0 pyasn1==0.5.1 pyasn1-modules==0.3.0 \
+        enum34==1.1.10 ipaddress==1.0.23 typing==3.10.0.0 linecache2==1.0.0 traceback2==1.4.0
 fi
 
 pids=()
@@ -158,16 +167,24 @@ cat >"$out/fuzzingclient.json" <<EOF
 EOF
 
 echo "running the fuzzing client against: direct tcp-relay $paths" >&2
-(cd "$out" && "$wstest" -m fuzzingclient -s fuzzingclient.json >"$out/fuzzingclient.log" 2>&1)
+(cd "$out" && exec "$wstest" -m fuzzingclient -s fuzzingclient.json >"$out/fuzzingclient.log" 2>&1) &
+pids+=($!)
+wait "${pids[-1]}"
 
-python3 - "$out" "$paths" <<'EOF'
+python3 - "$out" "$paths" "$((SECONDS - started))" <<'EOF'
 import json, sys
-out, paths = sys.argv[1], sys.argv[2].split()
+out, paths, took = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
 index = json.load(open(f"{out}/reports/index.json"))
 direct = index["direct"]
 
 def key(case):
     return [int(p) for p in case.split(".")]
+
+def echo_race(case):
+    # The suite grades OK if the valid message's echo arrives, NON-STRICT if nothing does
+    # (the server dropped the connection at the bad frame with the echo still queued).
+    report = json.load(open(f"{out}/reports/{direct[case]['reportfile']}"))
+    return (report.get("expected") or {}).get("NON-STRICT", None) == []
 
 def result(agent, case):
     r = index.get(agent, {}).get(case)
@@ -177,19 +194,19 @@ outcomes = {}
 for case in direct:
     outcomes[result("direct", case)] = outcomes.get(result("direct", case), 0) + 1
 lines = [
-    "| path | cases | as direct | stricter than direct (OK where direct is NON-STRICT) | otherwise different |",
+    "| path | cases | as direct | OK and NON-STRICT swapped (echo race) | otherwise different |",
     "|:--|--:|--:|--:|--:|",
 ]
-stricter, different = [], []
+swapped, different = [], []
 for path in ["tcp-relay"] + paths:
     counts = [0, 0, 0]
     for case in sorted(direct, key=key):
         want, have = result("direct", case), result(path, case)
         if have == want:
             counts[0] += 1
-        elif want == ("NON-STRICT", have[1]) and have[0] == "OK":
+        elif want[1] == have[1] and {want[0], have[0]} == {"OK", "NON-STRICT"} and echo_race(case):
             counts[1] += 1
-            stricter.append((path, case, want, have))
+            swapped.append((path, case, want, have))
         else:
             counts[2] += 1
             different.append((path, case, want, have))
@@ -199,7 +216,8 @@ report = ["Autobahn|Testsuite 0.8.2 fuzzingclient: each case's (behavior, close 
 report += lines + [""]
 report.append("Direct run's outcomes: " + ", ".join(f"{b}/{c}: {n}" for (b, c), n in sorted(outcomes.items())) + ".")
 report.append("")
-for title, rows in (("Stricter than direct", stricter), ("Otherwise different", different)):
+for title, rows in (("OK and NON-STRICT swapped (the echo raced the server's abort; not a failure)", swapped),
+                    ("Otherwise different", different)):
     if rows:
         report += [f"{title}:", "", "| path | case | direct | through the path |", "|:--|:--|:--|:--|"]
         report += [f"| {p} | {c} | {w[0]}/{w[1]} | {h[0]}/{h[1]} |" for p, c, w, h in rows]
@@ -207,6 +225,7 @@ for title, rows in (("Stricter than direct", stricter), ("Otherwise different", 
 failed = [row for row in different if row[0] != "tcp-relay"]
 report.append("No Switchback path ends a case otherwise than directly." if not failed
               else f"{len(failed)} case(s) end otherwise through Switchback than directly.")
+report += ["", f"Took {took // 60} min {took % 60} s (setup and the fuzzing client)."]
 text = "\n".join(report) + "\n"
 open(f"{out}/autobahn.md", "w").write(text)
 print(text)

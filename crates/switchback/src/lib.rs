@@ -51,6 +51,7 @@
 //! - **Extensions** that carry values between layers: [`ClientAddr`], [`TrustedClientAddr`],
 //!   [`RequestId`], [`IdleTimeout`], [`ResponseTimeout`], [`AutoHostRewrite`], [`MatchedRoute`],
 //!   [`UpstreamAddr`], [`TunnelHandle`].
+//! - [`trace`]: W3C trace context through every request and tunnel, and a span per request.
 //! - [`metrics`]: the names of the metrics Switchback records.
 
 #![forbid(unsafe_code)]
@@ -78,6 +79,7 @@ mod route;
 mod router;
 mod server;
 pub mod tls;
+pub mod trace;
 mod tunnel;
 mod tunnel_info;
 #[doc(hidden)]

@@ -47,4 +47,7 @@ pub struct TunnelInfo {
     pub version: http::Version,
     /// The upstream endpoint, when [`Forward`](crate::Forward) made the connection.
     pub upstream: Option<String>,
+    /// The request's trace context, when a [`TraceContextLayer`](crate::trace::TraceContextLayer)
+    /// gave it one: its span records the tunnel's end.
+    pub trace: Option<crate::trace::TraceContext>,
 }

@@ -25,6 +25,7 @@ use crate::ext::{ClientAddr, IdleTimeout, MatchedRoute, MaxStreamDuration, Upgra
 use crate::handoff::TunnelRead;
 use crate::legacy::{self, LegacyConfig};
 use crate::reply::Then;
+use crate::trace::TraceContext;
 use crate::tunnel::Settings;
 use crate::tunnel_info::{TunnelInfo, TunnelMode};
 use crate::ws::WebSocketLimits;
@@ -255,6 +256,7 @@ impl<S> UpgradeRouter<S> {
                 route: req.extensions().get::<MatchedRoute>().map(|r| r.name.clone()),
                 version: req.version(),
                 upstream: None,
+                trace: req.extensions().get::<TraceContext>().cloned(),
             },
             observer: cfg.observer.clone(),
             on_upgrade: hyper::upgrade::on(req),

@@ -72,6 +72,13 @@ impl Pending {
             info.mode = TunnelMode::Pumped;
         }
         info.upstream = parts.extensions.get::<UpstreamAddr>().map(|a| a.0.clone());
+        if let Some(span) = info.trace.as_ref().and_then(crate::trace::TraceContext::span) {
+            span.record("switchback.upgrade", info.upgrade.as_str());
+            span.record("switchback.tunnel.mode", info.mode.as_str());
+            if let Some(route) = &info.route {
+                span.record("http.route", &**route);
+            }
+        }
         let host_failure = self.holds.upstream.as_ref().and_then(|a| a.host_failure());
         let opening = Opening {
             guard: self.drain.track(&self.info).close_on(host_failure),

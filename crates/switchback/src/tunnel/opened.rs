@@ -31,6 +31,14 @@ impl Opened {
         }
     }
 
+    /// The span of the tunnel's request, when it has one.
+    pub(crate) fn span(&self) -> Option<tracing::Span> {
+        self.info
+            .trace
+            .as_ref()
+            .and_then(crate::trace::TraceContext::span)
+    }
+
     pub(crate) fn finish(self, stats: TunnelStats) {
         let (ty, mode) = (&self.info.upgrade, self.info.mode.as_str());
         let elapsed = self.start.elapsed();
@@ -64,6 +72,14 @@ impl Opened {
             duration_s = elapsed.as_secs_f64(),
             "tunnel closed"
         );
+        if let Some(span) = self
+            .info
+            .trace
+            .as_ref()
+            .and_then(crate::trace::TraceContext::end_span)
+        {
+            crate::trace::record_tunnel_end(&span, &stats, ty.is_websocket());
+        }
         if let Some(o) = &self.observer {
             o.notify(&TunnelEvent::Closed(&self.info, &stats, elapsed));
         }

@@ -279,6 +279,11 @@ impl Future for TunnelTask {
             return Poll::Ready(());
         };
         if this.guard.as_mut().poll_closing(cx).is_ready() {
+            if let Report::Open(opened, _) = &*this.report
+                && let Some(span) = opened.span()
+            {
+                tracing::info!(target: crate::trace::TARGET, parent: &span, "drain: closing the tunnel");
+            }
             relay.as_mut().start_drain();
         }
         let polled = relay.as_mut().poll(cx);
