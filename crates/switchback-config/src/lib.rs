@@ -134,6 +134,7 @@ mod parsed;
 mod raw;
 mod read;
 mod suggest;
+mod telemetry;
 mod tls;
 mod tree;
 mod validate;
@@ -153,6 +154,7 @@ pub use crate::model::{
     WeightedCluster, default_workers,
 };
 pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
+pub use crate::telemetry::Tracing;
 pub use crate::tls::{CertificateFiles, Listener, ListenerTls, TlsMinVersion, UpstreamTls};
 
 use crate::error::Ctx;

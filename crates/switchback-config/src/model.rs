@@ -134,6 +134,9 @@ pub struct Config {
     pub preserve_external_request_id: bool,
     /// Where the JSON-lines access log goes. Default: standard output (`-`).
     pub access_log: AccessLog,
+    /// Where spans are exported (OTLP). Default: none (trace context still propagated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::Tracing>,
 }
 
 impl Default for Config {
@@ -169,6 +172,7 @@ impl Default for Config {
             generate_request_id: true,
             preserve_external_request_id: true,
             access_log: AccessLog::Stdout,
+            tracing: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::health::RawHealthCheck;
 use crate::locate::join_key;
 use crate::model::{Filter, MAX_WORKERS};
 use crate::read::{Field, Keys, List, Pairs, S, Whole, known_names, parse_whole};
+use crate::telemetry::RawTracing;
 use crate::tls::{RawListener, RawUpstreamTls};
 use crate::tree::{Content, Node};
 
@@ -78,6 +79,7 @@ pub(crate) struct RawConfig {
     pub(crate) generate_request_id: Option<S<bool>>,
     pub(crate) preserve_external_request_id: Option<S<bool>>,
     pub(crate) access_log: Option<S<String>>,
+    pub(crate) tracing: Option<S<RawTracing>>,
 }
 
 impl RawConfig {
@@ -109,6 +111,7 @@ impl RawConfig {
         "generate_request_id",
         "preserve_external_request_id",
         "access_log",
+        "tracing",
     ];
 
     /// Reads the document's root; an empty document is all defaults.
@@ -187,6 +190,7 @@ impl RawConfig {
             generate_request_id: f.optional(ctx, "generate_request_id", Ctx::boolean).ok(),
             preserve_external_request_id: f.optional(ctx, "preserve_external_request_id", Ctx::boolean).ok(),
             access_log: f.optional(ctx, "access_log", Ctx::string).ok(),
+            tracing: f.optional(ctx, "tracing", RawTracing::read).ok(),
         }
     }
 }
@@ -707,6 +711,7 @@ pub(crate) fn keys_at(path: &str) -> Keys {
     match shape.as_str() {
         "" => Keys::Fields(RawConfig::FIELDS),
         "admin" => Keys::Fields(RawAdmin::FIELDS),
+        "tracing" => Keys::Fields(RawTracing::FIELDS),
         "upgrade_configs" | "routes.upgrade_configs" => Keys::Fields(RawUpgradeConfig::FIELDS),
         "http_filters" | "upgrade_configs.filters" => Keys::Fields(Filter::NAMES),
         "routes" => Keys::Fields(RawRoute::FIELDS),

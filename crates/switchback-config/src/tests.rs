@@ -2287,3 +2287,58 @@ fn websocket_limits_on_the_type_and_on_routes() {
         assert!(e.to_string().contains("websocket"), "{yaml}: the path: {e}");
     }
 }
+
+#[test]
+fn a_tracing_block_names_the_collector() {
+    assert_eq!(parse("").tracing, None, "no block: nothing exported");
+    let c = parse("tracing:\n  otlp_endpoint: http://collector:4318/\n");
+    let t = c.tracing.unwrap();
+    assert_eq!(
+        t.otlp_endpoint, "http://collector:4318",
+        "the trailing slash goes"
+    );
+    assert_eq!((t.service_name.as_str(), t.sampling), ("switchback", 100));
+    let c =
+        parse("tracing: { otlp_endpoint: \"http://10.0.0.1:4318/otlp\", service_name: edge, sampling: 0 }\n");
+    let t = c.tracing.unwrap();
+    assert_eq!(
+        (t.otlp_endpoint.as_str(), t.service_name.as_str(), t.sampling),
+        ("http://10.0.0.1:4318/otlp", "edge", 0)
+    );
+    for (yaml, path, says) in [
+        (
+            "tracing: { otlp_endpoint: \"https://c:4318\" }\n",
+            "tracing.otlp_endpoint",
+            "https collectors are not supported",
+        ),
+        (
+            "tracing: { otlp_endpoint: \"c:4318\" }\n",
+            "tracing.otlp_endpoint",
+            "e.g. http://127.0.0.1:4318",
+        ),
+        (
+            "tracing: { otlp_endpoint: \"http://c:4318?x=1\" }\n",
+            "tracing.otlp_endpoint",
+            "query",
+        ),
+        (
+            "tracing: { otlp_endpoint: \"http://c:4318\", sampling: 101 }\n",
+            "tracing.sampling",
+            "from 0 to 100",
+        ),
+        (
+            "tracing: { otlp_endpoint: \"http://c:4318\", service_name: \" \" }\n",
+            "tracing.service_name",
+            "empty",
+        ),
+        ("tracing: { service_name: edge }\n", "tracing", "otlp_endpoint"),
+        (
+            "tracing: { otlp_endpoint: \"http://c:4318\", sample: 5 }\n",
+            "tracing.sample",
+            "sampling",
+        ),
+    ] {
+        let e = one(yaml);
+        check(&e, path, 1, says);
+    }
+}

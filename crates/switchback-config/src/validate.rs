@@ -1111,6 +1111,9 @@ impl Ctx<'_> {
                 path => AccessLog::File(PathBuf::from(path)),
             };
         }
+        if let Some(tracing) = &raw.tracing {
+            config.tracing = self.tracing(tracing);
+        }
 
         config
     }
