@@ -1,7 +1,9 @@
 //! The configuration as a tower stack.
 //!
 //! Outermost first: the forwarded headers ([`ForwardedLayer`]: `X-Forwarded-For`,
-//! `X-Forwarded-Proto`, `X-Request-Id`, whose id the access log reads), the access log, [`RouteLayer`] (matches the route once), the
+//! `X-Forwarded-Proto`, `X-Request-Id`, whose id the access log reads), the W3C trace context
+//! ([`TraceContextLayer`]: `traceparent` to the upstream, a span per request), the access log,
+//! [`RouteLayer`] (matches the route once), the
 //! [`UpgradeRouter`](switchback::UpgradeRouter) (listener `upgrade_configs`, `ignore_upgrades`,
 //! tunnel idle timeout, drain, access-log observer), then the default chain: `http_filters`
 //! in order, ending in [`Forward::routed`](switchback::Forward::routed).
@@ -26,6 +28,7 @@ use crate::access_log::AccessLog;
 use crate::fatal::Fatal;
 use crate::filters;
 use crate::reload::RuntimeValues;
+use switchback::trace::TraceContextLayer;
 
 /// What every stack is built with, the same across reloads: the drain its tunnels register
 /// with, the runtime values its routes read, the access log it writes.
@@ -85,6 +88,11 @@ pub(crate) fn build(
     let runtime = shared.runtime.runtime().clone();
     Ok(ServiceBuilder::new()
         .layer(forwarded(config))
+        // The trace context before the access log, which records its trace id.
+        .layer(
+            TraceContextLayer::new()
+                .sampling(config.tracing.as_ref().map_or(100.0, |t| f64::from(t.sampling))),
+        )
         .layer(shared.log.layer())
         .layer(RouteLayer::new(routes, runtime).map_err(|e| Fatal::new(e.to_string()))?)
         .layer(router)

@@ -11,12 +11,14 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 
 use jiff::Timestamp;
+use switchback::trace::TraceId;
 
 /// One line. Every key is always present (`null` when unknown).
 pub(super) struct Line<'a> {
     pub(super) time: Timestamp,
     pub(super) event: &'static str,
     pub(super) request_id: Option<&'a str>,
+    pub(super) trace_id: Option<TraceId>,
     pub(super) client: Option<SocketAddr>,
     pub(super) protocol: &'static str,
     pub(super) tls: bool,
@@ -46,6 +48,14 @@ impl Line<'_> {
         push_str(out, self.event);
         out.extend_from_slice(b",\"request_id\":");
         push_opt_str(out, self.request_id);
+        out.extend_from_slice(b",\"trace_id\":");
+        match self.trace_id {
+            // 32 hex digits: nothing to escape.
+            Some(id) => {
+                let _ = write!(out, "\"{id}\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"client\":");
         match self.client {
             Some(addr) => {
@@ -222,6 +232,7 @@ mod tests {
             time: Timestamp::from_millisecond(1_709_251_199_999).unwrap(),
             event: "tunnel_close",
             request_id: Some("id-1"),
+            trace_id: Some(TraceId([0x4b; 16])),
             client: Some("127.0.0.1:50514".parse().unwrap()),
             protocol: "HTTP/1.1",
             tls: true,
@@ -256,6 +267,7 @@ mod tests {
             text,
             concat!(
                 r#"{"time":"2024-02-29T23:59:59.999Z","event":"tunnel_close","request_id":"id-1","#,
+                r#""trace_id":"4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b","#,
                 r#""client":"127.0.0.1:50514","protocol":"HTTP/1.1","tls":true,"sni":null,"#,
                 r#""method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","#,
                 r#""mode":"joined","status":101,"upstream":"[::1]:9001","bytes_received":12,"#,

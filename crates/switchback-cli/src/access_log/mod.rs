@@ -18,7 +18,8 @@
 //!
 //! ```json
 //! {"time":"2026-01-02T03:04:05.678Z","event":"tunnel_close",
-//!  "request_id":"3f0c5a8e-6b1d-4c2f-9a7e-0d4b8c6e2f11","client":"127.0.0.1:50514",
+//!  "request_id":"3f0c5a8e-6b1d-4c2f-9a7e-0d4b8c6e2f11",
+//!  "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","client":"127.0.0.1:50514",
 //!  "protocol":"HTTP/1.1","tls":true,"sni":"chat.example.com",
 //!  "method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","mode":"joined",
 //!  "status":101,"upstream":"127.0.0.1:9001","bytes_received":12,"bytes_sent":12,
@@ -32,7 +33,8 @@
 //! `protocol` is the client's (`HTTP/1.1`, `HTTP/2`: Envoy's `%PROTOCOL%`), `tls` whether
 //! its connection was TLS and `sni` the server name it asked for;
 //! `request_id` is the `X-Request-Id` that went upstream (a tunnel's two lines carry its
-//! upgrade request's), `null` when the request had none and none was generated.
+//! upgrade request's), `null` when the request had none and none was generated; `trace_id`
+//! the W3C trace the request belongs to (the client's, or the one the proxy started).
 //!
 //! A tunnel's lines come from the router's [`TunnelObserver`]; the route, method and path
 //! come from the request, matched by the client's address (an HTTP/1.1 connection carries at
@@ -59,6 +61,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use jiff::Timestamp;
 use pin_project_lite::pin_project;
+use switchback::trace::{TraceContext, TraceId};
 use switchback::{ClientAddr, TlsSession};
 use switchback::{MatchedRoute, RequestId, TunnelEvent, TunnelInfo, TunnelObserver, UpstreamAddr};
 use switchback_config::AccessLog as Destination;
@@ -113,6 +116,7 @@ struct Tracked {
 #[derive(Debug)]
 struct Upgrade {
     request_id: Option<RequestId>,
+    trace_id: Option<TraceId>,
     protocol: &'static str,
     tls: Option<TlsSession>,
     method: Method,
@@ -272,6 +276,9 @@ impl AccessLog {
             time: Timestamp::now(),
             event,
             request_id: upgrade.and_then(|u| u.request_id.as_ref()).map(RequestId::as_str),
+            trace_id: upgrade
+                .and_then(|u| u.trace_id)
+                .or_else(|| info.trace.as_ref().map(TraceContext::trace_id)),
             client: info.client,
             protocol: upgrade.map_or("HTTP/1.1", |u| u.protocol),
             tls: upgrade.is_some_and(|u| u.tls.is_some()),
@@ -366,6 +373,7 @@ where
             log: self.log.clone(),
             start: Instant::now(),
             request_id: req.extensions().get::<RequestId>().cloned(),
+            trace_id: req.extensions().get::<TraceContext>().map(TraceContext::trace_id),
             client: req.extensions().get::<ClientAddr>().map(|a| a.0),
             protocol: protocol(req.version()),
             tls: req.extensions().get::<TlsSession>().cloned(),
@@ -397,6 +405,7 @@ struct Entry {
     log: AccessLog,
     start: Instant,
     request_id: Option<RequestId>,
+    trace_id: Option<TraceId>,
     client: Option<SocketAddr>,
     protocol: &'static str,
     tls: Option<TlsSession>,
@@ -415,6 +424,7 @@ impl Entry {
             time: Timestamp::now(),
             event: "request",
             request_id: self.request_id.as_ref().map(RequestId::as_str),
+            trace_id: self.trace_id,
             client: self.client,
             protocol: self.protocol,
             tls: self.tls.is_some(),
@@ -483,6 +493,7 @@ where
                     client,
                     Upgrade {
                         request_id: entry.request_id.take(),
+                        trace_id: entry.trace_id,
                         protocol: entry.protocol,
                         tls: entry.tls.take(),
                         method: entry.method.clone(),
