@@ -11,6 +11,8 @@
 mod client_input;
 #[path = "cli/descriptors.rs"]
 mod descriptors;
+#[path = "cli/otlp.rs"]
+mod otlp;
 mod pki;
 #[path = "cli/security.rs"]
 mod security;

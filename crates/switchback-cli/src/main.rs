@@ -34,6 +34,7 @@ mod echo;
 mod fatal;
 mod filters;
 mod listeners;
+mod otlp;
 mod proxy;
 mod ready;
 mod reload;
@@ -57,6 +58,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use switchback_config::{Config, ConfigError};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::prelude::*;
 
 use crate::cli::Mode;
 use crate::fatal::Fatal;
@@ -93,20 +96,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The diagnostics' filter without `RUST_LOG`: `info`, but not the per-request spans and
+/// events (`switchback::trace`), which are for the span exporter.
+const DEFAULT_LOG: &str = "info,switchback::trace=warn";
+
 /// Diagnostics to standard error (standard output carries the access log), filtered by
-/// `RUST_LOG`, `info` by default.
+/// `RUST_LOG` ([`DEFAULT_LOG`] by default); and the span exporter's layer, which wants the
+/// library's request spans only while a `tracing:` block exports them ([`otlp`]).
 fn init_tracing() {
     let (filter, bad) = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Err(_) => (EnvFilter::new("info"), None),
+        Err(_) => (EnvFilter::new(DEFAULT_LOG), None),
         Ok(spec) => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, None),
-            Err(e) => (EnvFilter::new("info"), Some((spec, e))),
+            Err(e) => (EnvFilter::new(DEFAULT_LOG), Some((spec, e))),
         },
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let diagnostics = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    let spans = otlp::SpanLayer.with_filter(FilterFn::new(otlp::SpanLayer::wants));
+    tracing_subscriber::registry()
+        .with(diagnostics)
+        .with(spans)
         .init();
     if let Some((spec, e)) = bad {
         tracing::warn!("RUST_LOG={spec:?} is not a valid filter ({e}); logging at info");

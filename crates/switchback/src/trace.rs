@@ -388,9 +388,9 @@ where
             match res.extensions().get::<UpstreamAddr>() {
                 Some(addr) => {
                     this.span.record("switchback.upstream", addr.0.as_str());
-                    tracing::info!(target: TARGET, status, "upstream answered");
+                    tracing::debug!(target: TARGET, status, "upstream answered");
                 }
-                None => tracing::info!(target: TARGET, status, "local reply"),
+                None => tracing::debug!(target: TARGET, status, "local reply"),
             }
         }
         Poll::Ready(out)
@@ -413,7 +413,7 @@ pub(crate) fn record_tunnel_end(span: &tracing::Span, stats: &crate::TunnelStats
             span.record("websocket.close_code", code);
         }
     }
-    tracing::info!(target: TARGET, parent: span, end = stats.end.as_str(), "tunnel closed");
+    tracing::debug!(target: TARGET, parent: span, end = stats.end.as_str(), "tunnel closed");
 }
 
 #[cfg(test)]

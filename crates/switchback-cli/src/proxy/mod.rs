@@ -113,6 +113,9 @@ impl Proxy {
             Some(_) => Some(admin::install_metrics()?),
             None => None,
         };
+        if let Some(tracing) = &config.tracing {
+            crate::otlp::install(tracing);
+        }
         let shared = stack::Shared::new(&config)?;
         let clusters = stack::clusters(&config).map_err(Fatal::new)?;
         let current = Current::new(stack::build(&config, &clusters, &shared)?);

@@ -237,7 +237,7 @@ impl<S: Clone> Reloader<S> {
 /// The fields a running process can't change: the workers and the client limits they were
 /// started with, the admin endpoint (its address and token: the token file is read again
 /// on each reload, and a new token is reported here, not used) and the access log's
-/// destination.
+/// destination, and the `tracing` block (its exporter is installed once).
 fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
     let mut check = |name, same: bool| {
@@ -274,6 +274,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         old.max_concurrent_streams == new.max_concurrent_streams,
     );
     check("max_connections", old.max_connections == new.max_connections);
+    check("tracing", old.tracing == new.tracing);
     fields
 }
 
@@ -290,4 +291,5 @@ fn keep_restart_only(effective: &mut Config, running: &Config) {
     effective.max_headers_count = running.max_headers_count;
     effective.max_concurrent_streams = running.max_concurrent_streams;
     effective.max_connections = running.max_connections;
+    effective.tracing.clone_from(&running.tracing);
 }

@@ -282,7 +282,7 @@ impl Future for TunnelTask {
             if let Report::Open(opened, _) = &*this.report
                 && let Some(span) = opened.span()
             {
-                tracing::info!(target: crate::trace::TARGET, parent: &span, "drain: closing the tunnel");
+                tracing::debug!(target: crate::trace::TARGET, parent: &span, "drain: closing the tunnel");
             }
             relay.as_mut().start_drain();
         }
