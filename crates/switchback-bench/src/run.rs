@@ -130,7 +130,8 @@ async fn run(args: &RunArgs, nofile: u64) -> Result<()> {
         .flat_map(|&w| systems.iter().map(move |&s| (w, s)))
         .filter(|&(w, s)| {
             workloads::applies(w, s)
-                && (s == SystemKind::SwitchbackBin || (s == SystemKind::Switchback && w.is_tls()))
+                && (matches!(s, SystemKind::SwitchbackBin | SystemKind::SwitchbackBinTraced)
+                    || (s == SystemKind::Switchback && w.is_tls()))
         })
         .collect();
     let mut unavailable = Vec::new();

@@ -41,6 +41,10 @@ pub(crate) enum SystemKind {
     /// process the TLS workloads measure as `switchback`, without TLS, for the plain
     /// workloads. Not run unless asked for (`--systems switchback-bin`).
     SwitchbackBin,
+    /// The binary with a `tracing:` block exporting every request's span (sampling 100%) to
+    /// a collector in the harness that takes every batch: what tracing costs. Not run unless
+    /// asked for.
+    SwitchbackBinTraced,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -49,7 +53,7 @@ pub(crate) enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order.
-    pub(crate) const ALL: [Self; 9] = [
+    pub(crate) const ALL: [Self; 10] = [
         Self::Direct,
         Self::Switchback,
         Self::SwitchbackChain,
@@ -57,6 +61,7 @@ impl SystemKind {
         Self::SwitchbackLimits,
         Self::SwitchbackFilter,
         Self::SwitchbackBin,
+        Self::SwitchbackBinTraced,
         Self::Nginx,
         Self::Haproxy,
     ];
@@ -69,7 +74,10 @@ impl SystemKind {
             .filter(|&s| {
                 !matches!(
                     s,
-                    Self::SwitchbackBin | Self::SwitchbackLimits | Self::SwitchbackFilter
+                    Self::SwitchbackBin
+                        | Self::SwitchbackBinTraced
+                        | Self::SwitchbackLimits
+                        | Self::SwitchbackFilter
                 )
             })
             .collect()
@@ -85,6 +93,7 @@ impl SystemKind {
             Self::SwitchbackLimits => "switchback-limits",
             Self::SwitchbackFilter => "switchback-filter",
             Self::SwitchbackBin => "switchback-bin",
+            Self::SwitchbackBinTraced => "switchback-bin-traced",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
         }
@@ -151,14 +160,19 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
     let upstream_addr = upstream.listening().await?;
     let up = upstream_addr.to_string();
     let (proxy, addr) = match (kind, certs) {
-        (SystemKind::Switchback, Some(_)) | (SystemKind::SwitchbackBin, None) => {
+        (SystemKind::Switchback, Some(_))
+        | (SystemKind::SwitchbackBin | SystemKind::SwitchbackBinTraced, None) => {
             // `certs` says which listener: TLS for `switchback` in a TLS workload, else plain.
             let bin = env.switchback_bin.as_ref().context(
                 "no switchback binary: build it (cargo build --release -p switchback-cli) or pass --switchback-bin",
             )?;
             let dir = env.work.join("switchback-bin");
             std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
-            let (proxy, addr) = peers::switchback::start(bin, &dir, upstream_addr, certs).await?;
+            let collector = match kind {
+                SystemKind::SwitchbackBinTraced => Some(peers::switchback::otlp_sink().await?),
+                _ => None,
+            };
+            let (proxy, addr) = peers::switchback::start(bin, &dir, upstream_addr, certs, collector).await?;
             (Some(proxy), addr)
         }
         (SystemKind::Nginx | SystemKind::Haproxy, _) => {

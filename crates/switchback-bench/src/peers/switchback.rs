@@ -50,8 +50,18 @@ fn quoted(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
 
-/// The configuration text: a listener on `listen` (TLS with `certs`) in front of `upstream`.
-pub(crate) fn config(listen: SocketAddr, upstream: SocketAddr, certs: Option<&Certs>) -> String {
+/// The configuration text: a listener on `listen` (TLS with `certs`) in front of `upstream`,
+/// exporting every request's span to `collector` if given.
+pub(crate) fn config(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    certs: Option<&Certs>,
+    collector: Option<SocketAddr>,
+) -> String {
+    let tracing = match collector {
+        Some(addr) => format!("tracing: {{ otlp_endpoint: \"http://{addr}\", sampling: 100 }}\n"),
+        None => String::new(),
+    };
     let listener = match certs {
         None => format!("listen: {listen}"),
         Some(certs) => format!(
@@ -75,7 +85,7 @@ drain_timeout: 0s
 use_remote_address: false
 x_forwarded_proto: false
 generate_request_id: false
-upgrade_configs:
+{tracing}upgrade_configs:
   - upgrade_type: websocket
 routes:
   - match: {{ prefix: / }}
@@ -94,10 +104,11 @@ pub(crate) async fn start(
     dir: &Path,
     upstream: SocketAddr,
     certs: Option<&Certs>,
+    collector: Option<SocketAddr>,
 ) -> Result<(ChildProc, SocketAddr)> {
     let listen = super::free_addr().context("picking a port for switchback")?;
     let conf_path = dir.join("switchback.yaml");
-    std::fs::write(&conf_path, config(listen, upstream, certs))
+    std::fs::write(&conf_path, config(listen, upstream, certs, collector))
         .context(format_args!("writing {}", conf_path.display()))?;
     let args = [OsStr::new("--config"), conf_path.as_os_str()];
     // Warnings and errors only on the harness's terminal.
@@ -109,6 +120,31 @@ pub(crate) async fn start(
         conf_path.display()
     ))?;
     Ok((child, listen))
+}
+
+/// An OTLP collector in the harness for `switchback-bin-traced`: takes every batch, answers
+/// `200`, keeps nothing. Runs until the harness exits.
+pub(crate) async fn otlp_sink() -> Result<SocketAddr> {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the OTLP sink")?;
+    let addr = listener.local_addr().context("the OTLP sink's address")?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let _ = req.into_body().collect().await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                    hyper::body::Bytes,
+                >::new()))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -123,7 +159,7 @@ mod tests {
         let certs = Certs::generate(&dir).expect("certificates");
         let listen = "127.0.0.1:1".parse().expect("addr");
         let up = "127.0.0.1:2".parse().expect("addr");
-        let conf = config(listen, up, Some(&certs));
+        let conf = config(listen, up, Some(&certs), None);
         assert!(
             conf.contains("listeners:\n  - address: 127.0.0.1:1\n    tls:\n"),
             "{conf}"
@@ -136,7 +172,12 @@ mod tests {
         assert!(conf.contains("      min_version: \"1.3\"\n"));
         assert!(!conf.contains("\nlisten:"));
         assert!(conf.contains("endpoints: [127.0.0.1:2]"));
-        let plain = config(listen, up, None);
+        let plain = config(listen, up, None, None);
+        let traced = config(listen, up, None, Some(up));
+        assert!(
+            traced.contains("\ntracing: { otlp_endpoint: \"http://127.0.0.1:2\", sampling: 100 }\n"),
+            "{traced}"
+        );
         assert!(plain.contains("\nlisten: 127.0.0.1:1\n"), "{plain}");
         assert!(!plain.contains("tls") && !plain.contains("listeners"));
         assert!(plain.contains("endpoints: [127.0.0.1:2]"));

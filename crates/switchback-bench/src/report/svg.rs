@@ -25,6 +25,7 @@ fn colour(system: SystemKind) -> &'static str {
         SystemKind::SwitchbackLimits => "#3b8bd0",
         SystemKind::SwitchbackFilter => "#7b5fc0",
         SystemKind::SwitchbackBin => "#0b3d6b",
+        SystemKind::SwitchbackBinTraced => "#5b7d9b",
         SystemKind::Nginx => "#2f9e44",
         SystemKind::Haproxy => "#d9480f",
     }

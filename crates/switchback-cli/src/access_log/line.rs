@@ -52,7 +52,9 @@ impl Line<'_> {
         match self.trace_id {
             // 32 hex digits: nothing to escape.
             Some(id) => {
-                let _ = write!(out, "\"{id}\"");
+                out.push(b'"');
+                out.extend_from_slice(&id.to_hex());
+                out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
         }
