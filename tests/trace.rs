@@ -16,7 +16,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use support::*;
 use switchback::trace::TraceContextLayer;
-use switchback::{Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer};
+use switchback::{Drain, Forward, LegacyConfig, Route, RouteLayer, Runtime, UpgradeRouterLayer};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -95,6 +95,10 @@ fn capture() -> (Spans, tracing::subscriber::DefaultGuard) {
 
 /// A proxy with the trace layer in front of the router, optionally a legacy route.
 async fn proxy(upstream: std::net::SocketAddr, legacy: bool) -> Proxy {
+    proxy_with(upstream, legacy, Drain::new()).await
+}
+
+async fn proxy_with(upstream: std::net::SocketAddr, legacy: bool, drain: Drain) -> Proxy {
     let mut route = Route::prefix("/").cluster(cluster(upstream)).name("chat");
     if legacy {
         route = route.use_websocket(LegacyConfig::new());
@@ -105,6 +109,7 @@ async fn proxy(upstream: std::net::SocketAddr, legacy: bool) -> Proxy {
         .layer(
             UpgradeRouterLayer::builder()
                 .upgrade("websocket")
+                .drain(drain)
                 .build()
                 .unwrap(),
         )
@@ -233,4 +238,33 @@ async fn a_tunnels_span_ends_with_the_tunnel_and_records_it() {
         assert_eq!(span["websocket.close_code"], "1000", "{case}");
         assert!(span["events"].contains("tunnel closed"), "{case}: {span:?}");
     }
+}
+
+#[tokio::test]
+async fn a_drain_is_an_event_on_the_tunnels_span() {
+    let (spans, _guard) = capture();
+    let echo = ws_echo().await;
+    let drain = Drain::new();
+    let proxy = proxy_with(echo.addr, false, drain.clone()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", proxy.addr))
+        .await
+        .unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    within(ws.next()).await.unwrap().unwrap();
+    let outcome = drain.drain(std::time::Duration::from_millis(200)).await;
+    assert_eq!(outcome.closed, 1);
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    drop(ws);
+    let span = spans.closed(1).await;
+    assert!(span["events"].contains("drain: closing the tunnel"), "{span:?}");
+    assert_eq!(span["websocket.close_code"], "1001");
+    assert_eq!(span["switchback.tunnel.end"], "drain");
 }
