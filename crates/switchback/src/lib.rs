@@ -51,6 +51,8 @@
 //! - **Extensions** that carry values between layers: [`ClientAddr`], [`TrustedClientAddr`],
 //!   [`RequestId`], [`IdleTimeout`], [`ResponseTimeout`], [`AutoHostRewrite`], [`MatchedRoute`],
 //!   [`UpstreamAddr`], [`TunnelHandle`].
+//! - [`ws`]: WebSocket-aware limits and keepalive (frame headers only, kept on the joined
+//!   path) and message filters (whole messages through a `tower::Service` of yours).
 //! - [`trace`]: W3C trace context through every request and tunnel, and a span per request.
 //! - [`metrics`]: the names of the metrics Switchback records.
 
