@@ -532,3 +532,46 @@ async fn http2_websockets_are_filtered_too() {
     within(stream.read_exact(&mut got)).await.unwrap();
     assert_eq!(got, want);
 }
+
+/// The upstream breaks the protocol: it gets the code (in a masked close frame, as a
+/// client sends), the client `1001`.
+#[tokio::test]
+async fn a_bad_frame_from_the_upstream_closes_it_with_1002() {
+    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", None).await;
+    up.write_all(&masked(0x81, b"masked", [1, 1, 1, 1]))
+        .await
+        .unwrap();
+    let (first, key, payload) = read_frame(&mut up).await;
+    assert_eq!((first, code(&payload)), (0x88, 1002));
+    assert!(key.is_some(), "towards the upstream, masked");
+    let (first, key, payload) = read_frame(&mut client).await;
+    assert_eq!((first, key, code(&payload)), (0x88, None, 1001));
+}
+
+/// A close frame goes each way once: after the upstream's close went to the client, a
+/// message the filter closes on sends no second close to the client.
+#[tokio::test]
+async fn no_second_close_frame_follows_a_relayed_one() {
+    let (mut client, mut up, _, _proxy, _raw) = raw_tunnel("", None).await;
+    up.write_all(&unmasked(0x88, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let (first, _, payload) = read_frame(&mut client).await;
+    assert_eq!((first, code(&payload)), (0x88, 1000));
+    // Before answering the close, the client sends a message the filter closes on.
+    client
+        .write_all(&masked(0x81, b"close", [2, 2, 2, 2]))
+        .await
+        .unwrap();
+    let (first, _, payload) = read_frame(&mut up).await;
+    assert_eq!(
+        (first, code(&payload)),
+        (0x88, 1001),
+        "the upstream hears the client went away"
+    );
+    up.shutdown().await.unwrap();
+    assert!(
+        read_to_eof(&mut client).await.is_empty(),
+        "no second close frame to the client"
+    );
+}

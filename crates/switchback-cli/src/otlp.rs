@@ -125,8 +125,9 @@ async fn export(mut rx: mpsc::Receiver<Span>, url: String, resource: Resource) {
         let sent = match req {
             Ok(req) => tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await,
             Err(e) => {
-                tracing::warn!(error = %e, "the OTLP endpoint makes no request");
-                return;
+                ::metrics::counter!(EXPORT_FAILURES).increment(1);
+                tracing::warn!(error = %e, %url, "the OTLP endpoint makes no request; the batch is dropped");
+                continue;
             }
         };
         match sent {
@@ -321,7 +322,10 @@ where
             sampled: false,
         };
         attrs.record(&mut recording);
-        span.extensions_mut().insert(recording);
+        // An unsampled span is never exported: nothing more is recorded for it.
+        if recording.sampled {
+            span.extensions_mut().insert(recording);
+        }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {

@@ -189,7 +189,14 @@ impl Verdict {
 ///   oversized control frame, fragments out of order) gets `1002`, each as soon as it is
 ///   seen. A filter's error closes with `1011` to the sender.
 /// - After a close frame of its own, the proxy relays nothing more that way and waits for the
-///   peer to close its side (so nothing is cut mid-frame and no reset is sent).
+///   peer to close its side (so nothing is cut mid-frame and no reset is sent). A close frame
+///   goes each way at most once, whether a peer's (relayed) or the proxy's.
+///
+/// **With [`WebSocketLimits`](super::WebSocketLimits) on the same tunnel**, the limits and
+/// the keepalive see the frames the filter writes, not the ones it reads: a frame rate counts
+/// the messages the filter lets through, and a client's pong waits behind a verdict still
+/// pending. Closes the filter sends are reported (metrics, `TunnelStats::close`) as if the
+/// side whose stream carries them had sent them.
 ///
 /// **What it changes in the handshake.** Compression (`permessage-deflate`) and any other
 /// extension would change what the payload means, so the client's `Sec-WebSocket-Extensions`

@@ -47,6 +47,9 @@ pub(crate) struct Shared<F> {
     /// Set when `orders` holds a close frame for that direction (indexed by [`slot`]).
     ordered: [AtomicBool; 2],
     orders: Mutex<Orders>,
+    /// A close frame has gone that way, or is queued to (a peer's relayed or one of ours):
+    /// RFC 6455 allows one each way, so no second one follows.
+    closed: [AtomicBool; 2],
 }
 
 #[derive(Default)]
@@ -69,7 +72,13 @@ impl<F> Shared<F> {
             max_message_size,
             ordered: [AtomicBool::new(false), AtomicBool::new(false)],
             orders: Mutex::new(Orders::default()),
+            closed: [AtomicBool::new(false), AtomicBool::new(false)],
         }
+    }
+
+    /// Marks that a close frame goes `dir`; `true` if one had gone (or been queued) already.
+    fn mark_closed(&self, dir: Direction) -> bool {
+        self.closed[slot(dir)].swap(true, Ordering::AcqRel)
     }
 
     fn orders(&self) -> std::sync::MutexGuard<'_, Orders> {
@@ -81,9 +90,10 @@ impl<F> Shared<F> {
         let waker = {
             let mut orders = self.orders();
             orders.close[slot(dir)].get_or_insert(frame);
+            // Set under the lock: a body that parks after this sees it.
+            self.ordered[slot(dir)].store(true, Ordering::Release);
             orders.wakers[slot(dir)].take()
         };
-        self.ordered[slot(dir)].store(true, Ordering::Release);
         if let Some(w) = waker {
             w.wake();
         }
@@ -226,9 +236,19 @@ where
             tracing::debug!(code = fail.code, reason = %fail.reason, direction = ?self.dir, "closing a filtered WebSocket");
         }
         let back = self.dir.reverse();
-        self.shared
-            .order(back, close_frame(back, fail.code, &fail.reason));
-        self.close_with(close_frame(self.dir, GOING_AWAY, ""));
+        if !self.shared.mark_closed(back) {
+            self.shared
+                .order(back, close_frame(back, fail.code, &fail.reason));
+        }
+        if self.shared.mark_closed(self.dir) {
+            // This way has its close frame already: just stop relaying.
+            self.closing = true;
+            self.judgment = None;
+            self.message = None;
+            self.control = None;
+        } else {
+            self.close_with(close_frame(self.dir, GOING_AWAY, ""));
+        }
     }
 
     /// Queues `frame` (a close frame) after what is queued, and stops relaying.
@@ -370,7 +390,10 @@ where
             return Ok(());
         };
         if let Some(control) = self.control.take() {
-            self.out.push_back(control.freeze());
+            // A peer's close goes on unless one of ours went that way first.
+            if frame.opcode != CLOSE || !self.shared.mark_closed(self.dir) {
+                self.out.push_back(control.freeze());
+            }
             return Ok(());
         }
         if !frame.fin || !matches!(frame.opcode, TEXT | BINARY | CONTINUATION) {
