@@ -461,6 +461,15 @@ mod tests {
         assert!(p.sampled);
         let unsampled = VALID.replace("-01", "-00");
         assert!(!parse_traceparent(unsampled.as_bytes()).unwrap().sampled);
+        // Flags other than the sampled bit are not ours to pass on: bit 0 decides.
+        for (flags, sampled) in [("03", true), ("ff", true), ("02", false)] {
+            let v = VALID.replace("-01", &format!("-{flags}"));
+            assert_eq!(
+                parse_traceparent(v.as_bytes()).unwrap().sampled,
+                sampled,
+                "{flags}"
+            );
+        }
         // A later version may carry more fields after a dash.
         let later = VALID.replacen("00-", "01-", 1) + "-extra";
         assert!(parse_traceparent(later.as_bytes()).is_some());
