@@ -58,7 +58,6 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use switchback_config::{Config, ConfigError};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::FilterFn;
 use tracing_subscriber::prelude::*;
 
 use crate::cli::Mode;
@@ -115,7 +114,7 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
-    let spans = otlp::SpanLayer.with_filter(FilterFn::new(otlp::SpanLayer::wants));
+    let spans = otlp::SpanLayer.with_filter(otlp::SpanFilter);
     tracing_subscriber::registry()
         .with(diagnostics)
         .with(spans)
