@@ -59,14 +59,25 @@ async fn proxy(upstream: std::net::SocketAddr, max: Option<u64>, events: &Events
     start(ServiceBuilder::new().layer(router).service(forward)).await
 }
 
-#[tokio::test]
-async fn messages_are_passed_replaced_dropped_and_closed_each_way() {
+/// The echo upstream behind the test filter, and a WebSocket client connected through it.
+async fn echo_through_filter() -> (
+    WsEcho,
+    Events,
+    Proxy,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+) {
     let echo = ws_echo().await;
     let events = Events::default();
     let proxy = proxy(echo.addr, None, &events).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", proxy.addr))
+    let (ws, _) = within(tokio_tungstenite::connect_async(format!("ws://{}/", proxy.addr)))
         .await
         .unwrap();
+    (echo, events, proxy, ws)
+}
+
+#[tokio::test]
+async fn messages_are_passed_replaced_dropped_and_closed_each_way() {
+    let (echo, events, _proxy, mut ws) = echo_through_filter().await;
     // Up through the filter (">"), echoed, down through it ("<").
     ws.send(WsMessage::text("hello")).await.unwrap();
     assert_eq!(
@@ -112,12 +123,7 @@ async fn messages_are_passed_replaced_dropped_and_closed_each_way() {
 
 #[tokio::test]
 async fn a_filter_error_closes_with_1011() {
-    let echo = ws_echo().await;
-    let events = Events::default();
-    let proxy = proxy(echo.addr, None, &events).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", proxy.addr))
-        .await
-        .unwrap();
+    let (echo, _events, _proxy, mut ws) = echo_through_filter().await;
     ws.send(WsMessage::text("fail")).await.unwrap();
     match within(ws.next()).await.unwrap().unwrap() {
         WsMessage::Close(Some(f)) => assert_eq!(u16::from(f.code), 1011),

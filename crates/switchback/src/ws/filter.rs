@@ -420,16 +420,7 @@ pub(crate) type Judged = Result<Verdict, BoxError>;
 /// A boxed verdict on its way.
 pub(crate) type Judging = Pin<Box<dyn Future<Output = Judged> + Send>>;
 
-/// Calls `filter` with `msg`, once it is ready.
-pub(crate) fn poll_judge<F>(filter: &mut F, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
-where
-    F: Service<Message, Response = Verdict>,
-    F::Error: Into<BoxError>,
-{
-    filter.poll_ready(cx).map_err(Into::into)
-}
-
-/// Starts `filter` on `msg` (after [`poll_judge`] said it is ready).
+/// Starts `filter` on `msg` (once its `poll_ready` said it is ready).
 pub(crate) fn judge<F>(filter: &mut F, msg: Message) -> Judging
 where
     F: Service<Message, Response = Verdict>,

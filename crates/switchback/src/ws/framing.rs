@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tower::Service;
 
-use super::filter::{Direction, Judged, Judging, Message, MessageKind, Verdict, judge, poll_judge};
+use super::filter::{Direction, Judged, Judging, Message, MessageKind, Verdict, judge};
 use crate::body::{Body, BoxError};
 use crate::websocket::GOING_AWAY;
 
@@ -240,20 +240,14 @@ where
             self.shared
                 .order(back, close_frame(back, fail.code, &fail.reason));
         }
-        if self.shared.mark_closed(self.dir) {
-            // This way has its close frame already: just stop relaying.
-            self.closing = true;
-            self.judgment = None;
-            self.message = None;
-            self.control = None;
-        } else {
-            self.close_with(close_frame(self.dir, GOING_AWAY, ""));
-        }
+        // When this way has its close frame already, it just stops relaying.
+        let already = self.shared.mark_closed(self.dir);
+        self.close_with((!already).then(|| close_frame(self.dir, GOING_AWAY, "")));
     }
 
-    /// Queues `frame` (a close frame) after what is queued, and stops relaying.
-    fn close_with(&mut self, frame: Bytes) {
-        self.out.push_back(frame);
+    /// Queues `frame` (a close frame), if any, after what is queued, and stops relaying.
+    fn close_with(&mut self, frame: Option<Bytes>) {
+        self.out.extend(frame);
         self.closing = true;
         self.judgment = None;
         self.message = None;
@@ -417,7 +411,7 @@ where
                 None => return Poll::Ready(Ok(())),
                 Some(Judgment::Waiting(msg)) => {
                     let mut filter = self.shared.filter.lock().unwrap_or_else(PoisonError::into_inner);
-                    match poll_judge(&mut *filter, cx) {
+                    match filter.poll_ready(cx).map_err(Into::into) {
                         Poll::Pending => {
                             drop(filter);
                             self.judgment = Some(Judgment::Waiting(msg));
@@ -525,7 +519,7 @@ where
                 }
             }
             if let Some(order) = this.shared.take_order(this.dir) {
-                this.close_with(order);
+                this.close_with(Some(order));
                 continue;
             }
             match this.poll_judgment(cx) {
