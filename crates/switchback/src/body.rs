@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::handoff::{Handoff, TunnelRead};
+use crate::handoff::{Handoff, TunnelRead, UpstreamRead};
 use crate::pool;
 
 /// The error type of bodies and chains: any error, boxed.
@@ -375,14 +375,14 @@ impl<B: http_body::Body<Data = Bytes>, T> http_body::Body for Holding<B, T> {
 #[derive(Debug)]
 pub(crate) enum UpstreamTunnel {
     Unread(Handoff<Body>),
-    Reading(TunnelRead),
+    Reading(UpstreamRead),
     /// The connection's read half is gone (taken by another reader).
     Gone,
 }
 
 impl UpstreamTunnel {
     /// The read half to read from, splitting the connection on the first read.
-    pub(crate) fn reader(&mut self) -> Option<&mut TunnelRead> {
+    pub(crate) fn reader(&mut self) -> Option<&mut UpstreamRead> {
         if let Self::Unread(handoff) = self {
             *self = match handoff.take_read() {
                 Some(read) => Self::Reading(read),

@@ -18,7 +18,8 @@ const ENDPOINT: &str = "upstream.invalid:80";
 /// router's inspection (refusals, `Host`, hop-by-hop headers, `h2c`, the upgrade pair), its
 /// refusal of what it does not proxy, the HTTP/2 to HTTP/1.1 translation, and the head
 /// [`Forward`](crate::Forward) writes for an upgrade attempt (`Host`, origin form, HTTP/1.1,
-/// the body's framing).
+/// the body's framing). A CONNECT keeps its method and authority-form target, as it is
+/// forwarded to an upstream proxy.
 ///
 /// A plain request takes the same head; there hyper's client writes the target and the
 /// framing, to the same effect. Whether the request declares a body is read from its headers,
@@ -35,7 +36,11 @@ pub fn upstream_head(mut req: Request<()>) -> Result<Request<()>, String> {
         Inspection::Plain => {}
         Inspection::Upgrade(ty) => {
             router::proxied(&ty, req.version())?;
-            if req.version() == http::Version::HTTP_2 {
+            if ty.is_connect() {
+                // Forwarded as the CONNECT it is (proxy mode), over HTTP/1.1.
+                crate::connect::check(&req).map_err(|(_, why)| why.to_owned())?;
+                *req.version_mut() = http::Version::HTTP_11;
+            } else if req.version() == http::Version::HTTP_2 {
                 let (mut parts, ()) = req.into_parts();
                 h2_to_h1_upgrade(&mut parts, &ty);
                 req = Request::from_parts(parts, ());

@@ -18,18 +18,67 @@ use std::task::{Context, Poll, ready};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 
-/// The read half of an upgraded connection, read as body data on the pumped path.
+use crate::tls::UpstreamStream;
+
+/// The read half of the client's upgraded connection, read as body data on the pumped path.
 pub(crate) type TunnelRead = ReadHalf<TokioIo<Upgraded>>;
-pub(crate) type TunnelWrite = WriteHalf<TokioIo<Upgraded>>;
+/// The halves of the upstream's connection on the pumped path.
+pub(crate) type UpstreamRead = ReadHalf<UpstreamIo>;
+pub(crate) type UpstreamWrite = WriteHalf<UpstreamIo>;
+
+/// The upstream connection a tunnel relays to: one hyper switched (after a `101`, or a 2xx
+/// to a forwarded CONNECT), or one the proxy connected itself and never spoke HTTP on (a
+/// terminated CONNECT's).
+#[derive(Debug)]
+pub(crate) enum UpstreamIo {
+    Switched(TokioIo<Upgraded>),
+    Raw(UpstreamStream),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Switched(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Raw(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Switched(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Raw(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Switched(io) => Pin::new(io).poll_flush(cx),
+            Self::Raw(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Switched(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Raw(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
 
 /// An upstream connection that has answered `101` but may still be sending the upgrade
 /// request's body: hyper hands the connection over only once the body is sent. The `101`
 /// goes to the client at once (the client may still be sending that body); the tunnel
 /// waits for the switch before it relays a byte.
 pub(crate) enum Switch {
-    Done(Upgraded),
+    Done(UpstreamIo),
     Switching(Switching),
 }
 
@@ -40,13 +89,14 @@ impl Switch {
     /// Drives the switch; ready once the connection is handed over (or failed).
     pub(crate) fn poll_switched(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
         if let Self::Switching(switching) = self {
-            *self = Self::Done(ready!(switching.as_mut().poll(cx))?);
+            let upgraded = ready!(switching.as_mut().poll(cx))?;
+            *self = Self::Done(UpstreamIo::Switched(TokioIo::new(upgraded)));
         }
         Poll::Ready(Ok(()))
     }
 
     /// The connection, once switched.
-    pub(crate) fn switched(self) -> Option<Upgraded> {
+    pub(crate) fn switched(self) -> Option<UpstreamIo> {
         match self {
             Self::Done(upgraded) => Some(upgraded),
             Self::Switching(_) => None,
@@ -88,8 +138,8 @@ struct Shared<C> {
 enum Upstream {
     Whole(Switch),
     Split {
-        read: Option<TunnelRead>,
-        write: Option<TunnelWrite>,
+        read: Option<UpstreamRead>,
+        write: Option<UpstreamWrite>,
     },
 }
 
@@ -152,7 +202,7 @@ impl<C> Handoff<C> {
                 write: None,
             },
         ) {
-            let (read, write) = tokio::io::split(TokioIo::new(u));
+            let (read, write) = tokio::io::split(u);
             *upstream = Upstream::Split {
                 read: Some(read),
                 write: Some(write),
@@ -160,7 +210,7 @@ impl<C> Handoff<C> {
         }
     }
 
-    pub(crate) fn take_read(&self) -> Option<TunnelRead> {
+    pub(crate) fn take_read(&self) -> Option<UpstreamRead> {
         let mut upstream = self.upstream();
         Self::split(&mut upstream);
         match &mut *upstream {
@@ -169,7 +219,7 @@ impl<C> Handoff<C> {
         }
     }
 
-    pub(crate) fn take_write(&self) -> Option<TunnelWrite> {
+    pub(crate) fn take_write(&self) -> Option<UpstreamWrite> {
         let mut upstream = self.upstream();
         Self::split(&mut upstream);
         match &mut *upstream {

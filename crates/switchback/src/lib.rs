@@ -62,6 +62,7 @@ mod body;
 mod cap;
 mod cluster;
 mod conn;
+mod connect;
 mod detect;
 mod drain;
 mod ext;
@@ -95,6 +96,8 @@ pub use cluster::{
     Cluster, ConnectError, Endpoint, EndpointStats, HealthCheck, LbPolicy, OutlierDetection, Resolve,
     SystemResolver,
 };
+#[doc(inline)]
+pub use connect::ConnectConfig;
 #[doc(inline)]
 pub use detect::{IgnoreUpgrades, UpgradeType};
 #[doc(inline)]

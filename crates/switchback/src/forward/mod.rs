@@ -2,6 +2,7 @@
 
 pub(crate) mod attempt;
 mod pre_body;
+mod terminate;
 pub(crate) mod upstream;
 pub(crate) mod verify;
 
@@ -22,6 +23,7 @@ use tower::Service;
 
 use crate::body::{Body, BoxError, Holding};
 use crate::cluster::{Active, Cluster, ConnectError, Endpoint};
+use crate::connect::ConnectConfig;
 use crate::ext::{AutoHostRewrite, ResponseTimeout, Upgrading, UpstreamAddr};
 use crate::reply::Then;
 use crate::retry::RetryPolicy;
@@ -326,6 +328,19 @@ where
         None => (Body::empty(), client, false),
     };
 
+    let tunnel = upstream::Tunnel {
+        ty: &ty,
+        client,
+        client_untouched,
+    };
+    if ty.is_connect() {
+        if parts.extensions.get::<ConnectConfig>().is_some() {
+            return terminate::connect(cluster, &mut attempts, tunnel).await;
+        }
+        // Proxy mode: the CONNECT goes on as it came, to a cluster that is a proxy itself.
+        parts.version = Version::HTTP_11;
+        return upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
+    }
     if parts.version == Version::HTTP_2 {
         h2_to_h1_upgrade(&mut parts, &ty);
     } else if ty.is_websocket() && !parts.headers.contains_key(SEC_WEBSOCKET_KEY) {
@@ -335,11 +350,6 @@ where
             .headers
             .insert(SEC_WEBSOCKET_KEY, crate::websocket::new_key());
     }
-    let tunnel = upstream::Tunnel {
-        ty: &ty,
-        client,
-        client_untouched,
-    };
     upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await
 }
 

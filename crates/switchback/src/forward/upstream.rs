@@ -21,7 +21,7 @@ use crate::body::Body;
 use crate::cluster::{Carried, Cluster, ConnectError, Endpoint};
 use crate::detect::UpgradeType;
 use crate::ext::UpstreamAddr;
-use crate::handoff::{Handoff, Switch, Switching};
+use crate::handoff::{Handoff, Switch, Switching, UpstreamIo};
 use crate::hop;
 use crate::metrics::HandshakeFailure;
 use crate::reply::{self, Then};
@@ -156,6 +156,7 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| Failure::Reset(e.into()))?;
+    let connect = parts.method == http::Method::CONNECT;
     upgrade_head(&mut parts, endpoint, !http_body::Body::is_end_stream(&body));
     let request_headers = parts.headers.clone();
 
@@ -190,7 +191,7 @@ where
     if res.status() == StatusCode::SWITCHING_PROTOCOLS && res.version() != Version::HTTP_11 {
         return Err(Failure::NotHttp11Switch);
     }
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if switches(connect, res.status()) {
         let upgrade = hyper::upgrade::on(&mut res);
         let conn = conn.take();
         let mut switching: Switching = Box::pin(async move {
@@ -204,7 +205,7 @@ where
         // (Envoy relays the 101 at once too).
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let upgraded = match switching.as_mut().poll(&mut cx) {
-            Poll::Ready(upgraded) => upgraded.map(Switch::Done),
+            Poll::Ready(upgraded) => upgraded.map(|u| Switch::Done(UpstreamIo::Switched(TokioIo::new(u)))),
             Poll::Pending => Ok(Switch::Switching(switching)),
         };
         return Ok(Exchanged {
@@ -229,7 +230,10 @@ where
 /// of a body that is still to come (`body_pending`).
 pub(crate) fn upgrade_head(parts: &mut http::request::Parts, endpoint: &Endpoint, body_pending: bool) {
     upstream_host(parts, endpoint);
-    parts.uri = origin_form(&parts.uri);
+    // A CONNECT keeps its authority-form target.
+    if parts.method != http::Method::CONNECT {
+        parts.uri = origin_form(&parts.uri);
+    }
     parts.version = Version::HTTP_11;
     // A GET without framing headers goes out with no body at all (hyper's rule), and the
     // client's `Transfer-Encoding` was stripped as hop-by-hop: a body of unknown length is
@@ -266,7 +270,12 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
         active,
     } = answer;
     let ty = tunnel.ty;
-    if answer.res.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let status = answer.res.status();
+    if ty.is_connect() && status == StatusCode::SWITCHING_PROTOCOLS {
+        let message = "the upstream answered a CONNECT with 101";
+        return fail(ty, HandshakeFailure::Bad101, StatusCode::BAD_GATEWAY, message);
+    }
+    if !switches(ty.is_connect(), status) {
         return relay_refusal(answer, &endpoint, ty);
     }
     let Exchanged {
@@ -275,7 +284,12 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
         upgraded,
         ..
     } = answer;
-    if let Err(bad) = verify::verify(&request_headers, res.headers(), ty.is_websocket()) {
+    // A CONNECT's 2xx has no upgrade headers to check: the tunnel is what was asked for.
+    let checked = match ty.is_connect() {
+        true => Ok(()),
+        false => verify::verify(&request_headers, res.headers(), ty.is_websocket()),
+    };
+    if let Err(bad) = checked {
         tracing::info!(
             endpoint = endpoint.address(),
             reason = bad.as_str(),
@@ -309,6 +323,15 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
     parts.extensions.insert(handoff.clone());
     parts.extensions.insert(Carried::new(active));
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
+}
+
+/// Whether an answer with `status` switches the connection: a `101` to an upgrade, a 2xx to
+/// a CONNECT (RFC 9110 §9.3.6).
+fn switches(connect: bool, status: StatusCode) -> bool {
+    match connect {
+        true => status.is_success(),
+        false => status == StatusCode::SWITCHING_PROTOCOLS,
+    }
 }
 
 /// Relays an answer that is not a `101` as an ordinary response: hop-by-hop headers (the

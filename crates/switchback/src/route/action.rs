@@ -158,6 +158,7 @@ pub(super) struct Action {
     /// Built from `upgrades` when the route table is built, so a request only clones an `Arc`.
     pub(super) route_upgrades: Option<RouteUpgrades>,
     pub(super) legacy: Option<LegacyConfig>,
+    pub(super) connect: Option<crate::ConnectConfig>,
     pub(super) misconfig: Option<Misconfig>,
 }
 
@@ -246,6 +247,9 @@ impl Action {
         }
         if let Some(l) = &self.legacy {
             ext.insert(l.clone());
+        }
+        if let Some(c) = self.connect {
+            ext.insert(c);
         }
         ext.insert(MatchedRoute { name: name.clone() });
         Ok(())

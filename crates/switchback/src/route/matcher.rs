@@ -14,6 +14,8 @@ pub(super) enum PathMatch {
     Prefix(String),
     Exact(String),
     Regex(Regex),
+    /// Envoy's `connect_matcher`: plain CONNECT requests only, which have no path.
+    Connect,
 }
 
 impl PathMatch {
@@ -24,6 +26,7 @@ impl PathMatch {
             Self::Exact(p) => (path == p).then_some(path.len()),
             // A search, as Envoy's `safe_regex` is not: users anchor with `^...$` themselves.
             Self::Regex(re) => re.is_match(path).then_some(path.len()),
+            Self::Connect => None,
         }
     }
 
@@ -38,6 +41,7 @@ impl fmt::Display for PathMatch {
             Self::Prefix(p) => write!(f, "prefix {p}"),
             Self::Exact(p) => write!(f, "path {p}"),
             Self::Regex(re) => write!(f, "regex {}", re.as_str()),
+            Self::Connect => f.write_str("connect"),
         }
     }
 }
@@ -129,7 +133,13 @@ impl Matcher {
     /// Whether the route takes `req`; on a yes, how many bytes of the path matched. The
     /// runtime draw comes last so that only otherwise matching requests use it up.
     pub(super) fn matches<B>(&self, req: &Request<B>, runtime: &Runtime) -> Option<usize> {
-        let len = self.path.matched_len(req.uri().path())?;
+        // A plain CONNECT names an authority, not a path: only a CONNECT condition takes it,
+        // and that condition takes nothing else.
+        let len = match (&self.path, crate::connect::is_plain_connect(req)) {
+            (PathMatch::Connect, true) => 0,
+            (PathMatch::Connect, false) | (_, true) => return None,
+            (path, false) => path.matched_len(req.uri().path())?,
+        };
         if !self.headers.iter().all(|h| h.matches(req)) {
             return None;
         }

@@ -48,6 +48,13 @@ impl Route {
         Self::with(PathMatch::Prefix(p.into()))
     }
 
+    /// Takes CONNECT requests (Envoy's `connect_matcher`): HTTP/1 CONNECT and HTTP/2 CONNECT
+    /// without `:protocol`, and nothing else. Path conditions never take a CONNECT, which has
+    /// no path. See [`ConnectConfig`](crate::ConnectConfig).
+    pub fn connect_matcher() -> Self {
+        Self::with(PathMatch::Connect)
+    }
+
     /// Takes requests whose path is exactly `p`.
     pub fn path(p: impl Into<String>) -> Self {
         Self::with(PathMatch::Exact(p.into()))
@@ -221,6 +228,15 @@ impl Route {
     /// [`UpgradeRouterBuilder::build`](crate::UpgradeRouterBuilder::build).
     pub fn upgrade(mut self, ty: impl Into<UpgradeType>, enabled: bool) -> Self {
         self.action.upgrades.push((ty.into(), enabled));
+        self
+    }
+
+    /// Terminates CONNECT on this route (Envoy's `connect_config`): the proxy answers `200`
+    /// and relays raw TCP to the route's cluster instead of forwarding the CONNECT. CONNECT
+    /// must still be allowed, here with [`Route::upgrade`] or at listener level. See
+    /// [`ConnectConfig`](crate::ConnectConfig).
+    pub fn connect_config(mut self, config: crate::ConnectConfig) -> Self {
+        self.action.connect = Some(config);
         self
     }
 

@@ -144,6 +144,12 @@ where
             tracing::debug!(reason = why, "request refused before routing");
             return ResponseFuture::local_then(StatusCode::BAD_REQUEST, why, Then::Close);
         }
+        // Envoy's codec refuses a CONNECT with a body before any route is looked up.
+        if req.method() == Method::CONNECT
+            && let Err((status, why)) = crate::connect::check(&req)
+        {
+            return ResponseFuture::local_then(status, why, Then::Close);
+        }
         // Only a route's `prefix_rewrite` says what the original path was (Envoy strips a
         // client's own from external requests): an upstream that trusts it must not be lied to.
         req.headers_mut().remove(super::action::ORIGINAL_PATH);

@@ -132,6 +132,11 @@ where
             }
             Inspection::Upgrade(ty) => ty,
         };
+        if ty.is_connect()
+            && let Err((status, why)) = crate::connect::check(&req)
+        {
+            return ResponseFuture::ready(reply::local(status, why, Then::Close));
+        }
         let legacy = ty.is_websocket() && req.extensions().get::<LegacyConfig>().is_some();
         let entry = cfg.entry(&ty);
         let holds = match self.admit(&req, &ty, entry, legacy) {
@@ -252,7 +257,11 @@ impl<S> UpgradeRouter<S> {
                 upgrade: ty,
                 mode,
                 client: req.extensions().get::<ClientAddr>().map(|a| a.0),
-                path: req.uri().path().to_owned(),
+                // A CONNECT has no path: its target is the authority.
+                path: match req.uri().path() {
+                    "" => req.uri().authority().map_or_else(String::new, |a| a.to_string()),
+                    path => path.to_owned(),
+                },
                 route: req.extensions().get::<MatchedRoute>().map(|r| r.name.clone()),
                 version: req.version(),
                 upstream: None,
@@ -312,16 +321,19 @@ impl<S> UpgradeRouter<S> {
 
 /// Whether an allowed upgrade of type `ty` is proxied; the error is the `501`'s message.
 ///
-/// A CONNECT tunnel (no `:protocol`) opens on a 2xx to an authority-form target and needs
-/// forwarding of its own; until then it is refused plainly rather than half-handled. HTTP/2
-/// extended CONNECT (RFC 8441) is proxied as an HTTP/1.1 upgrade.
+/// HTTP/1.1 upgrades and HTTP/2 extended CONNECT (RFC 8441, proxied as an HTTP/1.1 upgrade)
+/// are; a CONNECT of any HTTP version up to 2 is too.
 pub(crate) fn proxied(ty: &UpgradeType, version: http::Version) -> Result<(), &'static str> {
-    if ty.is_connect() || !(version == http::Version::HTTP_2 || version == http::Version::HTTP_11) {
-        return Err(
-            "CONNECT tunnels are not proxied yet; use an HTTP/1.1 Upgrade or HTTP/2 extended CONNECT",
-        );
+    use http::Version;
+    let ok = match version {
+        Version::HTTP_11 | Version::HTTP_2 => true,
+        Version::HTTP_10 => ty.is_connect(),
+        _ => false,
+    };
+    match ok {
+        true => Ok(()),
+        false => Err("upgrades are proxied for HTTP/1.1 and HTTP/2 clients only"),
     }
-    Ok(())
 }
 
 /// Whether a request declares an HTTP body of its own (before any upgrade takes over).

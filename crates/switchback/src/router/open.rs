@@ -38,7 +38,11 @@ impl Pending {
     /// connection after it.
     pub(crate) fn open(mut self, res: Response<Body>) -> Response<Body> {
         let (mut parts, body) = res.into_parts();
-        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        let switched = match self.info.upgrade.is_connect() {
+            true => parts.status.is_success(),
+            false => parts.status == StatusCode::SWITCHING_PROTOCOLS,
+        };
+        if !switched {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

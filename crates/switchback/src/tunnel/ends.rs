@@ -10,7 +10,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
 use crate::body::Body;
-use crate::handoff::{Handoff, Switch, TunnelRead, TunnelWrite};
+use crate::handoff::{Handoff, Switch, TunnelRead, UpstreamWrite};
 
 /// The two ends of a tunnel about to open.
 pub(crate) enum Ends {
@@ -73,11 +73,11 @@ impl Ends {
 #[derive(Debug)]
 pub(crate) struct UpstreamWriter {
     handoff: Handoff<Body>,
-    write: Option<TunnelWrite>,
+    write: Option<UpstreamWrite>,
 }
 
 impl UpstreamWriter {
-    fn get(&mut self) -> io::Result<Pin<&mut TunnelWrite>> {
+    fn get(&mut self) -> io::Result<Pin<&mut UpstreamWrite>> {
         if self.write.is_none() {
             self.write = self.handoff.take_write();
         }

@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 
 use super::held::Held;
 use crate::body::Body;
+use crate::handoff::UpstreamIo;
+use crate::tls::UpstreamStream;
 
 /// One end of a tunnel.
 pub(crate) trait Leg: AsyncWrite + Unpin {
@@ -40,6 +42,18 @@ pub(crate) trait Leg: AsyncWrite + Unpin {
 }
 
 impl Leg for TokioIo<Upgraded> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        held: &mut Held,
+        size: usize,
+        limit: usize,
+    ) -> Poll<io::Result<()>> {
+        held.poll_read_from(cx, Pin::new(self), size, limit)
+    }
+}
+
+impl Leg for UpstreamIo {
     fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
@@ -135,6 +149,18 @@ pub(crate) fn unwrap_socket(upgraded: Upgraded) -> Result<Prefixed, Upgraded> {
         Err(upgraded) => upgraded
             .downcast::<TokioIo<TcpStream>>()
             .map(|parts| Prefixed::new(parts.read_buf, parts.io.into_inner())),
+    }
+}
+
+/// The socket behind an upstream connection when it is plain TCP (a raw one, or one hyper
+/// switched on a bare `TcpStream`); anything else stays as it is.
+pub(crate) fn unwrap_upstream(upstream: UpstreamIo) -> Result<Prefixed, UpstreamIo> {
+    match upstream {
+        UpstreamIo::Raw(UpstreamStream::Plain(tcp)) => Ok(Prefixed::new(Bytes::new(), tcp)),
+        UpstreamIo::Switched(io) => {
+            unwrap_socket(io.into_inner()).map_err(|u| UpstreamIo::Switched(TokioIo::new(u)))
+        }
+        raw @ UpstreamIo::Raw(UpstreamStream::Tls(_)) => Err(raw),
     }
 }
 

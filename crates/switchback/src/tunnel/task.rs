@@ -24,6 +24,7 @@ use super::opened::Opened;
 use super::{Ends, UpstreamWriter};
 use super::{Opening, TunnelObserver, TunnelStats};
 use crate::drain::TunnelGuard;
+use crate::handoff::UpstreamIo;
 use crate::tunnel_info::TunnelInfo;
 
 /// A handle on one tunnel, in the `101`'s response extensions: an access log or a test ties
@@ -102,8 +103,8 @@ pin_project! {
     #[project = RelayProj]
     enum Relay {
         Sockets { #[pin] duplex: Duplex<Prefixed, Prefixed> },
-        UpstreamWrapped { #[pin] duplex: Duplex<Prefixed, TokioIo<Upgraded>> },
-        Wrapped { #[pin] duplex: Duplex<TokioIo<Upgraded>, TokioIo<Upgraded>> },
+        UpstreamWrapped { #[pin] duplex: Duplex<Prefixed, UpstreamIo> },
+        Wrapped { #[pin] duplex: Duplex<TokioIo<Upgraded>, UpstreamIo> },
         // Boxed: a pumped tunnel is rare next to joined ones, and shouldn't size their task.
         Pumped { duplex: Pin<Box<Pumped>> },
     }
@@ -127,16 +128,16 @@ impl Relay {
             }
         };
         Some(match leg::unwrap_socket(client) {
-            Ok(client) => match leg::unwrap_socket(upstream) {
+            Ok(client) => match leg::unwrap_upstream(upstream) {
                 Ok(upstream) => Self::Sockets {
                     duplex: Duplex::new(client, upstream, settings),
                 },
                 Err(upstream) => Self::UpstreamWrapped {
-                    duplex: Duplex::new(client, TokioIo::new(upstream), settings),
+                    duplex: Duplex::new(client, upstream, settings),
                 },
             },
             Err(client) => Self::Wrapped {
-                duplex: Duplex::new(TokioIo::new(client), TokioIo::new(upstream), settings),
+                duplex: Duplex::new(TokioIo::new(client), upstream, settings),
             },
         })
     }
