@@ -9,6 +9,8 @@
 
 #[path = "cli/client_input.rs"]
 mod client_input;
+#[path = "cli/connect.rs"]
+mod connect;
 #[path = "cli/descriptors.rs"]
 mod descriptors;
 #[path = "cli/otlp.rs"]

@@ -382,3 +382,26 @@ where
     svc.map_request(|req: http::Request<Body>| req.map(|b| Body::new(b.map_frame(|f| f))))
         .map_response(|res: http::Response<Body>| res.map(|b| b.map_frame(|f| f)))
 }
+
+// === peer programs ===
+
+/// A program a test drives as a real peer (curl, say), found on `PATH`; `None` when it is
+/// missing, said once on standard error. With `SWITCHBACK_BROWSER_TESTS=required` (which
+/// `.ci/run` sets after installing every peer) a missing one fails the test instead.
+pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let why = format!("`{name}` is not on PATH; install Debian's {name} package");
+        assert!(
+            std::env::var("SWITCHBACK_BROWSER_TESTS").as_deref() != Ok("required"),
+            "SWITCHBACK_BROWSER_TESTS=required, but {why}"
+        );
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED a test that drives {name}: {why}");
+    }
+    found
+}

@@ -238,6 +238,7 @@ fn routes(config: &Config, clusters: &[Cluster]) -> Result<Vec<Route>, Fatal> {
             PathMatch::Prefix(p) => Route::prefix(p.as_str()),
             PathMatch::Path(p) => Route::path(p.as_str()),
             PathMatch::Regex(re) => Route::path_regex(re.regex().clone()),
+            PathMatch::ConnectMatcher(_) => Route::connect_matcher(),
         }
         .name(at.as_str());
         for h in &r.matcher.headers {
@@ -300,6 +301,9 @@ fn routes(config: &Config, clusters: &[Cluster]) -> Result<Vec<Route>, Fatal> {
         }
         for u in &r.upgrade_configs {
             route = route.upgrade(u.upgrade_type.as_str(), u.enabled);
+            if let Some(c) = u.connect_config {
+                route = route.connect_config(switchback::ConnectConfig::new().allow_post(c.allow_post));
+            }
         }
         if let Some(limits) = &r.websocket {
             route = route.websocket(websocket_limits(limits));

@@ -147,11 +147,11 @@ pub use crate::duration::{format_duration, parse_duration};
 pub use crate::error::ConfigError;
 pub use crate::health::{DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_TIMEOUT, HealthCheck};
 pub use crate::model::{
-    AccessLog, Cluster, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    Endpoint, Filter, HeaderMatcher, LbPolicy, MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route,
-    RouteMatch, RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WebSocketLimits,
-    WeightedCluster, default_workers,
+    AccessLog, Cluster, Config, ConnectConfig, ConnectMatcher, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES, DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS,
+    DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, Endpoint, Filter, HeaderMatcher, LbPolicy,
+    MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route, RouteMatch, RouteTarget, RuntimeFraction,
+    UpgradeConfig, WebSocketConfig, WebSocketLimits, WeightedCluster, default_workers,
 };
 pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 pub use crate::telemetry::Tracing;
@@ -212,6 +212,7 @@ impl Config {
                 enabled: true,
                 filters: None,
                 websocket: None,
+                connect_config: None,
             }],
             routes: vec![Route {
                 matcher: RouteMatch {

@@ -223,6 +223,19 @@ pub struct UpgradeConfig {
     /// `websocket:`); a route's own override them field by field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocketLimits>,
+    /// Route level, `CONNECT` entries only (Envoy's `connect_config`): the proxy terminates
+    /// CONNECT on this route, answering `200` itself and relaying raw TCP to the route's
+    /// cluster. Absent: a CONNECT is forwarded to the cluster (an upstream proxy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_config: Option<ConnectConfig>,
+}
+
+/// `connect_config` on a route's `CONNECT` upgrade entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectConfig {
+    /// A POST on the route is terminated too: its body goes to the upstream as raw bytes and
+    /// the upstream's bytes come back as the `200`'s body. Default `false`.
+    pub allow_post: bool,
 }
 
 /// WebSocket limits (YAML `websocket:` on a listener's `websocket` upgrade type, or on a
@@ -385,7 +398,7 @@ impl Route {
 /// What requests a route takes. All present conditions must hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteMatch {
-    /// The path condition: exactly one of `prefix`, `path`, `regex`.
+    /// The path condition: exactly one of `prefix`, `path`, `regex`, `connect_matcher`.
     #[serde(flatten)]
     pub path: PathMatch,
     /// Header conditions; all must hold. Default: empty.
@@ -408,7 +421,14 @@ pub enum PathMatch {
     /// (`regex` crate syntax, compiled). Matching is a search, so anchor with `^...$` for a
     /// whole-path match.
     Regex(PathRegex),
+    /// `connect_matcher: {}`: CONNECT requests (HTTP/1 CONNECT, HTTP/2 CONNECT without
+    /// `:protocol`), which have no path, and nothing else. Path conditions never take them.
+    ConnectMatcher(ConnectMatcher),
 }
+
+/// `connect_matcher: {}`: Envoy's message has no fields; the condition is its presence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectMatcher {}
 
 /// A header condition of a route match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -209,10 +209,17 @@ pub(crate) struct RawUpgradeConfig {
     pub(crate) enabled: Option<bool>,
     pub(crate) filters: Option<S<List<RawFilter>>>,
     pub(crate) websocket: Option<S<RawWebSocketLimits>>,
+    pub(crate) connect_config: Option<S<RawConnectConfig>>,
 }
 
 impl RawUpgradeConfig {
-    pub(crate) const FIELDS: &'static [&'static str] = &["upgrade_type", "enabled", "filters", "websocket"];
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "upgrade_type",
+        "enabled",
+        "filters",
+        "websocket",
+        "connect_config",
+    ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
         let f = ctx.fields(node, path, Self::FIELDS)?;
@@ -226,9 +233,33 @@ impl RawUpgradeConfig {
                     })
                     .ok(),
                 websocket: f.optional(ctx, "websocket", RawWebSocketLimits::read).ok(),
+                connect_config: f.optional(ctx, "connect_config", RawConnectConfig::read).ok(),
             }),
         )
     }
+}
+
+/// `connect_config: { allow_post }` on a route's `CONNECT` entry.
+#[derive(Debug)]
+pub(crate) struct RawConnectConfig {
+    pub(crate) allow_post: Option<bool>,
+}
+
+impl RawConnectConfig {
+    pub(crate) const FIELDS: &'static [&'static str] = &["allow_post"];
+
+    fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
+        let f = ctx.fields(node, path, Self::FIELDS)?;
+        Some(f.at(RawConnectConfig {
+            allow_post: f.optional(ctx, "allow_post", Ctx::boolean).ok().map(|b| b.value),
+        }))
+    }
+}
+
+/// `connect_matcher: {}`: Envoy's message has no fields.
+fn connect_matcher(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<()>> {
+    let f = ctx.fields(node, path, &[])?;
+    Some(f.at(()))
 }
 
 #[derive(Debug)]
@@ -379,13 +410,20 @@ pub(crate) struct RawMatch {
     pub(crate) prefix: Field<S<String>>,
     pub(crate) path: Field<S<String>>,
     pub(crate) regex: Field<S<String>>,
+    pub(crate) connect_matcher: Field<S<()>>,
     pub(crate) headers: List<RawHeaderMatcher>,
     pub(crate) runtime_fraction: Option<S<RawRuntimeFraction>>,
 }
 
 impl RawMatch {
-    pub(crate) const FIELDS: &'static [&'static str] =
-        &["prefix", "path", "regex", "headers", "runtime_fraction"];
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "prefix",
+        "path",
+        "regex",
+        "connect_matcher",
+        "headers",
+        "runtime_fraction",
+    ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
         let f = ctx.fields(node, path, Self::FIELDS)?;
@@ -393,6 +431,7 @@ impl RawMatch {
             prefix: f.optional(ctx, "prefix", Ctx::string),
             path: f.optional(ctx, "path", Ctx::string),
             regex: f.optional(ctx, "regex", Ctx::string),
+            connect_matcher: f.optional(ctx, "connect_matcher", connect_matcher),
             headers: f.list(ctx, "headers", RawHeaderMatcher::read).items(),
             runtime_fraction: f.optional(ctx, "runtime_fraction", RawRuntimeFraction::read).ok(),
         }))
@@ -713,6 +752,8 @@ pub(crate) fn keys_at(path: &str) -> Keys {
         "admin" => Keys::Fields(RawAdmin::FIELDS),
         "tracing" => Keys::Fields(RawTracing::FIELDS),
         "upgrade_configs" | "routes.upgrade_configs" => Keys::Fields(RawUpgradeConfig::FIELDS),
+        "routes.upgrade_configs.connect_config" => Keys::Fields(RawConnectConfig::FIELDS),
+        "routes.match.connect_matcher" => Keys::Fields(&[]),
         "http_filters" | "upgrade_configs.filters" => Keys::Fields(Filter::NAMES),
         "routes" => Keys::Fields(RawRoute::FIELDS),
         "routes.match" => Keys::Fields(RawMatch::FIELDS),

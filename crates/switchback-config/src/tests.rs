@@ -149,12 +149,14 @@ fn full_example_lands_everywhere() {
                 enabled: true,
                 filters: None,
                 websocket: None,
+                connect_config: None,
             },
             UpgradeConfig {
                 upgrade_type: token("foo"),
                 enabled: false,
                 filters: Some(vec![]),
                 websocket: None,
+                connect_config: None,
             },
         ]
     );
@@ -205,6 +207,7 @@ fn full_example_lands_everywhere() {
             enabled: true,
             filters: None,
             websocket: None,
+            connect_config: None,
         }]
     );
     assert_eq!(r.upgrade_override("FOO"), Some(true));
@@ -2341,4 +2344,142 @@ fn a_tracing_block_names_the_collector() {
         let e = one(yaml);
         check(&e, path, 1, says);
     }
+}
+
+// ---------------------------------------------------------------- CONNECT
+
+#[test]
+fn connect_routes_terminate_or_forward() {
+    let c = parse(&with_clusters(
+        "\
+upgrade_configs:
+  - upgrade_type: CONNECT
+routes:
+  - match: { connect_matcher: {} }
+    cluster: echo
+    upgrade_configs:
+      - upgrade_type: CONNECT
+        connect_config: { allow_post: true }
+  - match: { connect_matcher: {}, headers: [{ name: x-proxy }] }
+    cluster: other
+",
+    ));
+    assert_eq!(
+        c.upgrade_config("connect").map(|u| u.enabled),
+        Some(true),
+        "types are case-insensitive"
+    );
+    let terminate = &c.routes[0];
+    assert_eq!(
+        terminate.matcher.path,
+        PathMatch::ConnectMatcher(ConnectMatcher {})
+    );
+    assert_eq!(
+        terminate.upgrade_configs[0].connect_config,
+        Some(ConnectConfig { allow_post: true })
+    );
+    let forward = &c.routes[1];
+    assert_eq!(forward.matcher.path, PathMatch::ConnectMatcher(ConnectMatcher {}));
+    assert_eq!(forward.matcher.headers.len(), 1);
+    assert!(forward.upgrade_configs.is_empty());
+}
+
+#[test]
+fn connect_config_defaults_and_misplacements() {
+    let c = parse(&with_clusters(
+        "\
+routes:
+  - match: { connect_matcher: {} }
+    cluster: echo
+    upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }]
+",
+    ));
+    assert_eq!(
+        c.routes[0].upgrade_configs[0].connect_config,
+        Some(ConnectConfig { allow_post: false })
+    );
+
+    let e = one(&with_clusters(
+        "\
+upgrade_configs:
+  - upgrade_type: CONNECT
+    connect_config: {}
+",
+    ));
+    check(
+        &e,
+        "upgrade_configs[0].connect_config",
+        8,
+        "move it to the `CONNECT` entry of that route's upgrade_configs",
+    );
+
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { prefix: / }
+    cluster: echo
+    upgrade_configs:
+      - upgrade_type: websocket
+        connect_config: {}
+",
+    ));
+    check(
+        &e,
+        "routes[0].upgrade_configs[0].connect_config",
+        11,
+        "applies to the `CONNECT` upgrade type only",
+    );
+
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { connect_matcher: {} }
+    cluster: echo
+    upgrade_configs:
+      - upgrade_type: CONNECT
+        connect_config: { allow_posts: true }
+",
+    ));
+    check(
+        &e,
+        "routes[0].upgrade_configs[0].connect_config.allow_posts",
+        11,
+        "allow_post",
+    );
+}
+
+#[test]
+fn connect_matcher_takes_no_path_and_no_fields() {
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { prefix: /, connect_matcher: {} }
+    cluster: echo
+",
+    ));
+    check(
+        &e,
+        "routes[0].match.connect_matcher",
+        7,
+        "a CONNECT has no path, so a match takes `connect_matcher` alone, remove `prefix`",
+    );
+
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: { connect_matcher: { host: example.com } }
+    cluster: echo
+",
+    ));
+    assert_eq!(e.path, "routes[0].match.connect_matcher.host", "{e}");
+    assert_eq!(e.line, Some(7), "{e}");
+
+    let e = one(&with_clusters(
+        "\
+routes:
+  - match: {}
+    cluster: echo
+",
+    ));
+    check(&e, "routes[0].match", 7, "`connect_matcher`");
 }

@@ -222,6 +222,7 @@ impl Ctx<'_> {
                 enabled,
                 filters,
                 websocket,
+                connect_config,
             } = &entry.value;
             let type_path = join_key(&entry_path, "upgrade_type");
             let token = upgrade_type
@@ -286,11 +287,35 @@ impl Ctx<'_> {
                 }
                 Some(raw) => Some(self.websocket_limits(&raw.value, &ws_path)),
             };
+            let connect_path = join_key(&entry_path, "connect_config");
+            let connect_config = match connect_config {
+                None => None,
+                Some(raw) if !route_level => {
+                    self.error(
+                        raw.at,
+                        &connect_path,
+                        "`connect_config` terminates CONNECT on a route: move it to the `CONNECT` entry of that route's upgrade_configs".to_owned(),
+                    );
+                    None
+                }
+                Some(raw) if token.as_ref().is_some_and(|t| t.as_str() != "connect") => {
+                    self.error(
+                        raw.at,
+                        &connect_path,
+                        "`connect_config` applies to the `CONNECT` upgrade type only; write `upgrade_type: CONNECT` or remove it".to_owned(),
+                    );
+                    None
+                }
+                Some(raw) => Some(crate::model::ConnectConfig {
+                    allow_post: raw.value.allow_post.unwrap_or(false),
+                }),
+            };
             out.extend(token.map(|upgrade_type| UpgradeConfig {
                 upgrade_type,
                 enabled: enabled.unwrap_or(true),
                 filters,
                 websocket,
+                connect_config,
             }));
         }
         out
@@ -554,14 +579,31 @@ impl Ctx<'_> {
             prefix,
             path: exact,
             regex,
+            connect_matcher,
             ..
         } = &m.value;
         let written = [("prefix", prefix), ("path", exact), ("regex", regex)];
+        if let Some(connect) = connect_matcher.valid() {
+            if let Some((other, _)) = written.iter().find(|(_, field)| field.is_written()) {
+                self.error(
+                    connect.at,
+                    &join_key(path, "connect_matcher"),
+                    format!(
+                        "`connect_matcher` and `{other}` are both set; a CONNECT has no path, so a match takes `connect_matcher` alone, remove `{other}`"
+                    ),
+                );
+            }
+            return PathMatch::ConnectMatcher(crate::model::ConnectMatcher {});
+        }
+        if connect_matcher.is_written() {
+            // Written, but not as a mapping: reported already.
+            return PathMatch::Prefix("/".to_owned());
+        }
         if !written.iter().any(|(_, field)| field.is_written()) {
             self.error(
                 m.at,
                 path,
-                "a match needs exactly one of `prefix`, `path` or `regex`; add one, e.g. `prefix: /`",
+                "a match needs exactly one of `prefix`, `path`, `regex` or `connect_matcher`; add one, e.g. `prefix: /`",
             );
             return PathMatch::Prefix("/".to_owned());
         }

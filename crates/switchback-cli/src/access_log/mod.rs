@@ -122,6 +122,8 @@ struct Upgrade {
     method: Method,
     path: String,
     route: Option<Arc<str>>,
+    /// What the tunnel was opened with: `101`, or a CONNECT's 2xx.
+    status: u16,
 }
 
 /// The request's protocol as Envoy's `%PROTOCOL%` writes it.
@@ -288,7 +290,7 @@ impl AccessLog {
             route: upgrade.and_then(|u| u.route.as_deref()),
             upgrade: Some(info.upgrade.as_str()),
             mode: Some(info.mode.as_str()),
-            status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+            status: upgrade.map_or(StatusCode::SWITCHING_PROTOCOLS.as_u16(), |u| u.status),
             upstream: info.upstream.as_deref(),
             bytes_received: stats.map_or(0, |s| s.upstream_bytes),
             bytes_sent: stats.map_or(0, |s| s.downstream_bytes),
@@ -378,7 +380,11 @@ where
             protocol: protocol(req.version()),
             tls: req.extensions().get::<TlsSession>().cloned(),
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            // A CONNECT has no path: its target is the authority.
+            path: match req.uri().path() {
+                "" => req.uri().authority().map_or_else(String::new, |a| a.to_string()),
+                path => path.to_owned(),
+            },
             upgrade: req
                 .extensions()
                 .get::<hyper::ext::Protocol>()
@@ -483,9 +489,10 @@ where
         entry.status = status.as_u16();
         entry.route = res.extensions().get::<MatchedRoute>().map(|m| m.name.clone());
         entry.upstream = res.extensions().get::<UpstreamAddr>().map(|a| a.0.clone());
-        // A `101`, or an HTTP/2 extended CONNECT's `200`: the stream is now a tunnel.
+        // A `101`, or a 2xx to a CONNECT (HTTP/2 extended CONNECT's included): the stream is
+        // now a tunnel.
         let tunnel = status == StatusCode::SWITCHING_PROTOCOLS
-            || (status == StatusCode::OK && entry.method == Method::CONNECT && entry.protocol == "HTTP/2");
+            || (status.is_success() && entry.method == Method::CONNECT);
         if tunnel {
             // The tunnel writes its own lines; remember what only the request knows.
             if let Some(client) = entry.client {
@@ -499,6 +506,11 @@ where
                         method: entry.method.clone(),
                         path: std::mem::take(&mut entry.path),
                         route: entry.route.take(),
+                        // An HTTP/2 WebSocket's 200 stands for the 101 of its HTTP/1.1 twin.
+                        status: match entry.upgrade.as_deref() == Some("connect") {
+                            true => status.as_u16(),
+                            false => StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+                        },
                     },
                 );
             }
