@@ -514,7 +514,7 @@ fn the_example_config_passes_check() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains("ok (5 routes, 2 clusters, listening on 127.0.0.1:10000)"),
+        stdout.contains("ok (6 routes, 2 clusters, listening on 127.0.0.1:10000)"),
         "{stdout}"
     );
 }

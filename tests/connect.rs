@@ -300,3 +300,76 @@ async fn http2_connect_streams_are_tunnels() {
         assert_eq!(read_n(s, Vec::new(), 5).await, b"still");
     }
 }
+
+/// `allow_post`: a POST on the route is terminated as a CONNECT is. Its body goes to the
+/// upstream as raw bytes while the upstream's come back as the `200`'s body, and the body's
+/// end is the upstream's FIN.
+#[tokio::test]
+async fn allow_post_streams_a_post_both_ways() {
+    let echo = echo_then_bye().await;
+    let route = Route::prefix("/tcp")
+        .cluster(cluster(echo))
+        .connect_config(ConnectConfig::new().allow_post(true));
+    let plain = Route::prefix("/").cluster(cluster(echo));
+    let terminating = proxy(vec![route, plain], false).await;
+    let mut client = raw_client(
+        terminating.addr,
+        b"POST /tcp HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await;
+    let (head, mut have) = read_head(&mut client).await;
+    assert_eq!(status(&head), 200, "{head}");
+    // The echo comes back while the request body is still open.
+    while !have.windows(5).any(|w| w == b"hello") {
+        let mut buf = [0u8; 256];
+        let n = within(client.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "{have:?}");
+        have.extend_from_slice(&buf[..n]);
+    }
+    client.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let body = read_chunked(&mut client, have).await;
+    assert_eq!(body, b"hello worldbye");
+
+    // Without allow_post, a POST on such a route is an ordinary request.
+    let route = Route::prefix("/tcp")
+        .cluster(cluster(echo))
+        .connect_config(ConnectConfig::new());
+    let raw = RawUpstream::bind().await;
+    let forwarding = proxy(vec![route.cluster(cluster(raw.addr))], false).await;
+    let _client = raw_client(
+        forwarding.addr,
+        b"POST /tcp HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    let mut up = raw.accept().await;
+    let (head, _) = read_head(&mut up).await;
+    assert!(head.starts_with("POST /tcp HTTP/1.1\r\n"), "{head}");
+}
+
+/// An HTTP/2 WebSocket is an extended CONNECT: it has a path, path routes take it, CONNECT
+/// rules (authority form, `connect_matcher`) don't apply to it.
+#[tokio::test]
+async fn an_extended_connect_is_not_a_connect() {
+    let echo = ws_echo().await;
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .upgrade("CONNECT")
+        .build()
+        .unwrap();
+    let routes = vec![
+        terminating(cluster(echo.addr)).name("connect"),
+        Route::prefix("/chat").cluster(cluster(echo.addr)),
+    ];
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(routes, Runtime::new()).unwrap())
+            .layer(router)
+            .service(Forward::routed()),
+    )
+    .await;
+    let mut sender = h2_client(proxy.addr).await;
+    let res = within(sender.send_request(h2_websocket(proxy.addr)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -690,7 +690,7 @@ fn match_needs_exactly_one_path_condition() {
         &e,
         "routes[0].match",
         7,
-        "a match needs exactly one of `prefix`, `path` or `regex`; add one, e.g. `prefix: /`",
+        "a match needs exactly one of `prefix`, `path`, `regex` or `connect_matcher`; add one, e.g. `prefix: /`",
     );
 
     let errors = errors(&with_clusters(
@@ -1054,11 +1054,11 @@ fn unknown_field_suggests_the_closest_name() {
         &e,
         "routes[0].match.prefx",
         8,
-        "unknown field `prefx`; did you mean `prefix`? (known fields: prefix, path, regex, headers, runtime_fraction)",
+        "unknown field `prefx`; did you mean `prefix`? (known fields: prefix, path, regex, connect_matcher, headers, runtime_fraction)",
     );
     assert_eq!(
         e.to_string(),
-        "config.yaml:8:7: routes[0].match.prefx: unknown field `prefx`; did you mean `prefix`? (known fields: prefix, path, regex, headers, runtime_fraction)"
+        "config.yaml:8:7: routes[0].match.prefx: unknown field `prefx`; did you mean `prefix`? (known fields: prefix, path, regex, connect_matcher, headers, runtime_fraction)"
     );
 
     let e = one("clusters:\n  - name: a\n    endpoints:\n      - { adress: a:1 }\n");
@@ -1480,7 +1480,7 @@ fn a_misspelt_field_is_not_also_missing() {
     let e = one("upgrade_configs:\n  - upgrade_typ: websocket\n");
     assert_eq!(
         e.to_string(),
-        "config.yaml:2:5: upgrade_configs[0].upgrade_typ: unknown field `upgrade_typ`; did you mean `upgrade_type`? (known fields: upgrade_type, enabled, filters, websocket)"
+        "config.yaml:2:5: upgrade_configs[0].upgrade_typ: unknown field `upgrade_typ`; did you mean `upgrade_type`? (known fields: upgrade_type, enabled, filters, websocket, connect_config)"
     );
     // A misspelt target is not also "no target".
     let e = one(&with_clusters(

@@ -56,8 +56,10 @@ impl ConnectConfig {
     }
 
     /// A POST on the route is terminated too (Envoy's `allow_post`): its body goes to the
-    /// upstream as raw bytes and the upstream's bytes come back as the `200`'s body. Used by
-    /// clients that can't send CONNECT (some HTTP/2 and browser stacks).
+    /// upstream as raw bytes (its end as the upstream's FIN) and the upstream's bytes come
+    /// back as the `200`'s body. Used by clients that can't send CONNECT (some HTTP/2 and
+    /// browser stacks). Such a relay is an ordinary request to the router: it is not a
+    /// tunnel (not counted or drained, no idle timeout), and the chain's body layers see it.
     pub fn allow_post(mut self, on: bool) -> Self {
         self.allow_post = on;
         self

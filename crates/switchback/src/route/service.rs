@@ -145,7 +145,7 @@ where
             return ResponseFuture::local_then(StatusCode::BAD_REQUEST, why, Then::Close);
         }
         // Envoy's codec refuses a CONNECT with a body before any route is looked up.
-        if req.method() == Method::CONNECT
+        if crate::connect::is_plain_connect(&req)
             && let Err((status, why)) = crate::connect::check(&req)
         {
             return ResponseFuture::local_then(status, why, Then::Close);
