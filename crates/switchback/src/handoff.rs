@@ -20,6 +20,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 
+use crate::h2stream::H2Stream;
 use crate::tls::UpstreamStream;
 
 /// The read half of the client's upgraded connection, read as body data on the pumped path.
@@ -35,6 +36,8 @@ pub(crate) type UpstreamWrite = WriteHalf<UpstreamIo>;
 pub(crate) enum UpstreamIo {
     Switched(TokioIo<Upgraded>),
     Raw(UpstreamStream),
+    /// A stream on a shared HTTP/2 connection (boxed: it is the larger one).
+    Multiplexed(Box<H2Stream>),
 }
 
 impl AsyncRead for UpstreamIo {
@@ -46,6 +49,7 @@ impl AsyncRead for UpstreamIo {
         match self.get_mut() {
             Self::Switched(io) => Pin::new(io).poll_read(cx, buf),
             Self::Raw(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Multiplexed(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -55,6 +59,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Switched(io) => Pin::new(io).poll_write(cx, buf),
             Self::Raw(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Multiplexed(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
 
@@ -62,6 +67,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Switched(io) => Pin::new(io).poll_flush(cx),
             Self::Raw(io) => Pin::new(io).poll_flush(cx),
+            Self::Multiplexed(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
 
@@ -69,6 +75,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Switched(io) => Pin::new(io).poll_shutdown(cx),
             Self::Raw(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Multiplexed(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 }

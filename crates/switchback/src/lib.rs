@@ -70,6 +70,7 @@ mod forward;
 mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
+mod h2stream;
 mod handoff;
 mod hop;
 mod host;

@@ -27,6 +27,9 @@ use crate::tls::{ClientTls, UpstreamStream};
 
 mod balance;
 mod connect;
+mod h2;
+
+pub(crate) use h2::{Lease, StreamSlot};
 
 pub(crate) use connect::refused_session;
 mod dns;
@@ -94,8 +97,17 @@ struct Inner {
     connect_timeout: Duration,
     client: Client<connect::Connector, Body>,
     tls: Option<ClientTls>,
+    /// `Some` for a cluster that speaks HTTP/2: its tunnels' connections, and the TLS they
+    /// use (ALPN `h2`).
+    http2: Option<Http2>,
     health_checks: Vec<HealthCheck>,
     close_on_health_failure: bool,
+}
+
+/// What an HTTP/2 cluster keeps for its tunnels.
+struct Http2 {
+    pool: h2::H2Pool,
+    tls: Option<ClientTls>,
 }
 
 /// One generation of a cluster's endpoints and their counters.
@@ -143,6 +155,7 @@ impl Cluster {
             health_checks: Vec::new(),
             close_on_health_failure: false,
             tls: None,
+            http2: false,
         })
     }
 
@@ -152,13 +165,19 @@ impl Cluster {
             endpoints: s.endpoints.clone(),
             balancer,
         })));
+        let http2 = s.http2.then(|| Http2 {
+            pool: h2::H2Pool::default(),
+            tls: s.tls.as_ref().map(ClientTls::for_http2),
+        });
         let connector = connect::Connector {
             cluster: s.name.clone(),
             timeout: s.connect_timeout,
-            tls: s.tls.clone(),
+            tls: http2.as_ref().map_or_else(|| s.tls.clone(), |h| h.tls.clone()),
             members: members.clone(),
         };
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(s.http2)
+            .build(connector);
         Self {
             inner: Arc::new(Inner {
                 members,
@@ -168,6 +187,7 @@ impl Cluster {
                 connect_timeout: s.connect_timeout,
                 client,
                 tls: s.tls,
+                http2,
                 health_checks: s.health_checks,
                 close_on_health_failure: s.close_on_health_failure,
             }),
@@ -188,7 +208,58 @@ impl Cluster {
             health_checks: inner.health_checks.clone(),
             close_on_health_failure: inner.close_on_health_failure,
             tls: inner.tls.clone(),
+            http2: inner.http2.is_some(),
         }
+    }
+
+    /// Speaks HTTP/2 to every endpoint (Envoy's `http2_protocol_options`; with TLS, ALPN
+    /// `h2`): plain requests go as HTTP/2 through the pool, and each upgrade is a stream on a
+    /// shared connection (RFC 8441 extended CONNECT with the upgrade token as `:protocol`,
+    /// or a CONNECT), so thousands of tunnels take a few connections. Streams share a
+    /// connection up to the endpoint's `SETTINGS_MAX_CONCURRENT_STREAMS`, then another is
+    /// opened; one that says `GOAWAY` keeps its streams and takes no new one. An upgrade
+    /// needs the endpoint to allow extended CONNECT (`SETTINGS_ENABLE_CONNECT_PROTOCOL`),
+    /// else it gets `502`. The legacy WebSocket mode and terminated CONNECTs stay raw TCP.
+    pub fn http2(self, on: bool) -> Self {
+        Self::build(Settings {
+            http2: on,
+            ..self.settings()
+        })
+    }
+
+    /// Whether this cluster speaks TLS to its endpoints.
+    pub(crate) fn has_tls(&self) -> bool {
+        self.inner.tls.is_some()
+    }
+
+    /// Whether this cluster speaks HTTP/2 ([`Cluster::http2`]).
+    pub(crate) fn is_http2(&self) -> bool {
+        self.inner.http2.is_some()
+    }
+
+    /// A place for one tunnel stream on an HTTP/2 connection to `endpoint`, opening one if
+    /// none has room. `None` on a cluster that doesn't speak HTTP/2.
+    pub(crate) async fn h2_lease(&self, endpoint: &Endpoint) -> Option<Result<Lease, ConnectError>> {
+        let inner = &self.inner;
+        let http2 = inner.http2.as_ref()?;
+        let connect = connect::open(
+            &inner.name,
+            endpoint.address(),
+            endpoint.host(),
+            inner.connect_timeout,
+            http2.tls.as_ref(),
+        );
+        Some(
+            http2
+                .pool
+                .lease(endpoint.address(), inner.connect_timeout, connect)
+                .await,
+        )
+    }
+
+    /// The HTTP/2 connections this cluster's tunnels use now (0 for an HTTP/1.1 cluster).
+    pub fn http2_connections(&self) -> usize {
+        self.inner.http2.as_ref().map_or(0, |h| h.pool.connections())
     }
 
     /// Speaks TLS to every endpoint (requests, upgrades and health checks), verified as
@@ -366,6 +437,7 @@ struct Settings {
     health_checks: Vec<HealthCheck>,
     close_on_health_failure: bool,
     tls: Option<ClientTls>,
+    http2: bool,
 }
 
 impl fmt::Debug for Cluster {
@@ -376,6 +448,7 @@ impl fmt::Debug for Cluster {
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("health_checks", &self.inner.health_checks)
             .field("tls", &self.inner.tls)
+            .field("http2", &self.is_http2())
             .finish()
     }
 }

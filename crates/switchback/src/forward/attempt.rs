@@ -33,6 +33,9 @@ pub(crate) enum Failure {
     Timeout,
     /// A `101` in a response that isn't HTTP/1.1: `101` exists only there (RFC 9110 §15.2.2).
     NotHttp11Switch,
+    /// An HTTP/2 endpoint that doesn't allow extended CONNECT (RFC 8441 §3): no upgrade can
+    /// go to it.
+    NoExtendedConnect,
 }
 
 impl Failure {
@@ -47,6 +50,10 @@ impl Failure {
                 StatusCode::BAD_GATEWAY,
                 "the upstream answered 101 outside HTTP/1.1",
             ),
+            Self::NoExtendedConnect => (
+                StatusCode::BAD_GATEWAY,
+                "the HTTP/2 upstream does not accept extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)",
+            ),
         }
     }
 
@@ -56,7 +63,7 @@ impl Failure {
             Self::NoEndpoint | Self::Connect(_) => HandshakeFailure::Connect,
             Self::Reset(_) => HandshakeFailure::Refused,
             Self::Timeout => HandshakeFailure::Timeout,
-            Self::NotHttp11Switch => HandshakeFailure::Bad101,
+            Self::NotHttp11Switch | Self::NoExtendedConnect => HandshakeFailure::Bad101,
         }
     }
 
@@ -64,7 +71,9 @@ impl Failure {
     fn outcome(&self) -> Outcome {
         match self {
             Self::NoEndpoint | Self::Connect(_) => Outcome::ConnectFailure,
-            Self::Reset(_) | Self::Timeout | Self::NotHttp11Switch => Outcome::GatewayFailure,
+            Self::Reset(_) | Self::Timeout | Self::NotHttp11Switch | Self::NoExtendedConnect => {
+                Outcome::GatewayFailure
+            }
         }
     }
 }
@@ -77,6 +86,7 @@ impl fmt::Display for Failure {
             Self::Reset(e) => write!(f, "failed before answering: {e}"),
             Self::Timeout => f.write_str("no response head before the timeout"),
             Self::NotHttp11Switch => f.write_str("a 101 outside HTTP/1.1"),
+            Self::NoExtendedConnect => f.write_str("no extended CONNECT on an HTTP/2 upstream"),
         }
     }
 }
@@ -248,7 +258,7 @@ impl Attempts {
         let wanted = match failure {
             Failure::Connect(_) => on.connect_failure(),
             Failure::Reset(_) | Failure::Timeout => on.reset(),
-            Failure::NoEndpoint | Failure::NotHttp11Switch => return false,
+            Failure::NoEndpoint | Failure::NotHttp11Switch | Failure::NoExtendedConnect => return false,
         };
         if wanted && self.retries > 0 && self.time_left() {
             self.retries -= 1;

@@ -1,6 +1,7 @@
 //! [`Forward`](crate::Forward): the terminal service that sends requests upstream.
 
 pub(crate) mod attempt;
+mod multiplexed;
 mod pre_body;
 mod terminate;
 pub(crate) mod upstream;
@@ -347,6 +348,9 @@ where
             return terminate::connect(cluster, &mut attempts, tunnel).await;
         }
         // Proxy mode: the CONNECT goes on as it came, to a cluster that is a proxy itself.
+        if cluster.is_http2() {
+            return multiplexed::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
+        }
         parts.version = Version::HTTP_11;
         return upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
     }
@@ -358,6 +362,9 @@ where
         parts
             .headers
             .insert(SEC_WEBSOCKET_KEY, crate::websocket::new_key());
+    }
+    if cluster.is_http2() {
+        return multiplexed::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
     }
     upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await
 }

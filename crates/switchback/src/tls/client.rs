@@ -19,6 +19,7 @@ use super::files::{self, TlsError};
 /// clone.
 #[derive(Clone)]
 pub struct ClientTls {
+    config: Arc<ClientConfig>,
     connector: tokio_rustls::TlsConnector,
     sni: Option<ServerName<'static>>,
 }
@@ -45,8 +46,21 @@ impl ClientTls {
     /// should offer `http/1.1`: upgrades are HTTP/1.1).
     pub fn from_config(config: Arc<ClientConfig>) -> Self {
         Self {
-            connector: tokio_rustls::TlsConnector::from(config),
+            connector: tokio_rustls::TlsConnector::from(config.clone()),
+            config,
             sni: None,
+        }
+    }
+
+    /// The same TLS, offering ALPN `h2` alone: for a cluster that speaks HTTP/2.
+    pub(crate) fn for_http2(&self) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = Arc::new(config);
+        Self {
+            connector: tokio_rustls::TlsConnector::from(config.clone()),
+            config,
+            sni: self.sni.clone(),
         }
     }
 

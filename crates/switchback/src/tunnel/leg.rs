@@ -160,7 +160,7 @@ pub(crate) fn unwrap_upstream(upstream: UpstreamIo) -> Result<Prefixed, Upstream
         UpstreamIo::Switched(io) => {
             unwrap_socket(io.into_inner()).map_err(|u| UpstreamIo::Switched(TokioIo::new(u)))
         }
-        raw @ UpstreamIo::Raw(UpstreamStream::Tls(_)) => Err(raw),
+        other @ (UpstreamIo::Raw(UpstreamStream::Tls(_)) | UpstreamIo::Multiplexed(_)) => Err(other),
     }
 }
 

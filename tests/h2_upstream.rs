@@ -1,0 +1,364 @@
+//! Clusters that speak HTTP/2 (`Cluster::http2`): WebSockets from HTTP/1.1 and HTTP/2 clients
+//! as RFC 8441 streams on shared upstream connections, against a real hyper HTTP/2 server
+//! with extended CONNECT; stream limits, resets, GOAWAY, refusals, plain requests.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed assertion
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tower::ServiceBuilder;
+
+use support::*;
+use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer};
+
+/// A hyper HTTP/2 server: extended CONNECT WebSockets echo (`/refuse` gets a `403`, `/reset`
+/// opens and then resets its stream, `/flood` writes without end), plain requests answer with
+/// their version.
+struct H2Server {
+    addr: SocketAddr,
+    /// TCP connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// What each extended CONNECT carried: `:protocol`, path, and whether a WebSocket key.
+    seen: Arc<std::sync::Mutex<Vec<(String, String, bool)>>>,
+    /// Sends every open connection a GOAWAY (hyper's graceful shutdown).
+    goaway: Arc<Notify>,
+    /// Bytes `/flood` streams got out.
+    flooded: Arc<AtomicUsize>,
+}
+
+async fn h2_server(max_streams: u32, extended_connect: bool) -> H2Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let goaway = Arc::new(Notify::new());
+    let flooded = Arc::new(AtomicUsize::new(0));
+    let server = H2Server {
+        addr,
+        connections: connections.clone(),
+        seen: seen.clone(),
+        goaway: goaway.clone(),
+        flooded: flooded.clone(),
+    };
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let (seen, goaway, flooded) = (seen.clone(), goaway.clone(), flooded.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req| answer(req, seen.clone(), flooded.clone()));
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder.max_concurrent_streams(max_streams);
+                if extended_connect {
+                    builder.enable_connect_protocol();
+                }
+                let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = goaway.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    server
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    seen: Arc<std::sync::Mutex<Vec<(String, String, bool)>>>,
+    flooded: Arc<AtomicUsize>,
+) -> Result<Response<Full<bytes::Bytes>>, Infallible> {
+    let Some(protocol) = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        let body = format!("{:?}", req.version());
+        return Ok(Response::new(Full::from(body)));
+    };
+    let path = req.uri().path().to_owned();
+    seen.lock().unwrap().push((
+        protocol,
+        path.clone(),
+        req.headers().contains_key("sec-websocket-key"),
+    ));
+    if path == "/refuse" {
+        let mut res = Response::new(Full::from("no"));
+        *res.status_mut() = StatusCode::FORBIDDEN;
+        return Ok(res);
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        if path == "/flood" {
+            // Writes as fast as the stream's window lets it, counting what got out.
+            let mut io = TokioIo::new(upgraded);
+            let chunk = vec![0x42u8; 64 * 1024];
+            loop {
+                match tokio::io::AsyncWriteExt::write(&mut io, &chunk).await {
+                    Ok(n) if n > 0 => {
+                        flooded.fetch_add(n, Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+            }
+        }
+        if path == "/reset" {
+            // Dropping an open stream resets it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(upgraded);
+            return;
+        }
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    return;
+                }
+            } else if msg.is_close() {
+                return;
+            }
+        }
+    });
+    Ok(Response::new(Full::default()))
+}
+
+/// A proxy to `upstream`, an HTTP/2 cluster, with WebSocket upgrades allowed.
+async fn proxy(upstream: SocketAddr) -> (Proxy, Cluster) {
+    let cluster = Cluster::new("h2", [Endpoint::new(upstream.to_string())]).http2(true);
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .build()
+        .unwrap();
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(Forward::new(cluster.clone())),
+    )
+    .await;
+    (proxy, cluster)
+}
+
+type Ws = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws(proxy: SocketAddr, path: &str) -> Ws {
+    within(tokio_tungstenite::connect_async(format!("ws://{proxy}{path}")))
+        .await
+        .expect("the handshake goes through")
+        .0
+}
+
+async fn roundtrip(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let back = within(ws.next()).await.unwrap().unwrap();
+    assert_eq!(back, Message::text(text));
+}
+
+#[tokio::test]
+async fn a_websocket_from_an_http1_client_is_an_extended_connect_stream() {
+    let server = h2_server(100, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    // tungstenite checks the 101's Sec-WebSocket-Accept against its own key.
+    let mut ws = ws(proxy.addr, "/chat?room=1").await;
+    roundtrip(&mut ws, "over h2").await;
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![("websocket".to_owned(), "/chat".to_owned(), false)]);
+}
+
+#[tokio::test]
+async fn a_hundred_tunnels_share_one_upstream_connection() {
+    let server = h2_server(1000, true).await;
+    let (proxy, cluster) = proxy(server.addr).await;
+    let mut tunnels = Vec::new();
+    for i in 0..100 {
+        let mut ws = ws(proxy.addr, "/").await;
+        roundtrip(&mut ws, &format!("tunnel {i}")).await;
+        tunnels.push(ws);
+    }
+    for (i, ws) in tunnels.iter_mut().enumerate() {
+        roundtrip(ws, &format!("again {i}")).await;
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(cluster.http2_connections(), 1);
+}
+
+#[tokio::test]
+async fn past_the_peers_stream_limit_a_new_connection_opens() {
+    let server = h2_server(10, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut tunnels = Vec::new();
+    for i in 0..25 {
+        let mut ws = ws(proxy.addr, "/").await;
+        roundtrip(&mut ws, &format!("tunnel {i}")).await;
+        tunnels.push(ws);
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 3);
+    // Ended tunnels give their places back: no further connection for the next ones.
+    for ws in tunnels.drain(..10) {
+        drop(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..10 {
+        let mut ws = ws(proxy.addr, "/").await;
+        roundtrip(&mut ws, &format!("reused {i}")).await;
+        tunnels.push(ws);
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_stream_reset_ends_its_tunnel_and_no_other() {
+    let server = h2_server(100, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut neighbour = ws(proxy.addr, "/").await;
+    let mut doomed = ws(proxy.addr, "/reset").await;
+    // The reset closes the client's connection of that tunnel.
+    let ended = within(doomed.next()).await;
+    assert!(
+        matches!(ended, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{ended:?}"
+    );
+    roundtrip(&mut neighbour, "still here").await;
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_goaway_lets_open_tunnels_finish_and_new_ones_use_a_fresh_connection() {
+    let server = h2_server(100, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut old = ws(proxy.addr, "/").await;
+    roundtrip(&mut old, "before").await;
+    server.goaway.notify_waiters();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    roundtrip(&mut old, "after the goaway").await;
+    let mut new = ws(proxy.addr, "/").await;
+    roundtrip(&mut new, "fresh").await;
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+    roundtrip(&mut old, "still").await;
+}
+
+#[tokio::test]
+async fn an_upstream_without_extended_connect_gets_a_502_that_says_so() {
+    let server = h2_server(100, false).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut client = raw_client(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    let (head, rest) = read_head(&mut client).await;
+    assert_eq!(status(&head), 502, "{head}");
+    let body = [rest, read_to_eof(&mut client).await].concat();
+    assert!(
+        String::from_utf8_lossy(&body).contains("SETTINGS_ENABLE_CONNECT_PROTOCOL"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_is_relayed_with_its_body_and_the_connection_closes() {
+    let server = h2_server(100, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut client = raw_client(
+        proxy.addr,
+        b"GET /refuse HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    let (head, rest) = read_head(&mut client).await;
+    assert_eq!(status(&head), 403, "{head}");
+    assert_eq!(header(&head, "connection"), Some("close"), "{head}");
+    let body = [rest, read_to_eof(&mut client).await].concat();
+    assert!(body.ends_with(b"no"), "{body:?}");
+}
+
+#[tokio::test]
+async fn an_http2_clients_websocket_goes_through_as_a_stream() {
+    let server = h2_server(100, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut sender = h2_client(proxy.addr).await;
+    let mut res = within(sender.send_request(h2_websocket(proxy.addr)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let upgraded = within(hyper::upgrade::on(&mut res)).await.unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    ws.send(Message::text("h2 to h2")).await.unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::text("h2 to h2")
+    );
+}
+
+#[tokio::test]
+async fn plain_requests_to_an_http2_cluster_are_http2() {
+    let server = h2_server(100, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut client = raw_client(
+        proxy.addr,
+        b"GET /plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, rest) = read_head(&mut client).await;
+    assert_eq!(status(&head), 200, "{head}");
+    let body = [rest, read_to_eof(&mut client).await].concat();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("HTTP/2.0"), "{text}");
+}
+
+/// Flow control is backpressure: a client that doesn't read stalls its own stream (the
+/// upstream can't write more than the windows and socket buffers on the way hold), while a
+/// neighbour on the same upstream connection goes on.
+#[tokio::test]
+async fn a_slow_client_stalls_its_stream_not_the_connection() {
+    let server = h2_server(100, true).await;
+    let (proxy, _) = proxy(server.addr).await;
+    let mut neighbour = ws(proxy.addr, "/").await;
+    // A client that upgrades and then never reads.
+    let mut stalled = raw_client(
+        proxy.addr,
+        b"GET /flood HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    let (head, _) = read_head(&mut stalled).await;
+    assert_eq!(status(&head), 101, "{head}");
+    // Let the flood fill everything it can, then check that it stopped.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = server.flooded.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(now < 64 << 20, "the flood never stalled: {now} bytes out");
+    }
+    // The stream's window (256 KiB) and the sockets' buffers on the way: a few MiB at most.
+    assert!(
+        last < 16 << 20,
+        "{last} bytes left the upstream for a client that reads nothing"
+    );
+    for i in 0..20 {
+        roundtrip(&mut neighbour, &format!("unaffected {i}")).await;
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+}
