@@ -13,6 +13,8 @@ mod client_input;
 mod connect;
 #[path = "cli/descriptors.rs"]
 mod descriptors;
+#[path = "cli/h2_upstream.rs"]
+mod h2_upstream;
 #[path = "cli/otlp.rs"]
 mod otlp;
 mod pki;

@@ -5,140 +5,20 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tower::ServiceBuilder;
 
+use support::h2_upstream::h2_server;
 use support::*;
 use switchback::{Cluster, Endpoint, Forward, UpgradeRouterLayer};
-
-/// A hyper HTTP/2 server: extended CONNECT WebSockets echo (`/refuse` gets a `403`, `/reset`
-/// opens and then resets its stream, `/flood` writes without end), plain requests answer with
-/// their version.
-struct H2Server {
-    addr: SocketAddr,
-    /// TCP connections accepted.
-    connections: Arc<AtomicUsize>,
-    /// What each extended CONNECT carried: `:protocol`, path, and whether a WebSocket key.
-    seen: Arc<std::sync::Mutex<Vec<(String, String, bool)>>>,
-    /// Sends every open connection a GOAWAY (hyper's graceful shutdown).
-    goaway: Arc<Notify>,
-    /// Bytes `/flood` streams got out.
-    flooded: Arc<AtomicUsize>,
-}
-
-async fn h2_server(max_streams: u32, extended_connect: bool) -> H2Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let goaway = Arc::new(Notify::new());
-    let flooded = Arc::new(AtomicUsize::new(0));
-    let server = H2Server {
-        addr,
-        connections: connections.clone(),
-        seen: seen.clone(),
-        goaway: goaway.clone(),
-        flooded: flooded.clone(),
-    };
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            connections.fetch_add(1, Ordering::SeqCst);
-            let (seen, goaway, flooded) = (seen.clone(), goaway.clone(), flooded.clone());
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req| answer(req, seen.clone(), flooded.clone()));
-                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                builder.max_concurrent_streams(max_streams);
-                if extended_connect {
-                    builder.enable_connect_protocol();
-                }
-                let conn = builder.serve_connection(TokioIo::new(tcp), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    () = goaway.notified() => conn.as_mut().graceful_shutdown(),
-                }
-                let _ = conn.await;
-            });
-        }
-    });
-    server
-}
-
-async fn answer(
-    mut req: Request<Incoming>,
-    seen: Arc<std::sync::Mutex<Vec<(String, String, bool)>>>,
-    flooded: Arc<AtomicUsize>,
-) -> Result<Response<Full<bytes::Bytes>>, Infallible> {
-    let Some(protocol) = req
-        .extensions()
-        .get::<hyper::ext::Protocol>()
-        .map(|p| p.as_str().to_owned())
-    else {
-        let body = format!("{:?}", req.version());
-        return Ok(Response::new(Full::from(body)));
-    };
-    let path = req.uri().path().to_owned();
-    seen.lock().unwrap().push((
-        protocol,
-        path.clone(),
-        req.headers().contains_key("sec-websocket-key"),
-    ));
-    if path == "/refuse" {
-        let mut res = Response::new(Full::from("no"));
-        *res.status_mut() = StatusCode::FORBIDDEN;
-        return Ok(res);
-    }
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        if path == "/flood" {
-            // Writes as fast as the stream's window lets it, counting what got out.
-            let mut io = TokioIo::new(upgraded);
-            let chunk = vec![0x42u8; 64 * 1024];
-            loop {
-                match tokio::io::AsyncWriteExt::write(&mut io, &chunk).await {
-                    Ok(n) if n > 0 => {
-                        flooded.fetch_add(n, Ordering::SeqCst);
-                    }
-                    _ => return,
-                }
-            }
-        }
-        if path == "/reset" {
-            // Dropping an open stream resets it.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            drop(upgraded);
-            return;
-        }
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() || msg.is_binary() {
-                if ws.send(msg).await.is_err() {
-                    return;
-                }
-            } else if msg.is_close() {
-                return;
-            }
-        }
-    });
-    Ok(Response::new(Full::default()))
-}
 
 /// A proxy to `upstream`, an HTTP/2 cluster, with WebSocket upgrades allowed.
 async fn proxy(upstream: SocketAddr) -> (Proxy, Cluster) {

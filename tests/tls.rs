@@ -385,3 +385,25 @@ async fn mutual_tls_to_an_upstream_that_asks_for_a_client_certificate() {
         }
     }
 }
+
+/// A cluster with TLS and HTTP/2 offers ALPN `h2` and sends each WebSocket as a stream on
+/// one connection; a server that only speaks `h2` serves them all.
+#[tokio::test]
+async fn an_http2_cluster_over_tls_negotiates_h2() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.issue(&["localhost"]);
+    let mut config = (*leaf.server_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let server = support::h2_upstream::h2_server_tls(Arc::new(config)).await;
+    let proxy = support::start(ws_stack(tls_cluster(server.addr, &ca).http2(true))).await;
+    for i in 0..3 {
+        let (mut ws, _) = within(tokio_tungstenite::connect_async(format!(
+            "ws://{}/chat",
+            proxy.addr
+        )))
+        .await
+        .unwrap();
+        echo_once(&mut ws, Message::text(format!("over h2 and TLS {i}"))).await;
+    }
+    assert_eq!(server.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

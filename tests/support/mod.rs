@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+pub mod h2_upstream;
+
 use switchback::{Body, Cluster, Endpoint, TunnelEvent, TunnelMode, TunnelObserver, TunnelStats};
 
 /// Every test gets this long at most for any single wait.

@@ -216,6 +216,9 @@ pub(crate) fn clusters(config: &Config) -> Result<Vec<Cluster>, String> {
             if let Some(tls) = crate::tls::upstream(c, &format!("clusters[{i}]"))? {
                 cluster = cluster.tls(tls);
             }
+            if c.http2_protocol_options.is_some() {
+                cluster = cluster.http2(true);
+            }
             Ok(cluster)
         })
         .collect()

@@ -149,9 +149,10 @@ pub use crate::health::{DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_TIME
 pub use crate::model::{
     AccessLog, Cluster, Config, ConnectConfig, ConnectMatcher, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_IGNORE_UPGRADES, DEFAULT_LISTEN, DEFAULT_MAX_CONNECT_ATTEMPTS,
-    DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, Endpoint, Filter, HeaderMatcher, LbPolicy,
-    MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route, RouteMatch, RouteTarget, RuntimeFraction,
-    UpgradeConfig, WebSocketConfig, WebSocketLimits, WeightedCluster, default_workers,
+    DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, Endpoint, Filter, HeaderMatcher,
+    Http2ProtocolOptions, LbPolicy, MAX_WORKERS, OutlierDetection, PathMatch, RetryPolicy, Route, RouteMatch,
+    RouteTarget, RuntimeFraction, UpgradeConfig, WebSocketConfig, WebSocketLimits, WeightedCluster,
+    default_workers,
 };
 pub use crate::parsed::{HeadersToAdd, InvalidToken, PathRegex, UpgradeToken};
 pub use crate::telemetry::Tracing;
@@ -249,6 +250,7 @@ impl Config {
                 close_connections_on_host_health_failure: false,
                 dns_refresh_rate: std::time::Duration::from_secs(5),
                 tls: None,
+                http2_protocol_options: None,
             }],
             ..Config::default()
         }

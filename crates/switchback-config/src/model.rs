@@ -513,7 +513,17 @@ pub struct Cluster {
     /// TLS to the endpoints. Absent: plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::UpstreamTls>,
+    /// `http2_protocol_options: {}` (Envoy's name): the endpoints speak HTTP/2 (with TLS,
+    /// ALPN `h2`). Plain requests go as HTTP/2; each upgrade is an RFC 8441 stream on a
+    /// shared connection. Absent: HTTP/1.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
 }
+
+/// `http2_protocol_options: {}` on a cluster: no fields of its own yet; the stream limit is
+/// the endpoint's own `SETTINGS_MAX_CONCURRENT_STREAMS`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Http2ProtocolOptions {}
 
 /// A cluster's `lb_policy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

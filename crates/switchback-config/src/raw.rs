@@ -256,8 +256,9 @@ impl RawConnectConfig {
     }
 }
 
-/// `connect_matcher: {}`: Envoy's message has no fields.
-fn connect_matcher(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<()>> {
+/// A mapping with no fields: `connect_matcher: {}`, `http2_protocol_options: {}` (Envoy's
+/// messages whose presence is what they say).
+fn empty_map(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<()>> {
     let f = ctx.fields(node, path, &[])?;
     Some(f.at(()))
 }
@@ -431,7 +432,7 @@ impl RawMatch {
             prefix: f.optional(ctx, "prefix", Ctx::string),
             path: f.optional(ctx, "path", Ctx::string),
             regex: f.optional(ctx, "regex", Ctx::string),
-            connect_matcher: f.optional(ctx, "connect_matcher", connect_matcher),
+            connect_matcher: f.optional(ctx, "connect_matcher", empty_map),
             headers: f.list(ctx, "headers", RawHeaderMatcher::read).items(),
             runtime_fraction: f.optional(ctx, "runtime_fraction", RawRuntimeFraction::read).ok(),
         }))
@@ -582,6 +583,7 @@ pub(crate) struct RawCluster {
     pub(crate) close_connections_on_host_health_failure: Option<S<bool>>,
     pub(crate) dns_refresh_rate: Option<S<String>>,
     pub(crate) tls: Option<S<RawUpstreamTls>>,
+    pub(crate) http2_protocol_options: Option<S<()>>,
 }
 
 /// A cluster's `outlier_detection` (Envoy's names).
@@ -660,6 +662,7 @@ impl RawCluster {
         "close_connections_on_host_health_failure",
         "dns_refresh_rate",
         "tls",
+        "http2_protocol_options",
     ];
 
     fn read(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<S<Self>> {
@@ -683,6 +686,7 @@ impl RawCluster {
                     .ok(),
                 dns_refresh_rate: f.optional(ctx, "dns_refresh_rate", Ctx::string).ok(),
                 tls: f.optional(ctx, "tls", RawUpstreamTls::read).ok(),
+                http2_protocol_options: f.optional(ctx, "http2_protocol_options", empty_map).ok(),
             }),
         )
     }
@@ -753,7 +757,7 @@ pub(crate) fn keys_at(path: &str) -> Keys {
         "tracing" => Keys::Fields(RawTracing::FIELDS),
         "upgrade_configs" | "routes.upgrade_configs" => Keys::Fields(RawUpgradeConfig::FIELDS),
         "routes.upgrade_configs.connect_config" => Keys::Fields(RawConnectConfig::FIELDS),
-        "routes.match.connect_matcher" => Keys::Fields(&[]),
+        "routes.match.connect_matcher" | "clusters.http2_protocol_options" => Keys::Fields(&[]),
         "http_filters" | "upgrade_configs.filters" => Keys::Fields(Filter::NAMES),
         "routes" => Keys::Fields(RawRoute::FIELDS),
         "routes.match" => Keys::Fields(RawMatch::FIELDS),

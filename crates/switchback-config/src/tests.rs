@@ -2483,3 +2483,34 @@ routes:
     ));
     check(&e, "routes[0].match", 7, "`connect_matcher`");
 }
+
+#[test]
+fn http2_protocol_options_on_a_cluster() {
+    let c = parse(
+        "\
+clusters:
+  - name: grpc
+    http2_protocol_options: {}
+    endpoints: [127.0.0.1:9001]
+  - name: plain
+    endpoints: [127.0.0.1:9002]
+",
+    );
+    assert_eq!(
+        c.clusters[0].http2_protocol_options,
+        Some(Http2ProtocolOptions {})
+    );
+    assert_eq!(c.clusters[1].http2_protocol_options, None);
+
+    let e = one("\
+clusters:
+  - name: grpc
+    http2_protocol_options: { max_concurrent_streams: 100 }
+    endpoints: [127.0.0.1:9001]
+");
+    assert_eq!(
+        e.path, "clusters[0].http2_protocol_options.max_concurrent_streams",
+        "{e}"
+    );
+    assert_eq!(e.line, Some(3), "{e}");
+}

@@ -497,6 +497,7 @@ impl Ctx<'_> {
             close_connections_on_host_health_failure,
             dns_refresh_rate,
             tls,
+            http2_protocol_options,
         } = &raw.value;
         let lb_policy = match lb_policy.as_ref().map(|p| (p, p.value.as_str())) {
             None | Some((_, "round_robin")) => LbPolicy::RoundRobin,
@@ -571,6 +572,9 @@ impl Ctx<'_> {
                 })
                 .unwrap_or(Duration::from_secs(5)),
             tls: tls.as_ref().map(|t| self.upstream_tls(t, &join_key(path, "tls"))),
+            http2_protocol_options: http2_protocol_options
+                .as_ref()
+                .map(|_| crate::model::Http2ProtocolOptions {}),
         }
     }
 

@@ -165,6 +165,15 @@ impl<C> Handoff<C> {
         self.0.upstream.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How the upstream is reached, for [`TunnelInfo::upstream_protocol`](crate::TunnelInfo).
+    pub(crate) fn protocol(&self) -> &'static str {
+        match &*self.upstream() {
+            Upstream::Whole(Switch::Done(UpstreamIo::Raw(_))) => "TCP",
+            Upstream::Whole(Switch::Done(UpstreamIo::Multiplexed(_))) => "HTTP/2",
+            _ => "HTTP/1.1",
+        }
+    }
+
     /// Whether no layer wrapped the client's body.
     pub(crate) fn client_untouched(&self) -> bool {
         self.0.client_untouched

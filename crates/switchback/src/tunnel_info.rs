@@ -38,7 +38,7 @@ pub struct TunnelInfo {
     /// The client's address, when the server put a [`ClientAddr`](crate::ClientAddr)
     /// in the request.
     pub client: Option<std::net::SocketAddr>,
-    /// The request path.
+    /// The request path (a CONNECT's: its target, `host:port`).
     pub path: String,
     /// The name of the route that took the request, when a [`RouteLayer`](crate::RouteLayer)
     /// matched one.
@@ -47,6 +47,11 @@ pub struct TunnelInfo {
     pub version: http::Version,
     /// The upstream endpoint, when [`Forward`](crate::Forward) made the connection.
     pub upstream: Option<String>,
+    /// How the tunnel reaches its upstream: `HTTP/1.1` (a connection of its own, switched by
+    /// a `101` or a CONNECT's 2xx), `HTTP/2` (a stream on a shared connection) or `TCP` (a
+    /// terminated CONNECT's raw connection). `None` when [`Forward`](crate::Forward) didn't
+    /// make the connection.
+    pub upstream_protocol: Option<&'static str>,
     /// The request's trace context, when a [`TraceContextLayer`](crate::trace::TraceContextLayer)
     /// gave it one: its span records the tunnel's end.
     pub trace: Option<crate::trace::TraceContext>,

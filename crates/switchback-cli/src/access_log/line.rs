@@ -30,6 +30,7 @@ pub(super) struct Line<'a> {
     pub(super) mode: Option<&'static str>,
     pub(super) status: u16,
     pub(super) upstream: Option<&'a str>,
+    pub(super) upstream_protocol: Option<&'static str>,
     pub(super) bytes_received: u64,
     pub(super) bytes_sent: u64,
     pub(super) duration_ms: u64,
@@ -90,6 +91,8 @@ impl Line<'_> {
         push_u64(out, self.status.into());
         out.extend_from_slice(b",\"upstream\":");
         push_opt_str(out, self.upstream);
+        out.extend_from_slice(b",\"upstream_protocol\":");
+        push_opt_str(out, self.upstream_protocol);
         out.extend_from_slice(b",\"bytes_received\":");
         push_u64(out, self.bytes_received);
         out.extend_from_slice(b",\"bytes_sent\":");
@@ -246,6 +249,7 @@ mod tests {
             mode: Some("joined"),
             status: 101,
             upstream: Some("[::1]:9001"),
+            upstream_protocol: Some("HTTP/2"),
             bytes_received: 12,
             bytes_sent: u64::MAX,
             duration_ms: 0,
@@ -272,7 +276,8 @@ mod tests {
                 r#""trace_id":"4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b","#,
                 r#""client":"127.0.0.1:50514","protocol":"HTTP/1.1","tls":true,"sni":null,"#,
                 r#""method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","#,
-                r#""mode":"joined","status":101,"upstream":"[::1]:9001","bytes_received":12,"#,
+                r#""mode":"joined","status":101,"upstream":"[::1]:9001","upstream_protocol":"HTTP/2","#,
+                r#""bytes_received":12,"#,
                 r#""bytes_sent":18446744073709551615,"duration_ms":0,"end":null,"#,
                 r#""messages_received":3,"messages_sent":null,"close_code":1000}"#,
                 "\n"

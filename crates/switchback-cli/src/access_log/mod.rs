@@ -5,7 +5,8 @@
 //! - `request`: a request that did not become a tunnel, written when its response body has
 //!   been sent (or the client went away). `end` is `complete`, `client_close` (the connection
 //!   went away before the body was sent) or `error` (the body failed).
-//! - `tunnel_open`: an upgrade answered `101`, written when the tunnel starts.
+//! - `tunnel_open`: an upgrade answered `101` (a CONNECT: its 2xx), written when the tunnel
+//!   starts.
 //! - `tunnel_close`: written when the tunnel has ended, with the bytes relayed each way, its
 //!   duration and `end`: `client_close`, `upstream_close`, `idle_timeout`,
 //!   `half_close_timeout`, `drain` or `error`; on a WebSocket tunnel also the messages
@@ -22,7 +23,8 @@
 //!  "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","client":"127.0.0.1:50514",
 //!  "protocol":"HTTP/1.1","tls":true,"sni":"chat.example.com",
 //!  "method":"GET","path":"/ws","route":"routes[0]","upgrade":"websocket","mode":"joined",
-//!  "status":101,"upstream":"127.0.0.1:9001","bytes_received":12,"bytes_sent":12,
+//!  "status":101,"upstream":"127.0.0.1:9001","upstream_protocol":"HTTP/1.1",
+//!  "bytes_received":12,"bytes_sent":12,
 //!  "duration_ms":1532,"end":"client_close","messages_received":1,"messages_sent":1,
 //!  "close_code":1000}
 //! ```
@@ -31,7 +33,9 @@
 //! the client (request body, or tunnel payload towards the upstream) and `bytes_sent` bytes
 //! to the client; `path` is the request path without the query, as the client sent it;
 //! `protocol` is the client's (`HTTP/1.1`, `HTTP/2`: Envoy's `%PROTOCOL%`), `tls` whether
-//! its connection was TLS and `sni` the server name it asked for;
+//! its connection was TLS and `sni` the server name it asked for; `upstream_protocol` the
+//! upstream leg's (`HTTP/1.1`, `HTTP/2` for a stream on a shared connection, `TCP` for a
+//! terminated CONNECT; `null` when no upstream answered); a CONNECT's `path` is its target;
 //! `request_id` is the `X-Request-Id` that went upstream (a tunnel's two lines carry its
 //! upgrade request's), `null` when the request had none and none was generated; `trace_id`
 //! the W3C trace the request belongs to (the client's, or the one the proxy started).
@@ -292,6 +296,7 @@ impl AccessLog {
             mode: Some(info.mode.as_str()),
             status: upgrade.map_or(StatusCode::SWITCHING_PROTOCOLS.as_u16(), |u| u.status),
             upstream: info.upstream.as_deref(),
+            upstream_protocol: info.upstream_protocol,
             bytes_received: stats.map_or(0, |s| s.upstream_bytes),
             bytes_sent: stats.map_or(0, |s| s.downstream_bytes),
             duration_ms: millis(elapsed),
@@ -394,6 +399,7 @@ where
             status: 0,
             route: None,
             upstream: None,
+            upstream_protocol: None,
         };
         let req = req.map(|inner| CountBody {
             inner,
@@ -422,6 +428,8 @@ struct Entry {
     status: u16,
     route: Option<Arc<str>>,
     upstream: Option<String>,
+    /// The upstream's HTTP version, when an upstream answered.
+    upstream_protocol: Option<&'static str>,
 }
 
 impl Entry {
@@ -442,6 +450,7 @@ impl Entry {
             mode: None,
             status: self.status,
             upstream: self.upstream.as_deref(),
+            upstream_protocol: self.upstream_protocol,
             bytes_received: self.received.load(Ordering::Relaxed),
             bytes_sent: sent,
             duration_ms: millis(self.start.elapsed()),
@@ -489,6 +498,8 @@ where
         entry.status = status.as_u16();
         entry.route = res.extensions().get::<MatchedRoute>().map(|m| m.name.clone());
         entry.upstream = res.extensions().get::<UpstreamAddr>().map(|a| a.0.clone());
+        // The upstream's answer keeps its own version until the server writes it.
+        entry.upstream_protocol = entry.upstream.as_ref().map(|_| protocol(res.version()));
         // A `101`, or a 2xx to a CONNECT (HTTP/2 extended CONNECT's included): the stream is
         // now a tunnel.
         let tunnel = status == StatusCode::SWITCHING_PROTOCOLS

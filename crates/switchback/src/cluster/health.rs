@@ -321,12 +321,15 @@ async fn run(cluster: Cluster, check: HealthCheck, bit: u32) {
 /// Probes `endpoint` once, within the check's timeout.
 async fn probe(cluster: Cluster, endpoint: Endpoint, check: HealthCheck) -> Verdict {
     let exchange = async {
-        let Ok(tcp) = cluster.connect(&endpoint).await else {
+        let Ok(tcp) = cluster.connect_for_requests(&endpoint).await else {
             return Verdict::Fail("connect_failure");
         };
         let Probe::Http(path) = &check.probe else {
             return Verdict::Pass;
         };
+        if cluster.is_http2() {
+            return probe_http2(tcp, &endpoint, path).await;
+        }
         let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await else {
             return Verdict::Fail("error");
         };
@@ -359,6 +362,32 @@ async fn probe(cluster: Cluster, endpoint: Endpoint, check: HealthCheck) -> Verd
     tokio::time::timeout(check.timeout, exchange)
         .await
         .unwrap_or(Verdict::Fail("timeout"))
+}
+
+/// An HTTP check over HTTP/2, for a cluster that speaks it: the endpoint may speak nothing
+/// else. The connection is driven beside the request and dropped after it.
+async fn probe_http2(io: crate::tls::UpstreamStream, endpoint: &Endpoint, path: &str) -> Verdict {
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let Ok((mut sender, conn)) = hyper::client::conn::http2::handshake(executor, TokioIo::new(io)).await
+    else {
+        return Verdict::Fail("error");
+    };
+    let uri = format!("http://{}{path}", endpoint.host());
+    let Ok(req) = Request::get(uri)
+        .header(header::USER_AGENT, "switchback-health-check")
+        .body(Empty::<Bytes>::new())
+    else {
+        return Verdict::Fail("error");
+    };
+    let answer = tokio::select! {
+        answer = sender.send_request(req) => answer,
+        _ = conn => return Verdict::Fail("error"),
+    };
+    match answer {
+        Ok(res) if res.status().is_success() => Verdict::Pass,
+        Ok(_) => Verdict::Refused,
+        Err(_) => Verdict::Fail("error"),
+    }
 }
 
 /// Runs `futures` together until all end.

@@ -242,13 +242,7 @@ impl Cluster {
     pub(crate) async fn h2_lease(&self, endpoint: &Endpoint) -> Option<Result<Lease, ConnectError>> {
         let inner = &self.inner;
         let http2 = inner.http2.as_ref()?;
-        let connect = connect::open(
-            &inner.name,
-            endpoint.address(),
-            endpoint.host(),
-            inner.connect_timeout,
-            http2.tls.as_ref(),
-        );
+        let connect = self.connect_for_requests(endpoint);
         Some(
             http2
                 .pool
@@ -417,6 +411,27 @@ impl Cluster {
             endpoint.host(),
             inner.connect_timeout,
             inner.tls.as_ref(),
+        )
+        .await
+    }
+
+    /// A fresh connection for HTTP requests to `endpoint`: as [`Cluster::connect`], but
+    /// offering ALPN `h2` when the cluster speaks HTTP/2.
+    pub(crate) async fn connect_for_requests(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<UpstreamStream, ConnectError> {
+        let inner = &self.inner;
+        let tls = match &inner.http2 {
+            Some(http2) => http2.tls.as_ref(),
+            None => inner.tls.as_ref(),
+        };
+        connect::open(
+            &inner.name,
+            endpoint.address(),
+            endpoint.host(),
+            inner.connect_timeout,
+            tls,
         )
         .await
     }

@@ -265,6 +265,7 @@ impl<S> UpgradeRouter<S> {
                 route: req.extensions().get::<MatchedRoute>().map(|r| r.name.clone()),
                 version: req.version(),
                 upstream: None,
+                upstream_protocol: None,
                 trace: req.extensions().get::<TraceContext>().cloned(),
             },
             observer: cfg.observer.clone(),

@@ -49,6 +49,7 @@ impl Pending {
             return Response::from_parts(parts, body);
         }
         let handoff = parts.extensions.remove::<Handoff<Body>>();
+        self.info.upstream_protocol = handoff.as_ref().map(Handoff::protocol);
         self.holds.upstream = parts.extensions.remove::<Carried>().and_then(|c| c.take());
         let Some(ends) = Ends::new(body, handoff, self.client_reader) else {
             tracing::warn!(
