@@ -242,3 +242,36 @@ async fn a_slow_client_stalls_its_stream_not_the_connection() {
     }
     assert_eq!(server.connections.load(Ordering::SeqCst), 1);
 }
+
+/// A layer that touches bodies makes the tunnel pumped; the payload still goes as the
+/// stream's DATA, and a drain closes it with `1001` as any WebSocket tunnel.
+#[tokio::test]
+async fn pumped_tunnels_and_drains_work_over_http2_streams() {
+    let server = h2_server(100, true).await;
+    let cluster = Cluster::new("h2", [Endpoint::new(server.addr.to_string())]).http2(true);
+    let drain = switchback::Drain::new();
+    let router = UpgradeRouterLayer::builder()
+        .upgrade("websocket")
+        .drain(drain.clone())
+        .build()
+        .unwrap();
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(router)
+            .service(touch_bodies(Forward::new(cluster))),
+    )
+    .await;
+    let mut ws = ws(proxy.addr, "/").await;
+    roundtrip(&mut ws, "pumped over h2").await;
+    let (outcome, closed) = tokio::join!(drain.drain(Duration::from_millis(100)), async {
+        loop {
+            match within(ws.next()).await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    });
+    assert_eq!(closed, Some(1001));
+    let _ = outcome;
+}

@@ -127,6 +127,15 @@ impl ChildProc {
         sys::group_rss(self.pgid).context(format_args!("RSS of {}", self.name))
     }
 
+    /// The descriptors the child holds open now (its sockets, for an upstream).
+    pub(crate) fn descriptors(&self) -> Result<u64> {
+        let dir = format!("/proc/{}/fd", self.pgid);
+        let n = std::fs::read_dir(&dir)
+            .context(format_args!("listing {dir}"))?
+            .count();
+        Ok(n as u64)
+    }
+
     /// The CPU time the child's process group has used so far (every process and thread).
     pub(crate) fn cpu(&self) -> Result<Duration> {
         sys::group_cpu(self.pgid).context(format_args!("CPU time of {}", self.name))

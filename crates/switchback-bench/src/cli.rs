@@ -179,6 +179,10 @@ pub(crate) struct ProxyArgs {
     /// Autobahn's echo server).
     #[arg(long)]
     pub(crate) host_rewrite: Option<http::HeaderValue>,
+    /// The upstream speaks HTTP/2: tunnels are streams on shared connections
+    /// (`Cluster::http2`).
+    #[arg(long)]
+    pub(crate) h2_upstream: bool,
 }
 
 /// Arguments of the `exec` role.
@@ -200,4 +204,7 @@ pub(crate) struct UpstreamArgs {
     /// they came, masks and all: the cheapest echo, for proxies that don't read frames.
     #[arg(long)]
     pub(crate) frames: bool,
+    /// Serve HTTP/2 (prior knowledge): each WebSocket is an RFC 8441 stream, echoed as bytes.
+    #[arg(long, conflicts_with = "frames")]
+    pub(crate) h2: bool,
 }

@@ -29,6 +29,7 @@ mod sys;
 mod systems;
 mod tls;
 mod upstream;
+mod upstream_h2;
 mod workloads;
 
 use std::process::ExitCode;

@@ -55,7 +55,8 @@ pub(crate) fn main(args: &ProxyArgs) -> Result<()> {
 
 fn start(args: &ProxyArgs) -> Result<Workers> {
     let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
-    let cluster = Cluster::new("upstream", [Endpoint::new(args.upstream.to_string())]);
+    let cluster =
+        Cluster::new("upstream", [Endpoint::new(args.upstream.to_string())]).http2(args.h2_upstream);
     let router = UpgradeRouterLayer::builder()
         .upgrade("websocket")
         .build()

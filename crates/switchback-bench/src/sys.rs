@@ -65,6 +65,18 @@ pub(crate) fn group_rss(pgid: u32) -> io::Result<u64> {
     })
 }
 
+/// The kernel's slab memory now, whole machine (`Slab` in `/proc/meminfo`), in bytes: where
+/// sockets, their inodes and epoll entries live, which no process's RSS shows.
+pub(crate) fn kernel_slab() -> io::Result<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::other("no Slab line in /proc/meminfo"))
+}
+
 /// The CPU time (user and system, every thread) used so far by the processes in group `pgid`.
 /// Clock-tick resolution (10 ms on Linux): read it over seconds, not milliseconds.
 pub(crate) fn group_cpu(pgid: u32) -> io::Result<Duration> {

@@ -37,6 +37,9 @@ pub(crate) enum SystemKind {
     /// Switchback with a WebSocket message filter that passes every message (pumped
     /// tunnels, frames parsed and rebuilt). Not run unless asked for.
     SwitchbackFilter,
+    /// Switchback's fast path to an upstream that speaks HTTP/2 (`Cluster::http2`): each
+    /// tunnel an RFC 8441 stream on a shared connection. Not run unless asked for.
+    SwitchbackH2Upstream,
     /// Switchback's binary (`switchback`, from a YAML file) with a plain listener: the same
     /// process the TLS workloads measure as `switchback`, without TLS, for the plain
     /// workloads. Not run unless asked for (`--systems switchback-bin`).
@@ -53,13 +56,14 @@ pub(crate) enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order.
-    pub(crate) const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 11] = [
         Self::Direct,
         Self::Switchback,
         Self::SwitchbackChain,
         Self::SwitchbackLegacy,
         Self::SwitchbackLimits,
         Self::SwitchbackFilter,
+        Self::SwitchbackH2Upstream,
         Self::SwitchbackBin,
         Self::SwitchbackBinTraced,
         Self::Nginx,
@@ -67,7 +71,7 @@ impl SystemKind {
     ];
 
     /// The systems a run without `--systems` measures: all but `switchback-bin`,
-    /// `switchback-limits` and `switchback-filter`.
+    /// `switchback-limits`, `switchback-filter` and `switchback-h2-upstream`.
     pub(crate) fn default_set() -> Vec<Self> {
         Self::ALL
             .into_iter()
@@ -78,6 +82,7 @@ impl SystemKind {
                         | Self::SwitchbackBinTraced
                         | Self::SwitchbackLimits
                         | Self::SwitchbackFilter
+                        | Self::SwitchbackH2Upstream
                 )
             })
             .collect()
@@ -92,6 +97,7 @@ impl SystemKind {
             Self::SwitchbackLegacy => "switchback-legacy",
             Self::SwitchbackLimits => "switchback-limits",
             Self::SwitchbackFilter => "switchback-filter",
+            Self::SwitchbackH2Upstream => "switchback-h2-upstream",
             Self::SwitchbackBin => "switchback-bin",
             Self::SwitchbackBinTraced => "switchback-bin-traced",
             Self::Nginx => "nginx",
@@ -129,7 +135,7 @@ pub(crate) struct Running {
     /// The proxy process (group); `None` for `direct`.
     pub(crate) proxy: Option<ChildProc>,
     /// The upstream process.
-    upstream: ChildProc,
+    pub(crate) upstream: ChildProc,
 }
 
 impl Running {
@@ -155,6 +161,10 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
     let mut args = vec!["upstream", "--listen", "127.0.0.1:0"];
     if frames {
         args.push("--frames");
+    }
+    let h2 = kind == SystemKind::SwitchbackH2Upstream;
+    if h2 {
+        args.push("--h2");
     }
     let mut upstream = role(env, "upstream", &args)?;
     let upstream_addr = upstream.listening().await?;
@@ -197,7 +207,8 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
             | SystemKind::SwitchbackChain
             | SystemKind::SwitchbackLegacy
             | SystemKind::SwitchbackLimits
-            | SystemKind::SwitchbackFilter,
+            | SystemKind::SwitchbackFilter
+            | SystemKind::SwitchbackH2Upstream,
             None,
         ) => {
             let mode = match kind {
@@ -208,7 +219,7 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
                 _ => ProxyMode::Fast,
             };
             let mode = mode.to_possible_value().context("proxy mode name")?;
-            let args = [
+            let mut args = vec![
                 "proxy",
                 "--mode",
                 mode.get_name(),
@@ -217,6 +228,9 @@ pub(crate) async fn start(kind: SystemKind, env: &Env, tls: bool) -> Result<Runn
                 "--upstream",
                 &up,
             ];
+            if h2 {
+                args.push("--h2-upstream");
+            }
             let mut proxy = role(env, kind.name(), &args)?;
             let addr = proxy.listening().await?;
             (Some(proxy), addr)

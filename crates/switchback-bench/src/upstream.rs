@@ -32,7 +32,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: u32 = 65_535;
 /// What `/flood` writes, over and over.
-static FLOOD: [u8; 64 * 1024] = [0x5a; 64 * 1024];
+pub(crate) static FLOOD: [u8; 64 * 1024] = [0x5a; 64 * 1024];
 
 /// Runs the `upstream` role until `SIGTERM`.
 pub(crate) fn main(args: &UpstreamArgs) -> Result<()> {
@@ -41,6 +41,14 @@ pub(crate) fn main(args: &UpstreamArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    if args.h2 {
+        return rt.block_on(async {
+            let listener = crate::upstream_h2::bind(args.listen).await?;
+            crate::role::announce(&listener)?;
+            crate::role::exit_on_sigterm()?;
+            crate::upstream_h2::serve(listener).await
+        });
+    }
     rt.block_on(serve(args.listen, args.frames))
 }
 

@@ -86,6 +86,10 @@ impl AsyncRead for H2Stream {
         let n = this.unread.len().min(buf.remaining());
         buf.put_slice(&this.unread[..n]);
         this.unread.advance(n);
+        if this.unread.is_empty() {
+            // Even an empty slice keeps h2's whole read buffer alive: an idle tunnel holds none.
+            this.unread = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

@@ -126,7 +126,7 @@ pub(crate) fn workload_of(metric: Metric) -> Workload {
         Metric::Bulk64 => Workload::Bulk64,
         Metric::EchoP50 | Metric::EchoP99 | Metric::EchoAddedP50 => Workload::Latency,
         Metric::Handshakes | Metric::HandshakeCpu => Workload::Handshake,
-        Metric::IdleBytes => Workload::Memory,
+        Metric::IdleBytes | Metric::UpstreamConns | Metric::KernelSlab => Workload::Memory,
         Metric::FloodRss | Metric::FloodGrowth => Workload::Backpressure,
         Metric::StormSeconds
         | Metric::StormP50

@@ -24,6 +24,7 @@ fn colour(system: SystemKind) -> &'static str {
         SystemKind::SwitchbackLegacy => "#9cc6ea",
         SystemKind::SwitchbackLimits => "#3b8bd0",
         SystemKind::SwitchbackFilter => "#7b5fc0",
+        SystemKind::SwitchbackH2Upstream => "#2b5797",
         SystemKind::SwitchbackBin => "#0b3d6b",
         SystemKind::SwitchbackBinTraced => "#5b7d9b",
         SystemKind::Nginx => "#2f9e44",

@@ -3,7 +3,10 @@
 //! tunnels are opened at a controlled rate (at most 64 handshakes in flight), each echoes one
 //! 64-byte message (an idle WebSocket has usually said something) and then stays quiet while
 //! held open; after a settling pause RSS is read again. (after - before) / tunnels is the
-//! figure. Kernel socket buffers are not RSS and are not counted, for any system.
+//! figure. Kernel socket buffers are not RSS and are not counted there, for any system; the
+//! machine's kernel slab (sockets, their inodes, epoll entries, on every side) is read
+//! around the same window and reported per tunnel beside it, with the upstream connections
+//! the tunnels took (the upstream's descriptors, before and after).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +26,12 @@ const IN_FLIGHT: usize = 64;
 const WARMUP_TUNNELS: u64 = 64;
 
 /// Opens the idle tunnels, holds them, and reports bytes per tunnel.
-pub(crate) async fn run(addr: SocketAddr, proxy: &ChildProc, p: &Params) -> Result<Outcome> {
+pub(crate) async fn run(
+    addr: SocketAddr,
+    proxy: &ChildProc,
+    upstream: &ChildProc,
+    p: &Params,
+) -> Result<Outcome> {
     for seed in 0..WARMUP_TUNNELS {
         within(
             Duration::from_secs(5),
@@ -34,15 +42,28 @@ pub(crate) async fn run(addr: SocketAddr, proxy: &ChildProc, p: &Params) -> Resu
     }
     tokio::time::sleep(p.settle).await;
     let before = proxy.rss()?;
+    let sockets_before = upstream.descriptors()?;
+    let slab_before = crate::sys::kernel_slab().context("kernel slab")?;
     let tunnels = open_idle(addr, p.idle_tunnels, p.open_rate).await?;
     tokio::time::sleep(p.settle).await;
     let after = proxy.rss()?;
+    let slab = crate::sys::kernel_slab()
+        .context("kernel slab")?
+        .saturating_sub(slab_before);
+    let slab_per_tunnel = slab as f64 / p.idle_tunnels as f64;
+    // The upstream's sockets now, less those before: the connections these tunnels take
+    // (the warm-up's are closed by then, or shared ones the count leaves out).
+    let conns = upstream.descriptors()?.saturating_sub(sockets_before);
     drop(tunnels);
     let per_tunnel = after.saturating_sub(before) as f64 / p.idle_tunnels as f64;
     Ok(Outcome {
-        values: vec![(Metric::IdleBytes, per_tunnel)],
+        values: vec![
+            (Metric::IdleBytes, per_tunnel),
+            (Metric::UpstreamConns, conns as f64),
+            (Metric::KernelSlab, slab_per_tunnel),
+        ],
         detail: format!(
-            "{per_tunnel:.0} B per idle tunnel: RSS {:.1} -> {:.1} MiB with {} tunnels open",
+            "{per_tunnel:.0} B per idle tunnel: RSS {:.1} -> {:.1} MiB with {} tunnels open over {conns} upstream connections; kernel slab {slab_per_tunnel:.0} B per tunnel",
             before as f64 / MIB,
             after as f64 / MIB,
             p.idle_tunnels

@@ -102,6 +102,11 @@ pub(crate) enum Metric {
     HandshakeCpu,
     /// Proxy RSS per idle tunnel, bytes.
     IdleBytes,
+    /// Upstream connections the idle tunnels of the memory workload take.
+    UpstreamConns,
+    /// The machine's kernel slab memory per idle tunnel (sockets and what goes with them, on
+    /// every side: client, proxy, upstream), bytes.
+    KernelSlab,
     /// Proxy RSS after the flood, MiB.
     FloodRss,
     /// Proxy RSS growth during the flood, MiB.
@@ -135,7 +140,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     /// Every row, in report order.
-    pub(crate) const ALL: [Self; 23] = [
+    pub(crate) const ALL: [Self; 25] = [
         Self::Bulk1,
         Self::Bulk64,
         Self::BulkCpu,
@@ -145,6 +150,8 @@ impl Metric {
         Self::Handshakes,
         Self::HandshakeCpu,
         Self::IdleBytes,
+        Self::UpstreamConns,
+        Self::KernelSlab,
         Self::FloodRss,
         Self::FloodGrowth,
         Self::StormSeconds,
@@ -173,6 +180,8 @@ impl Metric {
             Self::Handshakes => "handshakes_per_s",
             Self::HandshakeCpu => "handshake_proxy_cpu_us",
             Self::IdleBytes => "idle_bytes_per_tunnel",
+            Self::UpstreamConns => "idle_upstream_connections",
+            Self::KernelSlab => "idle_kernel_slab_bytes_per_tunnel",
             Self::FloodRss => "flood_rss_mib",
             Self::FloodGrowth => "flood_rss_growth_mib",
             Self::StormSeconds => "storm_all_back_s",
@@ -202,6 +211,8 @@ impl Metric {
             Self::Handshakes => "new tunnels/s",
             Self::HandshakeCpu => "new tunnel, proxy CPU µs each",
             Self::IdleBytes => "idle tunnel, proxy RSS bytes each",
+            Self::UpstreamConns => "idle tunnels' upstream connections",
+            Self::KernelSlab => "idle tunnel, machine's kernel slab bytes each",
             Self::FloodRss => "flood, proxy RSS after, MiB",
             Self::FloodGrowth => "flood, proxy RSS growth, MiB",
             Self::StormSeconds => "storm, all reconnected and echoed, s",
@@ -358,7 +369,7 @@ pub(crate) async fn run(
             Workload::TlsBulk => bulk::run(addr, proxy, 1, tls(false)?, p).await,
             Workload::Memory => {
                 let proxy = system.proxy.as_ref().context("no proxy process to measure")?;
-                memory::run(addr, proxy, p).await
+                memory::run(addr, proxy, &system.upstream, p).await
             }
             Workload::Backpressure => {
                 let proxy = system.proxy.as_ref().context("no proxy process to measure")?;

@@ -5,6 +5,11 @@
 //! A connection that receives `GOAWAY` (or fails) is retired: its open streams run on to
 //! their end, new ones go to a fresh connection. Each connection is driven by a task of its
 //! own, which also marks it closed when it ends.
+//!
+//! Connections belong to the thread that opened them, as Envoy's pools belong to a worker:
+//! under [`Workers`](crate::Workers) a tunnel and its stream's connection then run on one
+//! thread, with no wake-up or lock handed across threads for each frame, and no memory
+//! allocated on one thread and freed on another.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,11 +32,20 @@ const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 #[derive(Default)]
 pub(crate) struct H2Pool {
     conns: Mutex<Vec<Arc<H2Conn>>>,
+    /// One connection made at a time per endpoint: the streams that find no room wait for
+    /// it rather than each opening a connection of its own (a burst of new tunnels would
+    /// otherwise open as many connections as there are tunnels in flight).
+    connecting: Mutex<Vec<(Arc<str>, Turn)>>,
 }
+
+/// Held while a connection to one endpoint is being made.
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 /// One HTTP/2 connection to an endpoint.
 struct H2Conn {
     endpoint: Arc<str>,
+    /// The thread whose runtime drives it: streams are taken only from there (below).
+    thread: std::thread::ThreadId,
     send: SendRequest<Bytes>,
     /// Streams we opened on it that are still in use.
     open: AtomicUsize,
@@ -100,12 +114,19 @@ impl H2Pool {
         if let Some(lease) = self.reuse(endpoint) {
             return Ok(lease);
         }
+        let turn = self.connect_lock(endpoint);
+        let _turn = turn.lock().await;
+        // The connection made while we waited may have room.
+        if let Some(lease) = self.reuse(endpoint) {
+            return Ok(lease);
+        }
         let io = connect.await?;
         let (send, driver) = tokio::time::timeout(timeout, handshake(io))
             .await
             .unwrap_or(Err(ConnectError::Timeout))?;
         let conn = Arc::new(H2Conn {
             endpoint: endpoint.into(),
+            thread: std::thread::current().id(),
             send,
             open: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
@@ -132,14 +153,29 @@ impl H2Pool {
     fn reuse(&self, endpoint: &str) -> Option<Lease> {
         let mut conns = self.conns();
         conns.retain(|c| !(c.retired.load(Ordering::Acquire) && c.open.load(Ordering::Acquire) == 0));
-        conns.iter().filter(|c| &*c.endpoint == endpoint).find_map(|c| {
-            let slot = c.try_take()?;
-            Some(Lease {
-                send: c.send.clone(),
-                slot,
-                extended_connect: c.send.is_extended_connect_protocol_enabled(),
+        let thread = std::thread::current().id();
+        conns
+            .iter()
+            .filter(|c| &*c.endpoint == endpoint && c.thread == thread)
+            .find_map(|c| {
+                let slot = c.try_take()?;
+                Some(Lease {
+                    send: c.send.clone(),
+                    slot,
+                    extended_connect: c.send.is_extended_connect_protocol_enabled(),
+                })
             })
-        })
+    }
+
+    /// The lock that orders connection attempts to `endpoint`.
+    fn connect_lock(&self, endpoint: &str) -> Turn {
+        let mut locks = self.connecting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, lock)) = locks.iter().find(|(e, _)| &**e == endpoint) {
+            return Arc::clone(lock);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.push((endpoint.into(), Arc::clone(&lock)));
+        lock
     }
 
     fn conns(&self) -> std::sync::MutexGuard<'_, Vec<Arc<H2Conn>>> {

@@ -217,7 +217,9 @@ impl Cluster {
     /// shared connection (RFC 8441 extended CONNECT with the upgrade token as `:protocol`,
     /// or a CONNECT), so thousands of tunnels take a few connections. Streams share a
     /// connection up to the endpoint's `SETTINGS_MAX_CONCURRENT_STREAMS`, then another is
-    /// opened; one that says `GOAWAY` keeps its streams and takes no new one. An upgrade
+    /// opened; one that says `GOAWAY` keeps its streams and takes no new one. Connections
+    /// belong to the thread that opened them (a [`Workers`](crate::Workers) worker, as in
+    /// Envoy's per-worker pools), so each thread that opens tunnels has its own. An upgrade
     /// needs the endpoint to allow extended CONNECT (`SETTINGS_ENABLE_CONNECT_PROTOCOL`),
     /// else it gets `502`. The legacy WebSocket mode and terminated CONNECTs stay raw TCP.
     pub fn http2(self, on: bool) -> Self {

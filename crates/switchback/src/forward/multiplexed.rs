@@ -15,11 +15,11 @@ use super::attempt::{Answer, Answered, Attempts, Failure, Sender};
 use super::upstream::{Tunnel, fail};
 use super::{origin_form, upstream_host, with_timeout};
 use crate::body::Body;
-use crate::cluster::{Carried, Cluster, ConnectError, Endpoint, StreamSlot};
+use crate::cluster::{Cluster, ConnectError, Endpoint, StreamSlot};
 use crate::detect::UpgradeType;
 use crate::ext::UpstreamAddr;
 use crate::h2stream::{H2Body, H2Stream};
-use crate::handoff::{Handoff, Switch, UpstreamIo};
+use crate::handoff::{Switch, UpstreamIo};
 use crate::hop;
 use crate::metrics::HandshakeFailure;
 use crate::websocket::SEC_WEBSOCKET_KEY;
@@ -194,8 +194,5 @@ fn answer_upgrade(
     parts.version = Version::HTTP_11;
     let stream = H2Stream::new(answer.send, recv, answer.slot);
     let upstream = Switch::Done(UpstreamIo::Multiplexed(Box::new(stream)));
-    let handoff = Handoff::new(upstream, tunnel.client, tunnel.client_untouched);
-    parts.extensions.insert(handoff.clone());
-    parts.extensions.insert(Carried::new(active));
-    Response::from_parts(parts, Body::upstream_tunnel(handoff))
+    super::upstream::hand_over(parts, upstream, tunnel, active)
 }

@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::attempt::{Answer, Answered, Attempts, Failure, Sender};
 use super::upstream::{self, Tunnel};
 use crate::body::Body;
-use crate::cluster::{Carried, Cluster, Endpoint};
+use crate::cluster::{Cluster, Endpoint};
 use crate::ext::UpstreamAddr;
-use crate::handoff::{Handoff, Switch, UpstreamIo};
+use crate::handoff::{Switch, UpstreamIo};
 use crate::tls::UpstreamStream;
 
 /// Connects to the cluster through the attempt loop (its balancer, retries on connect
@@ -34,14 +34,11 @@ pub(crate) async fn connect(
             endpoint,
             active,
         }) => {
-            let upstream = Switch::Done(UpstreamIo::Raw(stream));
-            let handoff = Handoff::new(upstream, tunnel.client, tunnel.client_untouched);
-            let mut res = Response::new(Body::upstream_tunnel(handoff.clone()));
-            let ext = res.extensions_mut();
-            ext.insert(handoff);
-            ext.insert(Carried::new(active));
-            ext.insert(UpstreamAddr(endpoint.address().to_owned()));
-            res
+            let (mut parts, ()) = Response::new(()).into_parts();
+            parts
+                .extensions
+                .insert(UpstreamAddr(endpoint.address().to_owned()));
+            upstream::hand_over(parts, Switch::Done(UpstreamIo::Raw(stream)), tunnel, active)
         }
         Err(failure) => {
             let (status, message) = attempts.status(&failure);

@@ -318,8 +318,19 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
     };
     let (mut parts, _) = res.into_parts();
     switched_head(&mut parts, &endpoint);
-    // The tunnel is the router's to open: the upstream half goes back with the `101`.
-    let handoff = Handoff::new(upgraded, tunnel.client, tunnel.client_untouched);
+    hand_over(parts, upgraded, tunnel, active)
+}
+
+/// The answer that opens a tunnel, however the upstream was reached: the router opens it,
+/// so the upstream half goes back in the answer's extensions (with the endpoint's place,
+/// held until the tunnel ends), and the answer's body reads from it if a layer asks.
+pub(crate) fn hand_over(
+    mut parts: http::response::Parts,
+    upstream: Switch,
+    tunnel: Tunnel<'_>,
+    active: crate::cluster::Active,
+) -> Response<Body> {
+    let handoff = Handoff::new(upstream, tunnel.client, tunnel.client_untouched);
     parts.extensions.insert(handoff.clone());
     parts.extensions.insert(Carried::new(active));
     Response::from_parts(parts, Body::upstream_tunnel(handoff))
