@@ -275,3 +275,41 @@ async fn pumped_tunnels_and_drains_work_over_http2_streams() {
     assert_eq!(closed, Some(1001));
     let _ = outcome;
 }
+
+/// A CONNECT in proxy mode to an HTTP/2 cluster goes as an HTTP/2 CONNECT stream (no
+/// `:protocol`), its target as `:authority`; the stream's `200` opens the tunnel.
+#[tokio::test]
+async fn a_forwarded_connect_is_an_http2_connect_stream() {
+    use switchback::{Route, RouteLayer, Runtime};
+    let server = h2_server(100, true).await;
+    let cluster = Cluster::new("h2", [Endpoint::new(server.addr.to_string())]).http2(true);
+    let router = UpgradeRouterLayer::builder().upgrade("CONNECT").build().unwrap();
+    let routes = vec![Route::connect_matcher().cluster(cluster)];
+    let proxy = start(
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(routes, Runtime::new()).unwrap())
+            .layer(router)
+            .service(Forward::routed()),
+    )
+    .await;
+    let mut client = raw_client(
+        proxy.addr,
+        b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\nearly",
+    )
+    .await;
+    let (head, rest) = read_head(&mut client).await;
+    assert_eq!(status(&head), 200, "{head}");
+    assert_eq!(read_n(&mut client, rest, 5).await, b"early");
+    tokio::io::AsyncWriteExt::write_all(&mut client, b" and more")
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut client, Vec::new(), 9).await, b" and more");
+    // Half-close: the client's FIN ends the stream's sending side, the echo ends its own.
+    tokio::io::AsyncWriteExt::shutdown(&mut client).await.unwrap();
+    assert!(read_to_eof(&mut client).await.is_empty());
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![("CONNECT".to_owned(), "db.internal:5432".to_owned(), false)]
+    );
+}

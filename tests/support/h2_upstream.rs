@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-/// A hyper HTTP/2 server: extended CONNECT WebSockets echo (`/refuse` gets a `403`, `/reset`
+/// A hyper HTTP/2 server: extended CONNECT WebSockets echo, plain CONNECTs echo raw bytes (`/refuse` gets a `403`, `/reset`
 /// opens and then resets its stream, `/flood` writes without end), plain requests answer with
 /// their version.
 pub struct H2Server {
@@ -109,6 +109,21 @@ async fn answer(
         .get::<hyper::ext::Protocol>()
         .map(|p| p.as_str().to_owned())
     else {
+        if req.method() == http::Method::CONNECT {
+            // A plain CONNECT (an upstream proxy's view): the stream echoes raw bytes, and
+            // the target is recorded as its path.
+            let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+            seen.lock().unwrap().push(("CONNECT".to_owned(), target, false));
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+                }
+            });
+            return Ok(Response::new(Full::default()));
+        }
         let body = format!("{:?}", req.version());
         return Ok(Response::new(Full::from(body)));
     };
