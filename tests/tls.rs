@@ -407,3 +407,85 @@ async fn an_http2_cluster_over_tls_negotiates_h2() {
     }
     assert_eq!(server.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// The answers an upgrade can get, each through the proxy's own reading of a `101` (a plain
+/// upstream) and through hyper's client (a TLS upstream): the client must see the same thing
+/// either way. Each case: the upstream's bytes, the status the client gets, and what it reads
+/// after the head (the tunnel's first bytes, or the relayed body).
+#[tokio::test]
+async fn every_answer_reads_the_same_through_both_exchanges() {
+    let long = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\nX-Long: {}\r\n\r\nafter",
+        "a".repeat(20 * 1024)
+    );
+    let cases: Vec<(Vec<u8>, u16, &[u8])> = vec![
+        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\nafter".to_vec(), 101, b"after"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: bar\r\n\r\n".to_vec(), 502, b""),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\n\r\n".to_vec(), 502, b""),
+        (b"HTTP/1.0 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n".to_vec(), 502, b""),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\nafter".to_vec(),
+            101,
+            b"after",
+        ),
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec(), 403, b"no"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(), 200, b"ok"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n folded\r\n\r\n".to_vec(), 502, b""),
+        (long.into_bytes(), 101, b"after"),
+        (Vec::new(), 502, b""),
+    ];
+    let ca = Ca::new("test CA");
+    let leaf = ca.issue(&["localhost"]);
+    for (answer, status, after) in cases {
+        for tls in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config());
+            let answer_bytes = answer.clone();
+            tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut io: Box<dyn Io> = match tls {
+                    false => Box::new(tcp),
+                    true => Box::new(acceptor.accept(tcp).await.unwrap()),
+                };
+                let _ = support::read_head(&mut io).await;
+                io.write_all(&answer_bytes).await.unwrap();
+                if answer_bytes.is_empty() {
+                    return;
+                }
+                // Held open until the client is done.
+                let mut sink = [0u8; 64];
+                while let Ok(n @ 1..) = io.read(&mut sink).await {
+                    let _ = n;
+                }
+            });
+            let cluster = match tls {
+                false => support::cluster(addr),
+                true => tls_cluster(addr, &ca),
+            };
+            let router = UpgradeRouterLayer::builder().upgrade("foo").build().unwrap();
+            let proxy =
+                support::start(ServiceBuilder::new().layer(router).service(Forward::new(cluster))).await;
+            let mut client = support::raw_client(proxy.addr, support::foo_upgrade("/").as_bytes()).await;
+            let (head, rest) = within(support::read_head(&mut client)).await;
+            let case = String::from_utf8_lossy(&answer[..answer.len().min(60)]).into_owned();
+            assert_eq!(support::status(&head), status, "{case:?}, tls: {tls}: {head}");
+            let got = match status {
+                101 => support::read_n(&mut client, rest, after.len()).await,
+                502 => Vec::new(),
+                _ => {
+                    let all = [rest, support::read_to_eof(&mut client).await].concat();
+                    match support::header(&head, "transfer-encoding") {
+                        Some(_) => support::read_chunked(&mut &all[..], Vec::new()).await,
+                        None => all,
+                    }
+                }
+            };
+            assert_eq!(got, after, "{case:?}, tls: {tls}");
+        }
+    }
+}
+
+/// A connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}

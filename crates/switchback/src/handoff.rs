@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 
 use crate::h2stream::H2Stream;
 use crate::tls::UpstreamStream;
+use crate::tunnel::Prefixed;
 
 /// The read half of the client's upgraded connection, read as body data on the pumped path.
 pub(crate) type TunnelRead = ReadHalf<TokioIo<Upgraded>>;
@@ -38,6 +39,8 @@ pub(crate) enum UpstreamIo {
     Raw(UpstreamStream),
     /// A stream on a shared HTTP/2 connection (boxed: it is the larger one).
     Multiplexed(Box<H2Stream>),
+    /// A plain connection whose `101` the proxy read itself, with what came after it.
+    Spliceable(Prefixed),
 }
 
 impl AsyncRead for UpstreamIo {
@@ -50,6 +53,7 @@ impl AsyncRead for UpstreamIo {
             Self::Switched(io) => Pin::new(io).poll_read(cx, buf),
             Self::Raw(io) => Pin::new(io).poll_read(cx, buf),
             Self::Multiplexed(io) => Pin::new(&mut **io).poll_read(cx, buf),
+            Self::Spliceable(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -60,6 +64,7 @@ impl AsyncWrite for UpstreamIo {
             Self::Switched(io) => Pin::new(io).poll_write(cx, buf),
             Self::Raw(io) => Pin::new(io).poll_write(cx, buf),
             Self::Multiplexed(io) => Pin::new(&mut **io).poll_write(cx, buf),
+            Self::Spliceable(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
 
@@ -68,6 +73,7 @@ impl AsyncWrite for UpstreamIo {
             Self::Switched(io) => Pin::new(io).poll_flush(cx),
             Self::Raw(io) => Pin::new(io).poll_flush(cx),
             Self::Multiplexed(io) => Pin::new(&mut **io).poll_flush(cx),
+            Self::Spliceable(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
@@ -76,6 +82,7 @@ impl AsyncWrite for UpstreamIo {
             Self::Switched(io) => Pin::new(io).poll_shutdown(cx),
             Self::Raw(io) => Pin::new(io).poll_shutdown(cx),
             Self::Multiplexed(io) => Pin::new(&mut **io).poll_shutdown(cx),
+            Self::Spliceable(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod attempt;
 mod multiplexed;
 mod pre_body;
+mod raw_exchange;
 mod terminate;
 pub(crate) mod upstream;
 pub(crate) mod verify;

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::attempt::{Answer, Answered, Attempts, Failure, Sender};
+use super::raw_exchange::Raw;
 use super::{origin_form, upstream_host, verify, with_timeout};
 use crate::body::Body;
 use crate::cluster::{Carried, Cluster, ConnectError, Endpoint};
@@ -29,7 +30,9 @@ use crate::tls::UpstreamStream;
 
 /// The upstream's answer to an upgrade attempt, on its dedicated connection.
 pub(crate) struct Exchanged {
-    pub(crate) res: Response<Incoming>,
+    head: http::response::Parts,
+    /// The answer's body, read by hyper's client; `None` for a `101` read without it.
+    body: Option<Incoming>,
     /// The head as sent, for checking a `101` against it.
     request_headers: HeaderMap,
     /// For a `101`: the upstream's upgraded connection (the bytes that came with the `101`
@@ -41,7 +44,7 @@ pub(crate) struct Exchanged {
 
 impl Answered for Exchanged {
     fn status(&self) -> StatusCode {
-        self.res.status()
+        self.head.status
     }
 }
 
@@ -138,6 +141,27 @@ async fn send(
     timeout: Option<Duration>,
 ) -> Result<Exchanged, Failure> {
     match stream {
+        // Nearly every upgrade: no body, a plain connection. Its exchange needs no HTTP
+        // client, unless the answer is not a `101`.
+        UpstreamStream::Plain(tcp) if http_body::Body::is_end_stream(&body) => {
+            let mut parts = parts;
+            upgrade_head(&mut parts, endpoint, false);
+            let exchange = super::raw_exchange::exchange(tcp, &parts);
+            match with_timeout(timeout, exchange).await {
+                None => Err(Failure::Timeout),
+                Some(Err(e)) => Err(Failure::Reset(e.into())),
+                Some(Ok(Raw::Switched { head, io })) => Ok(Exchanged {
+                    head,
+                    body: None,
+                    request_headers: parts.headers,
+                    upgraded: Some(Ok(Switch::Done(UpstreamIo::Spliceable(io)))),
+                    conn: None,
+                }),
+                // Anything else is hyper's to read, from the bytes read so far on. The head
+                // went already: what hyper writes of it is not sent again.
+                Some(Ok(Raw::Other(replay))) => send_on(replay, endpoint, parts, body, timeout).await,
+            }
+        }
         UpstreamStream::Plain(tcp) => send_on(tcp, endpoint, parts, body, timeout).await,
         UpstreamStream::Tls(tls) => send_on(tls, endpoint, parts, body, timeout).await,
     }
@@ -208,8 +232,10 @@ where
             Poll::Ready(upgraded) => upgraded.map(|u| Switch::Done(UpstreamIo::Switched(TokioIo::new(u)))),
             Poll::Pending => Ok(Switch::Switching(switching)),
         };
+        let (head, body) = res.into_parts();
         return Ok(Exchanged {
-            res,
+            head,
+            body: Some(body),
             request_headers,
             upgraded: Some(upgraded),
             conn: None,
@@ -217,8 +243,10 @@ where
     }
     // A refusal may have a body to stream: its body drives the connection (no task of its
     // own: only the tunnel and server modules start tasks).
+    let (head, body) = res.into_parts();
     Ok(Exchanged {
-        res,
+        head,
+        body: Some(body),
         request_headers,
         upgraded: None,
         conn,
@@ -270,7 +298,7 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
         active,
     } = answer;
     let ty = tunnel.ty;
-    let status = answer.res.status();
+    let status = answer.head.status;
     if ty.is_connect() && status == StatusCode::SWITCHING_PROTOCOLS {
         let message = "the upstream answered a CONNECT with 101";
         return fail(ty, HandshakeFailure::Bad101, StatusCode::BAD_GATEWAY, message);
@@ -279,7 +307,7 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
         return relay_refusal(answer, &endpoint, ty);
     }
     let Exchanged {
-        res,
+        head,
         request_headers,
         upgraded,
         ..
@@ -287,7 +315,7 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
     // A CONNECT's 2xx has no upgrade headers to check: the tunnel is what was asked for.
     let checked = match ty.is_connect() {
         true => Ok(()),
-        false => verify::verify(&request_headers, res.headers(), ty.is_websocket()),
+        false => verify::verify(&request_headers, &head.headers, ty.is_websocket()),
     };
     if let Err(bad) = checked {
         tracing::info!(
@@ -316,7 +344,7 @@ fn answer_upgrade(answer: Answer<Exchanged>, tunnel: Tunnel<'_>) -> Response<Bod
             );
         }
     };
-    let (mut parts, _) = res.into_parts();
+    let mut parts = head;
     switched_head(&mut parts, &endpoint);
     hand_over(parts, upgraded, tunnel, active)
 }
@@ -350,7 +378,15 @@ fn switches(connect: bool, status: StatusCode) -> bool {
 /// client may already be sending tunnel bytes that must never be read as HTTP.
 fn relay_refusal(answer: Exchanged, endpoint: &Endpoint, ty: &UpgradeType) -> Response<Body> {
     HandshakeFailure::Not101.record(ty);
-    let (mut parts, body) = answer.res.into_parts();
+    let mut parts = answer.head;
+    // Every answer but a `101` is read by hyper, so it has a body.
+    let Some(body) = answer.body else {
+        return reply::local(
+            StatusCode::BAD_GATEWAY,
+            "upstream answer without a body",
+            Then::Close,
+        );
+    };
     let body = Driven {
         body,
         conn: answer.conn,

@@ -157,6 +157,7 @@ pub(crate) fn unwrap_socket(upgraded: Upgraded) -> Result<Prefixed, Upgraded> {
 pub(crate) fn unwrap_upstream(upstream: UpstreamIo) -> Result<Prefixed, UpstreamIo> {
     match upstream {
         UpstreamIo::Raw(UpstreamStream::Plain(tcp)) => Ok(Prefixed::new(Bytes::new(), tcp)),
+        UpstreamIo::Spliceable(io) => Ok(io),
         UpstreamIo::Switched(io) => {
             unwrap_socket(io.into_inner()).map_err(|u| UpstreamIo::Switched(TokioIo::new(u)))
         }

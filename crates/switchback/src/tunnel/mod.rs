@@ -37,6 +37,7 @@ use crate::drain::TunnelGuard;
 use crate::tunnel_info::TunnelInfo;
 pub(crate) use ends::{Ends, UpstreamWriter};
 pub(crate) use engine::Settings;
+pub(crate) use leg::Prefixed;
 pub use task::TunnelHandle;
 pub(crate) use task::next_id;
 
