@@ -384,13 +384,16 @@ where
             slot,
             limits: options.limits,
         };
-        tokio::spawn(connection(
+        // Boxed: the connection's future is large (hyper's connection and the service's
+        // futures inside it), and tokio moves a task's future on spawn and at each stage
+        // change; moving a box costs two words.
+        tokio::spawn(Box::pin(connection(
             stream,
             accepted,
             service.clone(),
             options.tls.clone(),
             stopping.clone(),
-        ));
+        )));
     }
     drop(listener);
     drop(stopping);

@@ -304,6 +304,8 @@ pub(crate) struct Opening {
 /// The handle goes in the `101`'s extensions.
 pub(crate) fn open(client: OnUpgrade, ends: Ends, opening: Opening) -> TunnelHandle {
     let (task, handle) = task::TunnelTask::new(client, ends, opening);
-    tokio::spawn(task);
+    // Boxed, as the connection's task is: tokio moves a task's future on spawn and at each
+    // stage change.
+    tokio::spawn(Box::pin(task));
     handle
 }
