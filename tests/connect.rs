@@ -42,33 +42,6 @@ fn terminating(cluster: Cluster) -> Route {
         .connect_config(ConnectConfig::new())
 }
 
-/// A raw TCP server that echoes each connection until the client's FIN, then writes `bye`
-/// and closes: it shows half-close travelling both ways.
-async fn echo_then_bye() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.write_all(b"bye").await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// A port nothing listens on.
 async fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

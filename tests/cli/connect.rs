@@ -29,32 +29,10 @@ fn connect_config(dir: &TempDir, terminate: SocketAddr, forward: SocketAddr, log
     )
 }
 
-/// A raw TCP server that echoes each connection until the client's FIN, then writes `bye`
-/// and closes.
-async fn echo_then_bye() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = s.read(&mut buf).await {
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = s.write_all(b"bye").await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn terminate_mode_from_yaml_relays_raw_tcp_and_logs_the_tunnel() {
     let dir = TempDir::new("connect-terminate");
-    let echo = echo_then_bye().await;
+    let echo = support::echo_then_bye().await;
     let proxy_up = RawUpstream::bind().await;
     let log = dir.path("access.jsonl");
     let file = connect_config(&dir, echo, proxy_up.addr, &log);
@@ -84,7 +62,7 @@ async fn terminate_mode_from_yaml_relays_raw_tcp_and_logs_the_tunnel() {
 #[tokio::test]
 async fn proxy_mode_from_yaml_holds_early_bytes_and_relays_refusals() {
     let dir = TempDir::new("connect-proxy");
-    let echo = echo_then_bye().await;
+    let echo = support::echo_then_bye().await;
     let up = RawUpstream::bind().await;
     let log = dir.path("access.jsonl");
     let file = connect_config(&dir, echo, up.addr, &log);
@@ -184,7 +162,7 @@ async fn bad_connects_from_yaml_get_envoys_answers() {
 #[tokio::test]
 async fn http2_connect_streams_through_the_binary() {
     let dir = TempDir::new("connect-h2");
-    let echo = echo_then_bye().await;
+    let echo = support::echo_then_bye().await;
     let up = RawUpstream::bind().await;
     let log = dir.path("access.jsonl");
     let file = connect_config(&dir, echo, up.addr, &log);

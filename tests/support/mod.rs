@@ -268,6 +268,28 @@ impl RawUpstream {
     }
 }
 
+/// A raw TCP server that echoes each connection until the client's FIN, then writes `bye`
+/// and closes: it shows half-close travelling both ways.
+pub async fn echo_then_bye() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"bye").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 /// Reads an HTTP head (through the blank line); returns it and any bytes read past it.
 pub async fn read_head<R: AsyncRead + Unpin>(r: &mut R) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
