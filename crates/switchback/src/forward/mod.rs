@@ -186,7 +186,7 @@ where
         .get::<RetryPolicy>()
         .copied()
         .unwrap_or(inner.retry);
-    let attempts = Attempts::new(timeout, retry);
+    let mut attempts = Attempts::new(timeout, retry);
     let post_tunnel = req.method() == http::Method::POST
         && req
             .extensions()
@@ -194,10 +194,7 @@ where
             .is_some_and(|c| c.allow_post);
     match req.extensions_mut().remove::<Upgrading>() {
         Some(upgrading) => upgrade(&cluster, req, upgrading, attempts).await,
-        None if post_tunnel => {
-            let mut attempts = attempts;
-            terminate::post(&cluster, &mut attempts, Body::new(req.into_body())).await
-        }
+        None if post_tunnel => terminate::post(&cluster, &mut attempts, Body::new(req.into_body())).await,
         None => plain(&cluster, req, attempts).await,
     }
 }

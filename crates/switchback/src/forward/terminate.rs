@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::attempt::{Answer, Answered, Attempts, Failure, Sender};
 use super::upstream::{self, Tunnel};
 use crate::body::Body;
-use crate::cluster::{Cluster, Endpoint};
+use crate::cluster::{Active, Cluster, Endpoint};
 use crate::ext::UpstreamAddr;
 use crate::handoff::{Switch, UpstreamIo};
 use crate::tls::UpstreamStream;
@@ -28,12 +28,8 @@ pub(crate) async fn connect(
     attempts: &mut Attempts,
     tunnel: Tunnel<'_>,
 ) -> Response<Body> {
-    match attempts.run(cluster, Body::empty(), &mut Raw { cluster }).await {
-        Ok(Answer {
-            answer: Connected(stream),
-            endpoint,
-            active,
-        }) => {
+    match connected(cluster, attempts).await {
+        Ok((stream, endpoint, active)) => {
             let (mut parts, ()) = Response::new(()).into_parts();
             parts
                 .extensions
@@ -45,6 +41,20 @@ pub(crate) async fn connect(
             upstream::fail(tunnel.ty, failure.reason(), status, message)
         }
     }
+}
+
+/// A connection to one of the cluster's endpoints, made through the attempt loop.
+async fn connected(
+    cluster: &Cluster,
+    attempts: &mut Attempts,
+) -> Result<(UpstreamStream, Endpoint, Active), Failure> {
+    let answer = attempts.run(cluster, Body::empty(), &mut Raw { cluster }).await?;
+    let Answer {
+        answer: Connected(stream),
+        endpoint,
+        active,
+    } = answer;
+    Ok((stream, endpoint, active))
 }
 
 /// An attempt that only connects: no HTTP is spoken to the endpoint.
@@ -84,12 +94,8 @@ impl Sender for Raw<'_> {
 /// bytes come back as the `200`'s body. The two directions are one body, driven as the
 /// response is sent: no task of its own.
 pub(crate) async fn post(cluster: &Cluster, attempts: &mut Attempts, body: Body) -> Response<Body> {
-    match attempts.run(cluster, Body::empty(), &mut Raw { cluster }).await {
-        Ok(Answer {
-            answer: Connected(stream),
-            endpoint,
-            active,
-        }) => {
+    match connected(cluster, attempts).await {
+        Ok((stream, endpoint, active)) => {
             let relay = PostRelay {
                 upload: Some(body),
                 pending: Bytes::new(),
@@ -122,7 +128,7 @@ struct PostRelay {
     upstream: UpstreamStream,
     buf: Box<[u8]>,
     /// The endpoint counts the relay as active until it ends.
-    _active: crate::cluster::Active,
+    _active: Active,
 }
 
 impl PostRelay {

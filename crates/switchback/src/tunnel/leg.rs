@@ -41,29 +41,24 @@ pub(crate) trait Leg: AsyncWrite + Unpin {
     }
 }
 
-impl Leg for TokioIo<Upgraded> {
-    fn poll_fill(
-        &mut self,
-        cx: &mut Context<'_>,
-        held: &mut Held,
-        size: usize,
-        limit: usize,
-    ) -> Poll<io::Result<()>> {
-        held.poll_read_from(cx, Pin::new(self), size, limit)
-    }
+/// Ends read into a buffer lent by the pool, with no socket to splice behind them.
+macro_rules! buffered_legs {
+    ($($ty:ty),+) => {$(
+        impl Leg for $ty {
+            fn poll_fill(
+                &mut self,
+                cx: &mut Context<'_>,
+                held: &mut Held,
+                size: usize,
+                limit: usize,
+            ) -> Poll<io::Result<()>> {
+                held.poll_read_from(cx, Pin::new(self), size, limit)
+            }
+        }
+    )+};
 }
 
-impl Leg for UpstreamIo {
-    fn poll_fill(
-        &mut self,
-        cx: &mut Context<'_>,
-        held: &mut Held,
-        size: usize,
-        limit: usize,
-    ) -> Poll<io::Result<()>> {
-        held.poll_read_from(cx, Pin::new(self), size, limit)
-    }
-}
+buffered_legs!(TokioIo<Upgraded>, UpstreamIo);
 
 /// A socket with bytes already read from it (by hyper, past the HTTP head) that must come
 /// first.
