@@ -233,6 +233,7 @@ impl Conns {
             conns: self.clone(),
             key,
             state,
+            tunnel: Seated::default(),
         }))
     }
 
@@ -321,6 +322,21 @@ pub(crate) struct Slot {
     conns: Arc<Conns>,
     key: u64,
     state: Arc<ConnState>,
+    /// The tunnel an HTTP/1 upgrade on this connection opened, for the connection's task to
+    /// run once hyper lets go of the connection (see [`Slot::seat_tunnel`]).
+    tunnel: Seated,
+}
+
+/// A tunnel's task, run by its client connection's task rather than spawned.
+pub(crate) type SeatedTunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+#[derive(Default)]
+struct Seated(Mutex<Option<SeatedTunnel>>);
+
+impl std::fmt::Debug for Seated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seated")
+    }
 }
 
 impl Drop for Slot {
@@ -419,6 +435,27 @@ impl Slot {
         }
         conns.tunnels.fetch_add(1, Relaxed);
         Some(Hold::Seat(Seat(conns.clone())))
+    }
+
+    /// Leaves an HTTP/1 connection's tunnel for the connection's own task, which runs it once
+    /// hyper has written the `101` and let go of the connection: no task to spawn (and move
+    /// the tunnel's future into), and the client's upgrade needs no wake from one task to
+    /// another.
+    pub(crate) fn seat_tunnel(&self, tunnel: SeatedTunnel) {
+        *self
+            .tunnel
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tunnel);
+    }
+
+    /// The tunnel left by [`Slot::seat_tunnel`], if any.
+    pub(crate) fn take_tunnel(&self) -> Option<SeatedTunnel> {
+        self.tunnel
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Resolves once the listener tells this connection to make room for a newcomer.

@@ -159,7 +159,9 @@ where
             .settings(idle, longest, ty.is_websocket())
             .with_limits(limits);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let pending = self.pending(&mut req, ty.clone(), TunnelMode::Joined, settings, tx, holds);
+        let pending = self
+            .pending(&mut req, ty.clone(), TunnelMode::Joined, settings, tx, holds)
+            .seated(!has_body);
         let pre_body_end = PreBodyEnd::default();
         let mut req = req.map(|b| Body::downstream(has_body.then(|| Body::new(b)), pre_body_end.clone(), rx));
         req.extensions_mut().insert(Upgrading {
@@ -236,7 +238,9 @@ impl<S> UpgradeRouter<S> {
         let settings = cfg.tunnel.settings(idle, longest, true).with_limits(limits);
         // Nothing reads a legacy client as a body: the connections are always joined.
         let no_reader = tokio::sync::oneshot::channel().0;
-        let pending = self.pending(&mut req, ty, TunnelMode::Legacy, settings, no_reader, holds);
+        let pending = self
+            .pending(&mut req, ty, TunnelMode::Legacy, settings, no_reader, holds)
+            .seated(!has_body);
         ResponseFuture::legacy(legacy::proxy(req, has_body, idle), pending)
     }
 
@@ -251,6 +255,10 @@ impl<S> UpgradeRouter<S> {
         holds: Holds,
     ) -> Pending {
         let cfg = &self.config;
+        let seat = match req.version() {
+            http::Version::HTTP_2 | http::Version::HTTP_3 => None,
+            _ => req.extensions().get::<ClientConn>().map(|c| c.0.clone()),
+        };
         Pending {
             info: TunnelInfo {
                 id: 0,
@@ -274,6 +282,7 @@ impl<S> UpgradeRouter<S> {
             settings,
             drain: cfg.drain.clone(),
             holds,
+            seat,
         }
     }
 

@@ -1,5 +1,7 @@
 //! Opening a tunnel once the chain (or the legacy service) answered an upgrade.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
@@ -8,6 +10,7 @@ use tokio::sync::oneshot;
 use crate::body::Body;
 use crate::cap::Holds;
 use crate::cluster::Carried;
+use crate::conn::Slot;
 use crate::drain::Drain;
 use crate::ext::UpstreamAddr;
 use crate::handoff::{Handoff, TunnelRead};
@@ -30,9 +33,22 @@ pub(crate) struct Pending {
     pub(crate) drain: Drain,
     /// The tunnel's places under the caps; given back if no tunnel opens.
     pub(crate) holds: Holds,
+    /// The HTTP/1 client connection (served by this crate's server) whose task runs the
+    /// tunnel.
+    pub(crate) seat: Option<Arc<Slot>>,
 }
 
 impl Pending {
+    /// Whether the connection's task may run the tunnel. Not when the upgrade request has a
+    /// body: hyper lets the connection go only once the body has all arrived, and the tunnel
+    /// bounds how long that may take, so it needs a task of its own meanwhile.
+    pub(crate) fn seated(mut self, may: bool) -> Self {
+        if !may {
+            self.seat = None;
+        }
+        self
+    }
+
     /// Given the answer: a `101` opens the tunnel and goes to the client without a body (with
     /// a [`TunnelHandle`](crate::TunnelHandle) in its extensions); anything else closes the
     /// connection after it.
@@ -92,7 +108,7 @@ impl Pending {
             observer: self.observer,
             holds: self.holds,
         };
-        let handle = tunnel::open(self.on_upgrade, ends, opening);
+        let handle = tunnel::open(self.on_upgrade, ends, opening, self.seat);
         parts.extensions.insert(handle);
         Response::from_parts(parts, Body::empty())
     }

@@ -74,7 +74,7 @@ impl Default for ClientLimits {
             request_headers_timeout: Duration::from_secs(10),
             connection_idle_timeout: Some(Duration::from_secs(3600)),
             max_request_headers: 60 * 1024,
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             max_connections: None,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
@@ -464,6 +464,9 @@ where
     })
 }
 
+/// hyper's default limit on a head's header lines (and this server's).
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Refusals (`503`s waiting for their client to hang up) one worker keeps in flight at most.
 const MAX_REFUSING: usize = 16;
 
@@ -558,6 +561,13 @@ async fn connection<S, B>(
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");
     }
+    // An upgrade ended the connection's HTTP: its tunnel runs here, without the connection's
+    // place in the listener (the tunnel holds its own) or anything else of the connection's.
+    let tunnel = accepted.slot.take_tunnel();
+    drop((accepted, tls));
+    if let Some(tunnel) = tunnel {
+        tunnel.await;
+    }
 }
 
 /// Runs a new connection's opening (its first read, or its TLS handshake), telling its slot
@@ -622,8 +632,12 @@ where
             .auto_date_header(false)
             .timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(limits.max_request_headers)
-            .max_headers(limits.max_headers);
+            .max_buf_size(limits.max_request_headers);
+        // Set only when it differs from hyper's own 100: given any count, hyper allocates and
+        // fills two arrays of that many entries for every head it parses.
+        if limits.max_headers != HYPER_MAX_HEADERS {
+            builder.max_headers(limits.max_headers);
+        }
         let io = TokioIo::new(Io::http1(stream, slot.clone()).with_prefix(first));
         let conn = builder.serve_connection(io, svc).with_upgrades();
         drive(
@@ -665,8 +679,10 @@ where
     let mut conn = pin!(conn);
     let mut stop = pin!(stopping.wait_for(|s| *s));
     let mut evicted = pin!(slot.evicted());
-    let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
-    let mut timer = pin!(tokio::time::sleep_until(far()));
+    // Armed at the first deadline the slot gives (the head's, from accept).
+    let mut timer = pin!(tokio::time::sleep_until(
+        Instant::now() + Duration::from_secs(365 * 24 * 3600)
+    ));
     let mut stop_seen = false;
     let interrupted = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
@@ -685,15 +701,17 @@ where
         if evicted.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(Interrupted::Evicted));
         }
-        // The state may have changed while the connection was polled: re-arm first.
-        let deadline = slot
-            .deadline(limits.request_headers_timeout, limits.connection_idle_timeout)
-            .unwrap_or_else(far);
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok(Interrupted::TimedOut));
+        // The state may have changed while the connection was polled: re-arm first. With no
+        // deadline (an exchange in flight, an upgrade) the timer is left alone rather than
+        // moved to a far one: an earlier deadline still armed wakes the task once, for nothing.
+        if let Some(deadline) = slot.deadline(limits.request_headers_timeout, limits.connection_idle_timeout)
+        {
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Interrupted::TimedOut));
+            }
         }
         Poll::Pending
     })

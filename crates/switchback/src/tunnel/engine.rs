@@ -114,6 +114,17 @@ enum Life {
 impl<C: Leg, U: Leg> Duplex<C, U> {
     pub(crate) fn new(client: C, upstream: U, settings: Settings) -> Self {
         let now = Instant::now();
+        let keepalive = settings.limits.keepalive().filter(|_| settings.websocket);
+        // What `next_deadline` and `keepalive_deadline` will say on the first poll.
+        let first = [
+            settings.idle_timeout,
+            settings.max_duration,
+            keepalive.map(|(interval, _)| interval),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|after| now + after);
         Self {
             client,
             upstream,
@@ -129,20 +140,20 @@ impl<C: Leg, U: Leg> Duplex<C, U> {
                 .websocket
                 .then(|| settings.limits.frame_bucket())
                 .flatten(),
-            keepalive: settings.limits.keepalive().filter(|_| settings.websocket).map(
-                |(interval, timeout)| Keepalive {
-                    interval,
-                    timeout,
-                    heard: 0,
-                    quiet_since: now,
-                    ping_sent: None,
-                },
-            ),
+            keepalive: keepalive.map(|(interval, timeout)| Keepalive {
+                interval,
+                timeout,
+                heard: 0,
+                quiet_since: now,
+                ping_sent: None,
+            }),
             life: Life::Running {
                 expires: settings.max_duration.map(|d| now + d),
             },
             down_first: false,
-            timer: tokio::time::sleep_until(now + Duration::from_secs(3600)),
+            // Armed at its first deadline from the start (a timer not yet polled is not in the
+            // timer wheel), rather than re-armed by the first poll.
+            timer: tokio::time::sleep_until(first.unwrap_or(now + Duration::from_secs(3600))),
         }
     }
 

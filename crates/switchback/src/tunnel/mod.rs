@@ -302,10 +302,21 @@ pub(crate) struct Opening {
 /// Starts a tunnel: the one place tunnels are born. Its task waits for the client's connection
 /// to upgrade (the server writes the `101` first), then relays `ends` until the tunnel ends.
 /// The handle goes in the `101`'s extensions.
-pub(crate) fn open(client: OnUpgrade, ends: Ends, opening: Opening) -> TunnelHandle {
+/// An HTTP/1 client connection served by this crate's server (`seat`) runs the task on its
+/// own task once hyper lets go of it; any other gets a task of its own.
+pub(crate) fn open(
+    client: OnUpgrade,
+    ends: Ends,
+    opening: Opening,
+    seat: Option<std::sync::Arc<crate::conn::Slot>>,
+) -> TunnelHandle {
     let (task, handle) = task::TunnelTask::new(client, ends, opening);
     // Boxed, as the connection's task is: tokio moves a task's future on spawn and at each
     // stage change.
-    tokio::spawn(Box::pin(task));
+    let task = Box::pin(task);
+    match seat {
+        Some(conn) => conn.seat_tunnel(task),
+        None => drop(tokio::spawn(task)),
+    }
     handle
 }
