@@ -13,6 +13,8 @@
 #   target/profiling/switchback (docs/performance.md, "Profiling").
 #   ROLE=library counts the library's stack instead (`switchback-bench proxy --mode fast`, the
 #   bench's `switchback` system): SWITCHBACK_BIN is then a switchback-bench binary.
+#   ROLE=nginx counts nginx (the bench's configuration, one process, no access log), for the
+#   same figure beside a peer; SWITCHBACK_BIN then only locates switchback-bench's upstream.
 # Each tunnel, one after another: upgrade, one 64-byte echo, close frames each way, close.
 # The proxy runs one worker; the count is (run with 2N tunnels - run with N) / N, so start-up
 # and shutdown cancel out. Needs valgrind, python3 and `switchback-bench` built beside the binary.
@@ -89,6 +91,34 @@ YAML
   local proxy=("$bin" --config "$work/switchback.yaml")
   if [ "${ROLE:-}" = library ]; then
     proxy=("$bin" proxy --mode fast --listen "127.0.0.1:$port" --upstream "$upstream")
+  elif [ "${ROLE:-}" = nginx ]; then
+    # The bench's nginx, as one process: no master, one worker, no log.
+    mkdir -p "$work/nginx"
+    cat >"$work/nginx/nginx.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/client_body;
+    proxy_temp_path $work/nginx/proxy;
+    upstream echo { server $upstream; }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host \$host;
+        }
+    }
+}
+NGINX
+    proxy=(nginx -p "$work/nginx" -c "$work/nginx/nginx.conf")
   fi
   valgrind --tool=callgrind --callgrind-out-file="$out" "${proxy[@]}" >"$work/proxy.log" 2>&1 &
   local pid=$!
@@ -104,4 +134,4 @@ YAML
 
 one=$(count "$n")
 two=$(count $((2 * n)))
-echo "instructions per tunnel: $(( (two - one) / n )) (N=$n: $one, 2N: $two; $bin)"
+echo "instructions per tunnel: $(( (two - one) / n )) (N=$n: $one, 2N: $two; $([ "${ROLE:-}" = nginx ] && echo nginx || echo "$bin"))"

@@ -141,6 +141,11 @@ impl ChildProc {
         sys::group_cpu(self.pgid).context(format_args!("CPU time of {}", self.name))
     }
 
+    /// The user-space part of [`ChildProc::cpu`].
+    pub(crate) fn user_cpu(&self) -> Result<Duration> {
+        sys::group_user_cpu(self.pgid).context(format_args!("CPU time of {}", self.name))
+    }
+
     /// Stops the child and whatever it started (SIGTERM to the group, SIGKILL after a grace
     /// period). Blocks for at most [`GRACE`]; a no-op the second time.
     pub(crate) fn stop(&mut self) {

@@ -80,7 +80,15 @@ pub(crate) fn kernel_slab() -> io::Result<u64> {
 /// The CPU time (user and system, every thread) used so far by the processes in group `pgid`.
 /// Clock-tick resolution (10 ms on Linux): read it over seconds, not milliseconds.
 pub(crate) fn group_cpu(pgid: u32) -> io::Result<Duration> {
-    let ticks = sum_group(pgid, |_, stat| stat_cpu_ticks(stat))?;
+    ticks_to_time(sum_group(pgid, |_, stat| stat_cpu_ticks(stat))?)
+}
+
+/// The user-space part of [`group_cpu`] (`utime` alone).
+pub(crate) fn group_user_cpu(pgid: u32) -> io::Result<Duration> {
+    ticks_to_time(sum_group(pgid, |_, stat| stat_field(stat, 14))?)
+}
+
+fn ticks_to_time(ticks: u64) -> io::Result<Duration> {
     let per_second = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }

@@ -125,14 +125,15 @@ pub(crate) fn workload_of(metric: Metric) -> Workload {
         Metric::Bulk1 | Metric::BulkCpu => Workload::Bulk1,
         Metric::Bulk64 => Workload::Bulk64,
         Metric::EchoP50 | Metric::EchoP99 | Metric::EchoAddedP50 => Workload::Latency,
-        Metric::Handshakes | Metric::HandshakeCpu => Workload::Handshake,
+        Metric::Handshakes | Metric::HandshakeCpu | Metric::HandshakeUserCpu => Workload::Handshake,
         Metric::IdleBytes | Metric::UpstreamConns | Metric::KernelSlab => Workload::Memory,
         Metric::FloodRss | Metric::FloodGrowth => Workload::Backpressure,
         Metric::StormSeconds
         | Metric::StormP50
         | Metric::StormP99
         | Metric::StormFailures
-        | Metric::StormCpu => Workload::Storm,
+        | Metric::StormCpu
+        | Metric::StormUserCpu => Workload::Storm,
         Metric::TlsHandshakes | Metric::TlsHandshakeCpu => Workload::TlsHandshake,
         Metric::TlsResumes | Metric::TlsResumeCpu | Metric::TlsResumedPct => Workload::TlsResume,
         Metric::TlsBulk1 | Metric::TlsBulkCpu => Workload::TlsBulk,

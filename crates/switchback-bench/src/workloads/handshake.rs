@@ -125,7 +125,7 @@ pub(crate) async fn run(
     let (before, t0) = (counts.read(), Instant::now());
     tokio::time::sleep(p.hs_time).await;
     let (after, t1) = (counts.read(), Instant::now());
-    let cpu = cpu.used()?;
+    let cpu = cpu.split()?;
     stop.store(true, Ordering::Relaxed);
     if tokio::time::timeout(ONE_LIMIT * 2, async {
         while tasks.join_next().await.is_some() {}
@@ -165,10 +165,16 @@ pub(crate) async fn run(
         let why = why.unwrap_or_default();
         detail.push_str(&format!(", {failed} FAILED while measuring (first: {why})"));
     }
-    if let Some(cpu) = cpu {
+    if let Some((cpu, user)) = cpu {
         let each = cpu.as_secs_f64() * 1e6 / done as f64;
+        let user = user.as_secs_f64() * 1e6 / done as f64;
         values.push((cpu_metric, each));
-        detail.push_str(&format!(", proxy CPU {each:.0} µs each"));
+        if let Transport::Plain = transport {
+            values.push((Metric::HandshakeUserCpu, user));
+        }
+        detail.push_str(&format!(
+            ", proxy CPU {each:.0} µs each ({user:.0} in user space)"
+        ));
     }
     Ok(Outcome { values, detail })
 }

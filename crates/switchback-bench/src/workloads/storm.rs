@@ -104,7 +104,7 @@ pub(crate) async fn run(addr: SocketAddr, proxy: Option<&ChildProc>, p: &Params)
         Ok::<(), Error>(())
     })
     .await;
-    let cpu = cpu.used()?;
+    let cpu = cpu.split()?;
     let counters = counters.and_then(|before| Ok(sys::listen_counters()?.since(&before)));
     match joined {
         Ok(result) => result?,
@@ -173,10 +173,15 @@ pub(crate) async fn run(addr: SocketAddr, proxy: Option<&ChildProc>, p: &Params)
             let _ = write!(detail, "; kernel counters unavailable ({e})");
         }
     }
-    if let Some(cpu) = cpu {
+    if let Some((cpu, user)) = cpu {
         let each = cpu.as_secs_f64() * 1e6 / n as f64;
+        let user = user.as_secs_f64() * 1e6 / n as f64;
         values.push((Metric::StormCpu, each));
-        let _ = write!(detail, "; proxy CPU {each:.0} µs per tunnel");
+        values.push((Metric::StormUserCpu, user));
+        let _ = write!(
+            detail,
+            "; proxy CPU {each:.0} µs per tunnel ({user:.0} in user space)"
+        );
     }
     Ok(Outcome { values, detail })
 }
