@@ -15,7 +15,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
@@ -36,7 +36,13 @@ impl UpgradeType {
 
     /// The type for a token, lowercased.
     pub fn new(token: &str) -> Self {
-        Self(token.trim().to_ascii_lowercase().into())
+        // Nearly every tunnel is a WebSocket: its type shares one text.
+        static WEBSOCKET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("websocket"));
+        let token = token.trim();
+        if token.eq_ignore_ascii_case("websocket") {
+            return Self(WEBSOCKET.clone());
+        }
+        Self(token.to_ascii_lowercase().into())
     }
 
     /// The lowercase token.

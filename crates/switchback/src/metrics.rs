@@ -1,6 +1,14 @@
 //! Metric names, recorded through the [`metrics`] facade: install any recorder (for example a
 //! Prometheus exporter) in the application to collect them. Without one they cost nothing.
 
+use std::sync::{Arc, LazyLock, Mutex};
+
+use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata};
+
+use crate::detect::UpgradeType;
+use crate::tunnel::TunnelEnd;
+use crate::tunnel_info::TunnelMode;
+
 /// Counter: upgrades that reached the router and were allowed (`type`).
 pub const UPGRADES_STARTED: &str = "switchback_upgrades_started_total";
 /// Counter: upgrades refused (`type`, `reason`). An upgrade type that neither the router nor
@@ -73,7 +81,108 @@ pub(crate) fn close_code_label(code: Option<u16>) -> &'static str {
 
 /// Counts a response by its status ([`REQUESTS`]).
 pub(crate) fn count_status(status: http::StatusCode) {
-    ::metrics::counter!(REQUESTS, "status" => status.as_str().to_owned()).increment(1);
+    // One key per status from 100 to 599, built once (the macro would build one per call).
+    static KEYS: LazyLock<Box<[Key]>> = LazyLock::new(|| {
+        (100..600u16)
+            .map(|code| Key::from_parts(REQUESTS, vec![Label::new("status", code.to_string())]))
+            .collect()
+    });
+    match KEYS.get(usize::from(status.as_u16()).wrapping_sub(100)) {
+        Some(key) => counter(key).increment(1),
+        None => ::metrics::counter!(REQUESTS, "status" => status.as_str().to_owned()).increment(1),
+    }
+}
+
+/// What the macros would say of the metrics recorded through prebuilt keys.
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// The counter of a prebuilt key, from the recorder in use (as `counter!` would).
+pub(crate) fn counter(key: &Key) -> Counter {
+    ::metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+}
+
+/// The gauge of a prebuilt key.
+pub(crate) fn gauge(key: &Key) -> Gauge {
+    ::metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+}
+
+/// The histogram of a prebuilt key.
+pub(crate) fn histogram(key: &Key) -> Histogram {
+    ::metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
+}
+
+/// The keys of one upgrade type's tunnel metrics, built once per type: a key built for each
+/// call (as the macros do) allocates its labels and hashes them, and a tunnel records nine
+/// metrics.
+pub(crate) struct TunnelKeys {
+    /// [`TUNNELS_OPENED`] and [`TUNNELS_ACTIVE`] by mode (joined, pumped, legacy).
+    opened: [Key; 3],
+    active: [Key; 3],
+    /// [`TUNNEL_BYTES`] and [`WEBSOCKET_MESSAGES`]: upstream, downstream.
+    pub(crate) bytes: [Key; 2],
+    pub(crate) messages: [Key; 2],
+    /// [`TUNNEL_DURATION`] by how the tunnel ended.
+    duration: [Key; TunnelEnd::ALL.len()],
+}
+
+/// Types whose keys are kept; past them (a configuration naming that many upgrade types),
+/// keys are built for each tunnel.
+const KEPT_TYPES: usize = 64;
+
+impl TunnelKeys {
+    /// The keys of `ty`'s tunnels.
+    pub(crate) fn of(ty: &UpgradeType) -> Arc<Self> {
+        static KEPT: Mutex<Vec<(UpgradeType, Arc<TunnelKeys>)>> = Mutex::new(Vec::new());
+        let mut kept = KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, keys)) = kept.iter().find(|(t, _)| t == ty) {
+            return keys.clone();
+        }
+        let keys = Arc::new(Self::new(ty));
+        if kept.len() < KEPT_TYPES {
+            kept.push((ty.clone(), keys.clone()));
+        }
+        keys
+    }
+
+    fn new(ty: &UpgradeType) -> Self {
+        let key = |name: &'static str, label: &'static str, value: &'static str| {
+            Key::from_parts(
+                name,
+                vec![
+                    Label::new("type", ty.label()),
+                    Label::from_static_parts(label, value),
+                ],
+            )
+        };
+        let modes = [TunnelMode::Joined, TunnelMode::Pumped, TunnelMode::Legacy];
+        Self {
+            opened: modes.map(|m| key(TUNNELS_OPENED, "mode", m.as_str())),
+            active: modes.map(|m| key(TUNNELS_ACTIVE, "mode", m.as_str())),
+            bytes: ["upstream", "downstream"].map(|d| key(TUNNEL_BYTES, "direction", d)),
+            messages: ["upstream", "downstream"].map(|d| key(WEBSOCKET_MESSAGES, "direction", d)),
+            duration: TunnelEnd::ALL.map(|end| key(TUNNEL_DURATION, "end", end.as_str())),
+        }
+    }
+
+    pub(crate) fn opened(&self, mode: TunnelMode) -> &Key {
+        &self.opened[mode_index(mode)]
+    }
+
+    pub(crate) fn active(&self, mode: TunnelMode) -> &Key {
+        &self.active[mode_index(mode)]
+    }
+
+    pub(crate) fn duration(&self, end: TunnelEnd) -> &Key {
+        &self.duration[end as usize]
+    }
+}
+
+fn mode_index(mode: TunnelMode) -> usize {
+    match mode {
+        TunnelMode::Joined => 0,
+        TunnelMode::Pumped => 1,
+        TunnelMode::Legacy => 2,
+    }
 }
 
 /// Why an upgrade handshake opened no tunnel: the `reason` of [`HANDSHAKE_FAILURES`].
@@ -113,9 +222,46 @@ impl HandshakeFailure {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn prebuilt_keys_are_the_macros_keys() {
+        let ty = UpgradeType::new("websocket");
+        let keys = TunnelKeys::of(&ty);
+        let labels = |key: &Key| {
+            key.labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect::<Vec<_>>()
+        };
+        for (i, end) in TunnelEnd::ALL.into_iter().enumerate() {
+            assert_eq!(end as usize, i, "TunnelEnd::ALL is in declaration order");
+            let key = keys.duration(end);
+            assert_eq!(key.name(), TUNNEL_DURATION);
+            assert_eq!(
+                labels(key),
+                [
+                    ("type".into(), "websocket".into()),
+                    ("end".into(), end.as_str().into())
+                ]
+            );
+        }
+        for mode in [TunnelMode::Joined, TunnelMode::Pumped, TunnelMode::Legacy] {
+            assert_eq!(labels(keys.opened(mode))[1].1, mode.as_str());
+            assert_eq!(labels(keys.active(mode))[1].1, mode.as_str());
+        }
+        assert!(Arc::ptr_eq(
+            &keys,
+            &TunnelKeys::of(&UpgradeType::new("WebSocket"))
+        ));
+        assert_eq!(
+            labels(&TunnelKeys::of(&UpgradeType::new("foo")).bytes[1])[0].1,
+            "foo"
+        );
+    }
+
     #[test]
     fn close_code_labels_are_a_bounded_set() {
-        use super::close_code_label as label;
+        use close_code_label as label;
         assert_eq!(label(Some(1000)), "1000");
         assert_eq!(label(Some(1015)), "1015");
         assert_eq!(label(Some(1016)), "invalid");

@@ -166,6 +166,21 @@ pub enum TunnelEnd {
 }
 
 impl TunnelEnd {
+    /// Every end, in declaration order (`end as usize` indexes it).
+    pub(crate) const ALL: [Self; 11] = [
+        Self::ClientClosed,
+        Self::UpstreamClosed,
+        Self::IdleTimeout,
+        Self::HalfCloseTimeout,
+        Self::Drain,
+        Self::MaxDuration,
+        Self::RateLimited,
+        Self::ClientMessageTooBig,
+        Self::UpstreamMessageTooBig,
+        Self::PongTimeout,
+        Self::Error,
+    ];
+
     /// A short snake_case name, for logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

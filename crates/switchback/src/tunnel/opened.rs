@@ -1,10 +1,11 @@
 //! What every tunnel reports: metrics, a debug log line and observer events, from the moment
 //! bytes may flow to the end.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{TunnelEvent, TunnelObserver, TunnelStats};
-use crate::metrics;
+use crate::metrics::{self, TunnelKeys, counter, gauge, histogram};
 use crate::tunnel_info::TunnelInfo;
 
 /// Metrics, logs and observer calls of one open tunnel, from opening to closing.
@@ -12,15 +13,15 @@ pub(crate) struct Opened {
     info: TunnelInfo,
     observer: Option<TunnelObserver>,
     start: Instant,
+    keys: Arc<TunnelKeys>,
 }
 
 impl Opened {
     pub(crate) fn new(info: TunnelInfo, observer: Option<TunnelObserver>) -> Self {
-        // Labels share the type's text: a tunnel's metrics cost no string copies.
-        let (ty, mode) = (&info.upgrade, info.mode.as_str());
-        ::metrics::counter!(metrics::TUNNELS_OPENED, "type" => ty.label(), "mode" => mode).increment(1);
-        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty.label(), "mode" => mode).increment(1.0);
-        tracing::debug!(upgrade = %info.upgrade, mode, path = %info.path, "tunnel open");
+        let keys = TunnelKeys::of(&info.upgrade);
+        counter(keys.opened(info.mode)).increment(1);
+        gauge(keys.active(info.mode)).increment(1.0);
+        tracing::debug!(upgrade = %info.upgrade, mode = info.mode.as_str(), path = %info.path, "tunnel open");
         if let Some(o) = &observer {
             o.notify(&TunnelEvent::Opened(&info));
         }
@@ -28,6 +29,7 @@ impl Opened {
             info,
             observer,
             start: Instant::now(),
+            keys,
         }
     }
 
@@ -41,19 +43,14 @@ impl Opened {
 
     pub(crate) fn finish(self, stats: TunnelStats) {
         let (ty, mode) = (&self.info.upgrade, self.info.mode.as_str());
-        let elapsed = self.start.elapsed();
-        ::metrics::gauge!(metrics::TUNNELS_ACTIVE, "type" => ty.label(), "mode" => mode).decrement(1.0);
-        ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.label(), "direction" => "upstream")
-            .increment(stats.upstream_bytes);
-        ::metrics::counter!(metrics::TUNNEL_BYTES, "type" => ty.label(), "direction" => "downstream")
-            .increment(stats.downstream_bytes);
-        ::metrics::histogram!(metrics::TUNNEL_DURATION, "type" => ty.label(), "end" => stats.end.as_str())
-            .record(elapsed.as_secs_f64());
+        let (keys, elapsed) = (&self.keys, self.start.elapsed());
+        gauge(keys.active(self.info.mode)).decrement(1.0);
+        counter(&keys.bytes[0]).increment(stats.upstream_bytes);
+        counter(&keys.bytes[1]).increment(stats.downstream_bytes);
+        histogram(keys.duration(stats.end)).record(elapsed.as_secs_f64());
         if ty.is_websocket() {
-            ::metrics::counter!(metrics::WEBSOCKET_MESSAGES, "type" => ty.label(), "direction" => "upstream")
-                .increment(stats.upstream_messages);
-            ::metrics::counter!(metrics::WEBSOCKET_MESSAGES, "type" => ty.label(), "direction" => "downstream")
-                .increment(stats.downstream_messages);
+            counter(&keys.messages[0]).increment(stats.upstream_messages);
+            counter(&keys.messages[1]).increment(stats.downstream_messages);
             if let Some(close) = stats.close {
                 let code = metrics::close_code_label(close.code);
                 ::metrics::counter!(metrics::WEBSOCKET_CLOSES, "by" => close.by.as_str(), "code" => code)
