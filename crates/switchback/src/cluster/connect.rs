@@ -30,7 +30,9 @@ pub(super) async fn open(
         let Some(tls) = tls else {
             return Ok(UpstreamStream::Plain(tcp));
         };
-        tls.connect(tcp, host).await.map_err(|e| {
+        // Boxed: a TLS handshake's future holds the TLS session, which would make every
+        // plain connect's future as large.
+        Box::pin(tls.connect(tcp, host)).await.map_err(|e| {
             let reason = tls_reason(&e);
             ::metrics::counter!(crate::metrics::UPSTREAM_TLS_FAILURES, "cluster" => cluster.to_owned(), "reason" => reason)
                 .increment(1);

@@ -194,7 +194,14 @@ where
             .is_some_and(|c| c.allow_post);
     match req.extensions_mut().remove::<Upgrading>() {
         Some(upgrading) => upgrade(&cluster, req, upgrading, attempts).await,
-        None if post_tunnel => terminate::post(&cluster, &mut attempts, Body::new(req.into_body())).await,
+        None if post_tunnel => {
+            Box::pin(terminate::post(
+                &cluster,
+                &mut attempts,
+                Body::new(req.into_body()),
+            ))
+            .await
+        }
         None => plain(&cluster, req, attempts).await,
     }
 }
@@ -343,11 +350,18 @@ where
     };
     if ty.is_connect() {
         if parts.extensions.get::<ConnectConfig>().is_some() {
-            return terminate::connect(cluster, &mut attempts, tunnel).await;
+            return Box::pin(terminate::connect(cluster, &mut attempts, tunnel)).await;
         }
         // Proxy mode: the CONNECT goes on as it came, to a cluster that is a proxy itself.
         if cluster.is_http2() {
-            return multiplexed::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
+            return Box::pin(multiplexed::switch(
+                cluster,
+                &mut attempts,
+                parts,
+                upstream_body,
+                tunnel,
+            ))
+            .await;
         }
         parts.version = Version::HTTP_11;
         return upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
@@ -361,8 +375,17 @@ where
             .headers
             .insert(SEC_WEBSOCKET_KEY, crate::websocket::new_key());
     }
+    // The paths most upgrades don't take are boxed: a future is as large as its largest
+    // path, and every upgrade's future is moved (copied whole) as it is awaited.
     if cluster.is_http2() {
-        return multiplexed::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
+        return Box::pin(multiplexed::switch(
+            cluster,
+            &mut attempts,
+            parts,
+            upstream_body,
+            tunnel,
+        ))
+        .await;
     }
     upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await
 }

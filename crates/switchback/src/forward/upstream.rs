@@ -159,11 +159,15 @@ async fn send(
                 }),
                 // Anything else is hyper's to read, from the bytes read so far on. The head
                 // went already: what hyper writes of it is not sent again.
-                Some(Ok(Raw::Other(replay))) => send_on(replay, endpoint, parts, body, timeout).await,
+                Some(Ok(Raw::Other(replay))) => {
+                    Box::pin(send_on(replay, endpoint, parts, body, timeout)).await
+                }
             }
         }
-        UpstreamStream::Plain(tcp) => send_on(tcp, endpoint, parts, body, timeout).await,
-        UpstreamStream::Tls(tls) => send_on(tls, endpoint, parts, body, timeout).await,
+        // Boxed, as the refusal above: hyper's client is large, and the common path's future
+        // would otherwise be as large (and copied whole at each `await`).
+        UpstreamStream::Plain(tcp) => Box::pin(send_on(tcp, endpoint, parts, body, timeout)).await,
+        UpstreamStream::Tls(tls) => Box::pin(send_on(tls, endpoint, parts, body, timeout)).await,
     }
 }
 

@@ -512,9 +512,9 @@ async fn connection<S, B>(
                 let sniffed = sniff(&mut stream).await;
                 sniffed.map(|(h2, first)| Opened::Plain(stream, h2, first))
             }
-            Some(tls) => tls
-                .acceptor()
-                .accept(stream)
+            // Boxed: the handshake's future holds the TLS session, and would make every
+            // connection's future (plain ones too) as large.
+            Some(tls) => Box::pin(tls.acceptor().accept(stream))
                 .await
                 .map(|s| Opened::Tls(Box::new(s))),
         }
@@ -622,7 +622,17 @@ where
             .timer(TokioTimer::new());
         let io = TokioIo::new(Io::http2(stream, slot.clone()).with_prefix(first));
         let conn = builder.serve_connection(io, svc);
-        drive(conn, slot, limits, &mut stopping, |c| c.graceful_shutdown(), true).await
+        // Boxed: HTTP/2's connection is twice HTTP/1's, and would size every connection's
+        // future.
+        Box::pin(drive(
+            conn,
+            slot,
+            limits,
+            &mut stopping,
+            |c| c.graceful_shutdown(),
+            true,
+        ))
+        .await
     } else {
         let mut builder = http1::Builder::new();
         // A proxy relays the upstream's head; it does not invent a `Date` the upstream didn't
