@@ -194,6 +194,73 @@ async fn upstream_half_close_reaches_the_client_which_can_still_send() {
     }
 }
 
+/// A WebSocket upgrade on any path (the generic paths take `websocket` too); returns the
+/// client and upstream ends, both past the 101.
+async fn open_websocket(s: &Setup) -> (TcpStream, TcpStream) {
+    let mut client = raw_client(s.proxy.addr, Path::Legacy.upgrade_request("/ws").as_bytes()).await;
+    let mut up = s.raw.accept().await;
+    read_head(&mut up).await;
+    up.write_all(Path::Legacy.switched()).await.unwrap();
+    let (head, rest) = read_head(&mut client).await;
+    assert_eq!(status(&head), 101);
+    assert!(rest.is_empty());
+    (client, up)
+}
+
+/// A client's close frame with code 1000 (masked, as a client's must be).
+const CLIENT_CLOSE: [u8; 8] = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
+/// A server's close frame with code 1000.
+const SERVER_CLOSE: [u8; 4] = [0x88, 0x02, 0x03, 0xe8];
+
+/// Once a WebSocket's closing handshake is over (a close frame each way), the upstream's end
+/// ends the tunnel: the client's connection is closed at once (RFC 6455 §7.1.1: the server
+/// closes the TCP connection first), not half-closed to wait for the client's own end.
+#[tokio::test]
+async fn after_the_closing_handshake_the_upstreams_end_closes_the_client() {
+    for path in PATHS {
+        let s = setup(path, TunnelConfig::new()).await;
+        let (mut client, mut up) = open_websocket(&s).await;
+        client.write_all(&CLIENT_CLOSE).await.unwrap();
+        assert_eq!(read_n(&mut up, Vec::new(), 8).await, CLIENT_CLOSE, "{path:?}");
+        up.write_all(&SERVER_CLOSE).await.unwrap();
+        up.shutdown().await.unwrap();
+        // The client never ends its side: the tunnel ends all the same.
+        assert_eq!(read_to_eof(&mut client).await, SERVER_CLOSE, "{path:?}");
+        let (_, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::UpstreamClosed, "{path:?}");
+        assert_eq!(read_to_eof(&mut up).await, b"", "{path:?}");
+    }
+}
+
+/// Before the handshake is over, an end is a half-close as for any tunnel: the upstream
+/// closes first with its close frame, and the client's reply still reaches it; then both are
+/// closed. The client ending first after the handshake ends the tunnel the same way.
+#[tokio::test]
+async fn a_close_frame_one_way_keeps_the_half_close_until_the_reply() {
+    for path in PATHS {
+        let s = setup(path, TunnelConfig::new()).await;
+        let (mut client, mut up) = open_websocket(&s).await;
+        up.write_all(&SERVER_CLOSE).await.unwrap();
+        up.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut client).await, SERVER_CLOSE, "{path:?}");
+        client.write_all(&CLIENT_CLOSE).await.unwrap();
+        assert_eq!(read_to_eof(&mut up).await, CLIENT_CLOSE, "{path:?}");
+        let (_, stats) = s.events.closed(1).await;
+        assert_eq!(stats.end, TunnelEnd::UpstreamClosed, "{path:?}");
+
+        let (mut client, mut up) = open_websocket(&s).await;
+        client.write_all(&CLIENT_CLOSE).await.unwrap();
+        assert_eq!(read_n(&mut up, Vec::new(), 8).await, CLIENT_CLOSE, "{path:?}");
+        up.write_all(&SERVER_CLOSE).await.unwrap();
+        assert_eq!(read_n(&mut client, Vec::new(), 4).await, SERVER_CLOSE, "{path:?}");
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut up).await, b"", "{path:?}");
+        let (_, stats) = s.events.closed(2).await;
+        assert_eq!(stats.end, TunnelEnd::ClientClosed, "{path:?}");
+        assert_eq!(read_to_eof(&mut client).await, b"", "{path:?}");
+    }
+}
+
 /// The upstream closes outright: what it sent first is flushed to the client, then the
 /// client's connection closes.
 #[tokio::test]

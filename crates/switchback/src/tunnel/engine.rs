@@ -233,20 +233,30 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
         for upstream_turn in [!*this.down_first, *this.down_first] {
             if upstream_turn {
                 let last = this.to_client.finished_by_its_source();
+                let peer_closed = this.to_client.close_relayed();
                 up = this.to_upstream.poll_relay(
                     cx,
                     &mut *this.client,
                     &mut *this.upstream,
-                    Turn { closing, last },
+                    Turn {
+                        closing,
+                        last,
+                        peer_closed,
+                    },
                     &mut moved,
                 );
             } else {
                 let last = this.to_upstream.finished_by_its_source();
+                let peer_closed = this.to_upstream.close_relayed();
                 down = this.to_client.poll_relay(
                     cx,
                     &mut *this.upstream,
                     &mut *this.client,
-                    Turn { closing, last },
+                    Turn {
+                        closing,
+                        last,
+                        peer_closed,
+                    },
                     &mut moved,
                 );
             }
@@ -319,12 +329,25 @@ impl<C: Leg, U: Leg> Future for Duplex<C, U> {
                 *this.first_close = Some(TunnelEnd::UpstreamClosed);
             }
         }
+        // A WebSocket whose closing handshake is over (a close frame relayed each way) ends
+        // when either peer closes its connection: nothing more may come from the other, and
+        // as the client's server Switchback closes first (RFC 6455 §7.1.1), without a
+        // half-close and a wait for the client's own end.
+        let shaken = this.to_upstream.close_relayed() && this.to_client.close_relayed();
+        let ended_after_handshake = shaken
+            && matches!(this.life, Life::Running { .. })
+            && ((up.is_ready() && this.to_upstream.finished_by_its_source())
+                || (down.is_ready() && this.to_client.finished_by_its_source()));
         match (up.is_ready(), down.is_ready()) {
             (true, true) => {
                 let end = match this.life {
                     Life::Closing { why, .. } => *why,
                     Life::Running { .. } => this.first_close.unwrap_or(TunnelEnd::ClientClosed),
                 };
+                return Poll::Ready(self.stats(end));
+            }
+            _ if ended_after_handshake => {
+                let end = this.first_close.unwrap_or(TunnelEnd::ClientClosed);
                 return Poll::Ready(self.stats(end));
             }
             (true, false) | (false, true) if this.half_closed_at.is_none() => {
@@ -454,6 +477,9 @@ struct Turn {
     closing: Option<TunnelEnd>,
     /// The other direction ended with its source: this one is the last.
     last: bool,
+    /// The other direction relayed a peer's whole WebSocket close frame: once this one has
+    /// too, the closing handshake is over and nothing more may come either way.
+    peer_closed: bool,
 }
 
 /// What one direction is doing.
@@ -548,6 +574,21 @@ impl Half {
         }
     }
 
+    /// Whether this direction has relayed a peer's whole WebSocket close frame and holds
+    /// nothing more to write.
+    fn close_relayed(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        let piped = self.pipe.as_ref().is_some_and(|p| p.held > 0);
+        #[cfg(not(target_os = "linux"))]
+        let piped = false;
+        self.frames
+            .as_ref()
+            .is_some_and(|f| f.close_code().is_some() && f.to_boundary() == 0)
+            && self.held.is_empty()
+            && self.inject.is_none()
+            && !piped
+    }
+
     /// Whether this direction is over because its source ended (not a drain, not an error):
     /// its peer has sent everything it will, and nothing is left unread from it.
     fn finished_by_its_source(&self) -> bool {
@@ -563,7 +604,11 @@ impl Half {
         turn: Turn,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
-        let Turn { closing, last } = turn;
+        let Turn {
+            closing,
+            last,
+            peer_closed,
+        } = turn;
         let draining = closing.is_some();
         // A client past its limit is told so; everyone else is going away.
         self.close_code = match (closing, self.direction) {
@@ -585,7 +630,10 @@ impl Half {
                 // The last direction to end between two plain sockets: the tunnel closes both
                 // next, and the close sends this FIN (nothing is left unread on either, so it
                 // is a FIN, not a reset). A shutdown first would be one more system call.
-                Phase::ShuttingDown { linger: false } if last && writer.socket().is_some() => {
+                Phase::ShuttingDown { linger: false }
+                    if (last || (peer_closed && closing.is_none() && self.close_relayed()))
+                        && writer.socket().is_some() =>
+                {
                     self.phase = Phase::Done;
                 }
                 Phase::ShuttingDown { linger } => {
