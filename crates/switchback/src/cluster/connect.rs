@@ -25,7 +25,7 @@ pub(super) async fn open(
     tls: Option<&ClientTls>,
 ) -> Result<UpstreamStream, ConnectError> {
     let opening = async {
-        let tcp = TcpStream::connect(address).await.map_err(ConnectError::Io)?;
+        let tcp = connect_tcp(address).await.map_err(ConnectError::Io)?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls else {
             return Ok(UpstreamStream::Plain(tcp));
@@ -43,6 +43,49 @@ pub(super) async fn open(
     tokio::time::timeout(timeout, opening)
         .await
         .unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// A TCP connection to `address`. To this host (a loopback address, as a sidecar's
+/// upstream is) the handshake is over by the time `connect(2)` returns: the connection is
+/// used at once, where waiting for the socket to turn writable would cost a trip through the
+/// event loop. Anywhere else, or if the handshake is still on, it is awaited as usual, so a
+/// failure is a connect failure either way.
+async fn connect_tcp(address: &str) -> std::io::Result<TcpStream> {
+    #[cfg(target_os = "linux")]
+    if let Ok(addr) = address.parse::<std::net::SocketAddr>()
+        && addr.ip().is_loopback()
+    {
+        return connect_local(addr).await;
+    }
+    TcpStream::connect(address).await
+}
+
+#[cfg(target_os = "linux")]
+async fn connect_local(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    use rustix::io::Errno;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = match addr {
+        std::net::SocketAddr::V4(_) => AddressFamily::INET,
+        std::net::SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) => {}
+        Err(e) if e == Errno::INPROGRESS => {}
+        Err(e) => return Err(e.into()),
+    }
+    let tcp = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    // Connected if it has a peer; if not (still connecting, or refused), as tokio's connect.
+    if rustix::net::getpeername(&tcp).is_err() {
+        tcp.writable().await?;
+        if let Some(e) = tcp.take_error()? {
+            return Err(e);
+        }
+        // Writable and no error, yet no peer: reset before it was used.
+        rustix::net::getpeername(&tcp)?;
+    }
+    Ok(tcp)
 }
 
 /// Whether `error` (an exchange's, on a connection whose handshake looked done) is the

@@ -41,7 +41,19 @@ pub(crate) enum Raw {
 /// Writes `parts` (an upgrade's head, as [`super::upstream::upgrade_head`] left it) and reads
 /// the answer's head.
 pub(crate) async fn exchange(mut tcp: TcpStream, parts: &http::request::Parts) -> io::Result<Raw> {
-    tcp.write_all(&encode(parts)).await?;
+    let head = encode(parts);
+    // Straight to the socket first: tokio would wait for the event loop to say a new
+    // connection is writable, which a fresh one nearly always is (a head fits the send
+    // buffer). What doesn't go now goes the usual way.
+    #[cfg(target_os = "linux")]
+    let sent = match rustix::net::send(&tcp, &head, rustix::net::SendFlags::NOSIGNAL) {
+        Ok(n) => n,
+        Err(e) if e == rustix::io::Errno::AGAIN => 0,
+        Err(e) => return Err(e.into()),
+    };
+    #[cfg(not(target_os = "linux"))]
+    let sent = 0;
+    tcp.write_all(&head[sent..]).await?;
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if tcp.read_buf(&mut buf).await? == 0 {
