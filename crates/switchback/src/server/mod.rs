@@ -32,7 +32,7 @@ mod workers;
 pub use workers::Workers;
 
 use crate::body::Holding;
-use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Exchange, Slot};
+use crate::conn::{Admission, ClientConn, ClientIo as Io, Conns, Exchange, SeatedTunnel, Slot};
 
 /// How long [`serve`] waits for in-flight HTTP exchanges after shutdown starts. Upgraded
 /// tunnels are not counted here: drain them with a [`Drain`](crate::Drain).
@@ -384,16 +384,15 @@ where
             slot,
             limits: options.limits,
         };
-        // Boxed: the connection's future is large (hyper's connection and the service's
-        // futures inside it), and tokio moves a task's future on spawn and at each stage
-        // change; moving a box costs two words.
-        tokio::spawn(Box::pin(connection(
+        // Not boxed: the task's future is small, its HTTP boxed inside it (tokio moves a
+        // task's future on spawn and at each stage change).
+        tokio::spawn(connection(
             stream,
             accepted,
             service.clone(),
             options.tls.clone(),
             stopping.clone(),
-        )));
+        ));
     }
     drop(listener);
     drop(stopping);
@@ -488,7 +487,9 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
 }
 
-/// Serves one connection until it ends, shutting it down gracefully when `stopping` flips.
+/// A connection's task: its HTTP, then the tunnel an HTTP/1 upgrade left for it. HTTP runs
+/// boxed and the box goes when HTTP ends, so an idle tunnel keeps this small future and the
+/// tunnel's own, not hyper's connection state.
 async fn connection<S, B>(
     stream: TcpStream,
     accepted: Accepted,
@@ -496,6 +497,28 @@ async fn connection<S, B>(
     tls: Option<ServerTls>,
     stopping: watch::Receiver<bool>,
 ) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let tunnel = Box::pin(http(stream, accepted, svc, tls, stopping)).await;
+    if let Some(tunnel) = tunnel {
+        tunnel.await;
+    }
+}
+
+/// Serves one connection's HTTP until it ends, shutting it down gracefully when `stopping`
+/// flips; then the tunnel an upgrade opened, if any, without the connection's place in the
+/// listener (the tunnel holds its own) or anything else of the connection's.
+async fn http<S, B>(
+    stream: TcpStream,
+    accepted: Accepted,
+    svc: S,
+    tls: Option<ServerTls>,
+    stopping: watch::Receiver<bool>,
+) -> Option<SeatedTunnel>
+where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -522,7 +545,7 @@ async fn connection<S, B>(
     let opening = noting_silence(&accepted.slot, opening);
     let opened = tokio::select! {
         opened = tokio::time::timeout(limits.request_headers_timeout, opening) => opened,
-        () = accepted.slot.evicted() => return,
+        () = accepted.slot.evicted() => return None,
     };
     let result = match opened {
         Ok(Ok(Opened::Plain(stream, h2, first))) => {
@@ -537,7 +560,7 @@ async fn connection<S, B>(
         }
         Ok(Err(e)) if tls.is_none() => {
             tracing::debug!(client = %addr, error = %e, "connection closed before a request");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             let reason = if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -547,7 +570,7 @@ async fn connection<S, B>(
             };
             ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
             tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             if tls.is_some() {
@@ -555,19 +578,13 @@ async fn connection<S, B>(
                     .increment(1);
             }
             tracing::debug!(client = %addr, "closing a connection that sent nothing in time");
-            return;
+            return None;
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");
     }
-    // An upgrade ended the connection's HTTP: its tunnel runs here, without the connection's
-    // place in the listener (the tunnel holds its own) or anything else of the connection's.
-    let tunnel = accepted.slot.take_tunnel();
-    drop((accepted, tls));
-    if let Some(tunnel) = tunnel {
-        tunnel.await;
-    }
+    accepted.slot.take_tunnel()
 }
 
 /// Runs a new connection's opening (its first read, or its TLS handshake), telling its slot
