@@ -15,6 +15,8 @@
 #   bench's `switchback` system): SWITCHBACK_BIN is then a switchback-bench binary.
 #   ROLE=nginx counts nginx (the bench's configuration, one process, no access log), for the
 #   same figure beside a peer; SWITCHBACK_BIN then only locates switchback-bench's upstream.
+#   TOOL=strace counts system calls per tunnel instead (`strace -c`, each call by name), with
+#   the same client and the same subtraction; it needs strace.
 # Each tunnel, one after another: upgrade, one 64-byte echo, close frames each way, close.
 # The proxy runs one worker; the count is (run with 2N tunnels - run with N) / N, so start-up
 # and shutdown cancel out. Needs valgrind, python3 and `switchback-bench` built beside the binary.
@@ -120,18 +122,51 @@ http {
 NGINX
     proxy=(nginx -p "$work/nginx" -c "$work/nginx/nginx.conf")
   fi
-  valgrind --tool=callgrind --callgrind-out-file="$out" "${proxy[@]}" >"$work/proxy.log" 2>&1 &
-  local pid=$!
+  if [ "${TOOL:-}" = strace ]; then
+    "${proxy[@]}" >"$work/proxy.log" 2>&1 &
+  else
+    valgrind --tool=callgrind --callgrind-out-file="$out" "${proxy[@]}" >"$work/proxy.log" 2>&1 &
+  fi
+  local pid=$! tracer=
   for _ in $(seq 400); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1',$port)).close()" 2>/dev/null && break
     sleep 0.1
   done
+  if [ "${TOOL:-}" = strace ]; then
+    # Attached once the proxy listens: start-up and the probes above are not counted.
+    strace -f -c -o "$out" -p "$pid" 2>/dev/null &
+    tracer=$!
+    sleep 1
+  fi
   client "$port" "$1"
+  if [ -n "$tracer" ]; then kill -INT "$tracer"; wait "$tracer" || true; fi
   kill -TERM $pid; wait $pid || true
   [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
-  awk '/^summary:|^totals:/ {print $2; exit}' "$out"
+  if [ "${TOOL:-}" = strace ]; then
+    # `calls` is the fourth column; the name is the last (an `errors` column may come between).
+    awk '$4 ~ /^[0-9]+$/ && $NF != "total" {print $NF, $4}' "$out"
+  else
+    awk '/^summary:|^totals:/ {print $2; exit}' "$out"
+  fi
 }
 
+label=$([ "${ROLE:-}" = nginx ] && echo nginx || echo "$bin")
 one=$(count "$n")
 two=$(count $((2 * n)))
-echo "instructions per tunnel: $(( (two - one) / n )) (N=$n: $one, 2N: $two; $([ "${ROLE:-}" = nginx ] && echo nginx || echo "$bin"))"
+if [ "${TOOL:-}" = strace ]; then
+  # Per system call: (calls with 2N tunnels - calls with N) / N, then the sum.
+  python3 - "$n" "$label" "$one" "$two" <<'PY'
+import sys
+n, label = int(sys.argv[1]), sys.argv[2]
+def table(text):
+    return {name: int(calls) for name, calls in (l.split() for l in text.splitlines() if l.strip())}
+one, two = table(sys.argv[3]), table(sys.argv[4])
+per = {k: (two.get(k, 0) - one.get(k, 0)) / n for k in set(one) | set(two)}
+for name, calls in sorted(per.items(), key=lambda kv: -kv[1]):
+    if calls >= 0.05:
+        print(f"{name:16} {calls:6.2f}")
+print(f"system calls per tunnel: {sum(per.values()):.1f} ({label})")
+PY
+else
+  echo "instructions per tunnel: $(( (two - one) / n )) (N=$n: $one, 2N: $two; $label)"
+fi
