@@ -353,18 +353,7 @@ where
             return Box::pin(terminate::connect(cluster, &mut attempts, tunnel)).await;
         }
         // Proxy mode: the CONNECT goes on as it came, to a cluster that is a proxy itself.
-        if cluster.is_http2() {
-            return Box::pin(multiplexed::switch(
-                cluster,
-                &mut attempts,
-                parts,
-                upstream_body,
-                tunnel,
-            ))
-            .await;
-        }
-        parts.version = Version::HTTP_11;
-        return upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
+        return switch(cluster, &mut attempts, parts, upstream_body, tunnel).await;
     }
     if parts.version == Version::HTTP_2 {
         h2_to_h1_upgrade(&mut parts, &ty);
@@ -375,19 +364,31 @@ where
             .headers
             .insert(SEC_WEBSOCKET_KEY, crate::websocket::new_key());
     }
-    // The paths most upgrades don't take are boxed: a future is as large as its largest
-    // path, and every upgrade's future is moved (copied whole) as it is awaited.
+    switch(cluster, &mut attempts, parts, upstream_body, tunnel).await
+}
+
+/// The upgrade's exchange with the cluster: an HTTP/2 stream or an HTTP/1.1 connection. The
+/// first is boxed, as the paths most upgrades don't take are: a future is as large as its
+/// largest path, and every upgrade's future is moved (copied whole) as it is awaited.
+async fn switch(
+    cluster: &Cluster,
+    attempts: &mut Attempts,
+    mut parts: http::request::Parts,
+    upstream_body: Body,
+    tunnel: upstream::Tunnel<'_>,
+) -> Response<Body> {
     if cluster.is_http2() {
         return Box::pin(multiplexed::switch(
             cluster,
-            &mut attempts,
+            attempts,
             parts,
             upstream_body,
             tunnel,
         ))
         .await;
     }
-    upstream::switch(cluster, &mut attempts, parts, upstream_body, tunnel).await
+    parts.version = Version::HTTP_11;
+    upstream::switch(cluster, attempts, parts, upstream_body, tunnel).await
 }
 
 /// The `Host` the upstream gets: the client's, an HTTP/2 request's authority, or the route's
