@@ -525,6 +525,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (addr, limits) = (accepted.addr, accepted.limits);
+    let _unseat = Unseat(accepted.slot.clone());
     // A client that sends nothing at all never gets past its first read (or the TLS
     // handshake): the head's time limit starts at accept, and a full listener may close it
     // here.
@@ -585,6 +586,17 @@ where
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");
     }
     accepted.slot.take_tunnel()
+}
+
+/// Drops a tunnel still seated on its connection when the connection's HTTP is dropped before
+/// handing it over (its task cancelled): once upgraded, the seated tunnel holds the client's
+/// connection, which holds the slot that holds the tunnel, and none of it would ever be freed.
+struct Unseat(Arc<Slot>);
+
+impl Drop for Unseat {
+    fn drop(&mut self) {
+        drop(self.0.take_tunnel());
+    }
 }
 
 /// Runs a new connection's opening (its first read, or its TLS handshake), telling its slot
