@@ -509,8 +509,9 @@ async fn connection<S, B>(
 }
 
 /// Serves one connection's HTTP until it ends, shutting it down gracefully when `stopping`
-/// flips; then the tunnel an upgrade opened, if any, without the connection's place in the
-/// listener (the tunnel holds its own) or anything else of the connection's.
+/// flips. Returns the tunnel an HTTP/1 upgrade left on the connection, if any, for the task
+/// to run without the connection's place in the listener (the tunnel holds its own) or
+/// anything else of the connection's.
 async fn http<S, B>(
     stream: TcpStream,
     accepted: Accepted,
